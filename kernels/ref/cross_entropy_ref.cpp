@@ -1,0 +1,47 @@
+// Owns the CPU cross-entropy: max-shifted logsumexp in double per row.
+#include "kernels/ref/cross_entropy_ref.h"
+
+#include <cmath>
+
+namespace moe {
+
+template <typename T>
+static double row_lse(const T* x, i64 V) {
+  double mx = x[0];
+  for (i64 v = 1; v < V; ++v) mx = x[v] > mx ? double(x[v]) : mx;
+  double s = 0;
+  for (i64 v = 0; v < V; ++v) s += std::exp(double(x[v]) - mx);
+  return mx + std::log(s);
+}
+
+// contract: C4.objective
+template <typename T>
+double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targets, i64 N, i64 V) {
+  double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    const T* x = logits + n * V;
+    const double l = row_lse(x, V) - double(x[targets[n]]);
+    if (losses) losses[n] = T(l);
+    total += l;
+  }
+  return total;
+}
+
+template <typename T>
+void cross_entropy_backward_inplace_ref(T* logits, const int32_t* targets, i64 N, i64 V, double scale) {
+#pragma omp parallel for schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    T* x = logits + n * V;
+    const double lse = row_lse(x, V);
+    for (i64 v = 0; v < V; ++v) x[v] = T(scale * std::exp(double(x[v]) - lse));
+    x[targets[n]] -= T(scale);
+  }
+}
+
+template double cross_entropy_forward_ref<float>(float*, const float*, const int32_t*, i64, i64);
+template double cross_entropy_forward_ref<double>(double*, const double*, const int32_t*, i64, i64);
+template void cross_entropy_backward_inplace_ref<float>(float*, const int32_t*, i64, i64, double);
+template void cross_entropy_backward_inplace_ref<double>(double*, const int32_t*, i64, i64, double);
+
+}  // namespace moe

@@ -1,0 +1,23 @@
+// Owns the GEMM wrapper over cblas (float and double) and the linear-layer forward/backward built on it.
+#pragma once
+#include "core/dims.h"
+
+namespace moe {
+
+enum class Trans { No, Yes };
+
+// C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C; row-major with leading dimensions.
+template <typename T>
+void gemm_ref(T* C, const T* A, const T* B, i64 M, i64 N, i64 K, Trans ta, Trans tb, i64 lda,
+              i64 ldb, i64 ldc, T alpha, T beta);
+
+// y[N,out] = x[N,in] · W^T, W [out,in] (PyTorch nn.Linear layout). beta=1 accumulates into y.
+template <typename T>
+void linear_forward_ref(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, T beta = T(0));
+
+// dx[N,in] (+)= dy[N,out] · W ; dW[out,in] += dy^T · x. dx may be null (no input gradient wanted).
+template <typename T>
+void linear_backward_ref(T* dx, T* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out,
+                         T dx_beta = T(0));
+
+}  // namespace moe

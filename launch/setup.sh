@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs every dependency of moe-train (DESIGN §2), idempotently: Debian packages and the oracle venv.
+# Usage: launch/setup.sh [--no-venv]
+set -euo pipefail
+
+want_venv=1
+[[ "${1:-}" == "--no-venv" ]] && want_venv=0
+
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+
+# Build, math, messaging, checkpoints, config, logging, CLI, tests, scheduler,
+# and the demo corpus (fortunes: real English text in /usr/share/games/fortunes).
+debs=(
+  build-essential cmake pkg-config git
+  libopenblas-dev
+  libopenmpi-dev openmpi-bin libpmix-dev
+  libhdf5-openmpi-dev hdf5-tools
+  libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  slurm-wlm munge
+  python3-venv python3-pip
+  fortunes
+)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: Debian packages present"
+fi
+
+# Oracle venv (cached outside the checkout so CI reuses it between runs).
+if ((want_venv)); then
+  VENV="${MOE_TRAIN_VENV:-$HOME/.cache/moe-train/venv}"
+  PY_PKGS=(numpy torch transformers safetensors peft tokenizers matplotlib h5py pyyaml pytest)
+  stamp="$VENV/.moe-train-ok"
+  # The stamp records the package list: a changed list reinstalls into the same venv.
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${PY_PKGS[*]}" ]]; then
+    echo "setup: preparing oracle venv in $VENV (${PY_PKGS[*]})"
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q "${PY_PKGS[@]}"
+    "$VENV/bin/python" -c "import torch, transformers, safetensors, peft, tokenizers, matplotlib, h5py, yaml, pytest"
+    echo "${PY_PKGS[*]}" > "$stamp"
+  else
+    echo "setup: oracle venv present ($VENV)"
+  fi
+fi

@@ -1,0 +1,47 @@
+// Owns the moe-train command line (DESIGN §6): parse, build, run; errors → exit 2 for bad input.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+#include "config/config.h"
+#include "core/error.h"
+#include "train/memory_plan.h"
+#include "train/trainer.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moe-train: train Mixture-of-Experts language models (Mixtral, Qwen3-MoE)"};
+  std::string config_path, resume;
+  std::vector<std::string> sets;
+  bool dry_run = false;
+  app.add_option("config", config_path, "run configuration (YAML)")->required();
+  app.add_option("--set", sets, "override a config key: --set train.lr=1e-4 (repeatable)");
+  app.add_option("--resume", resume, "resume from a checkpoint: auto or a path");
+  app.add_flag("--dry-run", dry_run, "print parameter count and memory plan, then exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  spdlog::set_pattern("[%H:%M:%S] %v");
+  try {
+    moe::Config cfg = moe::load_config(config_path, sets);
+    MT_INPUT_CHECK(resume.empty(), "--resume: checkpoints are not implemented yet in this build");
+    if (dry_run) {
+      moe::Config c = cfg;
+      if (!c.model_init_from.empty()) c = moe::resolve_model_config(c);
+      std::fputs(moe::format_memory_plan(c, moe::plan_memory(c)).c_str(), stdout);
+      return 0;
+    }
+    moe::Trainer trainer(cfg);
+    trainer.run();
+    return 0;
+  } catch (const moe::Error& e) {
+    spdlog::error("{}", e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    spdlog::error("internal error: {}", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,170 @@
+// Owns the resolved run configuration: every key of DESIGN §6 with its default (yaml-cpp stays in config.cpp).
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moe {
+
+enum class Arch { Mixtral, Qwen3Moe };
+enum class DropPolicy { Probs, Position };
+enum class AuxScope { Micro, Global };
+enum class AuxForm { Layer, Hf };
+enum class Device { Cpu, Cuda };
+enum class Precision { Fp32, Bf16 };
+enum class Schedule { Cosine, Constant };
+enum class PeftMethod { Full, Lora, Qlora };
+enum class DataFormat { Tokens, Jsonl, Text };
+enum class TokenDtype { U32, U16 };
+enum class CommBackend { Auto, Mpi, Nccl };
+
+struct ModelConfig {
+  Arch arch = Arch::Mixtral;
+  int vocab_size = 256;
+  int hidden_size = 64;
+  int intermediate_size = 128;      // Mixtral expert width; Qwen3 dense-MLP width
+  int moe_intermediate_size = 0;    // Qwen3 expert width (0 → intermediate_size)
+  int num_layers = 2;
+  int num_heads = 4;
+  int num_kv_heads = 2;
+  int head_dim = 0;                 // 0 → hidden_size / num_heads
+  int num_experts = 4;
+  int top_k = 2;
+  bool norm_topk_prob = true;       // Mixtral always renormalises
+  double rope_theta = 1e6;
+  double rms_norm_eps = 1e-5;
+  bool tie_word_embeddings = false;
+  double init_std = 0.02;
+  // Qwen3-MoE dense/sparse layer choice (read from config.json; YAML cannot set them yet).
+  std::vector<int> mlp_only_layers;
+  int decoder_sparse_step = 1;
+
+  int resolved_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_heads; }
+  int expert_width() const {
+    if (arch == Arch::Qwen3Moe && moe_intermediate_size > 0) return moe_intermediate_size;
+    return intermediate_size;
+  }
+  // Layer l uses the MoE block (else a dense SwiGLU MLP of intermediate_size). [C4.layer]
+  bool is_moe_layer(int l) const {
+    if (arch == Arch::Mixtral) return true;
+    for (int x : mlp_only_layers)
+      if (x == l) return false;
+    return num_experts > 0 && decoder_sparse_step > 0 && (l + 1) % decoder_sparse_step == 0;
+  }
+};
+
+struct UpcycleConfig {
+  std::string from;
+  int num_experts = 8;
+  int top_k = 2;
+  double noise = 0.0;
+  double depth_pct = 0.0;
+};
+
+struct MoeConfig {
+  double capacity_factor = 0.0;     // 0 = dropless
+  DropPolicy drop_policy = DropPolicy::Probs;
+  double aux_loss_coef = 0.01;
+  AuxScope aux_loss_scope = AuxScope::Micro;
+  AuxForm aux_loss_form = AuxForm::Layer;
+  double z_loss_coef = 0.0;
+  double router_jitter = 0.0;
+  double router_temperature = 1.0;
+  double expert_dropout = 0.0;
+  double bias_update_rate = 0.0;
+};
+
+struct ParallelConfig {
+  int ep = 1;
+  int zero = 0;
+  CommBackend backend = CommBackend::Auto;
+};
+
+struct TrainConfig {
+  Device device = Device::Cpu;
+  Precision precision = Precision::Fp32;
+  int seq_len = 64;
+  int micro_batch = 4;
+  int grad_accum = 1;
+  int steps = 10;
+  double lr = 1e-3;
+  double min_lr = 0.0;
+  int warmup_steps = 0;
+  Schedule schedule = Schedule::Cosine;
+  double weight_decay = 0.0;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;
+  unsigned long long seed = 1234;
+};
+
+struct PeftConfig {
+  PeftMethod method = PeftMethod::Full;
+  int r = 8;
+  double alpha = 16.0;
+  double dropout = 0.0;
+  std::vector<std::string> targets;
+  bool train_router = true;
+  std::string quant = "nf4";
+  bool double_quant = false;
+};
+
+struct DataConfig {
+  DataFormat format = DataFormat::Tokens;
+  std::string path;
+  TokenDtype dtype = TokenDtype::U32;
+  std::string tokenizer;
+  std::string chat_template;
+  bool mask_prompt = false;
+  std::vector<std::pair<std::string, double>> mix;  // (path, weight)
+  bool shuffle = false;
+  bool reset_attention = false;
+};
+
+struct CheckpointConfig {
+  std::string dir;      // "" → run.dir/checkpoints
+  int every = 0;
+  int keep = 3;
+  bool on_signal = true;
+};
+
+struct LogConfig {
+  int every = 1;
+  bool plots = false;
+};
+
+struct RunConfig {
+  std::string name = "run";
+  std::string dir;      // "" → runs/<name>
+};
+
+struct Config {
+  RunConfig run;
+  ModelConfig model;
+  std::string model_init_from;  // model.init_from
+  UpcycleConfig upcycle;
+  MoeConfig moe;
+  ParallelConfig parallel;
+  TrainConfig train;
+  PeftConfig peft;
+  DataConfig data;
+  CheckpointConfig checkpoint;
+  LogConfig log;
+  std::string source_path;       // the YAML file this came from (for messages)
+
+  std::string resolved_run_dir() const { return run.dir.empty() ? "runs/" + run.name : run.dir; }
+};
+
+// Reads CONFIG.yaml, applies `--set key=value` overrides (in order), validates every key.
+// Throws moe::Error(BadInput) naming the file, the key path, what came and what is allowed.
+Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides);
+
+// Same, from YAML text (tests); `origin` names the source in messages.
+Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
+                    const std::string& origin);
+
+// The resolved configuration as YAML text (every key, defaults filled) — logged and later checkpointed.
+std::string config_to_yaml(const Config& cfg);
+
+}  // namespace moe

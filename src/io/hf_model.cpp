@@ -1,0 +1,408 @@
+// Owns HF model directories: config.json keys, safetensors weights in both expert layouts (REFERENCE §1).
+#include "io/hf_model.h"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <unordered_map>
+
+#include "core/error.h"
+
+namespace moe {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_file(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+json read_json(const std::string& path) {
+  std::ifstream in(path);
+  MT_INPUT_CHECK(in.good(), "cannot read ", path);
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    MT_INPUT_FAIL(path, ": invalid JSON (", e.what(), ")");
+  }
+}
+
+std::string shape_str(const std::vector<i64>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// Typed access to config.json keys; every failure names the file and the key.
+struct Keys {
+  const json& j;
+  const std::string& file;
+  bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
+  int get_int(const char* k, bool positive = true) const {
+    MT_INPUT_CHECK(has(k), file, ": missing required key '", k, "'");
+    const json& v = j[k];
+    MT_INPUT_CHECK(v.is_number_integer(), file, ": key '", k, "' must be an integer, got ", v.dump());
+    const long long x = v.get<long long>();
+    MT_INPUT_CHECK(x >= (positive ? 1 : 0) && x < (1ll << 31), file, ": key '", k, "' = ", x,
+                   " is out of range (allowed ", positive ? "1" : "0", "..2147483647)");
+    return int(x);
+  }
+  int get_int(const char* k, int dflt, bool positive) const { return has(k) ? get_int(k, positive) : dflt; }
+  double get_num(const char* k, double dflt) const {
+    if (!has(k)) return dflt;
+    MT_INPUT_CHECK(j[k].is_number(), file, ": key '", k, "' must be a number, got ", j[k].dump());
+    return j[k].get<double>();
+  }
+  bool get_bool(const char* k, bool dflt) const {
+    if (!has(k)) return dflt;
+    MT_INPUT_CHECK(j[k].is_boolean(), file, ": key '", k, "' must be true or false, got ", j[k].dump());
+    return j[k].get<bool>();
+  }
+};
+
+// Where each tensor of the model directory lives (all files stay mapped while this lives).
+struct WeightSource {
+  std::deque<SafetensorsFile> files;
+  std::unordered_map<std::string, const TensorEntry*> by_name;
+  std::unordered_map<std::string, const SafetensorsFile*> file_of;
+  std::string desc;  // for messages
+
+  const TensorEntry* find(const std::string& n) const {
+    auto it = by_name.find(n);
+    return it == by_name.end() ? nullptr : it->second;
+  }
+};
+
+void open_weights(const std::string& dir, WeightSource& src) {
+  const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
+  auto add_all = [&](const SafetensorsFile& f) {
+    for (const TensorEntry& t : f.tensors())
+      if (src.by_name.emplace(t.name, &t).second) src.file_of[t.name] = &f;
+  };
+  if (is_file(single)) {
+    src.files.push_back(SafetensorsFile::open(single));
+    src.desc = single;
+    add_all(src.files.back());
+    return;
+  }
+  MT_INPUT_CHECK(is_file(index), "model directory ", dir,
+                 ": found neither model.safetensors nor model.safetensors.index.json (only safetensors weights are "
+                 "supported)");
+  const json j = read_json(index);
+  MT_INPUT_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index,
+                 ": missing object 'weight_map'");
+  std::unordered_map<std::string, const SafetensorsFile*> shard;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    MT_INPUT_CHECK(it.value().is_string(), index, ": weight_map entry '", it.key(), "' is not a file name");
+    const std::string sf = it.value().get<std::string>();
+    if (!shard.count(sf)) {
+      const std::string p = dir + "/" + sf;
+      MT_INPUT_CHECK(is_file(p), index, ": shard ", sf, " (holding ", it.key(), ") does not exist in ", dir);
+      src.files.push_back(SafetensorsFile::open(p));
+      shard[sf] = &src.files.back();
+    }
+  }
+  // The index decides which shard holds a tensor; tensors it does not list are taken from their shard.
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    const SafetensorsFile* f = shard.at(it.value().get<std::string>());
+    const TensorEntry* t = f->find(it.key());
+    MT_INPUT_CHECK(t != nullptr, index, ": weight_map puts ", it.key(), " in ", f->path(),
+                   ", which has no such tensor");
+    src.by_name[it.key()] = t;
+    src.file_of[it.key()] = f;
+  }
+  for (const SafetensorsFile& f : src.files) add_all(f);
+  src.desc = index + " (" + std::to_string(src.files.size()) + " shards)";
+}
+
+// Per-expert table entry → (layer, which matrix, expert), to find it in a fused v5 tensor.
+struct ExpertRef {
+  int layer, which, expert;  // which: 0 = w1/gate, 1 = w3/up, 2 = w2/down
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- config.json
+
+ModelConfig read_hf_config(const std::string& dir) {
+  const std::string file = dir + "/config.json";
+  MT_INPUT_CHECK(is_file(file), "model directory ", dir, ": no config.json");
+  const json j = read_json(file);
+  MT_INPUT_CHECK(j.is_object(), file, ": not a JSON object");
+  Keys k{j, file};
+  MT_INPUT_CHECK(k.has("model_type") && j["model_type"].is_string(), file, ": missing required key 'model_type'");
+  const std::string mt = j["model_type"].get<std::string>();
+  ModelConfig m;
+  if (mt == "mixtral") {
+    m.arch = Arch::Mixtral;
+  } else if (mt == "qwen3_moe") {
+    m.arch = Arch::Qwen3Moe;
+  } else {
+    MT_INPUT_FAIL(file, ": model_type '", mt, "' is not supported; allowed: mixtral, qwen3_moe");
+  }
+  const bool mix = m.arch == Arch::Mixtral;
+  m.vocab_size = k.get_int("vocab_size");
+  m.hidden_size = k.get_int("hidden_size");
+  m.intermediate_size = k.get_int("intermediate_size");
+  m.moe_intermediate_size = mix ? 0 : k.get_int("moe_intermediate_size");
+  m.num_layers = k.get_int("num_hidden_layers");
+  m.num_heads = k.get_int("num_attention_heads");
+  m.num_kv_heads = k.get_int("num_key_value_heads", m.num_heads, true);  // HF: None → num_attention_heads
+  m.head_dim = k.get_int("head_dim", 0, true);
+  const char* ek = mix ? (k.has("num_local_experts") ? "num_local_experts" : "num_experts")
+                       : (k.has("num_experts") ? "num_experts" : "num_local_experts");
+  MT_INPUT_CHECK(k.has(ek), file, ": missing required key '", mix ? "num_local_experts" : "num_experts", "'");
+  m.num_experts = k.get_int(ek);
+  m.top_k = k.get_int("num_experts_per_tok");
+  MT_INPUT_CHECK(m.top_k <= m.num_experts, file, ": num_experts_per_tok = ", m.top_k, " exceeds ", ek, " = ",
+                 m.num_experts);
+  MT_INPUT_CHECK(m.num_heads % m.num_kv_heads == 0, file, ": num_attention_heads = ", m.num_heads,
+                 " is not a multiple of num_key_value_heads = ", m.num_kv_heads);
+  MT_INPUT_CHECK(m.head_dim > 0 || m.hidden_size % m.num_heads == 0, file, ": hidden_size = ", m.hidden_size,
+                 " is not a multiple of num_attention_heads = ", m.num_heads, " and head_dim is not given");
+  // Mixtral always renormalises top-k (its config has no such key); Qwen3's class default is false.
+  m.norm_topk_prob = mix ? true : k.get_bool("norm_topk_prob", false);
+
+  m.rope_theta = k.get_num("rope_theta", 1e6);
+  if (k.has("rope_parameters")) {
+    const json& rp = j["rope_parameters"];
+    MT_INPUT_CHECK(rp.is_object(), file, ": key 'rope_parameters' must be an object, got ", rp.dump());
+    Keys r{rp, file};
+    m.rope_theta = r.get_num("rope_theta", m.rope_theta);
+    if (r.has("rope_type"))
+      MT_INPUT_CHECK(rp["rope_type"] == "default", file, ": rope_parameters.rope_type ", rp["rope_type"].dump(),
+                     " is not supported; allowed: \"default\"");
+  }
+  MT_INPUT_CHECK(m.rope_theta > 0, file, ": rope_theta must be > 0, got ", m.rope_theta);
+  if (k.has("rope_scaling")) {  // v4 spelling of scaled RoPE variants; only the plain one is implemented
+    const json& rs = j["rope_scaling"];
+    const json type = rs.is_object() ? rs.value("rope_type", rs.value("type", json("default"))) : json();
+    MT_INPUT_CHECK(type == "default", file, ": rope_scaling ", rs.dump(),
+                   " is not supported; allowed: null or rope_type \"default\" (plain RoPE)");
+  }
+  m.rms_norm_eps = k.get_num("rms_norm_eps", mix ? 1e-5 : 1e-6);  // class defaults
+  MT_INPUT_CHECK(m.rms_norm_eps > 0, file, ": rms_norm_eps must be > 0, got ", m.rms_norm_eps);
+  m.tie_word_embeddings = k.get_bool("tie_word_embeddings", false);
+  m.init_std = k.get_num("initializer_range", 0.02);
+  if (k.has("mlp_only_layers")) {
+    const json& a = j["mlp_only_layers"];
+    MT_INPUT_CHECK(a.is_array(), file, ": key 'mlp_only_layers' must be a list of layer indices, got ", a.dump());
+    for (const json& x : a) {
+      MT_INPUT_CHECK(x.is_number_integer(), file, ": mlp_only_layers holds ", x.dump(), ", not a layer index");
+      m.mlp_only_layers.push_back(x.get<int>());
+    }
+  }
+  m.decoder_sparse_step = k.get_int("decoder_sparse_step", 1, true);
+
+  // The model moe-train builds must be the one transformers builds from this file.
+  if (k.has("hidden_act"))
+    MT_INPUT_CHECK(j["hidden_act"] == "silu", file, ": hidden_act ", j["hidden_act"].dump(),
+                   " is not supported; allowed: \"silu\"");
+  MT_INPUT_CHECK(!k.get_bool("attention_bias", false), file,
+                 ": attention_bias true is not supported; allowed: false");
+  return m;
+}
+
+HfExtras read_hf_extras(const std::string& dir) {
+  const std::string file = dir + "/config.json";
+  const json j = read_json(file);
+  MT_INPUT_CHECK(j.is_object(), file, ": not a JSON object");
+  Keys k{j, file};
+  HfExtras x;
+  if (k.has("model_type") && j["model_type"].is_string()) x.model_type = j["model_type"].get<std::string>();
+  for (const char* dk : {"dtype", "torch_dtype"})
+    if (x.dtype.empty() && k.has(dk) && j[dk].is_string()) x.dtype = j[dk].get<std::string>();
+  if (k.has("router_aux_loss_coef")) x.router_aux_loss_coef = k.get_num("router_aux_loss_coef", 0.0);
+  if (k.has("router_jitter_noise")) x.router_jitter_noise = k.get_num("router_jitter_noise", 0.0);
+  if (k.has("output_router_logits")) x.output_router_logits = k.get_bool("output_router_logits", false);
+  return x;
+}
+
+std::string hf_config_json(const ModelConfig& m, StDtype dtype) {
+  const bool mix = m.arch == Arch::Mixtral;
+  nlohmann::ordered_json j;
+  j["architectures"] = {mix ? "MixtralForCausalLM" : "Qwen3MoeForCausalLM"};
+  j["model_type"] = mix ? "mixtral" : "qwen3_moe";
+  j["vocab_size"] = m.vocab_size;
+  j["hidden_size"] = m.hidden_size;
+  j["intermediate_size"] = m.intermediate_size;
+  if (!mix) j["moe_intermediate_size"] = m.expert_width();
+  j["num_hidden_layers"] = m.num_layers;
+  j["num_attention_heads"] = m.num_heads;
+  j["num_key_value_heads"] = m.num_kv_heads;
+  j["head_dim"] = m.resolved_head_dim();
+  j[mix ? "num_local_experts" : "num_experts"] = m.num_experts;
+  j["num_experts_per_tok"] = m.top_k;
+  if (!mix) j["norm_topk_prob"] = m.norm_topk_prob;
+  j["rope_theta"] = m.rope_theta;
+  j["rms_norm_eps"] = m.rms_norm_eps;
+  j["tie_word_embeddings"] = m.tie_word_embeddings;
+  j["initializer_range"] = m.init_std;
+  j["torch_dtype"] = dtype == StDtype::F32 ? "float32" : "bfloat16";
+  j["router_aux_loss_coef"] = 0.0;
+  if (mix) j["router_jitter_noise"] = 0.0;
+  j["output_router_logits"] = false;
+  j["max_position_embeddings"] = 4096;
+  j["hidden_act"] = "silu";
+  j["attention_dropout"] = 0.0;
+  j["bos_token_id"] = 1;
+  j["eos_token_id"] = 2;
+  j["use_cache"] = false;
+  j["sliding_window"] = nullptr;
+  if (!mix) {
+    j["attention_bias"] = false;
+    j["use_sliding_window"] = false;
+    j["max_window_layers"] = m.num_layers;
+    j["mlp_only_layers"] = m.mlp_only_layers;
+    j["decoder_sparse_step"] = m.decoder_sparse_step;
+  }
+  return j.dump(2) + "\n";
+}
+
+// ---------------------------------------------------------------- weights
+
+void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTable& table, float* params) {
+  WeightSource src;
+  open_weights(dir, src);
+  const bool mix = m.arch == Arch::Mixtral;
+  const i64 E = m.num_experts, I = m.expert_width(), H = m.hidden_size;
+
+  std::unordered_map<std::string, ExpertRef> experts;
+  for (int l = 0; l < m.num_layers; ++l) {
+    if (!m.is_moe_layer(l)) continue;
+    const LayerNames n = layer_names(m, l);
+    for (int e = 0; e < m.num_experts; ++e) {
+      experts[n.w1[e]] = {l, 0, e};
+      experts[n.w3[e]] = {l, 1, e};
+      experts[n.w2[e]] = {l, 2, e};
+    }
+  }
+  // A fused tensor of layer l: "gate_up_proj" or "down_proj", with or without ".weight", under "mlp."
+  // (v5; also "block_sparse_moe." for Mixtral). Shape-checked; nullptr when absent.
+  auto find_fused = [&](int l, const char* what, const std::vector<i64>& want) -> const TensorEntry* {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (const char* blk : {"mlp.", "block_sparse_moe."}) {
+      if (!mix && std::string(blk) != "mlp.") continue;
+      for (const char* suf : {"", ".weight"}) {
+        const std::string nm = p + blk + "experts." + what + suf;
+        if (const TensorEntry* t = src.find(nm)) {
+          MT_INPUT_CHECK(t->shape == want, src.file_of.at(nm)->path(), ": tensor ", nm, " has shape ",
+                         shape_str(t->shape), ", expected ", shape_str(want), " (from config.json)");
+          return t;
+        }
+      }
+    }
+    return nullptr;
+  };
+
+  struct Copy {
+    TensorEntry src;
+    float* dst;
+  };
+  std::vector<Copy> copies;
+  std::vector<std::string> missing;
+  auto add = [&](const TensorEntry& t, float* dst) {
+    MT_INPUT_CHECK(convertible_to_f32(t.dtype), src.file_of.at(t.name)->path(), ": tensor ", t.name, " has dtype ",
+                   t.dtype, "; allowed: F32, BF16, F16, F64");
+    copies.push_back({t, dst});
+  };
+  for (const ParamInfo& p : table.entries()) {
+    float* dst = params + p.offset;
+    const TensorEntry* t = src.find(p.name);
+    std::string found_as = p.name;
+    if (!t && mix && p.name.find(".block_sparse_moe.") != std::string::npos) {  // v5 renames the block "mlp"
+      found_as = p.name;
+      found_as.replace(found_as.find(".block_sparse_moe."), 18, ".mlp.");
+      t = src.find(found_as);
+    }
+    if (t) {
+      MT_INPUT_CHECK(t->shape == p.shape, src.file_of.at(found_as)->path(), ": tensor ", found_as, " has shape ",
+                     shape_str(t->shape), ", expected ", shape_str(p.shape), " (from config.json)");
+      add(*t, dst);
+      continue;
+    }
+    auto ex = experts.find(p.name);
+    if (ex != experts.end()) {
+      const ExpertRef r = ex->second;
+      if (r.which < 2) {
+        if (const TensorEntry* f = find_fused(r.layer, "gate_up_proj", {E, 2 * I, H})) {
+          add(slice_elements(*f, (r.expert * 2 * I + r.which * I) * H, I * H), dst);  // gate rows, then up rows
+          continue;
+        }
+      } else if (const TensorEntry* f = find_fused(r.layer, "down_proj", {E, H, I})) {
+        add(slice_elements(*f, r.expert * H * I, H * I), dst);
+        continue;
+      }
+    }
+    missing.push_back(p.name);
+  }
+  if (!missing.empty()) {
+    std::ostringstream os;
+    for (size_t i = 0; i < missing.size() && i < 5; ++i) os << (i ? ", " : "") << missing[i];
+    if (missing.size() > 5) os << ", ... (" << missing.size() - 5 << " more)";
+    const bool lm = table.find("lm_head.weight") && !src.find("lm_head.weight");
+    MT_INPUT_FAIL(src.desc, ": ", missing.size(), " tensor(s) the model needs are missing: ", os.str(),
+                  lm ? "; lm_head.weight is absent: if the model ties it to the embeddings, config.json needs "
+                       "tie_word_embeddings: true"
+                     : "");
+  }
+#pragma omp parallel for schedule(dynamic)
+  for (long i = 0; i < long(copies.size()); ++i) convert_to_f32(copies[size_t(i)].src, copies[size_t(i)].dst);
+}
+
+void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTable& table, const float* params,
+                   const HfSaveOptions& opt) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  MT_INPUT_CHECK(!ec && fs::is_directory(dir), "cannot create model directory ", dir, ": ", ec.message());
+
+  const std::string cfg = dir + "/config.json", tmp = cfg + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << hf_config_json(m, opt.dtype);
+    out.close();
+    MT_INPUT_CHECK(out.good(), "cannot write ", tmp);
+  }
+  MT_INPUT_CHECK(std::rename(tmp.c_str(), cfg.c_str()) == 0, "cannot rename ", tmp, " to ", cfg);
+
+  std::vector<TensorToWrite> out;
+  std::deque<std::vector<float>> fused;  // owns the stacked expert tensors until written
+  std::unordered_map<std::string, bool> skip;
+  const i64 E = m.num_experts, I = m.expert_width(), H = m.hidden_size;
+  if (opt.fused_experts) {
+    for (int l = 0; l < m.num_layers; ++l) {
+      if (!m.is_moe_layer(l)) continue;
+      const LayerNames n = layer_names(m, l);
+      const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+      std::vector<float>& gu = fused.emplace_back(size_t(E * 2 * I * H));  // [E, 2I, H]: gate rows, then up rows
+      std::vector<float>& dn = fused.emplace_back(size_t(E * H * I));      // [E, H, I]
+      for (int e = 0; e < E; ++e) {
+        const float* w1 = params + table.at(n.w1[e]).offset;
+        const float* w3 = params + table.at(n.w3[e]).offset;
+        const float* w2 = params + table.at(n.w2[e]).offset;
+        std::copy(w1, w1 + I * H, gu.begin() + e * 2 * I * H);
+        std::copy(w3, w3 + I * H, gu.begin() + (e * 2 + 1) * I * H);
+        std::copy(w2, w2 + H * I, dn.begin() + e * H * I);
+        skip[n.w1[e]] = skip[n.w3[e]] = skip[n.w2[e]] = true;
+      }
+      out.push_back({p + "experts.gate_up_proj", {E, 2 * I, H}, gu.data(), opt.dtype});
+      out.push_back({p + "experts.down_proj", {E, H, I}, dn.data(), opt.dtype});
+      const ParamInfo& router = table.at(n.router);
+      out.push_back({p + "gate.weight", router.shape, params + router.offset, opt.dtype});
+      skip[n.router] = true;
+    }
+  }
+  for (const ParamInfo& p : table.entries())
+    if (!skip.count(p.name)) out.push_back({p.name, p.shape, params + p.offset, opt.dtype});
+  write_safetensors(dir + "/model.safetensors", out);
+}
+
+}  // namespace moe

@@ -1,0 +1,48 @@
+// Owns Hugging Face model directories (REFERENCE §1): config.json ↔ ModelConfig, safetensors weights ↔ ParamTable.
+#pragma once
+#include <optional>
+#include <string>
+
+#include "config/config.h"
+#include "io/safetensors.h"
+#include "model/param_table.h"
+
+namespace moe {
+
+// DIR/config.json → ModelConfig. model_type must be "mixtral" or "qwen3_moe". Accepts both transformers
+// generations' spellings (torch_dtype/dtype, rope_theta/rope_parameters.rope_theta,
+// num_local_experts/num_experts). A missing required key or a bad value → BadInput naming config.json
+// and the key.
+ModelConfig read_hf_config(const std::string& dir);
+
+// Keys of DIR/config.json that moe-train does not take from the model but reports (for logging).
+struct HfExtras {
+  std::string model_type;
+  std::string dtype;                              // torch_dtype / dtype, "" when absent
+  std::optional<double> router_aux_loss_coef;
+  std::optional<double> router_jitter_noise;
+  std::optional<bool> output_router_logits;
+};
+HfExtras read_hf_extras(const std::string& dir);
+
+// Fills every entry of `table` in params [table.total_numel()] fp32 from DIR/model.safetensors or the
+// shards named by DIR/model.safetensors.index.json (weight_map). Converts F32/BF16/F16/F64; checks shapes;
+// accepts per-expert (v4) and fused (v5: mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I],
+// with or without ".weight"; Mixtral router/experts under "mlp." instead of "block_sparse_moe.") layouts.
+// Extra tensors in the files are ignored. Missing tensors → BadInput listing up to 5 names.
+void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTable& table, float* params);
+
+struct HfSaveOptions {
+  StDtype dtype = StDtype::F32;   // tensor dtype in model.safetensors (and torch_dtype in config.json)
+  bool fused_experts = false;     // write the v5 fused layout instead of per-expert (v4) tensors
+};
+
+// Writes DIR/config.json (everything transformers needs to rebuild the model) and DIR/model.safetensors
+// from params [table.total_numel()]; creates DIR if needed. Default: fp32, per-expert names.
+void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTable& table, const float* params,
+                   const HfSaveOptions& opt = {});
+
+// config.json content that save_hf_model writes (exposed for tests and moe-export).
+std::string hf_config_json(const ModelConfig& m, StDtype dtype = StDtype::F32);
+
+}  // namespace moe

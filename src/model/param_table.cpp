@@ -1,0 +1,101 @@
+// Owns the parameter table and the HF tensor names of Mixtral and Qwen3-MoE (REFERENCE §1).
+#include "model/param_table.h"
+
+#include "core/error.h"
+
+namespace moe {
+
+void ParamTable::add(const std::string& name, std::vector<i64> shape, bool is_norm) {
+  MT_CHECK(index_.count(name) == 0, "duplicate parameter ", name);
+  ParamInfo p;
+  p.name = name;
+  p.numel = 1;
+  for (i64 d : shape) p.numel *= d;
+  p.shape = std::move(shape);
+  p.offset = total_;
+  p.decay = p.shape.size() >= 2;
+  p.is_norm = is_norm;
+  total_ += p.numel;
+  index_[name] = entries_.size();
+  entries_.push_back(std::move(p));
+}
+
+const ParamInfo* ParamTable::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &entries_[it->second];
+}
+
+const ParamInfo& ParamTable::at(const std::string& name) const {
+  const ParamInfo* p = find(name);
+  MT_CHECK(p != nullptr, "no parameter named ", name);
+  return *p;
+}
+
+LayerNames layer_names(const ModelConfig& m, int l) {
+  LayerNames n;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  n.input_norm = p + "input_layernorm.weight";
+  n.post_norm = p + "post_attention_layernorm.weight";
+  n.q = p + "self_attn.q_proj.weight";
+  n.k = p + "self_attn.k_proj.weight";
+  n.v = p + "self_attn.v_proj.weight";
+  n.o = p + "self_attn.o_proj.weight";
+  if (m.arch == Arch::Qwen3Moe) {
+    n.q_norm = p + "self_attn.q_norm.weight";
+    n.k_norm = p + "self_attn.k_norm.weight";
+  }
+  if (m.is_moe_layer(l)) {
+    const bool mix = m.arch == Arch::Mixtral;
+    const std::string blk = p + (mix ? "block_sparse_moe." : "mlp.");
+    n.router = blk + "gate.weight";
+    for (int e = 0; e < m.num_experts; ++e) {
+      const std::string ex = blk + "experts." + std::to_string(e) + ".";
+      n.w1.push_back(ex + (mix ? "w1.weight" : "gate_proj.weight"));
+      n.w3.push_back(ex + (mix ? "w3.weight" : "up_proj.weight"));
+      n.w2.push_back(ex + (mix ? "w2.weight" : "down_proj.weight"));
+    }
+  } else {
+    n.dense_gate = p + "mlp.gate_proj.weight";
+    n.dense_up = p + "mlp.up_proj.weight";
+    n.dense_down = p + "mlp.down_proj.weight";
+  }
+  return n;
+}
+
+ParamTable build_param_table(const ModelConfig& m) {
+  ParamTable t;
+  const i64 H = m.hidden_size, V = m.vocab_size, D = m.resolved_head_dim();
+  const i64 NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts, I = m.expert_width();
+  t.add("model.embed_tokens.weight", {V, H});
+  for (int l = 0; l < m.num_layers; ++l) {
+    LayerNames n = layer_names(m, l);
+    t.add(n.input_norm, {H}, true);
+    t.add(n.q, {NH * D, H});
+    t.add(n.k, {NKV * D, H});
+    t.add(n.v, {NKV * D, H});
+    t.add(n.o, {H, NH * D});
+    if (!n.q_norm.empty()) {
+      t.add(n.q_norm, {D}, true);
+      t.add(n.k_norm, {D}, true);
+    }
+    t.add(n.post_norm, {H}, true);
+    if (!n.router.empty()) {
+      t.add(n.router, {E, H});
+      for (int e = 0; e < E; ++e) {
+        t.add(n.w1[e], {I, H});
+        t.add(n.w2[e], {H, I});
+        t.add(n.w3[e], {I, H});
+      }
+    } else {
+      const i64 ID = m.intermediate_size;
+      t.add(n.dense_gate, {ID, H});
+      t.add(n.dense_up, {ID, H});
+      t.add(n.dense_down, {H, ID});
+    }
+  }
+  t.add("model.norm.weight", {H}, true);
+  if (!m.tie_word_embeddings) t.add("lm_head.weight", {V, H});
+  return t;
+}
+
+}  // namespace moe

@@ -1,0 +1,74 @@
+// Owns one MoE block: route → plan → dispatch → experts → combine, with jitter, capacity and expert dropout [C4.router..C4.capacity].
+#pragma once
+#include <vector>
+
+#include "config/config.h"
+#include "core/arena.h"
+#include "core/rng.h"
+#include "moe/experts.h"
+#include "moe/plan.h"
+#include "moe/router.h"
+
+namespace moe {
+
+enum class Mode { Train, Eval };  // jitter and dropout act in Train only
+
+// Where this layer's random draws come from: (seed, step, layer, global micro-batch), never the rank.
+struct RngCtx {
+  uint64_t seed = 0;
+  uint32_t step = 0;
+  int layer = 0;
+  int global_micro = 0;
+};
+
+// Scratch shared by every MoE layer's backward (sized for the largest layer).
+template <typename T>
+struct MoeScratch {
+  ExpertScratch<T> ex;
+  T* dtopk_w;  // [T, K]
+  T* dlogits;  // [T, E]
+  T* dxr;      // [T, H]
+  static void reserve(MoeScratch& s, Arena<T>& a, i64 Tn, i64 H, i64 E, i64 K, i64 I);
+};
+
+// Router statistics of one forward, reduced by the model into aux/z values and metrics.
+struct RouterStats {
+  std::vector<i64> routed;        // [E] top-k assignments before dropping
+  std::vector<double> prob_sum;   // [E] Σ_t probs[t, e]
+  double lse_sq_sum = 0;          // Σ_t logsumexp(logits_t)²
+  i64 dropped = 0, pairs = 0;
+};
+
+template <typename T>
+class MoeLayer {
+ public:
+  MoeLayer(i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm, Arena<T>& arena);
+
+  // out [T,H] = MoE(x [T,H]); x must stay valid until backward. bias [E] (selection only) may be null.
+  void forward(T* out, const T* x, const T* Wg, const ExpertWeights<T>& w, const float* bias, const RngCtx& rng,
+               Mode mode);
+
+  // dx [T,H] overwritten. aux_dp [E] = dLoss/dprobs[t,e] (same for every t); z_scale = dLoss/d(mean_t lse²).
+  void backward(T* dx, const T* dout, const T* Wg, const ExpertWeights<T>& w, T* dWg, ExpertGrads<T>& g,
+                const double* aux_dp, double z_scale, MoeScratch<T>& s);
+
+  const RoutingPlan& plan() const { return plan_; }
+  const RouterStats& stats() const { return stats_; }
+
+ private:
+  i64 Tn_, H_, E_, K_, I_;
+  MoeConfig cfg_;
+  TopkNorm norm_;
+  RoutingPlan plan_;
+  RouterStats stats_;
+  const T* x_ = nullptr;   // layer input [T,H] (not owned)
+  T* xr_ = nullptr;        // [T,H] jittered router input (jitter > 0)
+  T* noise_ = nullptr;     // [T,H] jitter multipliers (jitter > 0)
+  T* logits_ = nullptr;    // [T,E]
+  T* probs_ = nullptr;     // [T,E]
+  T* topk_w_ = nullptr;    // [T,K]
+  ExpertActs<T> acts_{};
+  bool jitter_active_ = false;
+};
+
+}  // namespace moe

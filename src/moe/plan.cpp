@@ -1,0 +1,76 @@
+// Owns capacity dropping and the expert-grouped row order: counting sort by expert, stable in token order.
+#include "moe/plan.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace moe {
+
+RoutingPlan::RoutingPlan(i64 T_, i64 E_, i64 K_)
+    : T(T_), E(E_), K(K_), topk_idx(T_ * K_), kept(T_ * K_), routed(E_), counts(E_), offsets(E_ + 1),
+      row_pair(T_ * K_), pair_row(T_ * K_) {}
+
+// contract: C4.capacity
+i64 expert_capacity(double capacity_factor, i64 T, i64 K, i64 E) {
+  if (capacity_factor <= 0.0) return -1;
+  return i64(std::ceil(capacity_factor * double(T) * double(K) / double(E)));
+}
+
+// contract: C4.capacity
+template <typename Tp>
+void build_plan(RoutingPlan& p, const Tp* probs, double capacity_factor, DropPolicy policy) {
+  const i64 T = p.T, E = p.E, K = p.K, TK = T * K;
+  std::fill(p.routed.begin(), p.routed.end(), 0);
+  for (i64 i = 0; i < TK; ++i) p.routed[p.topk_idx[i]]++;
+
+  // Bucket every pair by expert in token order (row_pair doubles as the bucket array).
+  std::vector<i64>& bucket = p.row_pair;
+  std::vector<i64> start(E + 1, 0);
+  for (i64 e = 0; e < E; ++e) start[e + 1] = start[e] + p.routed[e];
+  {
+    std::vector<i64> fill(start.begin(), start.end() - 1);
+    for (i64 i = 0; i < TK; ++i) bucket[fill[p.topk_idx[i]]++] = i;
+  }
+
+  p.capacity = expert_capacity(capacity_factor, T, K, E);
+  std::fill(p.kept.begin(), p.kept.end(), uint8_t(0));
+  for (i64 e = 0; e < E; ++e) {
+    i64* b = bucket.data() + start[e];
+    const i64 n = p.routed[e];
+    i64 keep = n;
+    if (p.capacity >= 0 && n > p.capacity) {
+      keep = p.capacity;
+      if (policy == DropPolicy::Probs) {
+        // Highest softmax prob first; stable sort keeps ties in token order (earlier token wins).
+        std::stable_sort(b, b + n, [&](i64 x, i64 y) { return probs[(x / K) * E + e] > probs[(y / K) * E + e]; });
+      }  // Position: the bucket is already in flat token order b·L + t.
+    }
+    for (i64 j = 0; j < keep; ++j) p.kept[b[j]] = 1;
+  }
+
+  // Kept rows grouped by expert, token order within: a second stable counting pass.
+  std::fill(p.counts.begin(), p.counts.end(), 0);
+  for (i64 i = 0; i < TK; ++i)
+    if (p.kept[i]) p.counts[p.topk_idx[i]]++;
+  p.offsets[0] = 0;
+  for (i64 e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
+  p.P = p.offsets[E];
+  p.dropped = TK - p.P;
+  std::vector<i64> fill(p.offsets.begin(), p.offsets.end() - 1);
+  for (i64 i = 0; i < TK; ++i) {
+    if (p.kept[i]) {
+      const i64 row = fill[p.topk_idx[i]]++;
+      p.row_pair[row] = i;
+      p.pair_row[i] = row;
+    } else {
+      p.pair_row[i] = -1;
+    }
+  }
+}
+
+template void build_plan<float>(RoutingPlan&, const float*, double, DropPolicy);
+template void build_plan<double>(RoutingPlan&, const double*, double, DropPolicy);
+
+}  // namespace moe

@@ -1,0 +1,253 @@
+// Owns the single-process training loop: batches in DESIGN §5 order, the §4 objective, clipping, AdamW, metrics.
+#include "train/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/hf_model.h"
+#include "optim/adamw.h"
+#include "train/router_health.h"
+
+namespace moe {
+
+namespace fs = std::filesystem;
+
+Config resolve_model_config(const Config& in) {
+  Config cfg = in;
+  if (!cfg.model_init_from.empty()) {
+    MT_INPUT_CHECK(fs::is_directory(cfg.model_init_from), "model.init_from: '", cfg.model_init_from,
+                   "' is not a directory (expected an HF model dir with config.json and *.safetensors)");
+    const double init_std = cfg.model.init_std;
+    cfg.model = read_hf_config(cfg.model_init_from);
+    cfg.model.init_std = init_std;
+  }
+  return cfg;
+}
+
+void check_supported(const Config& cfg) {
+  if (cfg.train.device == Device::Cuda)
+    MT_INPUT_FAIL("train.device: cuda — this build trains on the CPU only (the CUDA training path is not implemented yet); "
+                  "use train.device: cpu");
+  if (cfg.train.precision != Precision::Fp32)
+    MT_INPUT_FAIL("train.precision: bf16 needs train.device: cuda; CPU training is fp32 — use train.precision: fp32");
+  if (cfg.parallel.ep != 1 || cfg.parallel.zero != 0)
+    MT_INPUT_FAIL("parallel.ep = ", cfg.parallel.ep, ", parallel.zero = ", cfg.parallel.zero,
+                  ": expert parallelism and ZeRO need the distributed runtime, which this build does not have yet; use ep: 1, zero: 0");
+  if (cfg.peft.method != PeftMethod::Full)
+    MT_INPUT_FAIL("peft.method: LoRA/QLoRA are not implemented yet; use peft.method: full");
+  MT_INPUT_CHECK(cfg.upcycle.from.empty(), "upcycle.from: upcycling is not implemented yet; remove upcycle.from");
+}
+
+Trainer::Trainer(const Config& in) : cfg_(resolve_model_config(in)) {
+  check_supported(cfg_);
+  const auto& t = cfg_.train;
+  model_ = std::make_unique<Model<float>>(cfg_.model, cfg_.moe, t.micro_batch, t.seq_len);
+  data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
+  const i64 n = model_->table().total_numel();
+  params_.assign(n, 0.f);
+  grads_.assign(n, 0.f);
+  exp_avg_.assign(n, 0.f);
+  exp_avg_sq_.assign(n, 0.f);
+  select_bias_.assign(model_->num_moe_layers(), std::vector<float>(cfg_.model.num_experts, 0.f));
+  inputs_.resize(size_t(t.micro_batch) * t.seq_len);
+  targets_.resize(inputs_.size());
+  init_params();
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::init_params() {
+  if (!cfg_.model_init_from.empty()) {
+    load_hf_weights(cfg_.model_init_from, cfg_.model, model_->table(), params_.data());
+    return;
+  }
+  // Seeded init: N(0, init_std) for matrices, ones for norms; stream = parameter index, never the rank.
+  const Philox ph(cfg_.train.seed, RngPurpose::Init);
+  const auto& entries = model_->table().entries();
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const ParamInfo& p = entries[k];
+    float* dst = params_.data() + p.offset;
+    if (p.is_norm) {
+      std::fill(dst, dst + p.numel, 1.f);
+      continue;
+    }
+#pragma omp parallel for schedule(static)
+    for (i64 i = 0; i < p.numel; ++i) dst[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), uint32_t(k), 0));
+  }
+}
+
+// contract: C5.order C4.objective
+StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
+  const auto& t = cfg_.train;
+  const i64 mb = t.micro_batch, L = t.seq_len, V = cfg_.model.vocab_size;
+  const i64 B = mb * t.grad_accum * world_;
+  const i64 M = i64(t.grad_accum) * world_;
+  const double N = double(B * L);  // loss tokens: every target of every window
+  const int Lm = model_->num_moe_layers();
+  const int E = cfg_.model.num_experts;
+  std::fill(grads_.begin(), grads_.end(), 0.f);
+  if (logits_out) logits_out->assign(size_t(B * L * V), 0.f);
+
+  auto load_micro = [&](i64 m) {
+    for (i64 i = 0; i < mb; ++i)
+      data_->window(i64(s) * B + m * mb + i, inputs_.data() + i * L, targets_.data() + i * L);
+  };
+  auto rng_for = [&](i64 m) {
+    RngCtx r;
+    r.seed = t.seed;
+    r.step = uint32_t(s);
+    r.global_micro = int(m);
+    return r;
+  };
+
+  // aux_loss_scope global: a routing pre-pass over the whole global batch gives f_e before any backward. [C4.aux]
+  GlobalRouting global;
+  const bool use_global = cfg_.moe.aux_loss_scope == AuxScope::Global && Lm > 0;
+  if (use_global) {
+    global.routed.assign(Lm, std::vector<double>(E, 0.0));
+    global.tokens = double(B * L);
+    for (int a = 0; a < t.grad_accum; ++a) {
+      const i64 m = i64(a) * world_ + rank_;
+      load_micro(m);
+      MicroStats st = model_->forward(params_.data(), inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
+      for (int l = 0; l < Lm; ++l)
+        for (int e = 0; e < E; ++e) global.routed[l][e] += double(st.router[l].routed[e]);
+    }
+  }
+
+  StepResult r;
+  r.step = s + 1;
+  r.tokens = B * L;
+  r.expert_load.assign(Lm, std::vector<i64>(E, 0));
+  double ce = 0, aux = 0, z = 0;
+  LossScales sc;
+  sc.ce = 1.0 / N;
+  sc.aux = cfg_.moe.aux_loss_coef / double(M);
+  sc.z = cfg_.moe.z_loss_coef / double(M);
+  for (int a = 0; a < t.grad_accum; ++a) {
+    const i64 m = i64(a) * world_ + rank_;
+    load_micro(m);
+    MicroStats st = model_->forward(params_.data(), inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
+    if (logits_out) std::copy(model_->logits(), model_->logits() + mb * L * V, logits_out->data() + m * mb * L * V);
+    ce += st.ce_sum;
+    aux += aux_loss_value(st, cfg_.model, cfg_.moe.aux_loss_form, use_global ? &global : nullptr);
+    z += z_loss_value(st);
+    for (int l = 0; l < Lm; ++l) {
+      for (int e = 0; e < E; ++e) r.expert_load[l][e] += st.router[l].routed[e];
+      r.dropped += st.router[l].dropped;
+      r.pairs += st.router[l].pairs;
+    }
+    model_->backward(params_.data(), grads_.data(), inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form,
+                     use_global ? &global : nullptr);
+  }
+  r.loss = ce / N;
+  r.aux_loss = aux / double(M);
+  r.z_loss = z / double(M);
+  r.grad_norm = std::sqrt(grad_sq_sum(grads_.data(), i64(grads_.size())));
+  r.lr = lr_at(t, s);
+  return r;
+}
+
+// contract: C5.clip C5.adamw C4.biasbalance
+StepResult Trainer::step(int s) {
+  const auto t0 = std::chrono::steady_clock::now();
+  StepResult r = compute_grads(s);
+  const auto& t = cfg_.train;
+  const double coef = clip_coef(r.grad_norm, t.grad_clip);
+  if (coef < 1.0) {
+    const float c = float(coef);
+    for (float& g : grads_) g *= c;
+  }
+  for (const ParamInfo& p : model_->table().entries()) {
+    AdamWHyper hp{r.lr, t.beta1, t.beta2, t.eps, p.decay ? t.weight_decay : 0.0};
+    adamw_update(params_.data() + p.offset, grads_.data() + p.offset, exp_avg_.data() + p.offset,
+                 exp_avg_sq_.data() + p.offset, p.numel, hp, long(s) + 1);
+  }
+  if (cfg_.moe.bias_update_rate > 0) {
+    for (size_t l = 0; l < select_bias_.size(); ++l) {
+      double mean = 0;
+      for (i64 c : r.expert_load[l]) mean += double(c);
+      mean /= double(r.expert_load[l].size());
+      for (size_t e = 0; e < select_bias_[l].size(); ++e) {
+        const double diff = mean - double(r.expert_load[l][e]);
+        select_bias_[l][e] += float(cfg_.moe.bias_update_rate * double((diff > 0) - (diff < 0)));
+      }
+    }
+  }
+  r.step_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+void Trainer::write_metrics(const StepResult& r, bool with_load) {
+  const RouterHealth h = router_health(r.expert_load);
+  nlohmann::json j;
+  j["step"] = r.step;
+  j["loss"] = r.loss;
+  j["aux_loss"] = r.aux_loss;
+  j["z_loss"] = r.z_loss;
+  j["lr"] = r.lr;
+  j["grad_norm"] = r.grad_norm;
+  j["tokens"] = r.tokens;
+  j["tok_per_s"] = r.step_time_s > 0 ? double(r.tokens) / r.step_time_s : 0.0;
+  j["step_time_s"] = r.step_time_s;
+  j["expert_utilization"] = h.expert_utilization;
+  j["load_imbalance"] = h.load_imbalance;
+  j["routing_entropy"] = h.routing_entropy;
+  j["dropped_frac"] = r.pairs ? double(r.dropped) / double(r.pairs) : 0.0;
+  if (with_load) j["expert_load"] = r.expert_load;
+  metrics_ << j.dump() << "\n";
+  metrics_.flush();
+}
+
+static std::string hms(double sec) {
+  const long s = long(sec + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+  return buf;
+}
+
+void Trainer::run() {
+  const auto& t = cfg_.train;
+  const fs::path dir = cfg_.resolved_run_dir();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
+  {
+    std::ofstream c(dir / "config.yaml");
+    c << config_to_yaml(cfg_);
+  }
+  metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
+  MT_INPUT_CHECK(metrics_.good(), "run.dir: cannot write '", (dir / "metrics.jsonl").string(), "'");
+  if (rank_ == 0)
+    spdlog::info("training {} params, {} MoE layers, global batch {} x {} tokens, {} steps -> {}",
+                 model_->table().total_numel(), model_->num_moe_layers(),
+                 i64(t.micro_batch) * t.grad_accum * world_, t.seq_len, t.steps, dir.string());
+  const auto start = std::chrono::steady_clock::now();
+  for (int s = 0; s < t.steps; ++s) {
+    StepResult r = step(s);
+    MT_INPUT_CHECK(std::isfinite(r.loss) && std::isfinite(r.grad_norm), "non-finite loss or gradient at step ", s + 1,
+                   " (loss ", r.loss, ", grad_norm ", r.grad_norm, "); lower train.lr or enable train.grad_clip");
+    const bool log_now = (r.step % cfg_.log.every == 0) || r.step == t.steps || r.step == 1;
+    if (rank_ == 0) {
+      write_metrics(r, r.step % cfg_.log.every == 0 || r.step == t.steps);
+      if (log_now) {
+        const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double eta = el / r.step * (t.steps - r.step);
+        spdlog::info("step {:>{}}/{} | loss {:.4f} | aux {:.4f} | z {:.3f} | lr {:.2e} | gnorm {:.3f} | drop {:.3f} | {:.0f} tok/s | ETA {}",
+                     r.step, int(std::to_string(t.steps).size()), t.steps, r.loss, r.aux_loss, r.z_loss, r.lr,
+                     r.grad_norm, r.pairs ? double(r.dropped) / double(r.pairs) : 0.0,
+                     double(r.tokens) / r.step_time_s, hms(eta));
+      }
+    }
+  }
+  spdlog::info("done: {} steps in {}", t.steps,
+               hms(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+}
+
+}  // namespace moe

@@ -1,0 +1,66 @@
+// Owns the oracle test tool: one step's grads (no update) or a short training, dumped as safetensors.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "config/config.h"
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "train/trainer.h"
+
+using namespace moe;
+
+static void dump_grads(Trainer& tr, const std::string& out) {
+  std::vector<float> logits;
+  StepResult r = tr.compute_grads(0, &logits);
+  const auto& t = tr.config().train;
+  const i64 B = i64(t.micro_batch) * t.grad_accum, L = t.seq_len, V = tr.model_config().vocab_size;
+  const int Lm = int(r.expert_load.size()), E = tr.model_config().num_experts;
+  std::vector<float> loss{float(r.loss)}, aux{float(r.aux_loss)}, z{float(r.z_loss)};
+  std::vector<float> dropped{r.pairs ? float(double(r.dropped) / double(r.pairs)) : 0.f};
+  std::vector<float> load;
+  for (const auto& l : r.expert_load)
+    for (i64 c : l) load.push_back(float(c));
+  std::vector<TensorToWrite> ts;
+  ts.push_back({"logits", {B, L, V}, logits.data(), StDtype::F32});
+  ts.push_back({"loss", {1}, loss.data(), StDtype::F32});
+  ts.push_back({"aux_loss", {1}, aux.data(), StDtype::F32});
+  ts.push_back({"z_loss", {1}, z.data(), StDtype::F32});
+  ts.push_back({"dropped_frac", {1}, dropped.data(), StDtype::F32});
+  if (Lm > 0) ts.push_back({"expert_load", {Lm, E}, load.data(), StDtype::F32});
+  std::vector<std::string> names;
+  names.reserve(tr.table().entries().size());
+  for (const ParamInfo& p : tr.table().entries()) {
+    names.push_back("grad." + p.name);
+    ts.push_back({names.back(), p.shape, tr.grads().data() + p.offset, StDtype::F32});
+  }
+  write_safetensors(out, ts, {{"format", "pt"}});
+}
+
+static void dump_train(Trainer& tr, const std::string& out) {
+  tr.run();
+  std::vector<TensorToWrite> ts;
+  for (const ParamInfo& p : tr.table().entries())
+    ts.push_back({p.name, p.shape, tr.params().data() + p.offset, StDtype::F32});
+  write_safetensors(out, ts, {{"format", "pt"}});
+}
+
+int main(int argc, char** argv) {
+  CLI::App app{"moe-debug: dump gradients or a short training for oracle tests"};
+  std::string mode, config_path, out;
+  std::vector<std::string> sets;
+  app.add_option("mode", mode, "grads | train")->required()->check(CLI::IsMember({"grads", "train"}));
+  app.add_option("config", config_path, "YAML config")->required();
+  app.add_option("--set", sets, "override a config key");
+  app.add_option("--out", out, "output .safetensors")->required();
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_pattern("[%H:%M:%S] %v");
+  try {
+    Trainer tr(load_config(config_path, sets));
+    if (mode == "grads") dump_grads(tr, out);
+    else dump_train(tr, out);
+    return 0;
+  } catch (const Error& e) {
+    spdlog::error("{}", e.what());
+    return e.exit_code();
+  }
+}
