@@ -34,22 +34,22 @@ void router_forward(T* logits, T* probs, int* topk_idx, T* topk_w, const T* xr, 
     for (i64 e = 0; e < E; ++e) s += std::exp(double(lg[e]) / temperature - mx);
     for (i64 e = 0; e < E; ++e) p[e] = T(std::exp(double(lg[e]) / temperature - mx) / s);
     // Top-k by repeated arg-max: strict '>' keeps the lower index on ties.
-    uint64_t taken = 0;  // E ≤ 64 fast path; larger E uses the vector below
-    std::vector<uint8_t> used(E > 64 ? E : 0, 0);
+    // Per-thread scratch sized once (no allocation per token after the first step).
+    thread_local std::vector<uint8_t> used;
+    used.assign(size_t(E), 0);
     T wsum = 0;
     for (i64 k = 0; k < K; ++k) {
       i64 best = -1;
       double bv = 0;
       for (i64 e = 0; e < E; ++e) {
-        const bool u = E > 64 ? used[e] != 0 : ((taken >> e) & 1u) != 0;
-        if (u) continue;
+        if (used[e]) continue;
         const double v = double(p[e]) + (bias ? double(bias[e]) : 0.0);
         if (best < 0 || v > bv) {
           best = e;
           bv = v;
         }
       }
-      if (E > 64) used[best] = 1; else taken |= uint64_t(1) << best;
+      used[best] = 1;
       topk_idx[t * K + k] = int(best);
       topk_w[t * K + k] = p[best];
       wsum += p[best];
@@ -66,7 +66,8 @@ void router_backward(T* dxr, T* dWg, T* dlogits, const T* dtopk_w, const T* logi
   const i64 E = d.E, K = d.K, Tn = d.T;
 #pragma omp parallel for schedule(static)
   for (i64 t = 0; t < Tn; ++t) {
-    std::vector<double> dp(E, 0.0);
+    thread_local std::vector<double> dp;
+    dp.resize(size_t(E));
     const T* p = probs + t * E;
     for (i64 e = 0; e < E; ++e) dp[e] = aux_dp ? aux_dp[e] : 0.0;
     // Through the combine weights: w_k = p_k / S (Renormalize) or p_k (Raw).

@@ -24,6 +24,7 @@ VARIANTS = {
     "mixtral": ("mixtral", {}),
     "qwen3": ("qwen3_moe", {"norm_topk_prob": True}),
     "qwen3_nonorm": ("qwen3_moe", {"norm_topk_prob": False}),
+    "mixtral_tied": ("mixtral", {"tie": True}),
 }
 
 SEQ_LEN = 16

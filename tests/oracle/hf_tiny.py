@@ -80,10 +80,6 @@ def load_hf_model(hf_dir, dtype=torch.float64):
     return model
 
 
-def hf_arch(hf_dir):
-    return json.loads((Path(hf_dir) / "config.json").read_text())["model_type"]
-
-
 def split_fused(model, get):
     """{disk name: tensor} for every parameter of the HF model, where get(param) returns the
     tensor to split (param.data or param.grad). Experts: gate_up_proj [E,2I,H] -> w1 (gate, rows
@@ -209,6 +205,23 @@ def run_moe_debug(mode, cfg, workdir, sets=(), timeout=300):
     return {k: torch.from_numpy(v.astype(np.float64)) for k, v in sd.items()}, Path(cfg["run"]["dir"])
 
 
+def run_moe_train(cfg, workdir, timeout=300):
+    """Run the product binary `moe-train CONFIG` and return its run dir. Fails when missing."""
+    import pytest
+    exe = build_dir() / "moe-train"
+    if not exe.exists():
+        pytest.fail(f"{exe} not found: build the project first (cmake --build build)")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = write_config(cfg, workdir / "train.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    res = subprocess.run([str(exe), str(cfg_path)], capture_output=True, text=True, timeout=timeout, env=env)
+    if res.returncode != 0:
+        pytest.fail(f"moe-train {cfg_path} exited {res.returncode}\nstdout:\n{res.stdout[-4000:]}\n"
+                    f"stderr:\n{res.stderr[-4000:]}")
+    return Path(cfg["run"]["dir"])
+
+
 def read_metrics(run_dir):
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -247,4 +260,6 @@ def check_close(name, got, want, rtol, atol_rel=None, report=None):
 
 def print_report(title, report):
     worst = max(report.items(), key=lambda kv: kv[1]) if report else ("-", 0.0)
-    print(f"\n[{title}] {len(report)} tensors, worst max|a-b|/max|b| = {worst[1]:.2e} ({worst[0]})")
+    scalars = ", ".join(f"{k.split('.', 1)[-1] if '.' in k else k} {v:.1e}"
+                        for k, v in report.items() if "grad." not in k)
+    print(f"\n[{title}] {len(report)} tensors, worst max|a-b|/max|b| = {worst[1]:.2e} ({worst[0]}); {scalars}")

@@ -52,6 +52,19 @@ def lr_at(step, train):
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+# ---------------------------------------------------------------- router health (DESIGN §6 metrics)
+
+def router_health(expert_load):
+    """expert_utilization, load_imbalance, routing_entropy from expert_load [layers][E]."""
+    load = torch.as_tensor(expert_load, dtype=torch.float64)
+    n_exp = load.shape[1]
+    util = float((load > 0).double().mean())
+    imbalance = float((load.max(1).values / load.mean(1)).max())
+    p = load / load.sum(1, keepdim=True)
+    ent = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(1) / math.log(n_exp)
+    return {"expert_utilization": util, "load_imbalance": imbalance, "routing_entropy": float(ent.mean())}
+
+
 # ---------------------------------------------------------------- the model
 
 class RefModel:

@@ -7,7 +7,7 @@ import ref_moe
 from conftest import SEQ_LEN
 from hf_tiny import check_close, print_report
 
-ALL = ["mixtral", "qwen3", "qwen3_nonorm"]
+ALL = ["mixtral", "qwen3", "qwen3_nonorm", "mixtral_tied"]
 # fp32 trainer vs float64 transformers; see the report for the achieved values.
 RTOL = 1e-5
 # Reference validation: float64 reference (mimicking transformers' fp32 routing softmax) vs

@@ -58,12 +58,43 @@ def test_C5_trajectory_vs_reference(case, variant, moe, hf_model_dir, token_file
     assert STEPS * 4 > ref_moe.num_windows(len(toks), SEQ_LEN)
 
     ours_w, run_dir = hf_tiny.run_moe_debug("train", cfg, tmp_path)
-    got = hf_tiny.read_metrics(run_dir)
-    assert [m["step"] for m in got] == list(range(1, STEPS + 1)), [m.get("step") for m in got]
+    worst = check_metrics(hf_tiny.read_metrics(run_dir), want)
+    print(f"\n[trajectory {case}] worst per-step relative error: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+
+    final = ref.params()
+    rep = {}
+    assert set(ours_w) >= set(final), f"final weights missing: {sorted(set(final) - set(ours_w))[:6]}"
+    for k, w in final.items():
+        check_close(k, ours_w[k], w, RTOL_WEIGHTS, report=rep)
+    print_report(f"final weights {case}", rep)
+
+
+def test_C5_moe_train_metrics_vs_reference(hf_model_dir, token_file, tmp_path):
+    """The product binary: `moe-train CONFIG` writes the same metrics.jsonl trajectory."""
+    path, toks = token_file
+    d = hf_model_dir("qwen3")
+    cfg = trajectory_config(d, path, tmp_path / "run", {})
+    want = ref_moe.RefModel(d, cfg).train(toks)
+    run_dir = hf_tiny.run_moe_train(cfg, tmp_path)
+    worst = check_metrics(hf_tiny.read_metrics(run_dir), want)
+    print(f"\n[moe-train trajectory qwen3] worst per-step relative error: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+
+
+REQUIRED = ("step", "loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens", "tok_per_s", "step_time_s",
+            "expert_utilization", "load_imbalance", "routing_entropy", "dropped_frac", "expert_load")
+
+
+def check_metrics(got, want):
+    """Compare metrics.jsonl lines with the reference's per-step metrics; returns worst errors."""
+    assert [m.get("step") for m in got] == list(range(1, STEPS + 1)), [m.get("step") for m in got]
     worst = {}
     for g, w in zip(got, want):
         s = w["step"]
         diag = f"step {s} (reference's smallest routing/capacity margin {w['margin']:.2e})"
+        missing = [k for k in REQUIRED if k not in g]
+        assert not missing, f"step {s}: metrics.jsonl lacks {missing}"
         assert g["tokens"] == w["tokens"], f"{diag}: tokens {g['tokens']} != {w['tokens']}"
         assert g["expert_load"] == w["expert_load"], f"{diag}: expert_load {g['expert_load']} != {w['expert_load']}"
         assert abs(g["dropped_frac"] - w["dropped_frac"]) < 1e-6, \
@@ -74,12 +105,6 @@ def test_C5_trajectory_vs_reference(case, variant, moe, hf_model_dir, token_file
             err = rel_err(g[key], w[key])
             worst[key] = max(worst.get(key, 0.0), err)
             assert err <= tol, f"{diag}: {key} {g[key]!r} vs reference {w[key]!r} (rel {err:.2e} > {tol:.0e})"
-    print(f"\n[trajectory {case}] worst per-step relative error: "
-          + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
-
-    final = ref.params()
-    rep = {}
-    assert set(ours_w) >= set(final), f"final weights missing: {sorted(set(final) - set(ours_w))[:6]}"
-    for k, w in final.items():
-        check_close(k, ours_w[k], w, RTOL_WEIGHTS, report=rep)
-    print_report(f"final weights {case}", rep)
+        for key, val in ref_moe.router_health(w["expert_load"]).items():
+            assert abs(g[key] - val) <= 1e-9 * max(1.0, abs(val)), f"{diag}: {key} {g[key]!r} != {val!r}"
+    return worst

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Demo: set up, build, and train configs/tiny.yaml on real English text (the Debian 'fortunes' corpus, byte-level tokens).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+launch/setup.sh --no-venv
+launch/build.sh
+mkdir -p runs/demo
+if [[ ! -s runs/demo/corpus.txt ]]; then
+  # Every fortune file (not the .dat indexes), printable ASCII only.
+  for f in /usr/share/games/fortunes/*; do
+    case "$f" in *.dat|*.u8) continue ;; esac
+    [[ -f "$f" ]] && cat "$f"
+  done | LC_ALL=C tr -cd '\11\12\40-\176' > runs/demo/corpus.txt
+fi
+echo "demo: corpus runs/demo/corpus.txt ($(wc -c < runs/demo/corpus.txt) bytes of English text)"
+./build/moe-train configs/tiny.yaml "$@"
+echo "demo: metrics in runs/tiny/metrics.jsonl"
