@@ -7,6 +7,7 @@
 #include "config/config.h"
 #include "core/error.h"
 #include "train/memory_plan.h"
+#include "train/runtime.h"
 #include "train/trainer.h"
 
 int main(int argc, char** argv) {
@@ -25,23 +26,27 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   spdlog::set_pattern("[%H:%M:%S] %v");
+  moe::Runtime rt;
   try {
+    rt = moe::start_runtime();
     moe::Config cfg = moe::load_config(config_path, sets);
     MT_INPUT_CHECK(resume.empty(), "--resume: checkpoints are not implemented yet in this build");
     if (dry_run) {
       moe::Config c = cfg;
       if (!c.model_init_from.empty()) c = moe::resolve_model_config(c);
-      std::fputs(moe::format_memory_plan(c, moe::plan_memory(c)).c_str(), stdout);
+      if (rt.world->rank() == 0) std::fputs(moe::format_memory_plan(c, moe::plan_memory(c)).c_str(), stdout);
+      moe::stop_runtime(rt);
       return 0;
     }
-    moe::Trainer trainer(cfg);
-    trainer.run();
+    {
+      moe::Trainer trainer(cfg, *rt.world);
+      trainer.run();
+    }
+    moe::stop_runtime(rt);
     return 0;
   } catch (const moe::Error& e) {
-    spdlog::error("{}", e.what());
-    return e.exit_code();
+    return moe::fail_run(rt, e.what(), e.exit_code());
   } catch (const std::exception& e) {
-    spdlog::error("internal error: {}", e.what());
-    return 1;
+    return moe::fail_run(rt, (std::string("internal error: ") + e.what()).c_str(), 1);
   }
 }

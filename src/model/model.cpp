@@ -63,8 +63,10 @@ struct Model<T>::Impl {
 };
 
 template <typename T>
-Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy)
-    : m_(m), moe_(moe), B_(B), L_(L), table_(build_param_table(m)), arena_(policy), impl_(std::make_unique<Impl>()) {
+Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy,
+                const ExpertShardSpec& shard)
+    : m_(m), moe_(moe), B_(B), L_(L), table_(build_param_table(m, ExpertRange{shard.first, shard.count})),
+      arena_(policy), impl_(std::make_unique<Impl>()) {
   Impl& S = *impl_;
   const i64 Tn = B * L, H = m.hidden_size, V = m.vocab_size, D = m.resolved_head_dim();
   const i64 NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts, K = m.top_k, I = m.expert_width();
@@ -90,13 +92,14 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
     }
     if (!n.router.empty()) {
       o.router = table_.at(n.router).offset;
-      for (int e = 0; e < E; ++e) {
+      const int e0 = shard.count < 0 ? 0 : shard.first, e1 = shard.count < 0 ? int(E) : shard.first + shard.count;
+      for (int e = e0; e < e1; ++e) {
         o.w1.push_back(table_.at(n.w1[e]).offset);
         o.w3.push_back(table_.at(n.w3[e]).offset);
         o.w2.push_back(table_.at(n.w2[e]).offset);
       }
       o.moe_index = int(moe_layers_.size());
-      moe_layers_.push_back(std::make_unique<MoeLayer<T>>(Tn, H, E, K, I, moe, norm, arena_));
+      moe_layers_.push_back(std::make_unique<MoeLayer<T>>(Tn, H, E, K, I, moe, norm, shard, arena_));
     } else {
       o.dg = table_.at(n.dense_gate).offset;
       o.du = table_.at(n.dense_up).offset;
@@ -151,7 +154,8 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
     arena_.reserve(&S.du, Tn * ID);
     arena_.reserve(&S.da, Tn * ID);
   }
-  if (!moe_layers_.empty()) MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I);
+  if (!moe_layers_.empty())
+    MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, MoeLayer<T>::max_expert_rows(Tn, K, shard));
   arena_.allocate();
   if (arena_.allocated()) rope_table_ref<T>(S.cos_t, S.sin_t, L, D, m.rope_theta);
   S.aux_dp.assign(moe_layers_.size(), std::vector<double>(E, 0.0));

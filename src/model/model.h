@@ -38,7 +38,9 @@ template <typename T>
 class Model {
  public:
   // Plans every activation buffer for micro-batches of B sequences of L tokens (allocated here, once).
-  Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy = AllocPolicy::Allocate);
+  // shard: the experts this rank holds and its EP group (default: all experts, one process).
+  Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy = AllocPolicy::Allocate,
+        const ExpertShardSpec& shard = {});
   ~Model();
 
   const ParamTable& table() const { return table_; }

@@ -62,10 +62,12 @@ LayerNames layer_names(const ModelConfig& m, int l) {
   return n;
 }
 
-ParamTable build_param_table(const ModelConfig& m) {
+ParamTable build_param_table(const ModelConfig& m, ExpertRange range) {
   ParamTable t;
   const i64 H = m.hidden_size, V = m.vocab_size, D = m.resolved_head_dim();
   const i64 NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts, I = m.expert_width();
+  const int first = range.count < 0 ? 0 : range.first;
+  const int count = range.count < 0 ? int(E) : range.count;
   t.add("model.embed_tokens.weight", {V, H});
   for (int l = 0; l < m.num_layers; ++l) {
     LayerNames n = layer_names(m, l);
@@ -81,11 +83,6 @@ ParamTable build_param_table(const ModelConfig& m) {
     t.add(n.post_norm, {H}, true);
     if (!n.router.empty()) {
       t.add(n.router, {E, H});
-      for (int e = 0; e < E; ++e) {
-        t.add(n.w1[e], {I, H});
-        t.add(n.w2[e], {H, I});
-        t.add(n.w3[e], {I, H});
-      }
     } else {
       const i64 ID = m.intermediate_size;
       t.add(n.dense_gate, {ID, H});
@@ -95,6 +92,16 @@ ParamTable build_param_table(const ModelConfig& m) {
   }
   t.add("model.norm.weight", {H}, true);
   if (!m.tie_word_embeddings) t.add("lm_head.weight", {V, H});
+  t.mark_dense_end();
+  for (int l = 0; l < m.num_layers; ++l) {
+    LayerNames n = layer_names(m, l);
+    if (n.router.empty()) continue;
+    for (int e = first; e < first + count; ++e) {
+      t.add(n.w1[e], {I, H});
+      t.add(n.w2[e], {H, I});
+      t.add(n.w3[e], {I, H});
+    }
+  }
   return t;
 }
 

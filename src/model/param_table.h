@@ -25,11 +25,22 @@ class ParamTable {
   const ParamInfo* find(const std::string& name) const;  // nullptr when absent
   const std::vector<ParamInfo>& entries() const { return entries_; }
   i64 total_numel() const { return total_; }
+  // Entries are laid out as [dense segment | expert segment]: gradients of the first are reduced over all
+  // ranks, of the second over the expert-data-parallel group.
+  i64 dense_numel() const { return dense_; }
+  void mark_dense_end() { dense_ = total_; }
 
  private:
   std::vector<ParamInfo> entries_;
   std::unordered_map<std::string, size_t> index_;
   i64 total_ = 0;
+  i64 dense_ = 0;
+};
+
+// Which experts this rank stores: [first, first + count). count < 0 = all (no expert parallelism).
+struct ExpertRange {
+  int first = 0;
+  int count = -1;
 };
 
 // HF names of one layer's tensors, per architecture. [C4.layer]
@@ -41,7 +52,9 @@ struct LayerNames {
 };
 LayerNames layer_names(const ModelConfig& m, int layer);
 
-// The full table for a model, in a fixed order: embed, layers (attention then MLP/MoE), final norm, lm_head.
-ParamTable build_param_table(const ModelConfig& m);
+// The table of one rank: every dense tensor (embed, per-layer attention/norms/routers/dense MLPs, final norm,
+// lm_head, in model order), then the experts of `experts` (layer-major, expert, w1/w2/w3).
+// The default range gives the full logical model (what checkpoints and HF files hold).
+ParamTable build_param_table(const ModelConfig& m, ExpertRange experts = {});
 
 }  // namespace moe

@@ -1,4 +1,4 @@
-// Owns the CPU grouped expert computation: one GEMM triple per expert over its contiguous rows.
+// Owns the CPU dispatch-gather, combine and grouped expert MLPs: one GEMM triple per expert over contiguous rows.
 #include "moe/experts.h"
 
 #include "kernels/ref/gemm_ref.h"
@@ -6,29 +6,36 @@
 
 namespace moe {
 
-// contract: C4.expert C4.combine
 template <typename T>
-void experts_forward(T* out, ExpertActs<T>& A, const T* x, const T* topk_w, const RoutingPlan& plan,
-                     const ExpertWeights<T>& w, i64 H, i64 I) {
-  const i64 K = plan.K, P = plan.P;
-  // Dispatch: rows grouped by expert.
+void dispatch_gather(T* xg, const T* x, const RoutingPlan& plan, i64 H) {
+  const i64 K = plan.K;
 #pragma omp parallel for schedule(static)
-  for (i64 r = 0; r < P; ++r) {
+  for (i64 r = 0; r < plan.P; ++r) {
     const T* src = x + (plan.row_pair[r] / K) * H;
-    T* dst = A.xg + r * H;
+    T* dst = xg + r * H;
     for (i64 h = 0; h < H; ++h) dst[h] = src[h];
   }
-  for (i64 e = 0; e < plan.E; ++e) {
-    const i64 n = plan.counts[e], off = plan.offsets[e];
-    if (n == 0) continue;
-    linear_forward_ref<T>(A.a + off * I, A.xg + off * H, w.w1[e], n, H, I);
-    linear_forward_ref<T>(A.b + off * I, A.xg + off * H, w.w3[e], n, H, I);
-    swiglu_forward_ref<T>(A.hact + off * I, A.a + off * I, A.b + off * I, n * I);
-    if (A.mask)
-      for (i64 i = off * I; i < (off + n) * I; ++i) A.hact[i] *= A.mask[i];
-    linear_forward_ref<T>(A.y + off * H, A.hact + off * I, w.w2[e], n, I, H);
+}
+
+template <typename T>
+void dispatch_scatter_add(T* dx, const T* dxg, const RoutingPlan& plan, i64 H) {
+  const i64 K = plan.K;
+#pragma omp parallel for schedule(static)
+  for (i64 t = 0; t < plan.T; ++t) {
+    T* d = dx + t * H;
+    for (i64 k = 0; k < K; ++k) {
+      const i64 r = plan.pair_row[t * K + k];
+      if (r < 0) continue;
+      const T* src = dxg + r * H;
+      for (i64 h = 0; h < H; ++h) d[h] += src[h];
+    }
   }
-  // Combine in token order, slots in order: out_t = Σ_k w_tk · y_row(t,k).
+}
+
+// contract: C4.combine
+template <typename T>
+void combine_forward(T* out, const T* y, const T* topk_w, const RoutingPlan& plan, i64 H) {
+  const i64 K = plan.K;
 #pragma omp parallel for schedule(static)
   for (i64 t = 0; t < plan.T; ++t) {
     T* o = out + t * H;
@@ -37,18 +44,15 @@ void experts_forward(T* out, ExpertActs<T>& A, const T* x, const T* topk_w, cons
       const i64 r = plan.pair_row[t * K + k];
       if (r < 0) continue;
       const T wk = topk_w[t * K + k];
-      const T* y = A.y + r * H;
-      for (i64 h = 0; h < H; ++h) o[h] += wk * y[h];
+      const T* yr = y + r * H;
+      for (i64 h = 0; h < H; ++h) o[h] += wk * yr[h];
     }
   }
 }
 
 template <typename T>
-void experts_backward(T* dx, T* dtopk_w, ExpertGrads<T>& g, ExpertScratch<T>& s, const T* dout,
-                      const ExpertActs<T>& A, const T* topk_w, const RoutingPlan& plan,
-                      const ExpertWeights<T>& w, i64 H, i64 I) {
-  const i64 K = plan.K, P = plan.P;
-  // Backward of combine: dy_row = w · dout_t ; dw_tk = dout_t · y_row.
+void combine_backward(T* dy, T* dtopk_w, const T* dout, const T* y, const T* topk_w, const RoutingPlan& plan, i64 H) {
+  const i64 K = plan.K;
 #pragma omp parallel for schedule(static)
   for (i64 t = 0; t < plan.T; ++t) {
     const T* d = dout + t * H;
@@ -59,49 +63,81 @@ void experts_backward(T* dx, T* dtopk_w, ExpertGrads<T>& g, ExpertScratch<T>& s,
         continue;
       }
       const T wk = topk_w[t * K + k];
-      const T* y = A.y + r * H;
-      T* dy = s.dy + r * H;
+      const T* yr = y + r * H;
+      T* dyr = dy + r * H;
       T acc = 0;
       for (i64 h = 0; h < H; ++h) {
-        acc += d[h] * y[h];
-        dy[h] = wk * d[h];
+        acc += d[h] * yr[h];
+        dyr[h] = wk * d[h];
       }
       dtopk_w[t * K + k] = acc;
     }
   }
-  for (i64 e = 0; e < plan.E; ++e) {
-    const i64 n = plan.counts[e], off = plan.offsets[e];
-    if (n == 0) continue;
-    linear_backward_ref<T>(s.dh + off * I, g.w2[e], s.dy + off * H, A.hact + off * I, w.w2[e], n, I, H);
-    if (A.mask)
-      for (i64 i = off * I; i < (off + n) * I; ++i) s.dh[i] *= A.mask[i];
-    swiglu_backward_ref<T>(s.da + off * I, s.db + off * I, s.dh + off * I, A.a + off * I, A.b + off * I, n * I);
-    linear_backward_ref<T>(s.dxg + off * H, g.w1[e], s.da + off * I, A.xg + off * H, w.w1[e], n, H, I);
-    linear_backward_ref<T>(s.dxg + off * H, g.w3[e], s.db + off * I, A.xg + off * H, w.w3[e], n, H, I, T(1));
-  }
-  // Backward of dispatch = combine of row gradients back to their tokens (token order, no atomics).
-#pragma omp parallel for schedule(static)
-  for (i64 t = 0; t < plan.T; ++t) {
-    T* d = dx + t * H;
-    for (i64 k = 0; k < K; ++k) {
-      const i64 r = plan.pair_row[t * K + k];
-      if (r < 0) continue;
-      const T* src = s.dxg + r * H;
-      for (i64 h = 0; h < H; ++h) d[h] += src[h];
-    }
-  }
-  (void)P;
 }
 
-template void experts_forward<float>(float*, ExpertActs<float>&, const float*, const float*, const RoutingPlan&,
-                                     const ExpertWeights<float>&, i64, i64);
-template void experts_forward<double>(double*, ExpertActs<double>&, const double*, const double*,
-                                      const RoutingPlan&, const ExpertWeights<double>&, i64, i64);
-template void experts_backward<float>(float*, float*, ExpertGrads<float>&, ExpertScratch<float>&, const float*,
-                                      const ExpertActs<float>&, const float*, const RoutingPlan&,
-                                      const ExpertWeights<float>&, i64, i64);
-template void experts_backward<double>(double*, double*, ExpertGrads<double>&, ExpertScratch<double>&,
-                                       const double*, const ExpertActs<double>&, const double*,
-                                       const RoutingPlan&, const ExpertWeights<double>&, i64, i64);
+// contract: C4.expert
+template <typename T>
+void expert_mlp_forward(T* y, ExpertMlpActs<T>& A, const T* x, const T* mask, const std::vector<i64>& counts,
+                        const ExpertWeights<T>& w, i64 H, i64 I) {
+  i64 off = 0;
+  for (size_t j = 0; j < counts.size(); ++j) {
+    const i64 n = counts[j];
+    if (n > 0) {
+      linear_forward_ref<T>(A.a + off * I, x + off * H, w.w1[j], n, H, I);
+      linear_forward_ref<T>(A.b + off * I, x + off * H, w.w3[j], n, H, I);
+      swiglu_forward_ref<T>(A.hact + off * I, A.a + off * I, A.b + off * I, n * I);
+      if (mask)
+        for (i64 i = off * I; i < (off + n) * I; ++i) A.hact[i] *= mask[i];
+      linear_forward_ref<T>(y + off * H, A.hact + off * I, w.w2[j], n, I, H);
+    }
+    off += n;
+  }
+}
+
+template <typename T>
+void expert_mlp_backward(T* dx, ExpertGrads<T>& g, T* dh, T* da, T* db, const T* dy, const ExpertMlpActs<T>& A,
+                         const T* x, const T* mask, const std::vector<i64>& blocks, const ExpertWeights<T>& w, i64 H,
+                         i64 I) {
+  const size_t E_local = g.w1.size(), S = blocks.size() / E_local;
+  i64 off = 0;
+  for (size_t j = 0; j < E_local; ++j) {
+    i64 n = 0;
+    for (size_t s = 0; s < S; ++s) n += blocks[j * S + s];
+    if (n > 0) {
+      // Input gradients are per row: one GEMM over all rows of the expert.
+      linear_backward_ref<T>(dh + off * I, nullptr, dy + off * H, nullptr, w.w2[j], n, I, H);
+      if (mask)
+        for (i64 i = off * I; i < (off + n) * I; ++i) dh[i] *= mask[i];
+      swiglu_backward_ref<T>(da + off * I, db + off * I, dh + off * I, A.a + off * I, A.b + off * I, n * I);
+      linear_backward_ref<T>(dx + off * H, nullptr, da + off * I, nullptr, w.w1[j], n, H, I);
+      linear_backward_ref<T>(dx + off * H, nullptr, db + off * I, nullptr, w.w3[j], n, H, I, T(1));
+      // Weight gradients: one accumulation per source block.
+      i64 b0 = off;
+      for (size_t s = 0; s < S; ++s) {
+        const i64 m = blocks[j * S + s];
+        if (m > 0) {
+          linear_backward_ref<T>(nullptr, g.w2[j], dy + b0 * H, A.hact + b0 * I, w.w2[j], m, I, H);
+          linear_backward_ref<T>(nullptr, g.w1[j], da + b0 * I, x + b0 * H, w.w1[j], m, H, I);
+          linear_backward_ref<T>(nullptr, g.w3[j], db + b0 * I, x + b0 * H, w.w3[j], m, H, I);
+        }
+        b0 += m;
+      }
+    }
+    off += n;
+  }
+}
+
+#define MOE_INSTANTIATE(T)                                                                                         \
+  template void dispatch_gather<T>(T*, const T*, const RoutingPlan&, i64);                                         \
+  template void dispatch_scatter_add<T>(T*, const T*, const RoutingPlan&, i64);                                    \
+  template void combine_forward<T>(T*, const T*, const T*, const RoutingPlan&, i64);                               \
+  template void combine_backward<T>(T*, T*, const T*, const T*, const T*, const RoutingPlan&, i64);                \
+  template void expert_mlp_forward<T>(T*, ExpertMlpActs<T>&, const T*, const T*, const std::vector<i64>&,          \
+                                      const ExpertWeights<T>&, i64, i64);                                          \
+  template void expert_mlp_backward<T>(T*, ExpertGrads<T>&, T*, T*, T*, const T*, const ExpertMlpActs<T>&,         \
+                                       const T*, const T*, const std::vector<i64>&, const ExpertWeights<T>&, i64, i64);
+MOE_INSTANTIATE(float)
+MOE_INSTANTIATE(double)
+#undef MOE_INSTANTIATE
 
 }  // namespace moe

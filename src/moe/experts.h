@@ -1,4 +1,4 @@
-// Owns the grouped expert MLPs over a routing plan: dispatch (gather), W2·(silu(W1x) ⊙ W3x), combine [C4.expert, C4.combine].
+// Owns the local MoE pieces around the experts: dispatch gather, the grouped expert MLPs, combine, and their backward [C4.expert, C4.combine].
 #pragma once
 #include <vector>
 
@@ -9,43 +9,48 @@ namespace moe {
 
 template <typename T>
 struct ExpertWeights {
-  std::vector<const T*> w1, w3, w2;  // per expert: w1/w3 [I,H], w2 [H,I]
+  std::vector<const T*> w1, w3, w2;  // per local expert: w1/w3 [I,H], w2 [H,I]
 };
 template <typename T>
 struct ExpertGrads {
   std::vector<T*> w1, w3, w2;
 };
 
-// Saved activations of one layer's experts, rows in plan order (P ≤ T·K).
+// Dispatch (local part): xg [P,H] = rows of x [T,H] in plan order (grouped by expert, token order within).
 template <typename T>
-struct ExpertActs {
-  T* xg;    // [T·K, H] gathered inputs
-  T* a;     // [T·K, I] W1·x
-  T* b;     // [T·K, I] W3·x
-  T* hact;  // [T·K, I] silu(a)·b (· dropout mask)
-  T* y;     // [T·K, H] expert outputs (unweighted)
-  T* mask;  // [T·K, I] inverted-dropout scale (0 or 1/(1−p)); null when expert_dropout == 0
+void dispatch_gather(T* xg, const T* x, const RoutingPlan& plan, i64 H);
+
+// Backward of dispatch: dx [T,H] += rows of dxg [P,H] scattered back to their tokens (token order, no atomics).
+template <typename T>
+void dispatch_scatter_add(T* dx, const T* dxg, const RoutingPlan& plan, i64 H);
+
+// Combine: out [T,H] = Σ_k kept w[t,k] · y[row(t,k)] (y [P,H] in plan order). [C4.combine]
+template <typename T>
+void combine_forward(T* out, const T* y, const T* topk_w, const RoutingPlan& plan, i64 H);
+
+// Backward of combine: dy [P,H] = w · dout_t ; dtopk_w [T,K] = dout_t · y_row (0 for dropped pairs).
+template <typename T>
+void combine_backward(T* dy, T* dtopk_w, const T* dout, const T* y, const T* topk_w, const RoutingPlan& plan, i64 H);
+
+// Saved activations of the expert MLPs over R rows grouped by local expert (counts[j] rows for expert j).
+template <typename T>
+struct ExpertMlpActs {
+  T* a;     // [R, I] W1·x
+  T* b;     // [R, I] W3·x
+  T* hact;  // [R, I] silu(a)·b (· dropout mask)
 };
 
-// Scratch shared by all layers for backward.
+// y [R,H] = W2_j (silu(W1_j x) ⊙ W3_j x) per local expert j over its rows of x [R,H]; mask [R,I] may be null. [C4.expert]
 template <typename T>
-struct ExpertScratch {
-  T* dy;   // [T·K, H]
-  T* dh;   // [T·K, I]
-  T* da;   // [T·K, I]
-  T* db;   // [T·K, I]
-  T* dxg;  // [T·K, H]
-};
+void expert_mlp_forward(T* y, ExpertMlpActs<T>& acts, const T* x, const T* mask, const std::vector<i64>& counts,
+                        const ExpertWeights<T>& w, i64 H, i64 I);
 
-// out [T,H] = Σ over kept pairs of w · expert(x). topk_w [T,K].
+// dx [R,H] overwritten; weight grads accumulated. dh/da/db [R,I] scratch.
+// blocks [E_local · S]: rows of expert j from source s (expert-major). Weight gradients are summed block by
+// block in source order, so the floating-point order equals one process running the micro-batches in turn.
 template <typename T>
-void experts_forward(T* out, ExpertActs<T>& acts, const T* x, const T* topk_w, const RoutingPlan& plan,
-                     const ExpertWeights<T>& w, i64 H, i64 I);
-
-// dx [T,H] accumulated (+=); dtopk_w [T,K] overwritten (0 for dropped pairs); weight grads accumulated.
-template <typename T>
-void experts_backward(T* dx, T* dtopk_w, ExpertGrads<T>& g, ExpertScratch<T>& s, const T* dout,
-                      const ExpertActs<T>& acts, const T* topk_w, const RoutingPlan& plan,
-                      const ExpertWeights<T>& w, i64 H, i64 I);
+void expert_mlp_backward(T* dx, ExpertGrads<T>& g, T* dh, T* da, T* db, const T* dy, const ExpertMlpActs<T>& acts,
+                         const T* x, const T* mask, const std::vector<i64>& blocks, const ExpertWeights<T>& w, i64 H,
+                         i64 I);
 
 }  // namespace moe

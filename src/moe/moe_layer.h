@@ -5,6 +5,8 @@
 #include "config/config.h"
 #include "core/arena.h"
 #include "core/rng.h"
+#include "comm/communicator.h"
+#include "moe/ep_exchange.h"
 #include "moe/experts.h"
 #include "moe/plan.h"
 #include "moe/router.h"
@@ -21,14 +23,27 @@ struct RngCtx {
   int global_micro = 0;
 };
 
+// Which experts this rank computes and with whom it exchanges tokens (expert parallelism).
+struct ExpertShardSpec {
+  Communicator* ep_comm = nullptr;  // null or size 1: all experts local
+  int first = 0;                    // first local expert
+  int count = -1;                   // local experts (−1 = all)
+};
+
 // Scratch shared by every MoE layer's backward (sized for the largest layer).
 template <typename T>
 struct MoeScratch {
-  ExpertScratch<T> ex;
+  T* dy;       // [T·K, H] combine backward, local rows
+  T* dye;      // [R, H] expert-major
+  T* dh;       // [R, I]
+  T* da;       // [R, I]
+  T* db;       // [R, I]
+  T* dxe;      // [R, H] expert-major input grads
+  T* dxg;      // [T·K, H] back in local row order
   T* dtopk_w;  // [T, K]
   T* dlogits;  // [T, E]
   T* dxr;      // [T, H]
-  static void reserve(MoeScratch& s, Arena<T>& a, i64 Tn, i64 H, i64 E, i64 K, i64 I);
+  static void reserve(MoeScratch& s, Arena<T>& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, i64 R);
 };
 
 // Router statistics of one forward, reduced by the model into aux/z values and metrics.
@@ -42,9 +57,11 @@ struct RouterStats {
 template <typename T>
 class MoeLayer {
  public:
-  MoeLayer(i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm, Arena<T>& arena);
+  MoeLayer(i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm, const ExpertShardSpec& shard,
+           Arena<T>& arena);
 
   // out [T,H] = MoE(x [T,H]); x must stay valid until backward. bias [E] (selection only) may be null.
+  // w holds the local experts. Collective over the EP group.
   void forward(T* out, const T* x, const T* Wg, const ExpertWeights<T>& w, const float* bias, const RngCtx& rng,
                Mode mode);
 
@@ -54,12 +71,15 @@ class MoeLayer {
 
   const RoutingPlan& plan() const { return plan_; }
   const RouterStats& stats() const { return stats_; }
+  // Rows the experts of this rank may receive: T·K per EP rank (dropless worst case).
+  static i64 max_expert_rows(i64 Tn, i64 K, const ExpertShardSpec& shard);
 
  private:
   i64 Tn_, H_, E_, K_, I_;
   MoeConfig cfg_;
   TopkNorm norm_;
   RoutingPlan plan_;
+  EpExchange<T> exchange_;
   RouterStats stats_;
   const T* x_ = nullptr;   // layer input [T,H] (not owned)
   T* xr_ = nullptr;        // [T,H] jittered router input (jitter > 0)
@@ -67,7 +87,13 @@ class MoeLayer {
   T* logits_ = nullptr;    // [T,E]
   T* probs_ = nullptr;     // [T,E]
   T* topk_w_ = nullptr;    // [T,K]
-  ExpertActs<T> acts_{};
+  T* xg_ = nullptr;        // [T·K, H] dispatched rows, local order
+  T* xe_ = nullptr;        // [R, H] rows at the experts, expert-major
+  ExpertMlpActs<T> mlp_{}; // [R, I] each
+  T* ye_ = nullptr;        // [R, H] expert outputs, expert-major
+  T* y_ = nullptr;         // [T·K, H] expert outputs back in local order
+  T* mask_local_ = nullptr;  // [T·K, I] dropout scale per local row (expert_dropout > 0)
+  T* mask_ = nullptr;        // [R, I] the same, expert-major
   bool jitter_active_ = false;
 };
 

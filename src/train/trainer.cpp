@@ -36,18 +36,35 @@ void check_supported(const Config& cfg) {
                   "use train.device: cpu");
   if (cfg.train.precision != Precision::Fp32)
     MT_INPUT_FAIL("train.precision: bf16 needs train.device: cuda; CPU training is fp32 — use train.precision: fp32");
-  if (cfg.parallel.ep != 1 || cfg.parallel.zero != 0)
-    MT_INPUT_FAIL("parallel.ep = ", cfg.parallel.ep, ", parallel.zero = ", cfg.parallel.zero,
-                  ": expert parallelism and ZeRO need the distributed runtime, which this build does not have yet; use ep: 1, zero: 0");
+  if (cfg.parallel.zero != 0)
+    MT_INPUT_FAIL("parallel.zero = ", cfg.parallel.zero, ": ZeRO sharding is not implemented yet; use parallel.zero: 0");
+  if (cfg.parallel.backend == CommBackend::Nccl)
+    MT_INPUT_FAIL("parallel.backend: nccl needs train.device: cuda; use auto or mpi");
   if (cfg.peft.method != PeftMethod::Full)
     MT_INPUT_FAIL("peft.method: LoRA/QLoRA are not implemented yet; use peft.method: full");
   MT_INPUT_CHECK(cfg.upcycle.from.empty(), "upcycle.from: upcycling is not implemented yet; remove upcycle.from");
 }
 
-Trainer::Trainer(const Config& in) : cfg_(resolve_model_config(in)) {
+Trainer::Trainer(const Config& in, Communicator& world)
+    : cfg_(resolve_model_config(in)), world_comm_(world), rank_(world.rank()), world_(world.size()),
+      ep_(cfg_.parallel.ep) {
   check_supported(cfg_);
   const auto& t = cfg_.train;
-  model_ = std::make_unique<Model<float>>(cfg_.model, cfg_.moe, t.micro_batch, t.seq_len);
+  const int E = cfg_.model.num_experts;
+  MT_INPUT_CHECK(world_ % ep_ == 0, "parallel.ep = ", ep_, " must divide the number of ranks ", world_,
+                 " (world = ep x expert_dp)");
+  MT_INPUT_CHECK(E % ep_ == 0, "parallel.ep = ", ep_, " must divide model.num_experts = ", E,
+                 " (experts are split evenly over the EP group)");
+  // EP groups: consecutive ranks; expert-DP groups: ranks with the same EP index.
+  ep_comm_ = world_comm_.split(rank_ / ep_, rank_);
+  edp_comm_ = world_comm_.split(rank_ % ep_, rank_);
+  ExpertShardSpec shard;
+  if (ep_ > 1) {
+    shard.ep_comm = ep_comm_.get();
+    shard.first = (rank_ % ep_) * (E / ep_);
+    shard.count = E / ep_;
+  }
+  model_ = std::make_unique<Model<float>>(cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, AllocPolicy::Allocate, shard);
   data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
   const i64 n = model_->table().total_numel();
   params_.assign(n, 0.f);
@@ -67,18 +84,19 @@ void Trainer::init_params() {
     load_hf_weights(cfg_.model_init_from, cfg_.model, model_->table(), params_.data());
     return;
   }
-  // Seeded init: N(0, init_std) for matrices, ones for norms; stream = parameter index, never the rank.
+  // Seeded init: N(0, init_std) for matrices, ones for norms. The stream is a hash of the HF name, so
+  // every layout (rank count, ep) draws the same values for the same tensor.
   const Philox ph(cfg_.train.seed, RngPurpose::Init);
-  const auto& entries = model_->table().entries();
-  for (size_t k = 0; k < entries.size(); ++k) {
-    const ParamInfo& p = entries[k];
+  for (const ParamInfo& p : model_->table().entries()) {
+    uint32_t stream = 2166136261u;  // FNV-1a
+    for (unsigned char c : p.name) stream = (stream ^ c) * 16777619u;
     float* dst = params_.data() + p.offset;
     if (p.is_norm) {
       std::fill(dst, dst + p.numel, 1.f);
       continue;
     }
 #pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < p.numel; ++i) dst[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), uint32_t(k), 0));
+    for (i64 i = 0; i < p.numel; ++i) dst[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), stream, 0));
   }
 }
 
@@ -119,6 +137,7 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
       for (int l = 0; l < Lm; ++l)
         for (int e = 0; e < E; ++e) global.routed[l][e] += double(st.router[l].routed[e]);
     }
+    for (auto& l : global.routed) world_comm_.all_reduce_sum(l.data(), i64(l.size()));
   }
 
   StepResult r;
@@ -146,12 +165,38 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
     model_->backward(params_.data(), grads_.data(), inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form,
                      use_global ? &global : nullptr);
   }
+  reduce_step(r, ce, aux, z);
   r.loss = ce / N;
   r.aux_loss = aux / double(M);
   r.z_loss = z / double(M);
-  r.grad_norm = std::sqrt(grad_sq_sum(grads_.data(), i64(grads_.size())));
   r.lr = lr_at(t, s);
   return r;
+}
+
+// Sums gradients and statistics over ranks: dense gradients over the world, expert gradients over the
+// expert-data-parallel group; the norm counts every expert once (sum of local expert norms over the EP group).
+void Trainer::reduce_step(StepResult& r, double& ce, double& aux, double& z) {
+  const i64 dense = model_->table().dense_numel(), total = i64(grads_.size());
+  world_comm_.all_reduce_sum(grads_.data(), dense);
+  edp_comm_->all_reduce_sum(grads_.data() + dense, total - dense);
+  double sums[3] = {ce, aux, z};
+  world_comm_.all_reduce_sum(sums, 3);
+  ce = sums[0];
+  aux = sums[1];
+  z = sums[2];
+  std::vector<int64_t> counts;
+  for (const auto& l : r.expert_load) counts.insert(counts.end(), l.begin(), l.end());
+  counts.push_back(r.dropped);
+  counts.push_back(r.pairs);
+  world_comm_.all_reduce_sum(counts.data(), i64(counts.size()));
+  size_t i = 0;
+  for (auto& l : r.expert_load)
+    for (auto& c : l) c = counts[i++];
+  r.dropped = counts[i++];
+  r.pairs = counts[i++];
+  double expert_sq = grad_sq_sum(grads_.data() + dense, total - dense);
+  ep_comm_->all_reduce_sum(&expert_sq, 1);
+  r.grad_norm = std::sqrt(grad_sq_sum(grads_.data(), dense) + expert_sq);
 }
 
 // contract: C5.clip C5.adamw C4.biasbalance
@@ -182,6 +227,22 @@ StepResult Trainer::step(int s) {
   }
   r.step_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+
+std::vector<float> Trainer::gather_full_params() {
+  const ParamTable full = build_param_table(cfg_.model);
+  std::vector<float> out(size_t(full.total_numel()), 0.f);
+  const ParamTable& local = model_->table();
+  const int edp_rank = rank_ / ep_;
+  // Dense tensors from rank 0, each expert from the first rank of its expert-DP group: the sum is exact.
+  for (const ParamInfo& p : local.entries()) {
+    const bool expert = p.offset >= local.dense_numel();
+    if ((expert && edp_rank != 0) || (!expert && rank_ != 0)) continue;
+    const ParamInfo& f = full.at(p.name);
+    std::copy(params_.begin() + p.offset, params_.begin() + p.offset + p.numel, out.begin() + f.offset);
+  }
+  world_comm_.all_reduce_sum(out.data(), i64(out.size()));
+  return out;
 }
 
 void Trainer::write_metrics(const StepResult& r, bool with_load) {
@@ -215,18 +276,18 @@ static std::string hms(double sec) {
 void Trainer::run() {
   const auto& t = cfg_.train;
   const fs::path dir = cfg_.resolved_run_dir();
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
-  {
+  if (rank_ == 0) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
     std::ofstream c(dir / "config.yaml");
     c << config_to_yaml(cfg_);
+    metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
+    MT_INPUT_CHECK(metrics_.good(), "run.dir: cannot write '", (dir / "metrics.jsonl").string(), "'");
   }
-  metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
-  MT_INPUT_CHECK(metrics_.good(), "run.dir: cannot write '", (dir / "metrics.jsonl").string(), "'");
   if (rank_ == 0)
-    spdlog::info("training {} params, {} MoE layers, global batch {} x {} tokens, {} steps -> {}",
-                 model_->table().total_numel(), model_->num_moe_layers(),
+    spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",
+                 build_param_table(cfg_.model).total_numel(), model_->num_moe_layers(), world_, ep_, world_ / ep_,
                  i64(t.micro_batch) * t.grad_accum * world_, t.seq_len, t.steps, dir.string());
   const auto start = std::chrono::steady_clock::now();
   for (int s = 0; s < t.steps; ++s) {
@@ -246,7 +307,7 @@ void Trainer::run() {
       }
     }
   }
-  spdlog::info("done: {} steps in {}", t.steps,
+  if (rank_ == 0) spdlog::info("done: {} steps in {}", t.steps,
                hms(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
 }
 

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "config/config.h"
 #include "data/token_data.h"
 #include "model/model.h"
@@ -27,7 +28,9 @@ struct StepResult {
 
 class Trainer {
  public:
-  explicit Trainer(const Config& cfg);
+  // world: all ranks (a self communicator for one process). Experts are split over groups of
+  // parallel.ep consecutive ranks; world = ep × expert_dp.
+  Trainer(const Config& cfg, Communicator& world);
   ~Trainer();
 
   // The whole run: steps train.steps updates, progress lines, run.dir/metrics.jsonl.
@@ -41,16 +44,23 @@ class Trainer {
 
   const ParamTable& table() const { return model_->table(); }
   const ModelConfig& model_config() const { return cfg_.model; }
+  int rank() const { return rank_; }
   const Config& config() const { return cfg_; }
   std::vector<float>& params() { return params_; }
+  // The full logical model (all experts) in build_param_table(model_config()) layout, on every rank.
+  // Collective over the world.
+  std::vector<float> gather_full_params();
   const std::vector<float>& grads() const { return grads_; }
 
  private:
   void init_params();
+  void reduce_step(StepResult& r, double& ce, double& aux, double& z);
   void write_metrics(const StepResult& r, bool with_load);
 
   Config cfg_;
-  int rank_ = 0, world_ = 1;
+  Communicator& world_comm_;
+  std::unique_ptr<Communicator> ep_comm_, edp_comm_;  // expert-parallel and expert-data-parallel groups
+  int rank_ = 0, world_ = 1, ep_ = 1;
   std::unique_ptr<Model<float>> model_;
   std::unique_ptr<TokenData> data_;
   std::vector<float> params_, grads_, exp_avg_, exp_avg_sq_;  // [total_numel] each

@@ -5,6 +5,7 @@
 #include "config/config.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "train/runtime.h"
 #include "train/trainer.h"
 
 using namespace moe;
@@ -38,9 +39,11 @@ static void dump_grads(Trainer& tr, const std::string& out) {
 
 static void dump_train(Trainer& tr, const std::string& out) {
   tr.run();
+  const std::vector<float> full = tr.gather_full_params();
+  if (tr.rank() != 0) return;
+  const ParamTable table = build_param_table(tr.model_config());
   std::vector<TensorToWrite> ts;
-  for (const ParamInfo& p : tr.table().entries())
-    ts.push_back({p.name, p.shape, tr.params().data() + p.offset, StDtype::F32});
+  for (const ParamInfo& p : table.entries()) ts.push_back({p.name, p.shape, full.data() + p.offset, StDtype::F32});
   write_safetensors(out, ts, {{"format", "pt"}});
 }
 
@@ -54,13 +57,17 @@ int main(int argc, char** argv) {
   app.add_option("--out", out, "output .safetensors")->required();
   CLI11_PARSE(app, argc, argv);
   spdlog::set_pattern("[%H:%M:%S] %v");
+  Runtime rt;
   try {
-    Trainer tr(load_config(config_path, sets));
-    if (mode == "grads") dump_grads(tr, out);
-    else dump_train(tr, out);
+    rt = start_runtime();
+    {
+      Trainer tr(load_config(config_path, sets), *rt.world);
+      if (mode == "grads") dump_grads(tr, out);
+      else dump_train(tr, out);
+    }
+    stop_runtime(rt);
     return 0;
   } catch (const Error& e) {
-    spdlog::error("{}", e.what());
-    return e.exit_code();
+    return fail_run(rt, e.what(), e.exit_code());
   }
 }

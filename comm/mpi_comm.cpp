@@ -1,0 +1,127 @@
+// Owns the MPI backend of the Communicator (host buffers); the only file that includes mpi.h.
+// The C API only: skip the deprecated C++ bindings.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <climits>
+#include <cstdlib>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/error.h"
+
+#define MT_MPI(call)                                                   \
+  do {                                                                 \
+    const int rc_ = (call);                                            \
+    MT_CHECK(rc_ == MPI_SUCCESS, #call " failed with MPI error ", rc_); \
+  } while (0)
+
+namespace moe {
+
+static MPI_Datatype mpi_type(CommDtype t) {
+  switch (t) {
+    case CommDtype::F32: return MPI_FLOAT;
+    case CommDtype::F64: return MPI_DOUBLE;
+    case CommDtype::I64: return MPI_INT64_T;
+  }
+  return MPI_BYTE;
+}
+
+static int as_int(i64 v) {
+  MT_CHECK(v >= 0 && v <= INT_MAX, "MPI count out of int range: ", v);
+  return int(v);
+}
+
+namespace {
+struct MpiRequest final : CommRequest {
+  MPI_Request req = MPI_REQUEST_NULL;
+  void wait() override { MT_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE)); }
+};
+
+class MpiComm final : public Communicator {
+ public:
+  MpiComm(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
+    MPI_Comm_rank(c, &rank_);
+    MPI_Comm_size(c, &size_);
+  }
+  ~MpiComm() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized) MPI_Comm_free(&comm_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(void* buf, i64 n, CommDtype t) override {
+    if (n == 0) return;
+    MT_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, as_int(n), mpi_type(t), MPI_SUM, comm_));
+  }
+  std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) override {
+    auto r = std::make_unique<MpiRequest>();
+    if (n > 0) MT_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n), mpi_type(t), MPI_SUM, comm_, &r->req));
+    return r;
+  }
+  void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
+    MT_MPI(MPI_Reduce_scatter_block(send, recv, as_int(n), mpi_type(t), MPI_SUM, comm_));
+  }
+  void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+    MT_MPI(MPI_Allgather(send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_));
+  }
+  void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
+                    CommDtype t) override {
+    std::vector<int>& c = scratch_;
+    c.resize(size_t(4 * size_));
+    for (int r = 0; r < size_; ++r) {
+      c[r] = as_int(sc[r]);
+      c[size_ + r] = as_int(sd[r]);
+      c[2 * size_ + r] = as_int(rc[r]);
+      c[3 * size_ + r] = as_int(rd[r]);
+    }
+    MT_MPI(MPI_Alltoallv(send, c.data(), c.data() + size_, mpi_type(t), recv, c.data() + 2 * size_,
+                         c.data() + 3 * size_, mpi_type(t), comm_));
+  }
+  void broadcast(void* buf, i64 n, CommDtype t, int root) override {
+    MT_MPI(MPI_Bcast(buf, as_int(n), mpi_type(t), root, comm_));
+  }
+  void barrier() override { MT_MPI(MPI_Barrier(comm_)); }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    MPI_Comm c;
+    MT_MPI(MPI_Comm_split(comm_, color, key, &c));
+    return std::make_unique<MpiComm>(c, true);
+  }
+
+ private:
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+  std::vector<int> scratch_;  // counts as int, reused (sized once per world size)
+};
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_world() {
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (!inited) {
+    int provided = 0;
+    MT_MPI(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+  }
+  return std::make_unique<MpiComm>(MPI_COMM_WORLD, false);
+}
+
+void finalize_mpi() {
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  if (inited && !finalized) MPI_Finalize();
+}
+
+void abort_world(int code) {
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  if (inited && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+  std::exit(code);
+}
+
+}  // namespace moe

@@ -1,0 +1,42 @@
+// Owns the single-process Communicator: collectives over one rank are copies or no-ops.
+#include <cstring>
+
+#include "comm/communicator.h"
+#include "core/error.h"
+
+namespace moe {
+
+static size_t dtype_bytes(CommDtype t) { return t == CommDtype::F32 ? 4 : 8; }
+
+namespace {
+struct DoneRequest final : CommRequest {
+  void wait() override {}
+};
+
+class SelfComm final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(void*, i64, CommDtype) override {}
+  std::unique_ptr<CommRequest> iall_reduce_sum(void*, i64, CommDtype) override { return std::make_unique<DoneRequest>(); }
+  void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
+    if (recv != send) std::memmove(recv, send, size_t(n) * dtype_bytes(t));
+  }
+  void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+    if (recv != send) std::memmove(recv, send, size_t(n) * dtype_bytes(t));
+  }
+  void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
+                    CommDtype t) override {
+    MT_CHECK(sc[0] == rc[0], "self all_to_all_v count mismatch");
+    const size_t b = dtype_bytes(t);
+    std::memmove(static_cast<char*>(recv) + rd[0] * b, static_cast<const char*>(send) + sd[0] * b, size_t(sc[0]) * b);
+  }
+  void broadcast(void*, i64, CommDtype, int) override {}
+  void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<SelfComm>(); }
+};
+}  // namespace
+
+std::unique_ptr<Communicator> make_self_communicator() { return std::make_unique<SelfComm>(); }
+
+}  // namespace moe

@@ -1,0 +1,129 @@
+// Owns the EP exchange: one counts all-to-all per layer forward, row all-to-all-v both ways, stable block permutation.
+#include "moe/ep_exchange.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace moe {
+
+template <typename T>
+static CommDtype comm_dtype() {
+  return sizeof(T) == 4 ? CommDtype::F32 : CommDtype::F64;
+}
+
+template <typename T>
+EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width)
+    : comm_(comm), ep_(comm ? comm->size() : 1), E_(E), E_local_(E_local), max_rows_(max_rows), max_width_(max_width) {
+  if (ep_ > 1) staging_.assign(size_t(max_rows * max_width), T(0));
+  MT_CHECK(E_local * ep_ == E, "experts ", E, " not split evenly over ep ", ep_);
+  recv_counts_.assign(size_t(ep_ * E_local), 0);
+  send_rows_.assign(ep_, 0);
+  send_off_.assign(ep_, 0);
+  recv_rows_by_src_.assign(ep_, 0);
+  recv_off_.assign(ep_, 0);
+  local_.assign(size_t(E_local), 0);
+  sc_.assign(ep_, 0);
+  sd_.assign(ep_, 0);
+  rc_.assign(ep_, 0);
+  rd_.assign(ep_, 0);
+  cnt_send_.assign(ep_, E_local);
+  cnt_sd_.assign(ep_, 0);
+  cnt_rc_.assign(ep_, E_local);
+  cnt_rd_.assign(ep_, 0);
+  for (int q = 0; q < ep_; ++q) cnt_sd_[q] = cnt_rd_[q] = q * E_local;
+}
+
+template <typename T>
+void EpExchange<T>::plan(const std::vector<i64>& counts) {
+  if (ep_ == 1) {
+    local_ = counts;
+    blocks_ = counts;
+    recv_rows_ = 0;
+    for (i64 c : counts) recv_rows_ += c;
+    return;
+  }
+  // Counts for the experts of peer q are the contiguous slice [q·E_local, (q+1)·E_local).
+  comm_->all_to_all_v(counts.data(), cnt_send_.data(), cnt_sd_.data(), recv_counts_.data(), cnt_rc_.data(),
+                      cnt_rd_.data(), CommDtype::I64);
+  i64 off = 0;
+  for (int q = 0; q < ep_; ++q) {
+    send_off_[q] = off;
+    send_rows_[q] = 0;
+    for (i64 j = 0; j < E_local_; ++j) send_rows_[q] += counts[q * E_local_ + j];
+    off += send_rows_[q];
+  }
+  off = 0;
+  std::fill(local_.begin(), local_.end(), 0);
+  for (int s = 0; s < ep_; ++s) {
+    recv_off_[s] = off;
+    recv_rows_by_src_[s] = 0;
+    for (i64 j = 0; j < E_local_; ++j) {
+      recv_rows_by_src_[s] += recv_counts_[s * E_local_ + j];
+      local_[j] += recv_counts_[s * E_local_ + j];
+    }
+    off += recv_rows_by_src_[s];
+  }
+  recv_rows_ = off;
+  blocks_.resize(size_t(E_local_ * ep_));
+  for (i64 j = 0; j < E_local_; ++j)
+    for (int s = 0; s < ep_; ++s) blocks_[j * ep_ + s] = recv_counts_[s * E_local_ + j];
+  MT_CHECK(recv_rows_ <= max_rows_, "EP receive rows ", recv_rows_, " exceed the planned ", max_rows_);
+}
+
+template <typename T>
+void EpExchange<T>::element_layout(i64 W, bool forward) {
+  for (int q = 0; q < ep_; ++q) {
+    const i64 mine = send_rows_[q] * W, theirs = recv_rows_by_src_[q] * W;
+    sc_[q] = forward ? mine : theirs;
+    sd_[q] = (forward ? send_off_[q] : recv_off_[q]) * W;
+    rc_[q] = forward ? theirs : mine;
+    rd_[q] = (forward ? recv_off_[q] : send_off_[q]) * W;
+  }
+}
+
+template <typename T>
+void EpExchange<T>::to_experts(T* recv, const T* send, i64 W) {
+  if (ep_ == 1) {
+    std::copy(send, send + recv_rows_ * W, recv);
+    return;
+  }
+  MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
+  element_layout(W, true);
+  comm_->all_to_all_v(send, sc_.data(), sd_.data(), staging_.data(), rc_.data(), rd_.data(), comm_dtype<T>());
+  // src-major [src][j] blocks → expert-major [j][src] blocks.
+  i64 dst = 0;
+  for (i64 j = 0; j < E_local_; ++j)
+    for (int s = 0; s < ep_; ++s) {
+      i64 src = recv_off_[s];
+      for (i64 jj = 0; jj < j; ++jj) src += recv_counts_[s * E_local_ + jj];
+      const i64 n = recv_counts_[s * E_local_ + j];
+      std::copy(staging_.data() + src * W, staging_.data() + (src + n) * W, recv + dst * W);
+      dst += n;
+    }
+}
+
+template <typename T>
+void EpExchange<T>::from_experts(T* back, const T* expert_major, i64 W) {
+  if (ep_ == 1) {
+    std::copy(expert_major, expert_major + recv_rows_ * W, back);
+    return;
+  }
+  MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
+  i64 src = 0;
+  for (i64 j = 0; j < E_local_; ++j)
+    for (int s = 0; s < ep_; ++s) {
+      i64 dst = recv_off_[s];
+      for (i64 jj = 0; jj < j; ++jj) dst += recv_counts_[s * E_local_ + jj];
+      const i64 n = recv_counts_[s * E_local_ + j];
+      std::copy(expert_major + src * W, expert_major + (src + n) * W, staging_.data() + dst * W);
+      src += n;
+    }
+  element_layout(W, false);
+  comm_->all_to_all_v(staging_.data(), sc_.data(), sd_.data(), back, rc_.data(), rd_.data(), comm_dtype<T>());
+}
+
+template class EpExchange<float>;
+template class EpExchange<double>;
+
+}  // namespace moe

@@ -1,0 +1,44 @@
+// Owns runtime start/stop and the rank-prefixed abort path shared by moe-train and the test tools.
+#include "train/runtime.h"
+
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+
+namespace moe {
+
+Runtime start_runtime() {
+  Runtime rt;
+  rt.env = detect_launch_env();
+  if (rt.env.launcher == Launcher::None) {
+    rt.world = make_self_communicator();
+    return rt;
+  }
+  rt.world = make_mpi_world();
+  if (rt.env.world > 0)
+    MT_CHECK(rt.world->size() == rt.env.world, "launcher says ", rt.env.world, " ranks but MPI has ", rt.world->size(),
+             " (srun without --mpi=pmix starts independent singletons)");
+  rt.env.rank = rt.world->rank();
+  rt.env.world = rt.world->size();
+  if (rt.env.rank != 0) spdlog::set_level(spdlog::level::warn);
+  return rt;
+}
+
+int fail_run(const Runtime& rt, const char* what, int code) {
+  const int R = rt.world ? rt.world->size() : 1;
+  const int r = rt.world ? rt.world->rank() : 0;
+  if (R > 1) {
+    spdlog::error("[rank {}/{}] {}", r, R, what);
+    abort_world(code);
+  }
+  spdlog::error("{}", what);
+  return code;
+}
+
+void stop_runtime(Runtime& rt) {
+  if (rt.env.launcher == Launcher::None) return;
+  rt.world.reset();
+  finalize_mpi();
+}
+
+}  // namespace moe

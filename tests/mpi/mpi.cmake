@@ -1,0 +1,18 @@
+# Registers the MPI tests: each runs under mpirun --oversubscribe with 2 and 4 ranks (label mpi).
+find_program(MPIRUN_EXE NAMES mpirun mpiexec REQUIRED)
+add_executable(test_mpi_layouts ${CMAKE_CURRENT_LIST_DIR}/test_mpi_layouts.cpp)
+target_link_libraries(test_mpi_layouts PRIVATE moe_core GTest::gtest)
+add_executable(test_mpi_dispatch ${CMAKE_CURRENT_LIST_DIR}/test_mpi_dispatch.cpp)
+target_link_libraries(test_mpi_dispatch PRIVATE moe_core GTest::gtest)
+set(MOE_MPIRUN ${MPIRUN_EXE} --oversubscribe --bind-to none)
+set(MOE_MPI_ENV "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1")
+foreach(np 2 4)
+  foreach(t test_mpi_layouts test_mpi_dispatch)
+    add_test(NAME mpi.${t}.np${np} COMMAND ${MOE_MPIRUN} -np ${np} $<TARGET_FILE:${t}>)
+    set_tests_properties(mpi.${t}.np${np} PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}"
+                         PROCESSORS ${np})
+  endforeach()
+endforeach()
+add_test(NAME mpi.fault_kill_one_rank
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/fault_kill_rank.sh $<TARGET_FILE:moe-train> ${CMAKE_SOURCE_DIR})
+set_tests_properties(mpi.fault_kill_one_rank PROPERTIES LABELS mpi TIMEOUT 180 ENVIRONMENT "${MOE_MPI_ENV}")
