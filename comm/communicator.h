@@ -30,6 +30,7 @@ class Communicator {
   virtual void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) = 0;
   // send[n] → recv[size·n], chunk r from rank r.
   virtual void all_gather(void* recv, const void* send, i64 n, CommDtype t) = 0;
+  virtual std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) = 0;
   // Variable all-to-all in elements: send_counts/send_displs/recv_counts/recv_displs have size() entries.
   virtual void all_to_all_v(const void* send, const i64* send_counts, const i64* send_displs, void* recv,
                             const i64* recv_counts, const i64* recv_displs, CommDtype t) = 0;

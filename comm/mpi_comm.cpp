@@ -66,7 +66,15 @@ class MpiComm final : public Communicator {
     MT_MPI(MPI_Reduce_scatter_block(send, recv, as_int(n), mpi_type(t), MPI_SUM, comm_));
   }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
-    MT_MPI(MPI_Allgather(send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_));
+    // A send buffer that is this rank's own chunk of recv is the in-place form.
+    const size_t bytes = t == CommDtype::F32 ? 4 : 8;
+    const bool in_place = send == static_cast<const char*>(recv) + size_t(rank_) * size_t(n) * bytes;
+    MT_MPI(MPI_Allgather(in_place ? MPI_IN_PLACE : send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_));
+  }
+  std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+    auto r = std::make_unique<MpiRequest>();
+    MT_MPI(MPI_Iallgather(send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_, &r->req));
+    return r;
   }
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
                     CommDtype t) override {

@@ -25,6 +25,10 @@ class SelfComm final : public Communicator {
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
     if (recv != send) std::memmove(recv, send, size_t(n) * dtype_bytes(t));
   }
+  std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+    all_gather(recv, send, n, t);
+    return std::make_unique<DoneRequest>();
+  }
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
                     CommDtype t) override {
     MT_CHECK(sc[0] == rc[0], "self all_to_all_v count mismatch");

@@ -15,10 +15,13 @@ int main(int argc, char** argv) {
   std::string config_path, resume;
   std::vector<std::string> sets;
   bool dry_run = false;
+  int plan_world = 0;
   app.add_option("config", config_path, "run configuration (YAML)")->required();
   app.add_option("--set", sets, "override a config key: --set train.lr=1e-4 (repeatable)");
   app.add_option("--resume", resume, "resume from a checkpoint: auto or a path");
-  app.add_flag("--dry-run", dry_run, "print parameter count and memory plan, then exit");
+  app.add_flag("--dry-run", dry_run, "print parameter count and the per-rank memory plan, then exit");
+  app.add_option("--world", plan_world, "with --dry-run: plan for this many ranks (default: the launcher's)")
+      ->check(CLI::PositiveNumber);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -34,7 +37,8 @@ int main(int argc, char** argv) {
     if (dry_run) {
       moe::Config c = cfg;
       if (!c.model_init_from.empty()) c = moe::resolve_model_config(c);
-      if (rt.world->rank() == 0) std::fputs(moe::format_memory_plan(c, moe::plan_memory(c)).c_str(), stdout);
+      const int world = plan_world > 0 ? plan_world : rt.world->size();
+      if (rt.world->rank() == 0) std::fputs(moe::format_memory_plan(c, moe::plan_memory(c, world)).c_str(), stdout);
       moe::stop_runtime(rt);
       return 0;
     }

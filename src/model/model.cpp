@@ -64,8 +64,9 @@ struct Model<T>::Impl {
 
 template <typename T>
 Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy,
-                const ExpertShardSpec& shard)
-    : m_(m), moe_(moe), B_(B), L_(L), table_(build_param_table(m, ExpertRange{shard.first, shard.count})),
+                const ExpertShardSpec& shard, i64 dense_pad, i64 expert_pad)
+    : m_(m), moe_(moe), B_(B), L_(L),
+      table_(build_param_table(m, ExpertRange{shard.first, shard.count}, dense_pad, expert_pad)),
       arena_(policy), impl_(std::make_unique<Impl>()) {
   Impl& S = *impl_;
   const i64 Tn = B * L, H = m.hidden_size, V = m.vocab_size, D = m.resolved_head_dim();
@@ -73,37 +74,42 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
   const i64 ID = m.intermediate_size;
   MT_CHECK(D % 2 == 0, "head_dim must be even for RoPE, got ", D);
   const TopkNorm norm = (m.arch == Arch::Mixtral || m.norm_topk_prob) ? TopkNorm::Renormalize : TopkNorm::Raw;
-  S.embed = table_.at("model.embed_tokens.weight").offset;
-  S.final_norm = table_.at("model.norm.weight").offset;
-  S.lm_head = m.tie_word_embeddings ? S.embed : table_.at("lm_head.weight").offset;
+  // Offsets are relative to the base of the tensor's unit (see ParamAccess).
+  auto rel = [&](const std::string& name) {
+    const ParamInfo& p = table_.at(name);
+    return p.offset - table_.units()[p.unit].begin;
+  };
+  S.embed = rel("model.embed_tokens.weight");
+  S.final_norm = rel("model.norm.weight");
+  S.lm_head = m.tie_word_embeddings ? S.embed : rel("lm_head.weight");
   bool any_dense = false;
   for (int l = 0; l < m.num_layers; ++l) {
     LayerNames n = layer_names(m, l);
     LayerOffsets o;
-    o.in_norm = table_.at(n.input_norm).offset;
-    o.post_norm = table_.at(n.post_norm).offset;
-    o.q = table_.at(n.q).offset;
-    o.k = table_.at(n.k).offset;
-    o.v = table_.at(n.v).offset;
-    o.o = table_.at(n.o).offset;
+    o.in_norm = rel(n.input_norm);
+    o.post_norm = rel(n.post_norm);
+    o.q = rel(n.q);
+    o.k = rel(n.k);
+    o.v = rel(n.v);
+    o.o = rel(n.o);
     if (!n.q_norm.empty()) {
-      o.q_norm = table_.at(n.q_norm).offset;
-      o.k_norm = table_.at(n.k_norm).offset;
+      o.q_norm = rel(n.q_norm);
+      o.k_norm = rel(n.k_norm);
     }
     if (!n.router.empty()) {
-      o.router = table_.at(n.router).offset;
+      o.router = rel(n.router);
       const int e0 = shard.count < 0 ? 0 : shard.first, e1 = shard.count < 0 ? int(E) : shard.first + shard.count;
       for (int e = e0; e < e1; ++e) {
-        o.w1.push_back(table_.at(n.w1[e]).offset);
-        o.w3.push_back(table_.at(n.w3[e]).offset);
-        o.w2.push_back(table_.at(n.w2[e]).offset);
+        o.w1.push_back(rel(n.w1[e]));
+        o.w3.push_back(rel(n.w3[e]));
+        o.w2.push_back(rel(n.w2[e]));
       }
       o.moe_index = int(moe_layers_.size());
       moe_layers_.push_back(std::make_unique<MoeLayer<T>>(Tn, H, E, K, I, moe, norm, shard, arena_));
     } else {
-      o.dg = table_.at(n.dense_gate).offset;
-      o.du = table_.at(n.dense_up).offset;
-      o.dd = table_.at(n.dense_down).offset;
+      o.dg = rel(n.dense_gate);
+      o.du = rel(n.dense_up);
+      o.dd = rel(n.dense_down);
       any_dense = true;
     }
     S.off.push_back(std::move(o));
@@ -188,8 +194,10 @@ static ExpertGrads<T> expert_grads(T* G, const LayerOffsets& o) {
 
 // contract: C4.layer C4.attention
 template <typename T>
-MicroStats Model<T>::forward(const T* P, const int32_t* inputs, const int32_t* targets,
+MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets,
                              const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode) {
+  using Dir = typename ParamAccess<T>::Direction;
+  const int final_unit = m_.num_layers + 1;
   Impl& S = *impl_;
   const i64 Tn = B_ * L_, H = m_.hidden_size, V = m_.vocab_size, D = m_.resolved_head_dim();
   const i64 NH = m_.num_heads, NKV = m_.num_kv_heads, ID = m_.intermediate_size;
@@ -197,10 +205,11 @@ MicroStats Model<T>::forward(const T* P, const int32_t* inputs, const int32_t* t
   // Embedding.
   {
     T* x0 = S.acts[0].x;
-    const T* W = P + S.embed;
+    const T* W = access.params(0, Dir::Forward) + S.embed;
 #pragma omp parallel for schedule(static)
     for (i64 t = 0; t < Tn; ++t)
       for (i64 h = 0; h < H; ++h) x0[t * H + h] = W[i64(inputs[t]) * H + h];
+    access.release(0);
   }
   MicroStats st;
   st.tokens = Tn;
@@ -208,6 +217,7 @@ MicroStats Model<T>::forward(const T* P, const int32_t* inputs, const int32_t* t
     const LayerOffsets& o = S.off[l];
     auto& a = S.acts[l];
     T* x_next = l + 1 < m_.num_layers ? S.acts[l + 1].x : S.xf;
+    const T* P = access.params(l + 1, Dir::Forward);
     // Attention block: h = x + o_proj(attn(rope(norm(q)), rope(norm(k)), v)).
     rmsnorm_forward_ref<T>(a.ln1, a.rstd1, a.x, P + o.in_norm, Tn, H, eps);
     linear_forward_ref<T>(a.q, a.ln1, P + o.q, Tn, H, NH * D);
@@ -241,9 +251,14 @@ MicroStats Model<T>::forward(const T* P, const int32_t* inputs, const int32_t* t
       linear_forward_ref<T>(S.mlp_out, a.mlp_a, P + o.dd, Tn, ID, H);
     }
     for (i64 i = 0; i < Tn * H; ++i) x_next[i] = a.h[i] + S.mlp_out[i];
+    access.release(l + 1);
   }
-  rmsnorm_forward_ref<T>(S.lnf, S.rstdf, S.xf, P + S.final_norm, Tn, H, eps);
-  linear_forward_ref<T>(logits_, S.lnf, P + S.lm_head, Tn, H, V);
+  const T* PF = access.params(final_unit, Dir::Forward);
+  rmsnorm_forward_ref<T>(S.lnf, S.rstdf, S.xf, PF + S.final_norm, Tn, H, eps);
+  const T* PH = m_.tie_word_embeddings ? access.params(0, Dir::Forward) : PF;
+  linear_forward_ref<T>(logits_, S.lnf, PH + S.lm_head, Tn, H, V);
+  access.release(final_unit);
+  if (m_.tie_word_embeddings) access.release(0);
   st.ce_sum = cross_entropy_forward_ref<T>(nullptr, logits_, targets, Tn, V);
   last_ = st;
   return st;
@@ -290,8 +305,11 @@ double z_loss_value(const MicroStats& s) {
 
 // contract: C4.objective
 template <typename T>
-void Model<T>::backward(const T* P, T* G, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
+void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
                         AuxForm form, const GlobalRouting* global) {
+  using Dir = typename ParamAccess<T>::Direction;
+  const int final_unit = m_.num_layers + 1;
+  const bool tied = m_.tie_word_embeddings;
   Impl& S = *impl_;
   const i64 Tn = B_ * L_, H = m_.hidden_size, V = m_.vocab_size, D = m_.resolved_head_dim();
   const i64 NH = m_.num_heads, NKV = m_.num_kv_heads, ID = m_.intermediate_size, E = m_.num_experts;
@@ -317,12 +335,23 @@ void Model<T>::backward(const T* P, T* G, const int32_t* inputs, const int32_t* 
 
   // Loss → logits → final norm.
   cross_entropy_backward_inplace_ref<T>(logits_, targets, Tn, V, sc.ce);
-  linear_backward_ref<T>(S.dln, G + S.lm_head, logits_, S.lnf, P + S.lm_head, Tn, H, V);
-  rmsnorm_backward_ref<T>(S.dres, G + S.final_norm, S.dln, S.xf, P + S.final_norm, S.rstdf, Tn, H);
+  {
+    const T* PF = access.params(final_unit, Dir::Backward);
+    T* GF = access.grads(final_unit);
+    const T* PH = tied ? access.params(0, Dir::Backward) : PF;
+    T* GH = tied ? access.grads(0) : GF;  // tied: unit 0's gradients stay open until the embedding
+    linear_backward_ref<T>(S.dln, GH + S.lm_head, logits_, S.lnf, PH + S.lm_head, Tn, H, V);
+    rmsnorm_backward_ref<T>(S.dres, GF + S.final_norm, S.dln, S.xf, PF + S.final_norm, S.rstdf, Tn, H);
+    access.grads_done(final_unit);
+    access.release(final_unit);
+    if (tied) access.release(0);
+  }
 
   for (int l = m_.num_layers - 1; l >= 0; --l) {
     const LayerOffsets& o = S.off[l];
     auto& a = S.acts[l];
+    const T* P = access.params(l + 1, Dir::Backward);
+    T* G = access.grads(l + 1);
     // MLP block: dres is d(out); d(h) = dres + norm2ᵀ(MLPᵀ(dres)).
     if (o.moe_index >= 0) {
       auto g = expert_grads(G, o);
@@ -353,11 +382,14 @@ void Model<T>::backward(const T* P, T* G, const int32_t* inputs, const int32_t* 
     linear_backward_ref<T>(S.dln, G + o.v, S.dv, a.ln1, P + o.v, Tn, H, NKV * D, T(1));
     rmsnorm_backward_ref<T>(S.dtmp, G + o.in_norm, S.dln, a.x, P + o.in_norm, a.rstd1, Tn, H);
     for (i64 i = 0; i < Tn * H; ++i) S.dres[i] += S.dtmp[i];
+    access.grads_done(l + 1);
+    access.release(l + 1);
   }
   // Embedding: scatter-add in token order (deterministic).
-  T* dE = G + S.embed;
+  T* dE = access.grads(0) + S.embed;
   for (i64 t = 0; t < Tn; ++t)
     for (i64 h = 0; h < H; ++h) dE[i64(inputs[t]) * H + h] += S.dres[t * H + h];
+  access.grads_done(0);
 }
 
 template class Model<float>;

@@ -5,6 +5,7 @@
 
 #include "config/config.h"
 #include "core/arena.h"
+#include "model/param_access.h"
 #include "model/param_table.h"
 #include "moe/moe_layer.h"
 
@@ -39,8 +40,9 @@ class Model {
  public:
   // Plans every activation buffer for micro-batches of B sequences of L tokens (allocated here, once).
   // shard: the experts this rank holds and its EP group (default: all experts, one process).
+  // dense_pad / expert_pad: segment padding of the parameter table (ZeRO shard groups).
   Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy = AllocPolicy::Allocate,
-        const ExpertShardSpec& shard = {});
+        const ExpertShardSpec& shard = {}, i64 dense_pad = 1, i64 expert_pad = 1);
   ~Model();
 
   const ParamTable& table() const { return table_; }
@@ -48,12 +50,24 @@ class Model {
   int num_moe_layers() const { return int(moe_layers_.size()); }
   i64 activation_bytes() const { return arena_.bytes(); }
 
-  // inputs/targets [B·L]; params [table.total_numel()]. bias: per MoE layer [E] selection bias (may be empty).
-  MicroStats forward(const T* params, const int32_t* inputs, const int32_t* targets,
+  // inputs/targets [B·L]. bias: per MoE layer [E] selection bias (may be empty).
+  MicroStats forward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets,
                      const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode);
-  // Accumulates into grads the gradient of the objective terms of this micro-batch (after forward).
-  void backward(const T* params, T* grads, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
+  // Accumulates into the unit gradients the gradient of the objective terms of this micro-batch (after forward).
+  void backward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
                 AuxForm form, const GlobalRouting* global);
+
+  // Flat-buffer conveniences: params/grads [table.total_numel()].
+  MicroStats forward(const T* params, const int32_t* inputs, const int32_t* targets,
+                     const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode) {
+    FlatParamAccess<T> a(table_, params, nullptr);
+    return forward(a, inputs, targets, bias, rng, mode);
+  }
+  void backward(const T* params, T* grads, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
+                AuxForm form, const GlobalRouting* global) {
+    FlatParamAccess<T> a(table_, params, grads);
+    backward(a, inputs, targets, sc, form, global);
+  }
 
   const T* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it)
   i64 tokens() const { return B_ * L_; }

@@ -5,8 +5,42 @@
 
 namespace moe {
 
-void ParamTable::add(const std::string& name, std::vector<i64> shape, bool is_norm) {
+void ParamTable::begin_unit() {
+  ParamUnit u;
+  u.begin = u.expert_begin = u.end = total_;
+  units_.push_back(u);
+  in_expert_ = false;
+}
+
+void ParamTable::mark_expert_begin() {
+  MT_CHECK(!units_.empty() && !in_expert_, "expert segment opened twice");
+  units_.back().expert_begin = total_;
+  in_expert_ = true;
+}
+
+void ParamTable::pad_to(i64 multiple) {
+  MT_CHECK(!units_.empty(), "pad outside a unit");
+  const i64 seg_begin = in_expert_ ? units_.back().expert_begin : units_.back().begin;
+  const i64 len = total_ - seg_begin;
+  if (multiple > 1 && len % multiple) total_ += multiple - len % multiple;
+}
+
+void ParamTable::end_unit() {
+  MT_CHECK(!units_.empty(), "end_unit without begin_unit");
+  if (!in_expert_) units_.back().expert_begin = total_;
+  units_.back().end = total_;
+}
+
+i64 ParamTable::tensor_numel() const {
+  i64 n = 0;
+  for (const ParamInfo& p : entries_) n += p.numel;
+  return n;
+}
+
+void ParamTable::add(const std::string& name, std::vector<i64> shape, bool is_norm, bool expert) {
   MT_CHECK(index_.count(name) == 0, "duplicate parameter ", name);
+  MT_CHECK(!units_.empty(), "parameter ", name, " added outside a unit");
+  MT_CHECK(expert == in_expert_, "parameter ", name, " in the wrong segment");
   ParamInfo p;
   p.name = name;
   p.numel = 1;
@@ -15,6 +49,8 @@ void ParamTable::add(const std::string& name, std::vector<i64> shape, bool is_no
   p.offset = total_;
   p.decay = p.shape.size() >= 2;
   p.is_norm = is_norm;
+  p.unit = int(units_.size()) - 1;
+  p.expert = expert;
   total_ += p.numel;
   index_[name] = entries_.size();
   entries_.push_back(std::move(p));
@@ -62,15 +98,20 @@ LayerNames layer_names(const ModelConfig& m, int l) {
   return n;
 }
 
-ParamTable build_param_table(const ModelConfig& m, ExpertRange range) {
+ParamTable build_param_table(const ModelConfig& m, ExpertRange range, i64 dense_pad, i64 expert_pad) {
   ParamTable t;
   const i64 H = m.hidden_size, V = m.vocab_size, D = m.resolved_head_dim();
   const i64 NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts, I = m.expert_width();
   const int first = range.count < 0 ? 0 : range.first;
   const int count = range.count < 0 ? int(E) : range.count;
+  auto close_dense = [&] { t.pad_to(dense_pad); };
+  t.begin_unit();
   t.add("model.embed_tokens.weight", {V, H});
+  close_dense();
+  t.end_unit();
   for (int l = 0; l < m.num_layers; ++l) {
     LayerNames n = layer_names(m, l);
+    t.begin_unit();
     t.add(n.input_norm, {H}, true);
     t.add(n.q, {NH * D, H});
     t.add(n.k, {NKV * D, H});
@@ -83,25 +124,28 @@ ParamTable build_param_table(const ModelConfig& m, ExpertRange range) {
     t.add(n.post_norm, {H}, true);
     if (!n.router.empty()) {
       t.add(n.router, {E, H});
+      close_dense();
+      t.mark_expert_begin();
+      for (int e = first; e < first + count; ++e) {
+        t.add(n.w1[e], {I, H}, false, true);
+        t.add(n.w2[e], {H, I}, false, true);
+        t.add(n.w3[e], {I, H}, false, true);
+      }
+      t.pad_to(expert_pad);
     } else {
       const i64 ID = m.intermediate_size;
       t.add(n.dense_gate, {ID, H});
       t.add(n.dense_up, {ID, H});
       t.add(n.dense_down, {H, ID});
+      close_dense();
     }
+    t.end_unit();
   }
+  t.begin_unit();
   t.add("model.norm.weight", {H}, true);
   if (!m.tie_word_embeddings) t.add("lm_head.weight", {V, H});
-  t.mark_dense_end();
-  for (int l = 0; l < m.num_layers; ++l) {
-    LayerNames n = layer_names(m, l);
-    if (n.router.empty()) continue;
-    for (int e = first; e < first + count; ++e) {
-      t.add(n.w1[e], {I, H});
-      t.add(n.w2[e], {H, I});
-      t.add(n.w3[e], {I, H});
-    }
-  }
+  close_dense();
+  t.end_unit();
   return t;
 }
 

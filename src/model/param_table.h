@@ -16,25 +16,41 @@ struct ParamInfo {
   i64 numel = 0;
   bool decay = false;        // AdamW weight decay: tensors with >= 2 dims [C5.adamw]
   bool is_norm = false;      // initialised to ones
+  int unit = 0;              // sharding unit (0 embed, 1 + l layer l, L + 1 final norm/lm_head)
+  bool expert = false;       // expert tensor (reduced over the expert-data-parallel group)
+};
+
+// A unit is gathered/released as one piece under ZeRO-3: [dense segment | expert segment], each padded with
+// zeros to a multiple of its replication group size so it splits evenly into shards.
+struct ParamUnit {
+  i64 begin = 0;       // first element
+  i64 expert_begin = 0;  // end of the dense segment (incl. padding) = start of the expert segment
+  i64 end = 0;         // one past the expert segment (incl. padding)
+  i64 size() const { return end - begin; }
 };
 
 class ParamTable {
  public:
-  void add(const std::string& name, std::vector<i64> shape, bool is_norm = false);
+  // Units are opened in order; tensors go to the open unit's dense or expert segment (dense first).
+  void begin_unit();
+  void add(const std::string& name, std::vector<i64> shape, bool is_norm = false, bool expert = false);
+  // Pads the open segment with zeros to a multiple of `multiple` elements.
+  void pad_to(i64 multiple);
+  void mark_expert_begin();
+  void end_unit();
   const ParamInfo& at(const std::string& name) const;   // MT_CHECK when absent
   const ParamInfo* find(const std::string& name) const;  // nullptr when absent
   const std::vector<ParamInfo>& entries() const { return entries_; }
-  i64 total_numel() const { return total_; }
-  // Entries are laid out as [dense segment | expert segment]: gradients of the first are reduced over all
-  // ranks, of the second over the expert-data-parallel group.
-  i64 dense_numel() const { return dense_; }
-  void mark_dense_end() { dense_ = total_; }
+  i64 total_numel() const { return total_; }         // incl. padding
+  i64 tensor_numel() const;                          // Σ tensor sizes (no padding)
+  const std::vector<ParamUnit>& units() const { return units_; }
 
  private:
   std::vector<ParamInfo> entries_;
   std::unordered_map<std::string, size_t> index_;
+  std::vector<ParamUnit> units_;
   i64 total_ = 0;
-  i64 dense_ = 0;
+  bool in_expert_ = false;
 };
 
 // Which experts this rank stores: [first, first + count). count < 0 = all (no expert parallelism).
@@ -52,9 +68,10 @@ struct LayerNames {
 };
 LayerNames layer_names(const ModelConfig& m, int layer);
 
-// The table of one rank: every dense tensor (embed, per-layer attention/norms/routers/dense MLPs, final norm,
-// lm_head, in model order), then the experts of `experts` (layer-major, expert, w1/w2/w3).
-// The default range gives the full logical model (what checkpoints and HF files hold).
-ParamTable build_param_table(const ModelConfig& m, ExpertRange experts = {});
+// The table of one rank, unit by unit: embed | layer 0 .. L−1 | final norm + lm_head. A layer's dense
+// segment holds norms, attention, router (or dense MLP); its expert segment the experts of `experts`.
+// Segments are padded to multiples of dense_pad / expert_pad (the sizes of the groups that shard them).
+// The defaults give the full logical model (what checkpoints and HF files hold), unpadded.
+ParamTable build_param_table(const ModelConfig& m, ExpertRange experts = {}, i64 dense_pad = 1, i64 expert_pad = 1);
 
 }  // namespace moe

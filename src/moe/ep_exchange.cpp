@@ -16,7 +16,7 @@ template <typename T>
 EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width)
     : comm_(comm), ep_(comm ? comm->size() : 1), E_(E), E_local_(E_local), max_rows_(max_rows), max_width_(max_width) {
   if (ep_ > 1) staging_.assign(size_t(max_rows * max_width), T(0));
-  MT_CHECK(E_local * ep_ == E, "experts ", E, " not split evenly over ep ", ep_);
+  MT_CHECK(E % E_local == 0 && (!comm || E_local * ep_ == E), "experts ", E, " not split evenly over ep ", ep_);
   recv_counts_.assign(size_t(ep_ * E_local), 0);
   send_rows_.assign(ep_, 0);
   send_off_.assign(ep_, 0);

@@ -22,8 +22,7 @@ void MoeScratch<T>::reserve(MoeScratch& s, Arena<T>& a, i64 Tn, i64 H, i64 E, i6
 
 template <typename T>
 i64 MoeLayer<T>::max_expert_rows(i64 Tn, i64 K, const ExpertShardSpec& shard) {
-  const i64 ep = shard.ep_comm ? shard.ep_comm->size() : 1;
-  return ep * Tn * K;
+  return i64(shard.ep) * Tn * K;
 }
 
 template <typename T>

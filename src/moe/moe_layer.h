@@ -25,7 +25,8 @@ struct RngCtx {
 
 // Which experts this rank computes and with whom it exchanges tokens (expert parallelism).
 struct ExpertShardSpec {
-  Communicator* ep_comm = nullptr;  // null or size 1: all experts local
+  Communicator* ep_comm = nullptr;  // null or size 1: all experts local (null with ep > 1: plan only)
+  int ep = 1;                       // EP group size (sizes the receive buffers)
   int first = 0;                    // first local expert
   int count = -1;                   // local experts (−1 = all)
 };

@@ -1,22 +1,47 @@
-// Owns the dry-run memory arithmetic (fp32 master weights, grads, two AdamW moments, planned activations).
+// Owns the dry-run memory arithmetic (fp32 master weights, grads, two AdamW moments, ZeRO shards, activations).
 #include "train/memory_plan.h"
 
+#include <algorithm>
 #include <sstream>
 
+#include "core/error.h"
 #include "model/model.h"
 
 namespace moe {
 
-MemoryPlan plan_memory(const Config& cfg) {
+MemoryPlan plan_memory(const Config& cfg, int world) {
   MemoryPlan p;
-  Model<float> model(cfg.model, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len, AllocPolicy::PlanOnly);
-  p.params = model.table().total_numel();
+  p.world = world;
+  p.ep = cfg.parallel.ep;
+  p.zero = cfg.parallel.zero;
   const ModelConfig& m = cfg.model;
+  MT_INPUT_CHECK(world % p.ep == 0 && m.num_experts % p.ep == 0, "parallel.ep = ", p.ep,
+                 " must divide the number of ranks (", world, ") and model.num_experts (", m.num_experts, ")");
+  const int edp = world / p.ep;
+  ExpertShardSpec shard;
+  if (p.ep > 1) {
+    shard.first = 0;
+    shard.count = m.num_experts / p.ep;
+    shard.ep = p.ep;
+  }
+  const i64 dpad = p.zero >= 1 ? world : 1, xpad = p.zero >= 1 ? edp : 1;
+  // Plan-only model: sizes the activation arena and builds rank 0's (padded) parameter table.
+  Model<float> model(m, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len, AllocPolicy::PlanOnly, shard, dpad, xpad);
+  const ParamTable& t = model.table();
+  p.params = build_param_table(m).tensor_numel();
   const i64 per_expert = 3 * i64(m.hidden_size) * m.expert_width();
   p.active_params = p.params - i64(model.num_moe_layers()) * (m.num_experts - m.top_k) * per_expert;
-  p.weight_bytes = p.params * 4;
-  p.grad_bytes = p.params * 4;
-  p.optim_bytes = p.params * 8;
+  const i64 full = t.total_numel();
+  i64 shard_elems = 0, max_unit = 0;
+  for (const ParamUnit& u : t.units()) {
+    shard_elems += (u.expert_begin - u.begin) / dpad + (u.end - u.expert_begin) / xpad;
+    max_unit = std::max(max_unit, u.size());
+  }
+  if (p.zero == 0) shard_elems = full;
+  p.weight_bytes = 4 * (p.zero == 3 ? shard_elems : full);
+  p.grad_bytes = 4 * (p.zero == 3 ? shard_elems : full + (p.zero == 2 ? shard_elems : 0));
+  p.optim_bytes = 8 * shard_elems;
+  p.working_bytes = p.zero == 3 ? 4 * (5 * max_unit) : 0;  // 3 parameter slots + 2 gradient slots
   p.activation_bytes = model.activation_bytes();
   return p;
 }
@@ -24,7 +49,7 @@ MemoryPlan plan_memory(const Config& cfg) {
 static std::string gib(i64 b) {
   std::ostringstream os;
   os.setf(std::ios::fixed);
-  os.precision(b >= (i64(1) << 30) ? 2 : 1);
+  os.precision(2);
   if (b >= (i64(1) << 30)) os << double(b) / double(i64(1) << 30) << " GiB";
   else os << double(b) / double(1 << 20) << " MiB";
   return os.str();
@@ -36,10 +61,15 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
      << " layers, hidden " << cfg.model.hidden_size << ", " << cfg.model.num_experts << " experts, top-" << cfg.model.top_k << "\n";
   os << "parameters: " << p.params << " (" << double(p.params) / 1e9 << " B), active per token: " << p.active_params
      << " (" << double(p.active_params) / 1e9 << " B)\n";
-  os << "memory plan per process (1 rank, fp32 master weights):\n";
+  const i64 logical_state = 16 * p.params;  // fp32 weights + grads + two AdamW moments of the whole model
+  os << "memory plan per rank: world " << p.world << " = ep " << p.ep << " x expert-dp " << p.world / p.ep << ", ZeRO-"
+     << p.zero << ", fp32 master weights\n";
   os << "  weights          " << gib(p.weight_bytes) << "\n";
   os << "  gradients        " << gib(p.grad_bytes) << "\n";
   os << "  optimizer (AdamW m, v) " << gib(p.optim_bytes) << "\n";
+  os << "  state subtotal   " << gib(p.state()) << "  (" << double(p.state()) / (double(logical_state) / p.world)
+     << " x whole-model state / world)\n";
+  if (p.working_bytes) os << "  ZeRO-3 working   " << gib(p.working_bytes) << "  (unit gathers + gradient reduce)\n";
   os << "  activations      " << gib(p.activation_bytes) << "  (micro_batch " << cfg.train.micro_batch << " x seq_len "
      << cfg.train.seq_len << ")\n";
   os << "  total            " << gib(p.total()) << "\n";

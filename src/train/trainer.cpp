@@ -36,8 +36,6 @@ void check_supported(const Config& cfg) {
                   "use train.device: cpu");
   if (cfg.train.precision != Precision::Fp32)
     MT_INPUT_FAIL("train.precision: bf16 needs train.device: cuda; CPU training is fp32 — use train.precision: fp32");
-  if (cfg.parallel.zero != 0)
-    MT_INPUT_FAIL("parallel.zero = ", cfg.parallel.zero, ": ZeRO sharding is not implemented yet; use parallel.zero: 0");
   if (cfg.parallel.backend == CommBackend::Nccl)
     MT_INPUT_FAIL("parallel.backend: nccl needs train.device: cuda; use auto or mpi");
   if (cfg.peft.method != PeftMethod::Full)
@@ -61,16 +59,17 @@ Trainer::Trainer(const Config& in, Communicator& world)
   ExpertShardSpec shard;
   if (ep_ > 1) {
     shard.ep_comm = ep_comm_.get();
+    shard.ep = ep_;
     shard.first = (rank_ % ep_) * (E / ep_);
     shard.count = E / ep_;
   }
-  model_ = std::make_unique<Model<float>>(cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, AllocPolicy::Allocate, shard);
+  // ZeRO ≥ 1 shards dense segments over the world and expert segments over the expert-DP group: pad for them.
+  const int zero = cfg_.parallel.zero;
+  const i64 dense_pad = zero >= 1 ? world_ : 1, expert_pad = zero >= 1 ? edp_comm_->size() : 1;
+  model_ = std::make_unique<Model<float>>(cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, AllocPolicy::Allocate, shard,
+                                          dense_pad, expert_pad);
   data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
-  const i64 n = model_->table().total_numel();
-  params_.assign(n, 0.f);
-  grads_.assign(n, 0.f);
-  exp_avg_.assign(n, 0.f);
-  exp_avg_sq_.assign(n, 0.f);
+  state_ = std::make_unique<ParamState>(model_->table(), zero, world_comm_, *edp_comm_, *ep_comm_);
   select_bias_.assign(model_->num_moe_layers(), std::vector<float>(cfg_.model.num_experts, 0.f));
   inputs_.resize(size_t(t.micro_batch) * t.seq_len);
   targets_.resize(inputs_.size());
@@ -80,8 +79,10 @@ Trainer::Trainer(const Config& in, Communicator& world)
 Trainer::~Trainer() = default;
 
 void Trainer::init_params() {
+  std::vector<float> local(size_t(model_->table().total_numel()), 0.f);
   if (!cfg_.model_init_from.empty()) {
-    load_hf_weights(cfg_.model_init_from, cfg_.model, model_->table(), params_.data());
+    load_hf_weights(cfg_.model_init_from, cfg_.model, model_->table(), local.data());
+    state_->set_params(local);
     return;
   }
   // Seeded init: N(0, init_std) for matrices, ones for norms. The stream is a hash of the HF name, so
@@ -90,7 +91,7 @@ void Trainer::init_params() {
   for (const ParamInfo& p : model_->table().entries()) {
     uint32_t stream = 2166136261u;  // FNV-1a
     for (unsigned char c : p.name) stream = (stream ^ c) * 16777619u;
-    float* dst = params_.data() + p.offset;
+    float* dst = local.data() + p.offset;
     if (p.is_norm) {
       std::fill(dst, dst + p.numel, 1.f);
       continue;
@@ -98,6 +99,7 @@ void Trainer::init_params() {
 #pragma omp parallel for schedule(static)
     for (i64 i = 0; i < p.numel; ++i) dst[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), stream, 0));
   }
+  state_->set_params(local);
 }
 
 // contract: C5.order C4.objective
@@ -109,7 +111,8 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
   const double N = double(B * L);  // loss tokens: every target of every window
   const int Lm = model_->num_moe_layers();
   const int E = cfg_.model.num_experts;
-  std::fill(grads_.begin(), grads_.end(), 0.f);
+  state_->zero_grads();
+  ParamAccess<float>& access = state_->access();
   if (logits_out) logits_out->assign(size_t(B * L * V), 0.f);
 
   auto load_micro = [&](i64 m) {
@@ -133,7 +136,7 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
     for (int a = 0; a < t.grad_accum; ++a) {
       const i64 m = i64(a) * world_ + rank_;
       load_micro(m);
-      MicroStats st = model_->forward(params_.data(), inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
+      MicroStats st = model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
       for (int l = 0; l < Lm; ++l)
         for (int e = 0; e < E; ++e) global.routed[l][e] += double(st.router[l].routed[e]);
     }
@@ -152,7 +155,7 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
   for (int a = 0; a < t.grad_accum; ++a) {
     const i64 m = i64(a) * world_ + rank_;
     load_micro(m);
-    MicroStats st = model_->forward(params_.data(), inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
+    MicroStats st = model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
     if (logits_out) std::copy(model_->logits(), model_->logits() + mb * L * V, logits_out->data() + m * mb * L * V);
     ce += st.ce_sum;
     aux += aux_loss_value(st, cfg_.model, cfg_.moe.aux_loss_form, use_global ? &global : nullptr);
@@ -162,10 +165,10 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
       r.dropped += st.router[l].dropped;
       r.pairs += st.router[l].pairs;
     }
-    model_->backward(params_.data(), grads_.data(), inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form,
-                     use_global ? &global : nullptr);
+    model_->backward(access, inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form, use_global ? &global : nullptr);
   }
-  reduce_step(r, ce, aux, z);
+  r.grad_norm = state_->reduce_grads();
+  reduce_stats(r, ce, aux, z);
   r.loss = ce / N;
   r.aux_loss = aux / double(M);
   r.z_loss = z / double(M);
@@ -173,12 +176,8 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
   return r;
 }
 
-// Sums gradients and statistics over ranks: dense gradients over the world, expert gradients over the
-// expert-data-parallel group; the norm counts every expert once (sum of local expert norms over the EP group).
-void Trainer::reduce_step(StepResult& r, double& ce, double& aux, double& z) {
-  const i64 dense = model_->table().dense_numel(), total = i64(grads_.size());
-  world_comm_.all_reduce_sum(grads_.data(), dense);
-  edp_comm_->all_reduce_sum(grads_.data() + dense, total - dense);
+// Sums the step's statistics over all ranks (gradients are reduced by ParamState).
+void Trainer::reduce_stats(StepResult& r, double& ce, double& aux, double& z) {
   double sums[3] = {ce, aux, z};
   world_comm_.all_reduce_sum(sums, 3);
   ce = sums[0];
@@ -194,9 +193,6 @@ void Trainer::reduce_step(StepResult& r, double& ce, double& aux, double& z) {
     for (auto& c : l) c = counts[i++];
   r.dropped = counts[i++];
   r.pairs = counts[i++];
-  double expert_sq = grad_sq_sum(grads_.data() + dense, total - dense);
-  ep_comm_->all_reduce_sum(&expert_sq, 1);
-  r.grad_norm = std::sqrt(grad_sq_sum(grads_.data(), dense) + expert_sq);
 }
 
 // contract: C5.clip C5.adamw C4.biasbalance
@@ -205,15 +201,8 @@ StepResult Trainer::step(int s) {
   StepResult r = compute_grads(s);
   const auto& t = cfg_.train;
   const double coef = clip_coef(r.grad_norm, t.grad_clip);
-  if (coef < 1.0) {
-    const float c = float(coef);
-    for (float& g : grads_) g *= c;
-  }
-  for (const ParamInfo& p : model_->table().entries()) {
-    AdamWHyper hp{r.lr, t.beta1, t.beta2, t.eps, p.decay ? t.weight_decay : 0.0};
-    adamw_update(params_.data() + p.offset, grads_.data() + p.offset, exp_avg_.data() + p.offset,
-                 exp_avg_sq_.data() + p.offset, p.numel, hp, long(s) + 1);
-  }
+  if (coef < 1.0) state_->scale_grads(float(coef));
+  state_->adamw(t, r.lr, long(s) + 1);
   if (cfg_.moe.bias_update_rate > 0) {
     for (size_t l = 0; l < select_bias_.size(); ++l) {
       double mean = 0;
@@ -233,13 +222,13 @@ std::vector<float> Trainer::gather_full_params() {
   const ParamTable full = build_param_table(cfg_.model);
   std::vector<float> out(size_t(full.total_numel()), 0.f);
   const ParamTable& local = model_->table();
+  const std::vector<float> mine = state_->local_params();
   const int edp_rank = rank_ / ep_;
   // Dense tensors from rank 0, each expert from the first rank of its expert-DP group: the sum is exact.
   for (const ParamInfo& p : local.entries()) {
-    const bool expert = p.offset >= local.dense_numel();
-    if ((expert && edp_rank != 0) || (!expert && rank_ != 0)) continue;
+    if ((p.expert && edp_rank != 0) || (!p.expert && rank_ != 0)) continue;
     const ParamInfo& f = full.at(p.name);
-    std::copy(params_.begin() + p.offset, params_.begin() + p.offset + p.numel, out.begin() + f.offset);
+    std::copy(mine.begin() + p.offset, mine.begin() + p.offset + p.numel, out.begin() + f.offset);
   }
   world_comm_.all_reduce_sum(out.data(), i64(out.size()));
   return out;

@@ -9,6 +9,7 @@
 #include "config/config.h"
 #include "data/token_data.h"
 #include "model/model.h"
+#include "parallel/zero.h"
 
 namespace moe {
 
@@ -46,15 +47,18 @@ class Trainer {
   const ModelConfig& model_config() const { return cfg_.model; }
   int rank() const { return rank_; }
   const Config& config() const { return cfg_; }
-  std::vector<float>& params() { return params_; }
+  // Flat local parameters/gradients in table layout (ZeRO stages 0–2 only).
+  std::vector<float>& params() { return state_->flat_params(); }
   // The full logical model (all experts) in build_param_table(model_config()) layout, on every rank.
   // Collective over the world.
   std::vector<float> gather_full_params();
-  const std::vector<float>& grads() const { return grads_; }
+  const std::vector<float>& grads() const { return state_->flat_grads(); }
+  const ParamState& state() const { return *state_; }
+  const Model<float>& model() const { return *model_; }
 
  private:
   void init_params();
-  void reduce_step(StepResult& r, double& ce, double& aux, double& z);
+  void reduce_stats(StepResult& r, double& ce, double& aux, double& z);
   void write_metrics(const StepResult& r, bool with_load);
 
   Config cfg_;
@@ -63,7 +67,7 @@ class Trainer {
   int rank_ = 0, world_ = 1, ep_ = 1;
   std::unique_ptr<Model<float>> model_;
   std::unique_ptr<TokenData> data_;
-  std::vector<float> params_, grads_, exp_avg_, exp_avg_sq_;  // [total_numel] each
+  std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
   std::ofstream metrics_;
