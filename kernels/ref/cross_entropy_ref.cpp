@@ -2,6 +2,7 @@
 #include "kernels/ref/cross_entropy_ref.h"
 
 #include <cmath>
+#include <vector>
 
 namespace moe {
 
@@ -15,16 +16,20 @@ static double row_lse(const T* x, i64 V) {
 }
 
 // contract: C4.objective
+// The sum is taken serially over per-row values so it is bitwise the same at any thread count.
 template <typename T>
 double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targets, i64 N, i64 V) {
-  double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
+  thread_local std::vector<double> row;  // sized once per shape
+  row.resize(size_t(N));
+  double* rv = row.data();  // the caller's buffer: worker threads have their own thread_local instances
+#pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
     const T* x = logits + n * V;
-    const double l = row_lse(x, V) - double(x[targets[n]]);
-    if (losses) losses[n] = T(l);
-    total += l;
+    rv[n] = row_lse(x, V) - double(x[targets[n]]);
+    if (losses) losses[n] = T(rv[n]);
   }
+  double total = 0;
+  for (i64 n = 0; n < N; ++n) total += row[n];
   return total;
 }
 

@@ -1,7 +1,9 @@
 // Owns the AdamW arithmetic in fp32, ordered like torch's single-tensor AdamW so trajectories agree closely.
 #include "optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace moe {
 
@@ -26,10 +28,21 @@ void adamw_update(float* p, const float* g, float* m, float* v, i64 n, const Ada
 }
 
 // contract: C5.clip
+// Fixed 4096-element blocks summed in parallel, then the block sums serially: the same bits at any thread count.
 double grad_sq_sum(const float* g, i64 n) {
+  constexpr i64 kBlock = 4096;
+  const i64 nb = (n + kBlock - 1) / kBlock;
+  thread_local std::vector<double> part;
+  part.resize(size_t(nb));
+  double* pv = part.data();  // the caller's buffer: worker threads have their own thread_local instances
+#pragma omp parallel for schedule(static)
+  for (i64 b = 0; b < nb; ++b) {
+    double s = 0;
+    for (i64 i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += double(g[i]) * double(g[i]);
+    pv[b] = s;
+  }
   double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-  for (i64 i = 0; i < n; ++i) s += double(g[i]) * double(g[i]);
+  for (i64 b = 0; b < nb; ++b) s += part[b];
   return s;
 }
 
