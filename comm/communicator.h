@@ -8,7 +8,9 @@
 
 namespace moe {
 
-enum class CommDtype { F32, F64, I64 };
+enum class CommDtype { F32, F64, I64, U8 };
+
+inline size_t comm_dtype_bytes(CommDtype t) { return t == CommDtype::F32 ? 4 : t == CommDtype::U8 ? 1 : 8; }
 
 // Non-blocking handle; wait() completes the operation (no-op for already-complete ones).
 class CommRequest {
@@ -51,6 +53,10 @@ std::unique_ptr<Communicator> make_self_communicator();
 // World communicator from the launcher (mpirun / srun --mpi=pmix): initialises MPI.
 // Only available when built with MPI (MOE_HAVE_MPI).
 std::unique_ptr<Communicator> make_mpi_world();
+// NCCL world on device buffers (built with CUDA): picks GPU local_rank % device_count, rank 0 creates the
+// unique id and broadcasts it over `bootstrap` (the MPI world). Throws BadInput when no GPU is present.
+std::unique_ptr<Communicator> make_nccl_world(Communicator& bootstrap, int local_rank);
+
 // Ends MPI cleanly (after the last collective); abort_world kills every rank (used on errors so none hangs).
 void finalize_mpi();
 [[noreturn]] void abort_world(int code);

@@ -24,6 +24,7 @@ static MPI_Datatype mpi_type(CommDtype t) {
     case CommDtype::F32: return MPI_FLOAT;
     case CommDtype::F64: return MPI_DOUBLE;
     case CommDtype::I64: return MPI_INT64_T;
+    case CommDtype::U8: return MPI_BYTE;
   }
   return MPI_BYTE;
 }
@@ -67,7 +68,7 @@ class MpiComm final : public Communicator {
   }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
     // A send buffer that is this rank's own chunk of recv is the in-place form.
-    const size_t bytes = t == CommDtype::F32 ? 4 : 8;
+    const size_t bytes = comm_dtype_bytes(t);
     const bool in_place = send == static_cast<const char*>(recv) + size_t(rank_) * size_t(n) * bytes;
     MT_MPI(MPI_Allgather(in_place ? MPI_IN_PLACE : send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_));
   }

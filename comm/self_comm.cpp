@@ -6,7 +6,7 @@
 
 namespace moe {
 
-static size_t dtype_bytes(CommDtype t) { return t == CommDtype::F32 ? 4 : 8; }
+static size_t dtype_bytes(CommDtype t) { return comm_dtype_bytes(t); }
 
 namespace {
 struct DoneRequest final : CommRequest {

@@ -1,0 +1,130 @@
+// Owns the NCCL backend of the Communicator (device buffers, one stream); the only file that includes nccl.h.
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/error.h"
+
+#define MT_CUDA(call)                                                                        \
+  do {                                                                                       \
+    const cudaError_t e_ = (call);                                                           \
+    MT_CHECK(e_ == cudaSuccess, #call " failed: ", cudaGetErrorString(e_));                  \
+  } while (0)
+#define MT_NCCL(call)                                                                        \
+  do {                                                                                       \
+    const ncclResult_t r_ = (call);                                                          \
+    MT_CHECK(r_ == ncclSuccess, #call " failed: ", ncclGetErrorString(r_));                  \
+  } while (0)
+
+namespace moe {
+
+static ncclDataType_t nccl_type(CommDtype t) {
+  switch (t) {
+    case CommDtype::F32: return ncclFloat32;
+    case CommDtype::F64: return ncclFloat64;
+    case CommDtype::I64: return ncclInt64;
+    case CommDtype::U8: return ncclUint8;
+  }
+  return ncclUint8;
+}
+
+namespace {
+// Completion of work queued on the communicator's stream.
+struct StreamRequest final : CommRequest {
+  cudaEvent_t ev = nullptr;
+  explicit StreamRequest(cudaStream_t s) {
+    MT_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    MT_CUDA(cudaEventRecord(ev, s));
+  }
+  ~StreamRequest() override {
+    if (ev) cudaEventDestroy(ev);
+  }
+  void wait() override { MT_CUDA(cudaEventSynchronize(ev)); }
+};
+
+class NcclComm final : public Communicator {
+ public:
+  NcclComm(ncclComm_t c, cudaStream_t s, bool owns_stream) : comm_(c), stream_(s), owns_stream_(owns_stream) {
+    MT_NCCL(ncclCommUserRank(c, &rank_));
+    MT_NCCL(ncclCommCount(c, &size_));
+    MT_CUDA(cudaMalloc(&scratch_, 8));
+  }
+  ~NcclComm() override {
+    cudaFree(scratch_);
+    ncclCommDestroy(comm_);
+    if (owns_stream_) cudaStreamDestroy(stream_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  void all_reduce_sum(void* buf, i64 n, CommDtype t) override {
+    iall_reduce_sum(buf, n, t)->wait();
+  }
+  std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) override {
+    MT_NCCL(ncclAllReduce(buf, buf, size_t(n), nccl_type(t), ncclSum, comm_, stream_));
+    return std::make_unique<StreamRequest>(stream_);
+  }
+  void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
+    MT_NCCL(ncclReduceScatter(send, recv, size_t(n), nccl_type(t), ncclSum, comm_, stream_));
+    MT_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void all_gather(void* recv, const void* send, i64 n, CommDtype t) override { iall_gather(recv, send, n, t)->wait(); }
+  std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+    MT_NCCL(ncclAllGather(send, recv, size_t(n), nccl_type(t), comm_, stream_));
+    return std::make_unique<StreamRequest>(stream_);
+  }
+  // Counts were exchanged beforehand; paired send/recv inside one group (REFERENCE §7).
+  void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
+                    CommDtype t) override {
+    const size_t b = comm_dtype_bytes(t);
+    MT_NCCL(ncclGroupStart());
+    for (int p = 0; p < size_; ++p) {
+      if (sc[p] > 0)
+        MT_NCCL(ncclSend(static_cast<const char*>(send) + size_t(sd[p]) * b, size_t(sc[p]), nccl_type(t), p, comm_, stream_));
+      if (rc[p] > 0)
+        MT_NCCL(ncclRecv(static_cast<char*>(recv) + size_t(rd[p]) * b, size_t(rc[p]), nccl_type(t), p, comm_, stream_));
+    }
+    MT_NCCL(ncclGroupEnd());
+    MT_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void broadcast(void* buf, i64 n, CommDtype t, int root) override {
+    MT_NCCL(ncclBroadcast(buf, buf, size_t(n), nccl_type(t), root, comm_, stream_));
+    MT_CUDA(cudaStreamSynchronize(stream_));
+  }
+  void barrier() override { all_reduce_sum(scratch_, 1, CommDtype::F32); }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    ncclComm_t c;
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    MT_NCCL(ncclCommSplit(comm_, color, key, &c, &cfg));
+    cudaStream_t s;
+    MT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    return std::make_unique<NcclComm>(c, s, true);
+  }
+
+ private:
+  ncclComm_t comm_;
+  cudaStream_t stream_;
+  bool owns_stream_;
+  int rank_ = 0, size_ = 1;
+  void* scratch_ = nullptr;
+};
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_world(Communicator& bootstrap, int local_rank) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0)
+    MT_INPUT_FAIL("parallel.backend: nccl needs a CUDA GPU, and none is visible on this node");
+  MT_CUDA(cudaSetDevice(local_rank % devices));
+  ncclUniqueId id;
+  if (bootstrap.rank() == 0) MT_NCCL(ncclGetUniqueId(&id));
+  bootstrap.broadcast(&id, i64(sizeof id), CommDtype::U8, 0);
+  ncclComm_t c;
+  MT_NCCL(ncclCommInitRank(&c, bootstrap.size(), id, bootstrap.rank()));
+  cudaStream_t s;
+  MT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return std::make_unique<NcclComm>(c, s, true);
+}
+
+}  // namespace moe
