@@ -38,6 +38,8 @@ class Communicator {
                             const i64* recv_counts, const i64* recv_displs, CommDtype t) = 0;
   virtual void broadcast(void* buf, i64 n, CommDtype t, int root) = 0;
   virtual void barrier() = 0;
+  // The MPI communicator (MPI_Comm*) for libraries that take one (parallel HDF5); null when there is none.
+  virtual const void* mpi_handle() const { return nullptr; }
   // Ranks with equal color form a group, ordered by key.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 

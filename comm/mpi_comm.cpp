@@ -94,6 +94,7 @@ class MpiComm final : public Communicator {
     MT_MPI(MPI_Bcast(buf, as_int(n), mpi_type(t), root, comm_));
   }
   void barrier() override { MT_MPI(MPI_Barrier(comm_)); }
+  const void* mpi_handle() const override { return &comm_; }
   std::unique_ptr<Communicator> split(int color, int key) override {
     MPI_Comm c;
     MT_MPI(MPI_Comm_split(comm_, color, key, &c));

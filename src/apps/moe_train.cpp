@@ -33,7 +33,6 @@ int main(int argc, char** argv) {
   try {
     rt = moe::start_runtime();
     moe::Config cfg = moe::load_config(config_path, sets);
-    MT_INPUT_CHECK(resume.empty(), "--resume: checkpoints are not implemented yet in this build");
     if (dry_run) {
       moe::Config c = cfg;
       if (!c.model_init_from.empty()) c = moe::resolve_model_config(c);
@@ -44,6 +43,7 @@ int main(int argc, char** argv) {
     }
     {
       moe::Trainer trainer(cfg, *rt.world);
+      if (!resume.empty()) trainer.resume(resume);
       trainer.run();
     }
     moe::stop_runtime(rt);

@@ -7,13 +7,14 @@
 namespace moe {
 
 // Why a run stopped. BadInput maps to exit code 2 (config, data, checkpoint, model files).
-enum class ErrorKind { BadInput, Internal };
+// Diverged: NaN/Inf loss or gradient (exit 3); nothing is written after it.
+enum class ErrorKind { BadInput, Internal, Diverged };
 
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, const std::string& msg) : std::runtime_error(msg), kind_(kind) {}
   ErrorKind kind() const { return kind_; }
-  int exit_code() const { return kind_ == ErrorKind::BadInput ? 2 : 1; }
+  int exit_code() const { return kind_ == ErrorKind::BadInput ? 2 : kind_ == ErrorKind::Diverged ? 3 : 1; }
 
  private:
   ErrorKind kind_;

@@ -252,6 +252,41 @@ void ParamState::adamw(const TrainConfig& t, double lr, long step) {
   if (z3_) z3_->invalidate();
 }
 
+void ParamState::checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model, std::vector<TensorPiece>& exp_avg,
+                                   std::vector<TensorPiece>& exp_avg_sq) {
+  model.clear();
+  exp_avg.clear();
+  exp_avg_sq.clear();
+  for (const Segment& s : segs_) {
+    // Elements this rank owns for writing: its shard, or (stage 0) an even split over the segment's group.
+    i64 own0 = s.mine, own1 = s.mine + s.chunk;
+    if (stage_ == 0) {
+      const i64 g = s.group->size(), idx = s.group->rank(), c = (s.end - s.begin + g - 1) / g;
+      own0 = std::min(s.end, s.begin + idx * c);
+      own1 = std::min(s.end, own0 + c);
+    }
+    // Parameters held: all local ones (stages 0-2) or the shard (stage 3); moments: the shard (whole under stage 0).
+    const bool write = use == PieceUse::Write;
+    const i64 p0 = write ? own0 : (stage_ == 3 ? s.mine : s.begin), p1 = write ? own1 : (stage_ == 3 ? s.mine + s.chunk : s.end);
+    const i64 m0 = write ? own0 : s.mine, m1 = write ? own1 : s.mine + s.chunk;
+    auto param_at = [&](i64 x) { return stage_ == 3 ? pshard_.data() + s.shard_off + (x - s.mine) : params_.data() + x; };
+    for (const ParamInfo& e : table_.entries()) {
+      if (e.unit != s.unit || e.expert != s.expert) continue;
+      const i64 a = std::max(p0, e.offset), b = std::min(p1, e.offset + e.numel);
+      if (a < b) model.push_back({e.name, a - e.offset, b - e.offset, param_at(a)});
+      const i64 c = std::max(m0, e.offset), d = std::min(m1, e.offset + e.numel);
+      if (c < d) {
+        exp_avg.push_back({e.name, c - e.offset, d - e.offset, exp_avg_.data() + s.shard_off + (c - s.mine)});
+        exp_avg_sq.push_back({e.name, c - e.offset, d - e.offset, exp_avg_sq_.data() + s.shard_off + (c - s.mine)});
+      }
+    }
+  }
+}
+
+void ParamState::after_load() {
+  if (z3_) z3_->invalidate();
+}
+
 StateBytes ParamState::bytes() const {
   StateBytes b;
   b.params = i64(4 * (params_.size() + pshard_.size()));

@@ -6,6 +6,7 @@
 #include "comm/communicator.h"
 #include "config/config.h"
 #include "model/param_access.h"
+#include "io/checkpoint.h"
 #include "model/param_table.h"
 
 namespace moe {
@@ -40,6 +41,14 @@ class ParamState {
   void scale_grads(float coef);
   // One AdamW update (t 1-based) of this rank's shard, then (stages 1–2) all-gathers the parameters.
   void adamw(const TrainConfig& t, double lr, long step);
+
+  // Pieces of this rank's state for checkpoint I/O, as flat ranges of logical tensors.
+  // Write: every element of every tensor belongs to exactly one rank. Read: what this rank must hold.
+  enum class PieceUse { Write, Read };
+  void checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model, std::vector<TensorPiece>& exp_avg,
+                         std::vector<TensorPiece>& exp_avg_sq);
+  // After a checkpoint read into the pieces: refresh derived copies (ZeRO-3 gather cache).
+  void after_load();
 
   StateBytes bytes() const;
   int stage() const { return stage_; }

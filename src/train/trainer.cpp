@@ -3,7 +3,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -200,6 +202,21 @@ StepResult Trainer::step(int s) {
   const auto t0 = std::chrono::steady_clock::now();
   StepResult r = compute_grads(s);
   const auto& t = cfg_.train;
+  if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
+    // Name the first tensor (by table order) whose gradient is not finite; no update, no checkpoint.
+    std::string where = "a gradient shard";
+    if (cfg_.parallel.zero <= 2)
+      for (const ParamInfo& p : model_->table().entries()) {
+        const float* g = state_->flat_grads().data() + p.offset;
+        if (!std::all_of(g, g + p.numel, [](float x) { return std::isfinite(x); })) {
+          where = p.name;
+          break;
+        }
+      }
+    detail::raise(ErrorKind::Diverged, __FILE__, __LINE__, "training diverged at step ", s + 1, ": loss ", r.loss,
+                  ", grad_norm ", r.grad_norm, "; first non-finite gradient: ", where,
+                  " (rank ", rank_, "). Checkpoints already written are kept; lower train.lr or set train.grad_clip");
+  }
   const double coef = clip_coef(r.grad_norm, t.grad_clip);
   if (coef < 1.0) state_->scale_grads(float(coef));
   state_->adamw(t, r.lr, long(s) + 1);
@@ -255,6 +272,9 @@ void Trainer::write_metrics(const StepResult& r, bool with_load) {
   metrics_.flush();
 }
 
+static volatile std::sig_atomic_t g_stop_signal = 0;
+static void on_stop_signal(int sig) { g_stop_signal = sig; }
+
 static std::string hms(double sec) {
   const long s = long(sec + 0.5);
   char buf[32];
@@ -271,18 +291,22 @@ void Trainer::run() {
     MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
     std::ofstream c(dir / "config.yaml");
     c << config_to_yaml(cfg_);
-    metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
+    // A resumed run appends only the steps it performs.
+    metrics_.open(dir / "metrics.jsonl", start_step_ > 0 ? std::ios::app : std::ios::trunc);
     MT_INPUT_CHECK(metrics_.good(), "run.dir: cannot write '", (dir / "metrics.jsonl").string(), "'");
   }
   if (rank_ == 0)
     spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",
                  build_param_table(cfg_.model).total_numel(), model_->num_moe_layers(), world_, ep_, world_ / ep_,
                  i64(t.micro_batch) * t.grad_accum * world_, t.seq_len, t.steps, dir.string());
+  if (cfg_.checkpoint.on_signal) {
+    std::signal(SIGUSR1, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+  }
   const auto start = std::chrono::steady_clock::now();
-  for (int s = 0; s < t.steps; ++s) {
+  for (int s = start_step_; s < t.steps; ++s) {
     StepResult r = step(s);
-    MT_INPUT_CHECK(std::isfinite(r.loss) && std::isfinite(r.grad_norm), "non-finite loss or gradient at step ", s + 1,
-                   " (loss ", r.loss, ", grad_norm ", r.grad_norm, "); lower train.lr or enable train.grad_clip");
+    steps_done_ = s + 1;
     const bool log_now = (r.step % cfg_.log.every == 0) || r.step == t.steps || r.step == 1;
     if (rank_ == 0) {
       write_metrics(r, r.step % cfg_.log.every == 0 || r.step == t.steps);
@@ -295,8 +319,19 @@ void Trainer::run() {
                      double(r.tokens) / r.step_time_s, hms(eta));
       }
     }
+    // A stop signal on any rank: every rank finishes this step, checkpoints and leaves together.
+    double stop = g_stop_signal != 0 ? 1.0 : 0.0;
+    world_comm_.all_reduce_sum(&stop, 1);
+    if (stop > 0) {
+      const std::string path = save_checkpoint();
+      if (rank_ == 0) spdlog::warn("stop signal: checkpoint {} written after step {}; continue with --resume auto", path, r.step);
+      stopped_by_signal_ = true;
+      return;
+    }
+    if (cfg_.checkpoint.every > 0 && r.step % cfg_.checkpoint.every == 0 && r.step != t.steps) save_checkpoint();
   }
-  if (rank_ == 0) spdlog::info("done: {} steps in {}", t.steps,
+  save_checkpoint();
+  if (rank_ == 0) spdlog::info("done: {} steps in {}", t.steps - start_step_,
                hms(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
 }
 

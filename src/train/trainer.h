@@ -34,8 +34,18 @@ class Trainer {
   Trainer(const Config& cfg, Communicator& world);
   ~Trainer();
 
-  // The whole run: steps train.steps updates, progress lines, run.dir/metrics.jsonl.
+  // The whole run: steps train.steps updates (from the resumed step), progress lines, run.dir/metrics.jsonl,
+  // checkpoints every checkpoint.every steps, at the end, and on SIGUSR1/SIGTERM (then it returns early).
   void run();
+
+  // --resume: "auto" (newest complete, verified checkpoint of checkpoint.dir; none → fresh start) or a path
+  // (must be valid, else BadInput). Restores weights, moments, bias and the step; any layout may read it.
+  void resume(const std::string& what);
+  // Writes checkpoint.dir/step_<N>.h5 (temporary name, then renamed), points `latest` at it, prunes to
+  // checkpoint.keep. Collective. Returns the path.
+  std::string save_checkpoint();
+  int start_step() const { return start_step_; }
+  bool stopped_by_signal() const { return stopped_by_signal_; }
 
   // Forward + backward of every micro-batch of step s into grads() (no update). If `logits` is given,
   // it receives the logits of the global batch [B, L, V] in window order.
@@ -71,6 +81,10 @@ class Trainer {
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
   std::ofstream metrics_;
+  int start_step_ = 0;       // first step this process runs (resume)
+  int steps_done_ = 0;       // updates done so far
+  bool stopped_by_signal_ = false;
+  std::string checkpoint_dir() const;
 };
 
 // Resolves model shape from model.init_from's config.json when set (DESIGN §6).

@@ -1,0 +1,57 @@
+// Owns the HDF5 checkpoint file (DESIGN §7): logical tensors by HF name, AdamW moments, /meta; the only place HDF5 is seen.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/dims.h"
+
+namespace moe {
+
+constexpr int kCheckpointFormatVersion = 1;
+
+struct CheckpointMeta {
+  i64 step = 0;                // updates done
+  i64 tokens_seen = 0;
+  i64 data_position = 0;       // next global window index (step · B)
+  std::string config_yaml;     // resolved config of the run that wrote it
+  int world = 1, ep = 1, zero = 0;
+  unsigned long long seed = 0; // Philox key; draws are indexed by (step, layer, micro-batch), so this is the RNG state
+  int format_version = kCheckpointFormatVersion;
+  std::vector<std::vector<float>> select_bias;  // [moe layer][E] aux-loss-free bias
+};
+
+// A logical tensor every rank declares identically (datasets are created collectively).
+struct TensorDecl {
+  std::string name;
+  std::vector<i64> shape;
+};
+
+// The part of a logical tensor one rank writes or reads: flat elements [begin, end) of `name` at data.
+struct TensorPiece {
+  std::string name;
+  i64 begin = 0, end = 0;
+  float* data = nullptr;
+};
+
+// Collective over `world` (parallel HDF5 through MPI-IO when world has MPI, else one process). Creates
+// /model/<name>, /optim/<name>/exp_avg|exp_avg_sq (fletcher32-checksummed chunks) and /meta; writes the
+// "complete" attribute last. Errors are Internal (I/O), never half-silent.
+void write_checkpoint_file(const std::string& path, Communicator& world, const std::vector<TensorDecl>& tensors,
+                           const std::vector<TensorPiece>& model, const std::vector<TensorPiece>& exp_avg,
+                           const std::vector<TensorPiece>& exp_avg_sq, const CheckpointMeta& meta);
+
+// Reads /meta (serially, any rank). BadInput when the file is not a complete moe-train checkpoint.
+CheckpointMeta read_checkpoint_meta(const std::string& path);
+
+// Collective: fills every piece from the file (any writer layout: tensors are logical). BadInput on a
+// missing tensor, a shape mismatch or a checksum error.
+void read_checkpoint_tensors(const std::string& path, Communicator& world, const std::vector<TensorDecl>& tensors,
+                             const std::vector<TensorPiece>& model, const std::vector<TensorPiece>& exp_avg,
+                             const std::vector<TensorPiece>& exp_avg_sq);
+
+// Serial full check: complete attribute, format version, every dataset readable with valid checksums.
+// Returns "" when valid, else the reason.
+std::string verify_checkpoint(const std::string& path);
+
+}  // namespace moe
