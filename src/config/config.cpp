@@ -220,6 +220,30 @@ Field string_list_field(const char* key, At at) {
           }};
 }
 
+// model.mlp_only_layers: a list of non-negative layer indices.
+template <class At>
+Field int_list_field(const char* key, At at) {
+  return {key, "expects a list of non-negative integers, e.g. [0, 3]",
+          [at](Config& c, const YAML::Node& n) {
+            std::vector<int> out;
+            if (!n.IsNull()) {
+              if (!n.IsSequence()) return false;
+              for (const YAML::Node& item : n) {
+                long long v = 0;
+                if (!item.IsScalar() || !read_ll(item.Scalar(), &v) || v < 0 || v > INT_MAX) return false;
+                out.push_back(int(v));
+              }
+            }
+            at(c) = std::move(out);
+            return true;
+          },
+          [at](YAML::Emitter& e, const Config& c) {
+            e << YAML::Flow << YAML::BeginSeq;
+            for (int v : at(c)) e << v;
+            e << YAML::EndSeq;
+          }};
+}
+
 // data.mix: a list of {path: string, weight: number > 0} maps, nothing else in each map.
 template <class At>
 Field mix_field(const char* key, At at) {
@@ -275,6 +299,9 @@ std::vector<Field> build_schema() {
       real_field("model.rms_norm_eps", MT_AT(model.rms_norm_eps), kPositive),
       bool_field("model.tie_word_embeddings", MT_AT(model.tie_word_embeddings)),
       real_field("model.init_std", MT_AT(model.init_std), kPositive),
+      // Qwen3-MoE dense/sparse layer choice (HF config.json names); Mixtral ignores them.
+      int_list_field("model.mlp_only_layers", MT_AT(model.mlp_only_layers)),
+      int_field("model.decoder_sparse_step", MT_AT(model.decoder_sparse_step), 1),
 
       string_field("upcycle.from", MT_AT(upcycle.from)),
       int_field("upcycle.num_experts", MT_AT(upcycle.num_experts), 1),
@@ -350,6 +377,7 @@ std::vector<Field> build_schema() {
       int_field("checkpoint.every", MT_AT(checkpoint.every), 0),
       int_field("checkpoint.keep", MT_AT(checkpoint.keep), 1),
       bool_field("checkpoint.on_signal", MT_AT(checkpoint.on_signal)),
+      bool_field("checkpoint.export_hf", MT_AT(checkpoint.export_hf)),
 
       int_field("log.every", MT_AT(log.every), 1),
       bool_field("log.plots", MT_AT(log.plots)),

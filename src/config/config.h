@@ -35,7 +35,7 @@ struct ModelConfig {
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;
   double init_std = 0.02;
-  // Qwen3-MoE dense/sparse layer choice (read from config.json; YAML cannot set them yet).
+  // Qwen3-MoE dense/sparse layer choice (model.mlp_only_layers / model.decoder_sparse_step, or config.json).
   std::vector<int> mlp_only_layers;
   int decoder_sparse_step = 1;
 
@@ -127,6 +127,7 @@ struct CheckpointConfig {
   int every = 0;
   int keep = 3;
   bool on_signal = true;
+  bool export_hf = false;  // also write run.dir/hf (HF model dir) at the end of training
 };
 
 struct LogConfig {

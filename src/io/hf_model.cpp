@@ -402,7 +402,43 @@ void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTabl
   }
   for (const ParamInfo& p : table.entries())
     if (!skip.count(p.name)) out.push_back({p.name, p.shape, params + p.offset, opt.dtype});
-  write_safetensors(dir + "/model.safetensors", out);
+  const i64 esize = opt.dtype == StDtype::F32 ? 4 : 2;
+  auto bytes_of = [&](const TensorToWrite& t) {
+    i64 n = esize;
+    for (i64 d : t.shape) n *= d;
+    return n;
+  };
+  i64 total = 0;
+  for (const auto& t : out) total += bytes_of(t);
+  if (opt.max_shard_bytes <= 0 || total <= opt.max_shard_bytes) {
+    write_safetensors(dir + "/model.safetensors", out);
+    return;
+  }
+  // Greedy shards in table order, each at most max_shard_bytes (a larger tensor gets a shard of its own).
+  std::vector<std::vector<TensorToWrite>> shards(1);
+  i64 cur = 0;
+  for (const auto& t : out) {
+    const i64 b = bytes_of(t);
+    if (cur > 0 && cur + b > opt.max_shard_bytes) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(t);
+    cur += b;
+  }
+  nlohmann::json index;
+  index["metadata"]["total_size"] = total;
+  char name[64];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    write_safetensors(dir + "/" + name, shards[i]);
+    for (const auto& t : shards[i]) index["weight_map"][t.name] = name;
+  }
+  const std::string ip = dir + "/model.safetensors.index.json";
+  std::ofstream f(ip + ".tmp");
+  f << index.dump(2) << "\n";
+  f.close();
+  MT_INPUT_CHECK(f.good() && std::rename((ip + ".tmp").c_str(), ip.c_str()) == 0, "cannot write ", ip);
 }
 
 }  // namespace moe

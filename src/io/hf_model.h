@@ -35,6 +35,8 @@ void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTa
 struct HfSaveOptions {
   StDtype dtype = StDtype::F32;   // tensor dtype in model.safetensors (and torch_dtype in config.json)
   bool fused_experts = false;     // write the v5 fused layout instead of per-expert (v4) tensors
+  // Above this many bytes the weights are split into model-0000i-of-0000n.safetensors + index.json (0: one file).
+  i64 max_shard_bytes = 0;
 };
 
 // Writes DIR/config.json (everything transformers needs to rebuild the model) and DIR/model.safetensors

@@ -331,6 +331,14 @@ void Trainer::run() {
     if (cfg_.checkpoint.every > 0 && r.step % cfg_.checkpoint.every == 0 && r.step != t.steps) save_checkpoint();
   }
   save_checkpoint();
+  if (cfg_.checkpoint.export_hf) {
+    const std::vector<float> full = gather_full_params();
+    if (rank_ == 0) {
+      const ParamTable table = build_param_table(cfg_.model);
+      save_hf_model((dir / "hf").string(), cfg_.model, table, full.data());
+      spdlog::info("exported the final model to {}", (dir / "hf").string());
+    }
+  }
   if (rank_ == 0) spdlog::info("done: {} steps in {}", t.steps - start_step_,
                hms(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
 }

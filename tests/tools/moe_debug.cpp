@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
   app.add_option("config", config_path, "YAML config")->required();
   app.add_option("--set", sets, "override a config key");
   app.add_option("--out", out, "output .safetensors")->required();
+  std::string resume;
+  app.add_option("--resume", resume, "load this checkpoint (auto or a path) before computing");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_pattern("[%H:%M:%S] %v");
   Runtime rt;
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
     rt = start_runtime();
     {
       Trainer tr(load_config(config_path, sets), *rt.world);
+      if (!resume.empty()) tr.resume(resume);
       if (mode == "grads") dump_grads(tr, out);
       else dump_train(tr, out);
     }
