@@ -67,6 +67,12 @@ std::string Trainer::save_checkpoint() {
     fs::rename(dir / "latest.tmp", dir / "latest");
     const auto all = list_checkpoints(dir);
     for (size_t i = size_t(cfg_.checkpoint.keep); i < all.size(); ++i) fs::remove(all[i].second);
+    // Temporaries left by runs killed mid-write are never read; drop them once a newer file is complete.
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.size() > 4 && n[0] == '.' && n.compare(n.size() - 4, 4, ".tmp") == 0) fs::remove(e.path(), ec);
+    }
     spdlog::info("checkpoint {} written", final_path.string());
   }
   world_comm_.barrier();

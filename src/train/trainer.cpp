@@ -330,7 +330,7 @@ void Trainer::run() {
     }
     if (cfg_.checkpoint.every > 0 && r.step % cfg_.checkpoint.every == 0 && r.step != t.steps) save_checkpoint();
   }
-  save_checkpoint();
+  if (steps_done_ > start_step_ || start_step_ == 0) save_checkpoint();
   if (cfg_.checkpoint.export_hf) {
     const std::vector<float> full = gather_full_params();
     if (rank_ == 0) {
