@@ -38,16 +38,19 @@ struct BenchArgs {
   std::vector<double> capacity{0.0, 1.0, 1.25};
   DropPolicy drop = DropPolicy::Probs;
   int iters = 20, warmup = 3;
-  int a2a_reps = 3;  // dispatch/plain pairs per iteration
+  int a2a_reps = 3;  // rounds of dispatch/plain/direct exchanges per iteration
   uint64_t seed = 1234;
   std::string csv;
   bool csv_append = false, layer = true;
 };
 
-// Timed phases, in forward order; Plain = the reference all_to_all_v, Layer = MoeLayer::forward end to end.
-enum Phase { Route, PlanP, Permute, Counts, Dispatch, Experts, Return, Combine, Plain, Layer, kPhases };
-const char* const kPhaseName[kPhases] = {"route",   "plan",    "permute", "counts", "a2a_dispatch",
-                                         "experts", "a2a_return", "combine", "a2a_plain", "layer"};
+// Timed phases, in forward order; then the reference exchanges and MoeLayer::forward end to end.
+// Plain = one bare all_to_all_v with the dispatch's per-peer counts (src-major result, no permutation).
+// Direct = E_local all_to_all_v calls, one per local expert, each received in place in expert-major order: what
+//          to_experts would cost without its staging copy (a design probe, not a library path).
+enum Phase { Route, PlanP, Permute, Counts, Dispatch, Experts, Return, Combine, Plain, Direct, Layer, kPhases };
+const char* const kPhaseName[kPhases] = {"route",      "plan",    "permute",   "counts",     "a2a_dispatch", "experts",
+                                         "a2a_return", "combine", "a2a_plain", "a2a_direct", "layer"};
 
 // One configuration's result, already reduced over ranks.
 struct Row {
@@ -64,12 +67,14 @@ struct Row {
   double layer_diff = 0;     // max |pieces − MoeLayer| over ranks (must be 0)
   // Fastest sample of each exchange (min over samples, max over ranks): preemption by other processes only adds
   // time, so on a shared machine the ratio of minima is the steadier estimate of what the code can do.
-  double best_dispatch = 0, best_plain = 0;
+  double best_dispatch = 0, best_plain = 0, best_direct = 0;
 };
 
 // Bandwidth ratio ours/plain = plain time / our time (the same bytes move in both).
 double ratio(const Row& r) { return r.ms[Dispatch] > 0 ? r.ms[Plain] / r.ms[Dispatch] : 0.0; }
 double ratio_best(const Row& r) { return r.best_dispatch > 0 ? r.best_plain / r.best_dispatch : 0.0; }
+double ratio_direct(const Row& r) { return r.ms[Direct] > 0 ? r.ms[Plain] / r.ms[Direct] : 0.0; }
+double ratio_direct_best(const Row& r) { return r.best_direct > 0 ? r.best_plain / r.best_direct : 0.0; }
 
 double ms_since(clk::time_point t0) { return std::chrono::duration<double, std::milli>(clk::now() - t0).count(); }
 
@@ -138,6 +143,7 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
   std::vector<float> xg(size_t(TK * H)), y(size_t(TK * H));         // [T·K, H] local row order
   std::vector<float> xe(size_t(R_max * H)), ye(size_t(R_max * H));  // [R, H] expert-major
   std::vector<float> plain_recv(size_t(R_max * H));                 // [R, H] src-major, reference exchange
+  std::vector<float> direct_recv(size_t(R_max * H));                // [R, H] expert-major, in-place probe
   std::vector<float> act_a(size_t(R_max * I)), act_b(act_a.size()), act_h(act_a.size());  // [R, I]
   std::vector<float> out(size_t(T * H)), out_layer(size_t(T * H));  // [T, H]
   ExpertMlpActs<float> acts{act_a.data(), act_b.data(), act_h.data()};
@@ -145,6 +151,9 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
   EpExchange<float> ex(&world, E, E_local, R_max, H);
   // Element counts/displacements of the plain all_to_all_v: the same bytes per peer as the dispatch.
   std::vector<i64> sc(ep), sd(ep), rc(ep), rd(ep);
+  // The direct probe's layout: call j sends rows of expert q·E_local + j to peer q and receives block (j, s) at its
+  // expert-major offset. [E_local · ep] each, call-major.
+  std::vector<i64> dsc(size_t(E_local * ep)), dsd(dsc.size()), drc(dsc.size()), drd(dsc.size());
 
   MoeConfig cfg;
   cfg.capacity_factor = cf;
@@ -194,22 +203,44 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
       if (q != rank) remote_elems += sc[q];
     }
     MT_CHECK(ro == ex.recv_rows() * H, "plain receive layout ", ro, " != exchange rows·H ", ex.recv_rows() * H);
+    for (i64 j = 0, em = 0; j < E_local; ++j)
+      for (int q = 0; q < ep; ++q) {
+        const size_t c = size_t(j * ep + q);
+        dsc[c] = plan.counts[size_t(q * E_local + j)] * H;
+        dsd[c] = plan.offsets[size_t(q * E_local + j)] * H;
+        drc[c] = blocks[c] * H;  // block (expert j, source q)
+        drd[c] = em * H;
+        em += blocks[c];
+      }
+    auto direct = [&] {
+      world.barrier();
+      const auto p0 = clk::now();
+      for (i64 j = 0; j < E_local; ++j) {
+        const size_t c = size_t(j * ep);
+        world.all_to_all_v(xg.data(), &dsc[c], &dsd[c], direct_recv.data(), &drc[c], &drd[c], CommDtype::F32);
+      }
+      record(Direct, p0);
+    };
     auto plain = [&] {
       world.barrier();
       const auto p0 = clk::now();
       world.all_to_all_v(xg.data(), sc.data(), sd.data(), plain_recv.data(), rc.data(), rd.data(), CommDtype::F32);
       record(Plain, p0);
     };
-    // a2a_reps interleaved pairs (the dispatch is idempotent); the order alternates so neither exchange always
+    auto dispatch = [&] {
+      world.barrier();
+      const auto p0 = clk::now();
+      ex.to_experts(xe.data(), xg.data(), H);
+      record(Dispatch, p0);
+    };
+    // a2a_reps interleaved rounds of the three exchanges (each is idempotent); the order rotates so none always
     // finds the send rows warm in cache. Many short samples keep the medians robust to a preempted rank.
     for (int rep = 0; rep < a.a2a_reps; ++rep) {
-      const bool plain_first = (it + rep) % 2 == 0;
-      if (plain_first) plain();
-      world.barrier();
-      t0 = clk::now();
-      ex.to_experts(xe.data(), xg.data(), H);
-      record(Dispatch, t0);
-      if (!plain_first) plain();
+      const int first = (it + rep) % 3;
+      for (int k = 0; k < 3; ++k) {
+        const int v = (first + k) % 3;
+        v == 0 ? dispatch() : v == 1 ? plain() : direct();
+      }
     }
 
     t0 = clk::now();
@@ -234,8 +265,11 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
   Row row;
   row.ep = ep, row.T = T, row.K = K, row.cf = cf, row.capacity = plan.capacity;
   for (int p = 0; p < kPhases; ++p) row.ms[p] = median(t[p]);
-  // The plain exchange moved the same rows: its src-major blocks, reordered expert-major, must equal the dispatch.
+  // The plain exchange moved the same rows: its src-major blocks, reordered expert-major, must equal the dispatch;
+  // the direct probe must equal it as is.
   double plain_diff = 0;
+  for (i64 i = 0; i < ex.recv_rows() * H; ++i)
+    plain_diff = std::max(plain_diff, double(std::fabs(direct_recv[size_t(i)] - xe[size_t(i)])));
   {
     const std::vector<i64>& blocks = ex.block_counts();
     i64 dst = 0;
@@ -253,21 +287,23 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
   if (a.layer)
     for (i64 i = 0; i < T * H; ++i)
       row.layer_diff = std::max(row.layer_diff, double(std::fabs(out[size_t(i)] - out_layer[size_t(i)])));
-  double red[kPhases + 5];
+  double red[kPhases + 6];
   std::copy(row.ms, row.ms + kPhases, red);
   red[kPhases] = row.layer_diff;
   red[kPhases + 1] = double(ex.recv_rows());
   red[kPhases + 2] = *std::min_element(t[Dispatch].begin(), t[Dispatch].end());
   red[kPhases + 3] = *std::min_element(t[Plain].begin(), t[Plain].end());
   red[kPhases + 4] = plain_diff;
-  all_max(world, red, kPhases + 5);
-  MT_CHECK(red[kPhases + 4] == 0, "the plain all_to_all_v and the dispatch moved different rows (max diff ",
+  red[kPhases + 5] = *std::min_element(t[Direct].begin(), t[Direct].end());
+  all_max(world, red, kPhases + 6);
+  MT_CHECK(red[kPhases + 4] == 0, "the reference exchanges and the dispatch moved different rows (max diff ",
            red[kPhases + 4], ")");
   std::copy(red, red + kPhases, row.ms);
   row.layer_diff = red[kPhases];
   row.recv_rows_max = i64(red[kPhases + 1]);
   row.best_dispatch = red[kPhases + 2];
   row.best_plain = red[kPhases + 3];
+  row.best_direct = red[kPhases + 5];
   int64_t sums[4] = {TK, plan.P, plan.P * H * i64(sizeof(float)), remote_elems * i64(sizeof(float))};
   world.all_reduce_sum(sums, 4);
   row.pairs = sums[0], row.kept = sums[1], row.bytes = sums[2], row.remote_bytes = sums[3];
@@ -284,10 +320,11 @@ void print_header(const BenchArgs& a, int ep) {
               a.drop == DropPolicy::Probs ? "probs" : "position", a.iters, a.warmup, a.a2a_reps);
   std::printf("times in ms (median over iters, max over ranks); T = tokens per rank; ovh = share of the forward that "
               "is not expert compute;\na2a GB/s = dispatch bytes (all ranks) / median time; ratio = ours/plain bandwidth from "
-              "medians, best = from the fastest samples\n");
-  std::printf("%6s %2s %5s %6s %5s | %7s %7s %7s %7s %7s %8s %7s %7s | %8s %8s %5s | %7s %7s %6s %6s\n", "T", "k", "cf",
-              "C", "drop%", "route", "plan", "permute", "counts", "a2a->", "experts", "a2a<-", "combine", "total",
-              "layer", "ovh%", "ours", "plain", "ratio", "best");
+              "medians, best = from the fastest samples;\ndirect, dbest = the same for the in-place probe "
+              "(one all_to_all_v per local expert, no staging copy)\n");
+  std::printf("%6s %2s %5s %6s %5s | %7s %7s %7s %7s %7s %8s %7s %7s | %8s %8s %5s | %7s %7s %6s %6s | %6s %6s\n", "T",
+              "k", "cf", "C", "drop%", "route", "plan", "permute", "counts", "a2a->", "experts", "a2a<-", "combine",
+              "total", "layer", "ovh%", "ours", "plain", "ratio", "best", "direct", "dbest");
 }
 
 void print_row(const Row& r) {
@@ -295,10 +332,10 @@ void print_row(const Row& r) {
   const double ovh = r.total > 0 ? 100.0 * (r.total - r.ms[Experts]) / r.total : 0.0;
   const double ours = gbps(r.bytes, r.ms[Dispatch]), plain = gbps(r.bytes, r.ms[Plain]);
   std::printf("%6lld %2lld %5.2f %6lld %5.1f | %7.3f %7.3f %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f | %8.3f %8.3f %5.1f | "
-              "%7.2f %7.2f %6.3f %6.3f%s\n",
+              "%7.2f %7.2f %6.3f %6.3f | %6.3f %6.3f%s\n",
               (long long)r.T, (long long)r.K, r.cf, (long long)r.capacity, drop, r.ms[Route], r.ms[PlanP],
               r.ms[Permute], r.ms[Counts], r.ms[Dispatch], r.ms[Experts], r.ms[Return], r.ms[Combine], r.total,
-              r.ms[Layer], ovh, ours, plain, ratio(r), ratio_best(r),
+              r.ms[Layer], ovh, ours, plain, ratio(r), ratio_best(r), ratio_direct(r), ratio_direct_best(r),
               r.layer_diff > 0 ? "  (MoeLayer output differs!)" : "");
   std::fflush(stdout);
 }
@@ -310,18 +347,19 @@ void write_csv(const std::string& path, bool append, const BenchArgs& a, const s
   if (std::ftell(f) == 0) {
     std::fprintf(f, "ep,tokens,hidden,ffn,experts,topk,capacity_factor,capacity,pairs,kept,recv_rows_max");
     for (const char* n : kPhaseName) std::fprintf(f, ",%s_ms", n);
-    std::fprintf(f, ",total_ms,overhead_pct,dispatch_bytes,remote_bytes,ours_gbps,plain_gbps,ratio,best_dispatch_ms,best_plain_ms,"
-                    "ratio_best,layer_maxdiff\n");
+    std::fprintf(f, ",total_ms,overhead_pct,dispatch_bytes,remote_bytes,ours_gbps,plain_gbps,ratio,best_dispatch_ms,"
+                    "best_plain_ms,ratio_best,best_direct_ms,ratio_direct,ratio_direct_best,layer_maxdiff\n");
   }
   for (const Row& r : rows) {
     std::fprintf(f, "%d,%lld,%lld,%lld,%lld,%lld,%g,%lld,%lld,%lld,%lld", r.ep, (long long)r.T, (long long)a.H,
                  (long long)a.I, (long long)a.E, (long long)r.K, r.cf, (long long)r.capacity, (long long)r.pairs,
                  (long long)r.kept, (long long)r.recv_rows_max);
     for (double ms : r.ms) std::fprintf(f, ",%.4f", ms);
-    std::fprintf(f, ",%.4f,%.2f,%lld,%lld,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%g\n", r.total,
+    std::fprintf(f, ",%.4f,%.2f,%lld,%lld,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%g\n", r.total,
                  r.total > 0 ? 100.0 * (r.total - r.ms[Experts]) / r.total : 0.0, (long long)r.bytes,
                  (long long)r.remote_bytes, gbps(r.bytes, r.ms[Dispatch]), gbps(r.bytes, r.ms[Plain]),
-                 ratio(r), r.best_dispatch, r.best_plain, ratio_best(r), r.layer_diff);
+                 ratio(r), r.best_dispatch, r.best_plain, ratio_best(r), r.best_direct, ratio_direct(r),
+                 ratio_direct_best(r), r.layer_diff);
   }
   std::fclose(f);
 }
@@ -342,7 +380,7 @@ int main(int argc, char** argv) {
   app.add_option("--drop-policy", drop, "probs | position")->check(CLI::IsMember({"probs", "position"}));
   app.add_option("--iters", a.iters, "timed iterations per configuration")->check(CLI::PositiveNumber);
   app.add_option("--warmup", a.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
-  app.add_option("--a2a-reps", a.a2a_reps, "dispatch/plain exchange pairs timed per iteration")
+  app.add_option("--a2a-reps", a.a2a_reps, "rounds of the three exchanges (dispatch, plain, direct) per iteration")
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", a.seed, "seed of inputs and weights");
   app.add_option("--csv", a.csv, "write one CSV row per configuration to this file (rank 0)");

@@ -22,9 +22,11 @@ struct CheckpointMeta {
 };
 
 // A logical tensor every rank declares identically (datasets are created collectively).
+// checksum: [model, exp_avg, exp_avg_sq] piece_checksum of the whole tensor (summed over ranks before writing).
 struct TensorDecl {
   std::string name;
   std::vector<i64> shape;
+  uint64_t checksum[3] = {0, 0, 0};
 };
 
 // The part of a logical tensor one rank writes or reads: flat elements [begin, end) of `name` at data.
@@ -35,8 +37,8 @@ struct TensorPiece {
 };
 
 // Collective over `world` (parallel HDF5 through MPI-IO when world has MPI, else one process). Creates
-// /model/<name>, /optim/<name>/exp_avg|exp_avg_sq (fletcher32-checksummed chunks) and /meta; writes the
-// "complete" attribute last. Errors are Internal (I/O), never half-silent.
+// /model/<name>, /optim/<name>/exp_avg|exp_avg_sq (contiguous, each with a "checksum" attribute from
+// tensors[i].checksum) and /meta; writes the "complete" attribute last. Errors are Internal (I/O).
 void write_checkpoint_file(const std::string& path, Communicator& world, const std::vector<TensorDecl>& tensors,
                            const std::vector<TensorPiece>& model, const std::vector<TensorPiece>& exp_avg,
                            const std::vector<TensorPiece>& exp_avg_sq, const CheckpointMeta& meta);
@@ -44,14 +46,15 @@ void write_checkpoint_file(const std::string& path, Communicator& world, const s
 // Reads /meta (serially, any rank). BadInput when the file is not a complete moe-train checkpoint.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
 
-// Collective: fills every piece from the file (any writer layout: tensors are logical). BadInput on a
-// missing tensor, a shape mismatch or a checksum error.
-void read_checkpoint_tensors(const std::string& path, Communicator& world, const std::vector<TensorDecl>& tensors,
-                             const std::vector<TensorPiece>& model, const std::vector<TensorPiece>& exp_avg,
-                             const std::vector<TensorPiece>& exp_avg_sq);
+// Collective: fills every piece from the file (any writer layout: tensors are logical) with independent
+// reads, and returns the stored checksums in tensors[i].checksum. Returns "" or the first problem (missing
+// tensor, shape mismatch, unreadable data); every rank returns the same verdict, none hangs.
+std::string read_checkpoint_tensors(const std::string& path, Communicator& world, std::vector<TensorDecl>& tensors,
+                                    const std::vector<TensorPiece>& model, const std::vector<TensorPiece>& exp_avg,
+                                    const std::vector<TensorPiece>& exp_avg_sq);
 
-// Serial full check: complete attribute, format version, every dataset readable with valid checksums.
-// Returns "" when valid, else the reason.
+// Serial full check: complete attribute, format version, every dataset read in full and its checksum
+// recomputed. Returns "" when valid, else the reason.
 std::string verify_checkpoint(const std::string& path);
 
 }  // namespace moe

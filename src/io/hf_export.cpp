@@ -23,7 +23,8 @@ void export_checkpoint_hf(const std::string& checkpoint, const std::string& out_
     pieces.push_back({p.name, 0, p.numel, params.data() + p.offset});
   }
   auto self = make_self_communicator();
-  read_checkpoint_tensors(checkpoint, *self, decl, pieces, {}, {});
+  const std::string problem = read_checkpoint_tensors(checkpoint, *self, decl, pieces, {}, {});
+  MT_INPUT_CHECK(problem.empty(), "moe-export: ", checkpoint, ": ", problem);
   save_hf_model(out_dir, cfg.model, table, params.data(), opt);
 }
 

@@ -6,9 +6,11 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "io/checkpoint.h"
+#include "io/checksum.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -33,6 +35,22 @@ static std::vector<std::pair<i64, fs::path>> list_checkpoints(const fs::path& di
   return out;
 }
 
+// Per-tensor checksums of this rank's write partition, summed over the world (each element counted once).
+static void sum_checksums(std::vector<TensorDecl>& decl, const std::vector<TensorPiece>* pieces, Communicator& world) {
+  std::unordered_map<std::string, size_t> index;
+  for (size_t i = 0; i < decl.size(); ++i) index[decl[i].name] = i;
+  std::vector<int64_t> sums(3 * decl.size(), 0);
+  for (int k = 0; k < 3; ++k)
+    for (const TensorPiece& p : pieces[k]) {
+      const uint64_t h = piece_checksum(p.data, p.begin, p.end);
+      uint64_t& slot = reinterpret_cast<uint64_t&>(sums[3 * index.at(p.name) + k]);
+      slot += h;
+    }
+  world.all_reduce_sum(sums.data(), i64(sums.size()));  // two's-complement addition: the same as mod 2^64
+  for (size_t i = 0; i < decl.size(); ++i)
+    for (int k = 0; k < 3; ++k) decl[i].checksum[k] = uint64_t(sums[3 * i + k]);
+}
+
 std::string Trainer::save_checkpoint() {
   const fs::path dir = checkpoint_dir();
   if (rank_ == 0) fs::create_directories(dir);
@@ -53,9 +71,10 @@ std::string Trainer::save_checkpoint() {
   std::vector<TensorDecl> decl;
   const ParamTable full = build_param_table(cfg_.model);
   for (const ParamInfo& p : full.entries()) decl.push_back({p.name, p.shape});
-  std::vector<TensorPiece> pm, pa, pv;
-  state_->checkpoint_pieces(ParamState::PieceUse::Write, pm, pa, pv);
-  write_checkpoint_file(tmp.string(), world_comm_, decl, pm, pa, pv, meta);
+  std::vector<TensorPiece> pieces[3];
+  state_->checkpoint_pieces(ParamState::PieceUse::Write, pieces[0], pieces[1], pieces[2]);
+  sum_checksums(decl, pieces, world_comm_);
+  write_checkpoint_file(tmp.string(), world_comm_, decl, pieces[0], pieces[1], pieces[2], meta);
   world_comm_.barrier();
   if (rank_ == 0) {
     // Publish: rename the complete file, then move `latest`, then prune older ones.
@@ -102,45 +121,50 @@ static std::vector<std::string> shape_changes(const ModelConfig& a, const ModelC
 
 void Trainer::resume(const std::string& what) {
   const fs::path dir = checkpoint_dir();
-  std::string path;
-  // Rank 0 picks and verifies; every rank then reads the same file.
-  std::vector<double> found(1, 0.0);
-  std::string reason;
+  // Rank 0 lists the candidates (complete files, newest first); every rank then tries them in the same order.
+  std::string list;
   if (rank_ == 0) {
+    std::vector<std::string> c;
     if (what == "auto") {
-      std::vector<fs::path> candidates;
       std::ifstream l(dir / "latest");
       std::string name;
-      if (l >> name) candidates.push_back(dir / name);
-      for (const auto& c : list_checkpoints(dir)) candidates.push_back(c.second);
-      for (const auto& c : candidates) {
-        const std::string why = verify_checkpoint(c.string());
-        if (why.empty()) {
-          path = c.string();
-          break;
-        }
-        spdlog::warn("skipping checkpoint {}: {}", c.string(), why);
-      }
+      if (l >> name) c.push_back((dir / name).string());
+      for (const auto& e : list_checkpoints(dir))
+        if (std::find(c.begin(), c.end(), e.second.string()) == c.end()) c.push_back(e.second.string());
     } else {
-      reason = verify_checkpoint(what);
-      if (reason.empty()) path = what;
+      c.push_back(what);
     }
-    found[0] = path.empty() ? 0.0 : double(path.size());
+    for (const auto& p : c) list += p + "\n";
   }
-  world_comm_.broadcast(found.data(), 1, CommDtype::F64, 0);
-  const size_t len = size_t(found[0]);
-  if (len == 0) {
-    if (what != "auto") {
-      // Every rank reports the same failure (exit 2) without waiting on another.
-      MT_INPUT_FAIL("--resume ", what, ": not a usable checkpoint", rank_ == 0 ? ": " + reason : std::string());
-    }
-    if (rank_ == 0) spdlog::info("--resume auto: no complete checkpoint in {}, starting from step 0", dir.string());
-    return;
-  }
-  path.resize(len);
-  world_comm_.broadcast(path.data(), i64(len), CommDtype::U8, 0);
+  std::vector<double> len(1, double(list.size()));
+  world_comm_.broadcast(len.data(), 1, CommDtype::F64, 0);
+  list.resize(size_t(len[0]));
+  if (!list.empty()) world_comm_.broadcast(list.data(), i64(list.size()), CommDtype::U8, 0);
+  std::vector<std::string> candidates;
+  for (size_t a = 0, b; (b = list.find('\n', a)) != std::string::npos; a = b + 1) candidates.push_back(list.substr(a, b - a));
 
-  const CheckpointMeta meta = read_checkpoint_meta(path);
+  for (const std::string& path : candidates) {
+    // A damaged file is skipped under auto; a file that does not fit this run (model shape, batch) stops it.
+    const std::string problem = load_checkpoint(path);
+    if (problem.empty()) return;
+    MT_INPUT_CHECK(what == "auto", "--resume ", path, ": not a usable checkpoint: ", problem);
+    if (rank_ == 0) spdlog::warn("skipping checkpoint {}: {}", path, problem);
+  }
+  if (what != "auto") MT_INPUT_FAIL("--resume: no checkpoint given");
+  // Nothing usable: a failed attempt may have overwritten the state, so initialise it again.
+  init_params();
+  start_step_ = steps_done_ = 0;
+  if (rank_ == 0) spdlog::info("--resume auto: no usable checkpoint in {}, starting from step 0", dir.string());
+}
+
+std::string Trainer::load_checkpoint(const std::string& path) {
+  CheckpointMeta meta;
+  try {
+    meta = read_checkpoint_meta(path);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::BadInput) throw;
+    return e.what();
+  }
   const Config old = parse_config(meta.config_yaml, {}, path + ":/meta/config");
   const auto changed = shape_changes(old.model, cfg_.model);
   if (!changed.empty()) {
@@ -156,15 +180,26 @@ void Trainer::resume(const std::string& what) {
                  " x ", B_old / old.train.micro_batch, " micro-batches, seq_len ", old.train.seq_len, "; now: micro_batch ",
                  cfg_.train.micro_batch, " x ", B_now / cfg_.train.micro_batch, ", seq_len ", cfg_.train.seq_len,
                  "); set train.grad_accum = ", B_old / std::max<i64>(1, i64(cfg_.train.micro_batch) * world_));
-  MT_INPUT_CHECK(meta.step < cfg_.train.steps || meta.step == cfg_.train.steps, "--resume ", path, ": checkpoint is at step ",
-                 meta.step, " beyond train.steps = ", cfg_.train.steps);
+  MT_INPUT_CHECK(meta.step <= cfg_.train.steps, "--resume ", path, ": checkpoint is at step ", meta.step,
+                 " beyond train.steps = ", cfg_.train.steps);
   std::vector<TensorDecl> decl;
   const ParamTable full = build_param_table(cfg_.model);
   for (const ParamInfo& p : full.entries()) decl.push_back({p.name, p.shape});
   std::vector<TensorPiece> pm, pa, pv;
   state_->checkpoint_pieces(ParamState::PieceUse::Read, pm, pa, pv);
-  read_checkpoint_tensors(path, world_comm_, decl, pm, pa, pv);
+  std::string problem = read_checkpoint_tensors(path, world_comm_, decl, pm, pa, pv);
+  if (!problem.empty()) return problem;
   state_->after_load();
+  // Recompute the checksums over what was read (each element once across the ranks) and compare.
+  std::vector<TensorDecl> check = decl;
+  std::vector<TensorPiece> pieces[3];
+  state_->checkpoint_pieces(ParamState::PieceUse::Write, pieces[0], pieces[1], pieces[2]);
+  sum_checksums(check, pieces, world_comm_);
+  static const char* kind[3] = {"", "exp_avg of ", "exp_avg_sq of "};
+  for (size_t i = 0; i < decl.size(); ++i)
+    for (int k = 0; k < 3; ++k)
+      if (check[i].checksum[k] != decl[i].checksum[k])
+        return std::string(kind[k]) + decl[i].name + " fails its checksum (the file is corrupt)";
   if (!meta.select_bias.empty()) select_bias_ = meta.select_bias;
   start_step_ = steps_done_ = int(meta.step);
   if (rank_ == 0) {
@@ -176,6 +211,7 @@ void Trainer::resume(const std::string& what) {
                    old.train.steps, cfg_.train.steps, old.train.lr, cfg_.train.lr, old.train.warmup_steps,
                    cfg_.train.warmup_steps, old.train.min_lr, cfg_.train.min_lr);
   }
+  return "";
 }
 
 }  // namespace moe

@@ -85,6 +85,8 @@ class Trainer {
   int steps_done_ = 0;       // updates done so far
   bool stopped_by_signal_ = false;
   std::string checkpoint_dir() const;
+  // Reads one checkpoint into this trainer; "" on success, else why it is unusable (collective verdict).
+  std::string load_checkpoint(const std::string& path);
 };
 
 // Resolves model shape from model.init_from's config.json when set (DESIGN §6).
