@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
     moe::Config cfg = moe::load_config(config_path, sets);
     if (dry_run) {
       moe::Config c = cfg;
-      if (!c.model_init_from.empty()) c = moe::resolve_model_config(c);
+      if (!c.model_init_from.empty() || !c.upcycle.from.empty()) c = moe::resolve_model_config(c);
       const int world = plan_world > 0 ? plan_world : rt.world->size();
       if (rt.world->rank() == 0) std::fputs(moe::format_memory_plan(c, moe::plan_memory(c, world)).c_str(), stdout);
       moe::stop_runtime(rt);

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/hf_model.h"
+#include "io/upcycle.h"
 #include "optim/adamw.h"
 #include "train/router_health.h"
 
@@ -29,6 +30,12 @@ Config resolve_model_config(const Config& in) {
     cfg.model = read_hf_config(cfg.model_init_from);
     cfg.model.init_std = init_std;
   }
+  if (!cfg.upcycle.from.empty()) {
+    MT_INPUT_CHECK(cfg.model_init_from.empty(), "set either model.init_from or upcycle.from, not both");
+    MT_INPUT_CHECK(fs::is_directory(cfg.upcycle.from), "upcycle.from: '", cfg.upcycle.from,
+                   "' is not a directory (expected a dense HF model dir: config.json + *.safetensors)");
+    cfg.model = upcycled_config(cfg.upcycle, cfg.model.init_std);
+  }
   return cfg;
 }
 
@@ -42,7 +49,6 @@ void check_supported(const Config& cfg) {
     MT_INPUT_FAIL("parallel.backend: nccl needs train.device: cuda; use auto or mpi");
   if (cfg.peft.method != PeftMethod::Full)
     MT_INPUT_FAIL("peft.method: LoRA/QLoRA are not implemented yet; use peft.method: full");
-  MT_INPUT_CHECK(cfg.upcycle.from.empty(), "upcycle.from: upcycling is not implemented yet; remove upcycle.from");
 }
 
 Trainer::Trainer(const Config& in, Communicator& world)
@@ -84,6 +90,12 @@ void Trainer::init_params() {
   std::vector<float> local(size_t(model_->table().total_numel()), 0.f);
   if (!cfg_.model_init_from.empty()) {
     load_hf_weights(cfg_.model_init_from, cfg_.model, model_->table(), local.data());
+    state_->set_params(local);
+    return;
+  }
+  if (!cfg_.upcycle.from.empty()) {
+    // Dense → MoE: expert copies of the dense MLP (+ noise), fresh routers, optional depth up-scaling.
+    upcycle_weights(cfg_.upcycle, cfg_.train.seed, cfg_.model, model_->table(), local.data());
     state_->set_params(local);
     return;
   }

@@ -30,3 +30,8 @@ foreach(test_py ${MOE_ORACLE_TESTS})
                        TIMEOUT 600
                        ENVIRONMENT "MOE_BUILD_DIR=${CMAKE_BINARY_DIR};OMP_NUM_THREADS=2;OPENBLAS_NUM_THREADS=2;PYTHONDONTWRITEBYTECODE=1")
 endforeach()
+
+# Tool of the upcycling oracle (test_upcycle.py, registered by the glob above as oracle.test_upcycle):
+# dense HF dir → upcycle_dense → save_hf_model; lands next to moe-debug in <build>/tests/.
+add_executable(moe-upcycle-dump ${CMAKE_CURRENT_LIST_DIR}/../tools/moe_upcycle_dump.cpp)
+target_link_libraries(moe-upcycle-dump PRIVATE moe_core CLI11::CLI11)
