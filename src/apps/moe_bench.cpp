@@ -189,14 +189,14 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
     record(Counts, t0);
 
     // Plain layout from public state: rows to peer q = its experts' counts; from src s = Σ_j block (j, s).
-    const std::vector<i64>& blocks = ex.block_counts();  // [E_local · ep] expert-major
+    const std::vector<RowBlock>& blocks = ex.row_blocks();  // [E_local · ep] expert-major list
     i64 so = 0, ro = 0;
     remote_elems = 0;
     for (int q = 0; q < ep; ++q) {
       i64 s_rows = 0, r_rows = 0;
       for (i64 j = 0; j < E_local; ++j) {
         s_rows += plan.counts[size_t(q * E_local + j)];
-        r_rows += blocks[size_t(j * ep + q)];
+        r_rows += blocks[size_t(j * ep + q)].rows;
       }
       sc[q] = s_rows * H, sd[q] = so, rc[q] = r_rows * H, rd[q] = ro;
       so += sc[q], ro += rc[q];
@@ -208,9 +208,9 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
         const size_t c = size_t(j * ep + q);
         dsc[c] = plan.counts[size_t(q * E_local + j)] * H;
         dsd[c] = plan.offsets[size_t(q * E_local + j)] * H;
-        drc[c] = blocks[c] * H;  // block (expert j, source q)
+        drc[c] = blocks[c].rows * H;  // block (expert j, source q)
         drd[c] = em * H;
-        em += blocks[c];
+        em += blocks[c].rows;
       }
     auto direct = [&] {
       world.barrier();
@@ -244,7 +244,7 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
     }
 
     t0 = clk::now();
-    expert_mlp_forward<float>(ye.data(), acts, xe.data(), nullptr, ex.local_counts(), w.view, H, I);
+    expert_mlp_forward<float>(ye.data(), acts, xe.data(), nullptr, ex.row_blocks(), w.view, H, I);
     record(Experts, t0);
     world.barrier();
     t0 = clk::now();
@@ -265,23 +265,18 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
   Row row;
   row.ep = ep, row.T = T, row.K = K, row.cf = cf, row.capacity = plan.capacity;
   for (int p = 0; p < kPhases; ++p) row.ms[p] = median(t[p]);
-  // The plain exchange moved the same rows: its src-major blocks, reordered expert-major, must equal the dispatch;
-  // the direct probe must equal it as is.
+  // The plain exchange moved the same rows into the same (source-major) places as the dispatch; the direct
+  // probe holds them expert-major: block (j, s) of the dispatch buffer must equal its expert-major slot.
   double plain_diff = 0;
   for (i64 i = 0; i < ex.recv_rows() * H; ++i)
-    plain_diff = std::max(plain_diff, double(std::fabs(direct_recv[size_t(i)] - xe[size_t(i)])));
+    plain_diff = std::max(plain_diff, double(std::fabs(plain_recv[size_t(i)] - xe[size_t(i)])));
   {
-    const std::vector<i64>& blocks = ex.block_counts();
     i64 dst = 0;
-    for (i64 j = 0; j < E_local; ++j)
-      for (int s = 0; s < ep; ++s) {
-        i64 src = rd[s] / H;
-        for (i64 jj = 0; jj < j; ++jj) src += blocks[size_t(jj * ep + s)];
-        const i64 n = blocks[size_t(j * ep + s)];
-        for (i64 i = 0; i < n * H; ++i)
-          plain_diff = std::max(plain_diff, double(std::fabs(plain_recv[size_t(src * H + i)] - xe[size_t(dst * H + i)])));
-        dst += n;
-      }
+    for (const RowBlock& b : ex.row_blocks()) {
+      for (i64 i = 0; i < b.rows * H; ++i)
+        plain_diff = std::max(plain_diff, double(std::fabs(direct_recv[size_t(dst * H + i)] - xe[size_t(b.row * H + i)])));
+      dst += b.rows;
+    }
   }
   // Validate-then-bench: the pieces must reproduce MoeLayer::forward bit for bit.
   if (a.layer)
@@ -319,8 +314,9 @@ void print_header(const BenchArgs& a, int ep) {
               ep, (long long)a.H, (long long)a.I, (long long)a.E, (long long)(a.E / ep),
               a.drop == DropPolicy::Probs ? "probs" : "position", a.iters, a.warmup, a.a2a_reps);
   std::printf("times in ms (median over iters, max over ranks); T = tokens per rank; ovh = share of the forward that "
-              "is not expert compute;\na2a GB/s = dispatch bytes (all ranks) / median time; ratio = ours/plain bandwidth from "
-              "medians, best = from the fastest samples;\ndirect, dbest = the same for the in-place probe "
+              "is not expert compute;\na2a GB/s = dispatch bytes (all ranks) / median time; "
+              "ratio = ours/plain bandwidth from medians, best = from the fastest samples;\n"
+              "direct, dbest = the same for the in-place probe "
               "(one all_to_all_v per local expert, no staging copy)\n");
   std::printf("%6s %2s %5s %6s %5s | %7s %7s %7s %7s %7s %8s %7s %7s | %8s %8s %5s | %7s %7s %6s %6s | %6s %6s\n", "T",
               "k", "cf", "C", "drop%", "route", "plan", "permute", "counts", "a2a->", "experts", "a2a<-", "combine",

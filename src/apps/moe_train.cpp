@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "config/config.h"
@@ -36,7 +37,8 @@ int main(int argc, char** argv) {
     if (dry_run) {
       moe::Config c = cfg;
       if (!c.model_init_from.empty() || !c.upcycle.from.empty()) c = moe::resolve_model_config(c);
-      const int world = plan_world > 0 ? plan_world : rt.world->size();
+      // Without --world a lone process plans for the smallest world the config allows (ep ranks).
+      const int world = plan_world > 0 ? plan_world : std::max(rt.world->size(), c.parallel.ep);
       if (rt.world->rank() == 0) std::fputs(moe::format_memory_plan(c, moe::plan_memory(c, world)).c_str(), stdout);
       moe::stop_runtime(rt);
       return 0;

@@ -15,7 +15,6 @@ static CommDtype comm_dtype() {
 template <typename T>
 EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width)
     : comm_(comm), ep_(comm ? comm->size() : 1), E_(E), E_local_(E_local), max_rows_(max_rows), max_width_(max_width) {
-  if (ep_ > 1) staging_.assign(size_t(max_rows * max_width), T(0));
   MT_CHECK(E % E_local == 0 && (!comm || E_local * ep_ == E), "experts ", E, " not split evenly over ep ", ep_);
   recv_counts_.assign(size_t(ep_ * E_local), 0);
   send_rows_.assign(ep_, 0);
@@ -38,9 +37,12 @@ template <typename T>
 void EpExchange<T>::plan(const std::vector<i64>& counts) {
   if (ep_ == 1) {
     local_ = counts;
-    blocks_ = counts;
+    blocks_.resize(size_t(E_local_));
     recv_rows_ = 0;
-    for (i64 c : counts) recv_rows_ += c;
+    for (i64 j = 0; j < E_local_; ++j) {
+      blocks_[j] = {j, recv_rows_, counts[j]};
+      recv_rows_ += counts[j];
+    }
     return;
   }
   // Counts for the experts of peer q are the contiguous slice [q·E_local, (q+1)·E_local).
@@ -66,8 +68,13 @@ void EpExchange<T>::plan(const std::vector<i64>& counts) {
   }
   recv_rows_ = off;
   blocks_.resize(size_t(E_local_ * ep_));
-  for (i64 j = 0; j < E_local_; ++j)
-    for (int s = 0; s < ep_; ++s) blocks_[j * ep_ + s] = recv_counts_[s * E_local_ + j];
+  for (int s = 0; s < ep_; ++s) {
+    i64 row = recv_off_[s];
+    for (i64 j = 0; j < E_local_; ++j) {
+      blocks_[j * ep_ + s] = {j, row, recv_counts_[s * E_local_ + j]};
+      row += recv_counts_[s * E_local_ + j];
+    }
+  }
   MT_CHECK(recv_rows_ <= max_rows_, "EP receive rows ", recv_rows_, " exceed the planned ", max_rows_);
 }
 
@@ -90,37 +97,18 @@ void EpExchange<T>::to_experts(T* recv, const T* send, i64 W) {
   }
   MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
   element_layout(W, true);
-  comm_->all_to_all_v(send, sc_.data(), sd_.data(), staging_.data(), rc_.data(), rd_.data(), comm_dtype<T>());
-  // src-major [src][j] blocks → expert-major [j][src] blocks.
-  i64 dst = 0;
-  for (i64 j = 0; j < E_local_; ++j)
-    for (int s = 0; s < ep_; ++s) {
-      i64 src = recv_off_[s];
-      for (i64 jj = 0; jj < j; ++jj) src += recv_counts_[s * E_local_ + jj];
-      const i64 n = recv_counts_[s * E_local_ + j];
-      std::copy(staging_.data() + src * W, staging_.data() + (src + n) * W, recv + dst * W);
-      dst += n;
-    }
+  comm_->all_to_all_v(send, sc_.data(), sd_.data(), recv, rc_.data(), rd_.data(), comm_dtype<T>());
 }
 
 template <typename T>
-void EpExchange<T>::from_experts(T* back, const T* expert_major, i64 W) {
+void EpExchange<T>::from_experts(T* back, const T* at_experts, i64 W) {
   if (ep_ == 1) {
-    std::copy(expert_major, expert_major + recv_rows_ * W, back);
+    std::copy(at_experts, at_experts + recv_rows_ * W, back);
     return;
   }
   MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
-  i64 src = 0;
-  for (i64 j = 0; j < E_local_; ++j)
-    for (int s = 0; s < ep_; ++s) {
-      i64 dst = recv_off_[s];
-      for (i64 jj = 0; jj < j; ++jj) dst += recv_counts_[s * E_local_ + jj];
-      const i64 n = recv_counts_[s * E_local_ + j];
-      std::copy(expert_major + src * W, expert_major + (src + n) * W, staging_.data() + dst * W);
-      src += n;
-    }
   element_layout(W, false);
-  comm_->all_to_all_v(staging_.data(), sc_.data(), sd_.data(), back, rc_.data(), rd_.data(), comm_dtype<T>());
+  comm_->all_to_all_v(at_experts, sc_.data(), sd_.data(), back, rc_.data(), rd_.data(), comm_dtype<T>());
 }
 
 template class EpExchange<float>;

@@ -1,9 +1,10 @@
-// Owns the expert-parallel token exchange: per-expert counts, all-to-all-v of rows, and the src-major ↔ expert-major permutation (the "handle" reused by backward).
+// Owns the expert-parallel token exchange: per-expert counts, all-to-all-v of rows straight into place, and the row blocks per (expert, source) — the "handle" reused by backward.
 #pragma once
 #include <vector>
 
 #include "comm/communicator.h"
 #include "core/dims.h"
+#include "moe/experts.h"
 
 namespace moe {
 
@@ -12,7 +13,7 @@ template <typename T>
 class EpExchange {
  public:
   // comm == nullptr or size 1: identity (rows stay local, no copies beyond the permutation).
-  // max_rows · max_width bounds any exchanged buffer (staging allocated here, once).
+  // max_rows · max_width bounds any exchanged buffer.
   EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width);
 
   // From this rank's kept rows per global expert [E] (rows already grouped by expert): exchanges counts with
@@ -21,14 +22,15 @@ class EpExchange {
 
   i64 recv_rows() const { return recv_rows_; }                   // R: rows this rank's experts process
   const std::vector<i64>& local_counts() const { return local_; }  // [E_local] rows per local expert
-  // [E_local · ep] rows per (local expert j, source rank s), expert-major: the blocks of the expert-major buffer.
-  const std::vector<i64>& block_counts() const { return blocks_; }
+  // Where each (local expert j, source rank s) block sits in the received buffer, listed expert-major,
+  // source-minor (the order backward accumulates weight gradients in).
+  const std::vector<RowBlock>& row_blocks() const { return blocks_; }
 
-  // Forward dispatch: send [P,W] (grouped by global expert) → recv [R,W] grouped by local expert, source rank
-  // order within. Backward of combine uses the same call on gradients.
+  // Forward dispatch: send [P,W] (grouped by global expert) → recv [R,W], source-major (each source's rows
+  // grouped by local expert), received in place — no staging copy. Backward of combine uses it on gradients.
   void to_experts(T* recv, const T* send, i64 W);
-  // Reverse: expert-major [R,W] → back [P,W] in the sender's original row order.
-  void from_experts(T* back, const T* expert_major, i64 W);
+  // Reverse: recv-layout rows [R,W] → back [P,W] in the sender's original row order.
+  void from_experts(T* back, const T* at_experts, i64 W);
 
   bool is_local() const { return ep_ == 1; }
 
@@ -40,10 +42,9 @@ class EpExchange {
   std::vector<i64> send_rows_, send_off_;   // [ep] per destination (rows)
   std::vector<i64> recv_rows_by_src_, recv_off_;  // [ep]
   std::vector<i64> local_;                  // [E_local]
-  std::vector<i64> blocks_;                 // [E_local · ep] expert-major
+  std::vector<RowBlock> blocks_;            // [E_local · ep] expert-major
   std::vector<i64> sc_, sd_, rc_, rd_;      // element counts/displacements for one call
   std::vector<i64> cnt_send_, cnt_sd_, cnt_rc_, cnt_rd_;
-  std::vector<T> staging_;                  // [max_rows · W] src-major staging, sized once
   i64 recv_rows_ = 0, max_rows_, max_width_;
   void element_layout(i64 W, bool forward);
 };

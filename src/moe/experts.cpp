@@ -75,55 +75,45 @@ void combine_backward(T* dy, T* dtopk_w, const T* dout, const T* y, const T* top
   }
 }
 
+std::vector<RowBlock> contiguous_blocks(const std::vector<i64>& counts) {
+  std::vector<RowBlock> b;
+  i64 row = 0;
+  for (size_t j = 0; j < counts.size(); ++j) {
+    b.push_back({i64(j), row, counts[j]});
+    row += counts[j];
+  }
+  return b;
+}
+
 // contract: C4.expert
 template <typename T>
-void expert_mlp_forward(T* y, ExpertMlpActs<T>& A, const T* x, const T* mask, const std::vector<i64>& counts,
+void expert_mlp_forward(T* y, ExpertMlpActs<T>& A, const T* x, const T* mask, const std::vector<RowBlock>& blocks,
                         const ExpertWeights<T>& w, i64 H, i64 I) {
-  i64 off = 0;
-  for (size_t j = 0; j < counts.size(); ++j) {
-    const i64 n = counts[j];
-    if (n > 0) {
-      linear_forward_ref<T>(A.a + off * I, x + off * H, w.w1[j], n, H, I);
-      linear_forward_ref<T>(A.b + off * I, x + off * H, w.w3[j], n, H, I);
-      swiglu_forward_ref<T>(A.hact + off * I, A.a + off * I, A.b + off * I, n * I);
-      if (mask)
-        for (i64 i = off * I; i < (off + n) * I; ++i) A.hact[i] *= mask[i];
-      linear_forward_ref<T>(y + off * H, A.hact + off * I, w.w2[j], n, I, H);
-    }
-    off += n;
+  for (const RowBlock& b : blocks) {
+    const i64 n = b.rows, off = b.row, j = b.expert;
+    if (n == 0) continue;
+    linear_forward_ref<T>(A.a + off * I, x + off * H, w.w1[j], n, H, I);
+    linear_forward_ref<T>(A.b + off * I, x + off * H, w.w3[j], n, H, I);
+    swiglu_forward_ref<T>(A.hact + off * I, A.a + off * I, A.b + off * I, n * I);
+    if (mask)
+      for (i64 i = off * I; i < (off + n) * I; ++i) A.hact[i] *= mask[i];
+    linear_forward_ref<T>(y + off * H, A.hact + off * I, w.w2[j], n, I, H);
   }
 }
 
 template <typename T>
 void expert_mlp_backward(T* dx, ExpertGrads<T>& g, T* dh, T* da, T* db, const T* dy, const ExpertMlpActs<T>& A,
-                         const T* x, const T* mask, const std::vector<i64>& blocks, const ExpertWeights<T>& w, i64 H,
-                         i64 I) {
-  const size_t E_local = g.w1.size(), S = blocks.size() / E_local;
-  i64 off = 0;
-  for (size_t j = 0; j < E_local; ++j) {
-    i64 n = 0;
-    for (size_t s = 0; s < S; ++s) n += blocks[j * S + s];
-    if (n > 0) {
-      // Input gradients are per row: one GEMM over all rows of the expert.
-      linear_backward_ref<T>(dh + off * I, nullptr, dy + off * H, nullptr, w.w2[j], n, I, H);
-      if (mask)
-        for (i64 i = off * I; i < (off + n) * I; ++i) dh[i] *= mask[i];
-      swiglu_backward_ref<T>(da + off * I, db + off * I, dh + off * I, A.a + off * I, A.b + off * I, n * I);
-      linear_backward_ref<T>(dx + off * H, nullptr, da + off * I, nullptr, w.w1[j], n, H, I);
-      linear_backward_ref<T>(dx + off * H, nullptr, db + off * I, nullptr, w.w3[j], n, H, I, T(1));
-      // Weight gradients: one accumulation per source block.
-      i64 b0 = off;
-      for (size_t s = 0; s < S; ++s) {
-        const i64 m = blocks[j * S + s];
-        if (m > 0) {
-          linear_backward_ref<T>(nullptr, g.w2[j], dy + b0 * H, A.hact + b0 * I, w.w2[j], m, I, H);
-          linear_backward_ref<T>(nullptr, g.w1[j], da + b0 * I, x + b0 * H, w.w1[j], m, H, I);
-          linear_backward_ref<T>(nullptr, g.w3[j], db + b0 * I, x + b0 * H, w.w3[j], m, H, I);
-        }
-        b0 += m;
-      }
-    }
-    off += n;
+                         const T* x, const T* mask, const std::vector<RowBlock>& blocks, const ExpertWeights<T>& w,
+                         i64 H, i64 I) {
+  for (const RowBlock& b : blocks) {
+    const i64 n = b.rows, off = b.row, j = b.expert;
+    if (n == 0) continue;
+    linear_backward_ref<T>(dh + off * I, g.w2[j], dy + off * H, A.hact + off * I, w.w2[j], n, I, H);
+    if (mask)
+      for (i64 i = off * I; i < (off + n) * I; ++i) dh[i] *= mask[i];
+    swiglu_backward_ref<T>(da + off * I, db + off * I, dh + off * I, A.a + off * I, A.b + off * I, n * I);
+    linear_backward_ref<T>(dx + off * H, g.w1[j], da + off * I, x + off * H, w.w1[j], n, H, I);
+    linear_backward_ref<T>(dx + off * H, g.w3[j], db + off * I, x + off * H, w.w3[j], n, H, I, T(1));
   }
 }
 
@@ -132,10 +122,11 @@ void expert_mlp_backward(T* dx, ExpertGrads<T>& g, T* dh, T* da, T* db, const T*
   template void dispatch_scatter_add<T>(T*, const T*, const RoutingPlan&, i64);                                    \
   template void combine_forward<T>(T*, const T*, const T*, const RoutingPlan&, i64);                               \
   template void combine_backward<T>(T*, T*, const T*, const T*, const T*, const RoutingPlan&, i64);                \
-  template void expert_mlp_forward<T>(T*, ExpertMlpActs<T>&, const T*, const T*, const std::vector<i64>&,          \
+  template void expert_mlp_forward<T>(T*, ExpertMlpActs<T>&, const T*, const T*, const std::vector<RowBlock>&,     \
                                       const ExpertWeights<T>&, i64, i64);                                          \
   template void expert_mlp_backward<T>(T*, ExpertGrads<T>&, T*, T*, T*, const T*, const ExpertMlpActs<T>&,         \
-                                       const T*, const T*, const std::vector<i64>&, const ExpertWeights<T>&, i64, i64);
+                                       const T*, const T*, const std::vector<RowBlock>&, const ExpertWeights<T>&,   \
+                                       i64, i64);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 #undef MOE_INSTANTIATE

@@ -32,6 +32,16 @@ void combine_forward(T* out, const T* y, const T* topk_w, const RoutingPlan& pla
 template <typename T>
 void combine_backward(T* dy, T* dtopk_w, const T* dout, const T* y, const T* topk_w, const RoutingPlan& plan, i64 H);
 
+// Rows [row, row + rows) of a buffer that belong to local expert `expert` (one source rank's block).
+struct RowBlock {
+  i64 expert = 0;
+  i64 row = 0;
+  i64 rows = 0;
+};
+
+// Blocks of a buffer grouped contiguously by expert: counts[j] rows of expert j, in order.
+std::vector<RowBlock> contiguous_blocks(const std::vector<i64>& counts);
+
 // Saved activations of the expert MLPs over R rows grouped by local expert (counts[j] rows for expert j).
 template <typename T>
 struct ExpertMlpActs {
@@ -40,17 +50,37 @@ struct ExpertMlpActs {
   T* hact;  // [R, I] silu(a)·b (· dropout mask)
 };
 
-// y [R,H] = W2_j (silu(W1_j x) ⊙ W3_j x) per local expert j over its rows of x [R,H]; mask [R,I] may be null. [C4.expert]
+// y [R,H] = W2_j (silu(W1_j x) ⊙ W3_j x) for the rows of every block (expert j); mask [R,I] may be null. [C4.expert]
+// Rows are independent, so blocks may sit anywhere in the buffer (e.g. source-major after an all-to-all).
+template <typename T>
+void expert_mlp_forward(T* y, ExpertMlpActs<T>& acts, const T* x, const T* mask, const std::vector<RowBlock>& blocks,
+                        const ExpertWeights<T>& w, i64 H, i64 I);
 template <typename T>
 void expert_mlp_forward(T* y, ExpertMlpActs<T>& acts, const T* x, const T* mask, const std::vector<i64>& counts,
-                        const ExpertWeights<T>& w, i64 H, i64 I);
+                        const ExpertWeights<T>& w, i64 H, i64 I) {
+  expert_mlp_forward<T>(y, acts, x, mask, contiguous_blocks(counts), w, H, I);
+}
 
-// dx [R,H] overwritten; weight grads accumulated. dh/da/db [R,I] scratch.
-// blocks [E_local · S]: rows of expert j from source s (expert-major). Weight gradients are summed block by
-// block in source order, so the floating-point order equals one process running the micro-batches in turn.
+// dx [R,H] overwritten for the rows of the blocks; weight grads accumulated. dh/da/db [R,I] scratch.
+// Weight gradients are summed block by block in list order: with blocks ordered expert-major, source-minor,
+// the floating-point order equals one process running the micro-batches in turn.
 template <typename T>
 void expert_mlp_backward(T* dx, ExpertGrads<T>& g, T* dh, T* da, T* db, const T* dy, const ExpertMlpActs<T>& acts,
-                         const T* x, const T* mask, const std::vector<i64>& blocks, const ExpertWeights<T>& w, i64 H,
-                         i64 I);
+                         const T* x, const T* mask, const std::vector<RowBlock>& blocks, const ExpertWeights<T>& w,
+                         i64 H, i64 I);
+// Contiguous expert-major layout given as block sizes [E_local · S] (rows of expert j from source s).
+template <typename T>
+void expert_mlp_backward(T* dx, ExpertGrads<T>& g, T* dh, T* da, T* db, const T* dy, const ExpertMlpActs<T>& acts,
+                         const T* x, const T* mask, const std::vector<i64>& block_sizes, const ExpertWeights<T>& w,
+                         i64 H, i64 I) {
+  const size_t S = block_sizes.size() / g.w1.size();
+  std::vector<RowBlock> b;
+  i64 row = 0;
+  for (size_t i = 0; i < block_sizes.size(); ++i) {
+    b.push_back({i64(i / S), row, block_sizes[i]});
+    row += block_sizes[i];
+  }
+  expert_mlp_backward<T>(dx, g, dh, da, db, dy, acts, x, mask, b, w, H, I);
+}
 
 }  // namespace moe

@@ -99,7 +99,7 @@ void MoeLayer<T>::forward(T* out, const T* x, const T* Wg, const ExpertWeights<T
     exchange_.to_experts(mask_, mask_local_, I_);
   }
   // 4. Experts: one grouped computation over the rows of the local experts.
-  expert_mlp_forward<T>(ye_, mlp_, xe_, mask_, exchange_.local_counts(), w, H_, I_);
+  expert_mlp_forward<T>(ye_, mlp_, xe_, mask_, exchange_.row_blocks(), w, H_, I_);
   // 5. Combine: rows back to their ranks, weighted sum per token.
   exchange_.from_experts(y_, ye_, H_);
   combine_forward<T>(out, y_, topk_w_, plan_, H_);
@@ -122,7 +122,7 @@ void MoeLayer<T>::backward(T* dx, const T* dout, const T* Wg, const ExpertWeight
   const T* xr = jitter_active_ ? xr_ : x_;
   combine_backward<T>(s.dy, s.dtopk_w, dout, y_, topk_w_, plan_, H_);
   exchange_.to_experts(s.dye, s.dy, H_);
-  expert_mlp_backward<T>(s.dxe, g, s.dh, s.da, s.db, s.dye, mlp_, xe_, mask_, exchange_.block_counts(), w, H_, I_);
+  expert_mlp_backward<T>(s.dxe, g, s.dh, s.da, s.db, s.dye, mlp_, xe_, mask_, exchange_.row_blocks(), w, H_, I_);
   exchange_.from_experts(s.dxg, s.dxe, H_);
   std::fill(dx, dx + Tn_ * H_, T(0));
   dispatch_scatter_add<T>(dx, s.dxg, plan_, H_);

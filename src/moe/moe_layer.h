@@ -89,12 +89,12 @@ class MoeLayer {
   T* probs_ = nullptr;     // [T,E]
   T* topk_w_ = nullptr;    // [T,K]
   T* xg_ = nullptr;        // [T·K, H] dispatched rows, local order
-  T* xe_ = nullptr;        // [R, H] rows at the experts, expert-major
+  T* xe_ = nullptr;        // [R, H] rows at the experts: source-major, grouped by local expert within
   ExpertMlpActs<T> mlp_{}; // [R, I] each
-  T* ye_ = nullptr;        // [R, H] expert outputs, expert-major
+  T* ye_ = nullptr;        // [R, H] expert outputs, same layout as xe_
   T* y_ = nullptr;         // [T·K, H] expert outputs back in local order
   T* mask_local_ = nullptr;  // [T·K, I] dropout scale per local row (expert_dropout > 0)
-  T* mask_ = nullptr;        // [R, I] the same, expert-major
+  T* mask_ = nullptr;        // [R, I] the same, at the experts
   bool jitter_active_ = false;
 };
 

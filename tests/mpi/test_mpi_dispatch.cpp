@@ -49,18 +49,19 @@ static void check_dispatch(double cf, DropPolicy policy) {
   std::vector<float> recv(size_t(ex.recv_rows() * W));
   ex.to_experts(recv.data(), send.data(), W);
 
-  // Expected arrivals, recomputed from every source's plan: expert-major, then source rank, then token order.
+  // Expected arrivals, recomputed from every source's plan: source rank, then local expert, then token order.
   std::vector<std::tuple<int, int, int, int>> want;
-  for (i64 j = 0; j < E_local; ++j)
-    for (int s = 0; s < R; ++s) {
-      std::vector<float> pr;
-      const RoutingPlan p = plan_of(s, E, K, cf, policy, pr);
+  for (int s = 0; s < R; ++s) {
+    std::vector<float> pr;
+    const RoutingPlan p = plan_of(s, E, K, cf, policy, pr);
+    for (i64 j = 0; j < E_local; ++j) {
       const i64 e = me * E_local + j;
       for (i64 r = p.offsets[e]; r < p.offsets[e + 1]; ++r) {
         const i64 pair = p.row_pair[r];
         want.emplace_back(s, int(pair / K), int(e), int(pair % K));
       }
     }
+  }
   ASSERT_EQ(i64(want.size()), ex.recv_rows()) << "rank " << me;
   for (size_t i = 0; i < want.size(); ++i) {
     const auto got = std::make_tuple(int(recv[i * W]), int(recv[i * W + 1]), int(recv[i * W + 2]), int(recv[i * W + 3]));
@@ -69,6 +70,16 @@ static void check_dispatch(double cf, DropPolicy policy) {
   i64 sum = 0;
   for (i64 c : ex.local_counts()) sum += c;
   EXPECT_EQ(sum, ex.recv_rows());
+  // The row blocks list every (expert, source) block expert-major and point at rows of that expert.
+  ASSERT_EQ(ex.row_blocks().size(), size_t(E_local * R));
+  for (size_t b = 0; b < ex.row_blocks().size(); ++b) {
+    const RowBlock& blk = ex.row_blocks()[b];
+    EXPECT_EQ(blk.expert, i64(b) / R);
+    for (i64 r = blk.row; r < blk.row + blk.rows; ++r) {
+      EXPECT_EQ(int(recv[r * W + 2]), int(me * E_local + blk.expert));
+      EXPECT_EQ(int(recv[r * W]), int(b % R));  // source rank
+    }
+  }
 
   // Return trip: the experts transform rows (x → 2x + 1); each comes back to its own slot on its source.
   for (float& v : recv) v = 2.f * v + 1.f;

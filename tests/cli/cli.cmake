@@ -1,0 +1,10 @@
+# Owns the CLI test registration: one CTest test cli.<case> per case of run_cli_tests.sh (label cpu).
+set(MOE_CLI_CASES
+    unknown_key wrong_type bad_enum bad_set missing_config missing_data token_id_ge_vocab data_too_short
+    data_odd_size init_from_ok truncated_safetensors shape_mismatch missing_tensor bad_config_json
+    init_from_not_a_dir dry_run unsupported_device demo_ok)
+foreach(case ${MOE_CLI_CASES})
+  add_test(NAME cli.${case}
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/run_cli_tests.sh ${case} $<TARGET_FILE:moe-train>)
+  set_tests_properties(cli.${case} PROPERTIES LABELS cpu TIMEOUT 120)
+endforeach()
