@@ -126,11 +126,9 @@ void Trainer::resume(const std::string& what) {
   if (rank_ == 0) {
     std::vector<std::string> c;
     if (what == "auto") {
-      std::ifstream l(dir / "latest");
-      std::string name;
-      if (l >> name) c.push_back((dir / name).string());
-      for (const auto& e : list_checkpoints(dir))
-        if (std::find(c.begin(), c.end(), e.second.string()) == c.end()) c.push_back(e.second.string());
+      // Newest step first. `latest` is not trusted alone: a kill between publishing a file and moving
+      // `latest` leaves it one checkpoint behind.
+      for (const auto& e : list_checkpoints(dir)) c.push_back(e.second.string());
     } else {
       c.push_back(what);
     }
