@@ -3,11 +3,11 @@
 # Usage: bench/routing_overhead.sh [--build DIR] [--out DIR] [-- extra moe-bench args]
 # Sweep knobs (environment): EPS="1 2 4" TOKENS=256,1024,4096 TOPK=1,2 CAPACITY=0,1.0,1.25 HIDDEN=256 FFN=512
 #   EXPERTS=8 ITERS=6 WARMUP=1 A2A_REPS=5. The defaults take about a minute on an idle 2-core machine (ep=4 is oversubscribed).
-# DIR defaults to build-mb and must hold libmoe_core.a. If DIR's CMake project has the moe-bench target
+# DIR defaults to build and must hold libmoe_core.a. If DIR's CMake project has the moe-bench target
 # (bench/moe_bench.cmake included) it is built there; otherwise moe_bench.cpp is compiled against DIR's library.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="$ROOT/build-mb" OUT=""
+BUILD="$ROOT/build" OUT=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) BUILD="$(cd "$2" && pwd)"; shift 2 ;;
