@@ -320,6 +320,15 @@ case "$CASE" in
     expect_bad_input cuda
     [ "$(wc -c <all.txt)" -gt 20 ] || fail "no message"
     ;;
+  diverged)
+    # A huge learning rate without clipping: NaN/Inf → exit 3 naming the step and a tensor; the
+    # checkpoint of step 1 (written before) stays the newest complete one.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.lr=1e30 --set train.grad_clip=0 --set train.steps=50 --set checkpoint.every=1
+    expect_rc 3
+    expect_has "training diverged at step" "first non-finite gradient" "weight"
+    ;;
   demo_ok)
     write_text corpus.txt
     run "$SRC/configs/tiny.yaml" --set train.steps=5 --set "data.path=$T/corpus.txt" --set "run.dir=$T/run"
