@@ -2,6 +2,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 namespace moe {
 
@@ -47,6 +48,13 @@ struct Philox {
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
   }
 };
+
+// The Philox stream of a tensor: FNV-1a of its HF name, so every layout (ranks, ep, table order) draws alike.
+inline uint32_t name_stream(const std::string& name) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : name) h = (h ^ c) * 16777619u;
+  return h;
+}
 
 // Stream ids: step and (layer, global micro-batch) so 1 and N ranks draw alike.
 inline uint32_t rng_stream(int layer, int global_micro) {

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/json_file.h"
 
 namespace moe {
 
@@ -20,26 +21,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool is_file(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  MT_INPUT_CHECK(in.good(), "cannot read ", path);
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    MT_INPUT_FAIL(path, ": invalid JSON (", e.what(), ")");
-  }
-}
-
-std::string shape_str(const std::vector<i64>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
+bool is_file(const std::string& p) { return is_regular_file(p); }
+json read_json(const std::string& path) { return read_json_file(path); }
 
 // Typed access to config.json keys; every failure names the file and the key.
 struct Keys {

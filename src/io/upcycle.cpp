@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/json_file.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
 
@@ -24,33 +25,9 @@ namespace {
 
 constexpr const char* kAllowed = "llama, mistral (→ mixtral), qwen3 (→ qwen3_moe)";
 
-bool is_file(const std::string& p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
+bool is_file(const std::string& p) { return is_regular_file(p); }
+json read_json(const std::string& path) { return read_json_file(path); }
 
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  MT_INPUT_CHECK(in.good(), "cannot read ", path);
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    MT_INPUT_FAIL(path, ": invalid JSON (", e.what(), ")");
-  }
-}
-
-std::string shape_str(const std::vector<i64>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
-// FNV-1a of a tensor name: the Philox stream of that tensor (same hash as the trainer's seeded init).
-uint32_t name_stream(const std::string& name) {
-  uint32_t h = 2166136261u;
-  for (unsigned char c : name) h = (h ^ c) * 16777619u;
-  return h;
-}
 
 // Typed access to the dense config.json; every failure names the file and the key (upcycle.from is the source).
 struct DenseKeys {

@@ -103,8 +103,7 @@ void Trainer::init_params() {
   // every layout (rank count, ep) draws the same values for the same tensor.
   const Philox ph(cfg_.train.seed, RngPurpose::Init);
   for (const ParamInfo& p : model_->table().entries()) {
-    uint32_t stream = 2166136261u;  // FNV-1a
-    for (unsigned char c : p.name) stream = (stream ^ c) * 16777619u;
+    const uint32_t stream = name_stream(p.name);
     float* dst = local.data() + p.offset;
     if (p.is_norm) {
       std::fill(dst, dst + p.numel, 1.f);

@@ -1,6 +1,8 @@
 // Owns the multi-rank checkpoint tests: bitwise resume on the same layout and resharded resume across world size, ep and ZeRO stage (DESIGN §7).
 #include <gtest/gtest.h>
 
+#include "mpi_gtest_main.h"
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -137,17 +139,4 @@ TEST(CheckpointMpi, ReshardZero3ToZero0) {
   resharded("z3_to_z0", W, W % 2 ? 1 : 2, 3, W, 1, 0);
 }
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  Runtime rt = start_runtime();
-  g_rt = &rt;
-  if (rt.world->rank() != 0) {
-    ::testing::TestEventListeners& l = ::testing::UnitTest::GetInstance()->listeners();
-    delete l.Release(l.default_result_printer());
-  }
-  int rc = RUN_ALL_TESTS();
-  int64_t bad = rc != 0;
-  rt.world->all_reduce_sum(&bad, 1);
-  stop_runtime(rt);
-  return bad ? 1 : 0;
-}
+MOE_MPI_GTEST_MAIN(g_rt)

@@ -1,6 +1,8 @@
 // Owns the exact-dispatch test under mpirun: payloads encode (source rank, token, expert, slot); every kept pair reaches its expert's rank in order and returns in place.
 #include <gtest/gtest.h>
 
+#include "mpi_gtest_main.h"
+
 #include <algorithm>
 #include <random>
 #include <tuple>
@@ -97,17 +99,4 @@ TEST(Dispatch, C4_capacity_Dropless) { check_dispatch(0.0, DropPolicy::Probs); }
 TEST(Dispatch, C4_capacity_ProbsPolicy) { check_dispatch(0.5, DropPolicy::Probs); }
 TEST(Dispatch, C4_capacity_PositionPolicy) { check_dispatch(0.5, DropPolicy::Position); }
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  Runtime rt = start_runtime();
-  g_rt = &rt;
-  if (rt.world->rank() != 0) {
-    ::testing::TestEventListeners& l = ::testing::UnitTest::GetInstance()->listeners();
-    delete l.Release(l.default_result_printer());
-  }
-  int rc = RUN_ALL_TESTS();
-  int64_t bad = rc != 0;
-  rt.world->all_reduce_sum(&bad, 1);
-  stop_runtime(rt);
-  return bad ? 1 : 0;
-}
+MOE_MPI_GTEST_MAIN(g_rt)

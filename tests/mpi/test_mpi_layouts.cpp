@@ -1,6 +1,8 @@
 // Owns the layout-invariance tests under mpirun: every ep × expert-dp layout trains like one process (DESIGN C4.capacity, C5.order).
 #include <gtest/gtest.h>
 
+#include "mpi_gtest_main.h"
+
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -162,18 +164,4 @@ TEST(Zero3, MemoryShareMeasured) {
   std::remove(data.c_str());
 }
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  Runtime rt = start_runtime();
-  g_rt = &rt;
-  if (rt.world->rank() != 0) {
-    // Only rank 0 prints the summary; every rank still runs and asserts.
-    ::testing::TestEventListeners& l = ::testing::UnitTest::GetInstance()->listeners();
-    delete l.Release(l.default_result_printer());
-  }
-  int rc = RUN_ALL_TESTS();
-  int64_t bad = rc != 0;
-  rt.world->all_reduce_sum(&bad, 1);
-  stop_runtime(rt);
-  return bad ? 1 : 0;
-}
+MOE_MPI_GTEST_MAIN(g_rt)
