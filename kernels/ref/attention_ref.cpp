@@ -1,11 +1,89 @@
-// Owns the CPU attention: plain loops, one (batch, kv head) group per OpenMP task, fp32 softmax.
+// Owns the CPU attention: cblas GEMMs per (batch, head) on causal row/column blocks (the blocks above the diagonal
+// are skipped), fp32 softmax. OpenMP tasks issue their own GEMMs, which OpenBLAS (OpenMP build) runs single-threaded
+// inside the parallel region: at these sizes that is several times faster than a serial loop of threaded GEMMs.
 #include "kernels/ref/attention_ref.h"
+#include "kernels/ref/vec_exp.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "kernels/ref/gemm_ref.h"
+
 namespace moe {
+
+namespace {
+
+// Rows (and columns) per causal block: block (r, c) with c > r is fully masked and never computed.
+constexpr i64 kBlock = 64;
+
+using vec::Lanes;
+using vec::vexp;
+
+// Row i of a score block (columns 0..i valid) → causal softmax in place; columns i+1..L-1 set to 0.
+// The sum has a fixed order (W lane sums, then the lanes in order): the same bits at any thread count.
+template <int W>
+__attribute__((always_inline)) inline void softmax_span(float* Pi, i64 i, i64 L) {
+  typedef typename Lanes<W>::F F;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const i64 n = i + 1, nf = n / W * W;  // full vectors, then one padded tail vector (lanes past n: −inf)
+  F tail = F{} + ninf;
+  for (i64 u = 0; nf + u < n; ++u) tail[u] = Pi[nf + u];
+  F mv = tail, x;
+  for (i64 j = 0; j < nf; j += W) {
+    std::memcpy(&x, Pi + j, sizeof x);
+    mv = x > mv ? x : mv;
+  }
+  float mx = mv[0];
+  for (int u = 1; u < W; ++u) mx = mv[u] > mx ? mv[u] : mx;
+  F acc = tail - mx;
+  vexp<W>(acc);  // exp(−inf) = 0 in the padding lanes
+  for (i64 u = 0; nf + u < n; ++u) Pi[nf + u] = acc[u];
+  for (i64 j = 0; j < nf; j += W) {
+    std::memcpy(&x, Pi + j, sizeof x);
+    x -= mx;
+    vexp<W>(x);
+    std::memcpy(Pi + j, &x, sizeof x);
+    acc += x;
+  }
+  float sum = acc[0];
+  for (int u = 1; u < W; ++u) sum += acc[u];
+  const float inv = 1.f / sum;
+  for (i64 j = 0; j < n; ++j) Pi[j] *= inv;
+  std::fill(Pi + n, Pi + L, 0.f);
+}
+
+using SoftmaxFn = void (*)(float*, i64, i64);
+void softmax4(float* Pi, i64 i, i64 L) { softmax_span<4>(Pi, i, L); }
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) void softmax8(float* Pi, i64 i, i64 L) { softmax_span<8>(Pi, i, L); }
+__attribute__((target("avx512f"))) void softmax16(float* Pi, i64 i, i64 L) { softmax_span<16>(Pi, i, L); }
+// W = 16 (AVX-512F), 8 (AVX2) or 4 (SSE) by the CPU at run time.
+SoftmaxFn softmax_fn() {
+  static const SoftmaxFn f = __builtin_cpu_supports("avx512f") ? softmax16
+                             : __builtin_cpu_supports("avx2")  ? softmax8
+                                                               : softmax4;
+  return f;
+}
+#else
+SoftmaxFn softmax_fn() { return softmax4; }
+#endif
+
+inline void softmax_row(float* Pi, i64 i, i64 L) { softmax_fn()(Pi, i, L); }
+inline void softmax_row(double* Pi, i64 i, i64 L) {
+  double mx = -std::numeric_limits<double>::infinity();
+  for (i64 j = 0; j <= i; ++j) mx = Pi[j] > mx ? Pi[j] : mx;
+  double sum = 0;
+  for (i64 j = 0; j <= i; ++j) sum += (Pi[j] = std::exp(Pi[j] - mx));
+  const double inv = 1.0 / sum;
+  for (i64 j = 0; j <= i; ++j) Pi[j] *= inv;
+  std::fill(Pi + i + 1, Pi + L, 0.0);
+}
+
+}  // namespace
 
 // contract: C4.attention
 template <typename T>
@@ -13,40 +91,24 @@ void attention_forward_ref(T* out, T* probs, const T* q, const T* k, const T* v,
                            i64 NKV, i64 D) {
   const i64 rep = NH / NKV, qs = NH * D, ks = NKV * D;
   const T scale = T(1.0 / std::sqrt(double(D)));
-#pragma omp parallel for collapse(2) schedule(static)
-  for (i64 b = 0; b < B; ++b)
-    for (i64 h = 0; h < NH; ++h) {
-      const i64 kvh = h / rep;
-      T* P = probs + (b * NH + h) * L * L;
-      for (i64 i = 0; i < L; ++i) {
-        const T* qi = q + (b * L + i) * qs + h * D;
-        T* Pi = P + i * L;
-        T mx = -std::numeric_limits<T>::infinity();
-        for (i64 j = 0; j <= i; ++j) {
-          const T* kj = k + (b * L + j) * ks + kvh * D;
-          T s = 0;
-          for (i64 d = 0; d < D; ++d) s += qi[d] * kj[d];
-          s *= scale;
-          Pi[j] = s;
-          mx = s > mx ? s : mx;
-        }
-        T sum = 0;
-        for (i64 j = 0; j <= i; ++j) {
-          Pi[j] = std::exp(Pi[j] - mx);
-          sum += Pi[j];
-        }
-        const T inv = T(1) / sum;
-        for (i64 j = 0; j <= i; ++j) Pi[j] *= inv;
-        for (i64 j = i + 1; j < L; ++j) Pi[j] = 0;
-        T* oi = out + (b * L + i) * qs + h * D;
-        for (i64 d = 0; d < D; ++d) oi[d] = 0;
-        for (i64 j = 0; j <= i; ++j) {
-          const T pj = Pi[j];
-          const T* vj = v + (b * L + j) * ks + kvh * D;
-          for (i64 d = 0; d < D; ++d) oi[d] += pj * vj[d];
-        }
+  const i64 nblk = (L + kBlock - 1) / kBlock;
+  // Tasks (row block, batch, head), the longest row blocks first; each writes its own rows of out and probs.
+#pragma omp parallel for collapse(3) schedule(dynamic, 1)
+  for (i64 blk = nblk - 1; blk >= 0; --blk)
+    for (i64 b = 0; b < B; ++b)
+      for (i64 h = 0; h < NH; ++h) {
+        const i64 kvh = h / rep, r0 = blk * kBlock, r1 = std::min(L, r0 + kBlock), m = r1 - r0;
+        const T* Q = q + b * L * qs + h * D;
+        const T* K = k + b * L * ks + kvh * D;
+        const T* V = v + b * L * ks + kvh * D;
+        T* P = probs + (b * NH + h) * L * L;
+        // S[r0:r1, 0:r1] = scale · Q[r0:r1] · K[0:r1]ᵀ ; the blocks right of the diagonal are all masked
+        gemm_ref<T>(P + r0 * L, Q + r0 * qs, K, m, r1, D, Trans::No, Trans::Yes, qs, ks, L, scale, T(0));
+        for (i64 i = r0; i < r1; ++i) softmax_row(P + i * L, i, L);
+        // O[r0:r1] = P[r0:r1, 0:r1] · V[0:r1]
+        gemm_ref<T>(out + (b * L + r0) * qs + h * D, P + r0 * L, V, m, D, r1, Trans::No, Trans::No, L, ks, qs, T(1),
+                    T(0));
       }
-    }
 }
 
 template <typename T>
@@ -58,43 +120,45 @@ void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* q, cons
 #pragma omp parallel for collapse(2) schedule(static)
   for (i64 b = 0; b < B; ++b)
     for (i64 kvh = 0; kvh < NKV; ++kvh) {
-      for (i64 j = 0; j < L; ++j)
-        for (i64 d = 0; d < D; ++d) {
-          dk[(b * L + j) * ks + kvh * D + d] = 0;
-          dv[(b * L + j) * ks + kvh * D + d] = 0;
-        }
-      std::vector<T> dS(L);
+      thread_local std::vector<T> scratch;  // dP, then dS in place: [L, L], grown once per thread
+      if (scratch.size() < size_t(L * L)) scratch.resize(size_t(L * L));
+      T* dS = scratch.data();
+      const T* K = k + b * L * ks + kvh * D;
+      const T* V = v + b * L * ks + kvh * D;
+      T* dK = dk + b * L * ks + kvh * D;
+      T* dV = dv + b * L * ks + kvh * D;
       for (i64 h = kvh * rep; h < (kvh + 1) * rep; ++h) {
         const T* P = probs + (b * NH + h) * L * L;
-        for (i64 i = 0; i < L; ++i) {
-          const T* Pi = P + i * L;
-          const T* doi = dout + (b * L + i) * qs + h * D;
-          // dP_ij = dO_i · V_j ; dV_j += P_ij dO_i
-          T rowdot = 0;
-          for (i64 j = 0; j <= i; ++j) {
-            const T* vj = v + (b * L + j) * ks + kvh * D;
-            T* dvj = dv + (b * L + j) * ks + kvh * D;
-            T dp = 0;
-            for (i64 d = 0; d < D; ++d) {
-              dp += doi[d] * vj[d];
-              dvj[d] += Pi[j] * doi[d];
-            }
-            dS[j] = dp;
-            rowdot += dp * Pi[j];
+        const T* Q = q + b * L * qs + h * D;
+        const T* dO = dout + b * L * qs + h * D;
+        T* dQ = dq + b * L * qs + h * D;
+        for (i64 r0 = 0; r0 < L; r0 += kBlock) {
+          const i64 r1 = std::min(L, r0 + kBlock), m = r1 - r0;
+          // dP[r0:r1, 0:r1] = dO[r0:r1] · V[0:r1]ᵀ
+          gemm_ref<T>(dS + r0 * L, dO + r0 * qs, V, m, r1, D, Trans::No, Trans::Yes, qs, ks, L, T(1), T(0));
+          // dS_ij = P_ij (dP_ij − Σ_j P_ij dP_ij) · scale for j ≤ i; 0 above the diagonal
+          for (i64 i = r0; i < r1; ++i) {
+            const T* Pi = P + i * L;
+            T* dSi = dS + i * L;
+            T rowdot = 0;
+#pragma omp simd reduction(+ : rowdot)
+            for (i64 j = 0; j <= i; ++j) rowdot += Pi[j] * dSi[j];
+#pragma omp simd
+            for (i64 j = 0; j <= i; ++j) dSi[j] = Pi[j] * (dSi[j] - rowdot) * scale;
+            std::fill(dSi + i + 1, dSi + r1, T(0));
           }
-          // dS_ij = P_ij (dP_ij − Σ_j P dP) · scale ; dQ_i = Σ_j dS_ij K_j ; dK_j += dS_ij Q_i
-          const T* qi = q + (b * L + i) * qs + h * D;
-          T* dqi = dq + (b * L + i) * qs + h * D;
-          for (i64 d = 0; d < D; ++d) dqi[d] = 0;
-          for (i64 j = 0; j <= i; ++j) {
-            const T ds = Pi[j] * (dS[j] - rowdot) * scale;
-            const T* kj = k + (b * L + j) * ks + kvh * D;
-            T* dkj = dk + (b * L + j) * ks + kvh * D;
-            for (i64 d = 0; d < D; ++d) {
-              dqi[d] += ds * kj[d];
-              dkj[d] += ds * qi[d];
-            }
-          }
+          // dQ[r0:r1] = dS[r0:r1, 0:r1] · K[0:r1]
+          gemm_ref<T>(dQ + r0 * qs, dS + r0 * L, K, m, D, r1, Trans::No, Trans::No, L, ks, qs, T(1), T(0));
+        }
+        // Column block c0:c1 of dV/dK gets rows c0..L-1 (P and dS are zero for rows above the block).
+        const T beta = h == kvh * rep ? T(0) : T(1);
+        for (i64 c0 = 0; c0 < L; c0 += kBlock) {
+          const i64 c1 = std::min(L, c0 + kBlock), n = c1 - c0, rows = L - c0;
+          // dV[c0:c1] (+)= P[c0:L, c0:c1]ᵀ · dO[c0:L] ; dK[c0:c1] (+)= dS[c0:L, c0:c1]ᵀ · Q[c0:L]
+          gemm_ref<T>(dV + c0 * ks, P + c0 * L + c0, dO + c0 * qs, n, D, rows, Trans::Yes, Trans::No, L, qs, ks,
+                      T(1), beta);
+          gemm_ref<T>(dK + c0 * ks, dS + c0 * L + c0, Q + c0 * qs, n, D, rows, Trans::Yes, Trans::No, L, qs, ks,
+                      T(1), beta);
         }
       }
     }

@@ -33,13 +33,20 @@ double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targ
   return total;
 }
 
+// softmax = exp(x − max) / Σ exp(x − max): one exp per logit (the row's exps kept in a per-thread buffer).
 template <typename T>
 void cross_entropy_backward_inplace_ref(T* logits, const int32_t* targets, i64 N, i64 V, double scale) {
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
+    thread_local std::vector<double> ex;  // grown once per thread
+    if (ex.size() < size_t(V)) ex.resize(size_t(V));
     T* x = logits + n * V;
-    const double lse = row_lse(x, V);
-    for (i64 v = 0; v < V; ++v) x[v] = T(scale * std::exp(double(x[v]) - lse));
+    double mx = x[0];
+    for (i64 v = 1; v < V; ++v) mx = x[v] > mx ? double(x[v]) : mx;
+    double s = 0;
+    for (i64 v = 0; v < V; ++v) s += (ex[v] = std::exp(double(x[v]) - mx));
+    const double k = scale / s;
+    for (i64 v = 0; v < V; ++v) x[v] = T(k * ex[v]);
     x[targets[n]] -= T(scale);
   }
 }

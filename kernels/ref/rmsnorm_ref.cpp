@@ -1,10 +1,28 @@
 // Owns the CPU RMSNorm: sums in double, result in T (HF MixtralRMSNorm / Qwen3MoeRMSNorm math).
 #include "kernels/ref/rmsnorm_ref.h"
 
+#include <algorithm>
 #include <cmath>
-#include <vector>
 
 namespace moe {
+
+// Σ_c f(c) over c < C in double with four interleaved partial sums (c mod 4) added in a fixed order:
+// a short dependency chain, the same bits at any thread count.
+template <typename F>
+static inline double row_sum(i64 C, F f) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  i64 c = 0;
+  for (; c + 4 <= C; c += 4) {
+    a0 += f(c);
+    a1 += f(c + 1);
+    a2 += f(c + 2);
+    a3 += f(c + 3);
+  }
+  if (c < C) a0 += f(c);
+  if (c + 1 < C) a1 += f(c + 1);
+  if (c + 2 < C) a2 += f(c + 2);
+  return (a0 + a1) + (a2 + a3);
+}
 
 // contract: C4.rmsnorm
 template <typename T>
@@ -12,8 +30,7 @@ void rmsnorm_forward_ref(T* y, T* rstd, const T* x, const T* w, i64 N, i64 C, do
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
     const T* xr = x + n * C;
-    double ss = 0;
-    for (i64 c = 0; c < C; ++c) ss += double(xr[c]) * double(xr[c]);
+    const double ss = row_sum(C, [&](i64 c) { return double(xr[c]) * double(xr[c]); });
     const T r = T(1.0 / std::sqrt(ss / double(C) + eps));
     rstd[n] = r;
     T* yr = y + n * C;
@@ -29,21 +46,27 @@ void rmsnorm_backward_ref(T* dx, T* dw, const T* dy, const T* x, const T* w, con
     const T* xr = x + n * C;
     const T* dyr = dy + n * C;
     const double r = rstd[n];
-    double dot = 0;
-    for (i64 c = 0; c < C; ++c) dot += double(dyr[c]) * double(w[c]) * double(xr[c]) * r;
+    const double dot = row_sum(C, [&](i64 c) { return double(dyr[c]) * double(w[c]) * double(xr[c]) * r; });
     const double m = dot / double(C);
     T* dxr = dx + n * C;
     for (i64 c = 0; c < C; ++c) dxr[c] = T(r * (double(dyr[c]) * double(w[c]) - double(xr[c]) * r * m));
   }
-  // Weight gradient: column sums, a separate pass so rows can run in parallel above.
-  std::vector<double> acc(C, 0.0);
-  for (i64 n = 0; n < N; ++n) {
-    const T* xr = x + n * C;
-    const T* dyr = dy + n * C;
-    const double r = rstd[n];
-    for (i64 c = 0; c < C; ++c) acc[c] += double(dyr[c]) * double(xr[c]) * r;
+  // Weight gradient: column sums, a separate pass so rows can run in parallel above. Threads take column
+  // blocks and each column is summed over the rows in order: the same bits at any thread count.
+  constexpr i64 kCols = 32;
+  const i64 nb = (C + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static)
+  for (i64 blk = 0; blk < nb; ++blk) {
+    const i64 c0 = blk * kCols, c1 = std::min(C, c0 + kCols);
+    double acc[kCols] = {};
+    for (i64 n = 0; n < N; ++n) {
+      const T* xr = x + n * C;
+      const T* dyr = dy + n * C;
+      const double r = rstd[n];
+      for (i64 c = c0; c < c1; ++c) acc[c - c0] += double(dyr[c]) * double(xr[c]) * r;
+    }
+    for (i64 c = c0; c < c1; ++c) dw[c] += T(acc[c - c0]);
   }
-  for (i64 c = 0; c < C; ++c) dw[c] += T(acc[c]);
 }
 
 template void rmsnorm_forward_ref<float>(float*, float*, const float*, const float*, i64, i64, double);

@@ -5,30 +5,142 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MOE_ADAMW_X86 1
+#endif
+
 namespace moe {
+
+namespace {
+
+// The per-step constants of adamw_update, in fp32 like torch.
+struct AdamWConsts {
+  float decay, nodecay, b1c, b2, b2c, step_size, bias2_sqrt, eps;
+  AdamWConsts(const AdamWHyper& hp, long t) {
+    decay = float(1.0 - hp.lr * hp.weight_decay);
+    nodecay = 1.f;
+    b1c = float(1.0 - hp.beta1);  // lerp weight
+    b2 = float(hp.beta2);
+    b2c = float(1.0 - hp.beta2);
+    const double bias1 = 1.0 - std::pow(hp.beta1, double(t));
+    const double bias2 = 1.0 - std::pow(hp.beta2, double(t));
+    step_size = float(hp.lr / bias1);
+    bias2_sqrt = float(std::sqrt(bias2));
+    eps = float(hp.eps);
+  }
+};
+
+// n elements: p ← p·decay; m ← m + b1c·(g − m) (torch lerp_ for weight < 0.5); v ← v·β2 + (1−β2)·g·g;
+// p ← p + (−step_size)·(m / (√v / √bias2 + eps)); g read as g·gs. The vector lanes (SSE, or AVX2 without FMA)
+// do the same IEEE operations in the same order as the scalar tail, so every element gets the same bits.
+void adamw_scalar(float* p, const float* g, float* m, float* v, i64 i, i64 n, float decay, float gs,
+                  const AdamWConsts& c) {
+  for (; i < n; ++i) {
+    const float gi = g[i] * gs;
+    p[i] *= decay;
+    m[i] = m[i] + c.b1c * (gi - m[i]);
+    v[i] = v[i] * c.b2 + c.b2c * gi * gi;
+    const float denom = std::sqrt(v[i]) / c.bias2_sqrt + c.eps;
+    p[i] += -c.step_size * (m[i] / denom);
+  }
+}
+
+#if defined(MOE_ADAMW_X86)
+void adamw_sse(float* p, const float* g, float* m, float* v, i64 n, float decay, float gs, const AdamWConsts& c) {
+  const __m128 vdecay = _mm_set1_ps(decay), vgs = _mm_set1_ps(gs), vb1c = _mm_set1_ps(c.b1c), vb2 = _mm_set1_ps(c.b2),
+               vb2c = _mm_set1_ps(c.b2c), vbs = _mm_set1_ps(c.bias2_sqrt), veps = _mm_set1_ps(c.eps),
+               vnstep = _mm_set1_ps(-c.step_size);
+  i64 i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m128 gi = _mm_mul_ps(_mm_loadu_ps(g + i), vgs);
+    const __m128 pi = _mm_mul_ps(_mm_loadu_ps(p + i), vdecay);
+    __m128 mi = _mm_loadu_ps(m + i);
+    mi = _mm_add_ps(mi, _mm_mul_ps(vb1c, _mm_sub_ps(gi, mi)));
+    const __m128 vi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + i), vb2), _mm_mul_ps(_mm_mul_ps(vb2c, gi), gi));
+    const __m128 denom = _mm_add_ps(_mm_div_ps(_mm_sqrt_ps(vi), vbs), veps);
+    _mm_storeu_ps(m + i, mi);
+    _mm_storeu_ps(v + i, vi);
+    _mm_storeu_ps(p + i, _mm_add_ps(pi, _mm_mul_ps(vnstep, _mm_div_ps(mi, denom))));
+  }
+  adamw_scalar(p, g, m, v, i, n, decay, gs, c);
+}
+
+// AVX2 without FMA (GCC would contract mul+add into FMA under an FMA target and change the rounding).
+__attribute__((target("avx2"))) void adamw_avx2(float* p, const float* g, float* m, float* v, i64 n, float decay,
+                                                float gs, const AdamWConsts& c) {
+  const __m256 vdecay = _mm256_set1_ps(decay), vgs = _mm256_set1_ps(gs), vb1c = _mm256_set1_ps(c.b1c),
+               vb2 = _mm256_set1_ps(c.b2), vb2c = _mm256_set1_ps(c.b2c), vbs = _mm256_set1_ps(c.bias2_sqrt),
+               veps = _mm256_set1_ps(c.eps), vnstep = _mm256_set1_ps(-c.step_size);
+  i64 i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gi = _mm256_mul_ps(_mm256_loadu_ps(g + i), vgs);
+    const __m256 pi = _mm256_mul_ps(_mm256_loadu_ps(p + i), vdecay);
+    __m256 mi = _mm256_loadu_ps(m + i);
+    mi = _mm256_add_ps(mi, _mm256_mul_ps(vb1c, _mm256_sub_ps(gi, mi)));
+    const __m256 vi =
+        _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), vb2), _mm256_mul_ps(_mm256_mul_ps(vb2c, gi), gi));
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), vbs), veps);
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    _mm256_storeu_ps(p + i, _mm256_add_ps(pi, _mm256_mul_ps(vnstep, _mm256_div_ps(mi, denom))));
+  }
+  adamw_scalar(p, g, m, v, i, n, decay, gs, c);
+}
+
+void adamw_kernel(float* p, const float* g, float* m, float* v, i64 n, float decay, float gs, const AdamWConsts& c) {
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2)
+    adamw_avx2(p, g, m, v, n, decay, gs, c);
+  else
+    adamw_sse(p, g, m, v, n, decay, gs, c);
+}
+#else
+void adamw_kernel(float* p, const float* g, float* m, float* v, i64 n, float decay, float gs, const AdamWConsts& c) {
+  adamw_scalar(p, g, m, v, 0, n, decay, gs, c);
+}
+#endif
+
+// Elements per parallel work item of adamw_update_pieces.
+constexpr i64 kAdamBlock = 16384;
+
+}  // namespace
 
 // contract: C5.adamw
 void adamw_update(float* p, const float* g, float* m, float* v, i64 n, const AdamWHyper& hp, long t) {
-  const float decay = float(1.0 - hp.lr * hp.weight_decay);
-  const float b1c = float(1.0 - hp.beta1);  // lerp weight
-  const float b2 = float(hp.beta2), b2c = float(1.0 - hp.beta2);
-  const double bias1 = 1.0 - std::pow(hp.beta1, double(t));
-  const double bias2 = 1.0 - std::pow(hp.beta2, double(t));
-  const float step_size = float(hp.lr / bias1);
-  const float bias2_sqrt = float(std::sqrt(bias2));
-  const float eps = float(hp.eps);
+  const AdamWConsts c(hp, t);
+  const i64 nb = (n + kAdamBlock - 1) / kAdamBlock;
+#pragma omp parallel for schedule(static) if (nb > 1)
+  for (i64 b = 0; b < nb; ++b) {
+    const i64 i0 = b * kAdamBlock, k = std::min(n - i0, kAdamBlock);
+    adamw_kernel(p + i0, g + i0, m + i0, v + i0, k, c.decay, 1.f, c);
+  }
+}
+
+void adamw_update_pieces(const std::vector<AdamWPiece>& pieces, const AdamWHyper& hp, long t, float grad_scale) {
+  const AdamWConsts c(hp, t);
+  // Work items of at most kAdamBlock elements over all pieces, one parallel loop.
+  struct Item {
+    const AdamWPiece* piece;
+    i64 off, n;
+  };
+  thread_local std::vector<Item> items;  // the caller's; reused across steps
+  items.clear();
+  for (const AdamWPiece& pc : pieces)
+    for (i64 o = 0; o < pc.n; o += kAdamBlock) items.push_back({&pc, o, std::min(pc.n - o, kAdamBlock)});
+  const Item* it = items.data();
+  const i64 ni = i64(items.size());
 #pragma omp parallel for schedule(static)
-  for (i64 i = 0; i < n; ++i) {
-    p[i] *= decay;
-    m[i] = m[i] + b1c * (g[i] - m[i]);  // torch lerp_(grad, 1 − β1) for weight < 0.5
-    v[i] = v[i] * b2 + b2c * g[i] * g[i];
-    const float denom = std::sqrt(v[i]) / bias2_sqrt + eps;
-    p[i] += -step_size * (m[i] / denom);
+  for (i64 k = 0; k < ni; ++k) {
+    const AdamWPiece& pc = *it[k].piece;
+    const i64 o = it[k].off;
+    adamw_kernel(pc.p + o, pc.g + o, pc.m + o, pc.v + o, it[k].n, pc.decay ? c.decay : c.nodecay, grad_scale, c);
   }
 }
 
 // contract: C5.clip
 // Fixed 4096-element blocks summed in parallel, then the block sums serially: the same bits at any thread count.
+// Within a block, eight interleaved double partial sums (element i into lane i mod 8) added in lane order.
 double grad_sq_sum(const float* g, i64 n) {
   constexpr i64 kBlock = 4096;
   const i64 nb = (n + kBlock - 1) / kBlock;
@@ -37,9 +149,13 @@ double grad_sq_sum(const float* g, i64 n) {
   double* pv = part.data();  // the caller's buffer: worker threads have their own thread_local instances
 #pragma omp parallel for schedule(static)
   for (i64 b = 0; b < nb; ++b) {
-    double s = 0;
-    for (i64 i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += double(g[i]) * double(g[i]);
-    pv[b] = s;
+    const i64 i0 = b * kBlock, i1 = std::min(n, (b + 1) * kBlock);
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    i64 i = i0;
+    for (; i + 8 <= i1; i += 8)
+      for (int u = 0; u < 8; ++u) acc[u] += double(g[i + u]) * double(g[i + u]);
+    for (int u = 0; i < i1; ++i, ++u) acc[u] += double(g[i]) * double(g[i]);
+    pv[b] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
   double s = 0;
   for (i64 b = 0; b < nb; ++b) s += part[b];

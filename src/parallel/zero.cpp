@@ -225,11 +225,16 @@ double ParamState::reduce_grads() {
 
 void ParamState::scale_grads(float coef) {
   std::vector<float>& g = stage_ >= 2 ? gshard_ : grads_;
-  for (float& x : g) x *= coef;
+  float* x = g.data();
+  const i64 n = i64(g.size());
+#pragma omp parallel for simd schedule(static)
+  for (i64 i = 0; i < n; ++i) x[i] *= coef;
 }
 
 // contract: C5.adamw
 void ParamState::adamw(const TrainConfig& t, double lr, long step) {
+  // Every segment chunk's tensor ranges, updated in one parallel pass.
+  std::vector<AdamWPiece> pieces;
   for (const Segment& s : segs_) {
     const i64 c0 = s.mine, c1 = s.mine + s.chunk;
     float* p = stage_ == 3 ? pshard_.data() + s.shard_off - c0 : params_.data();
@@ -241,10 +246,10 @@ void ParamState::adamw(const TrainConfig& t, double lr, long step) {
       if (e.unit != s.unit || e.expert != s.expert) continue;
       const i64 a = std::max(c0, e.offset), b = std::min(c1, e.offset + e.numel);
       if (a >= b) continue;
-      const AdamWHyper hp{lr, t.beta1, t.beta2, t.eps, e.decay ? t.weight_decay : 0.0};
-      adamw_update(p + a, g + a, m + a, v + a, b - a, hp, step);
+      pieces.push_back({p + a, g + a, m + a, v + a, b - a, e.decay});
     }
   }
+  adamw_update_pieces(pieces, AdamWHyper{lr, t.beta1, t.beta2, t.eps, t.weight_decay}, step);
   if (stage_ == 1 || stage_ == 2) {
     for (const Segment& s : segs_)
       s.group->all_gather(params_.data() + s.begin, params_.data() + s.mine, s.chunk, CommDtype::F32);
