@@ -3,6 +3,10 @@
 
 #include <cblas.h>
 
+#include <cstring>
+
+extern "C" char* openblas_get_corename(void);
+
 namespace moe {
 
 static CBLAS_TRANSPOSE cb(Trans t) { return t == Trans::Yes ? CblasTrans : CblasNoTrans; }
@@ -19,6 +23,14 @@ void gemm_ref<double>(double* C, const double* A, const double* B, i64 M, i64 N,
                       Trans tb, i64 lda, i64 ldb, i64 ldc, double alpha, double beta) {
   if (M == 0 || N == 0) return;
   cblas_dgemm(CblasRowMajor, cb(ta), cb(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+const char* blas_better_coretype() {
+  const char* core = openblas_get_corename();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  if (avx512 && core && (std::strcmp(core, "Haswell") == 0 || std::strcmp(core, "Zen") == 0)) return "SkylakeX";
+  return "";
 }
 
 template <typename T>

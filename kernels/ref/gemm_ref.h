@@ -20,4 +20,9 @@ template <typename T>
 void linear_backward_ref(T* dx, T* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out,
                          T dx_beta = T(0));
 
+// The OpenBLAS core type to request before the library loads when its CPU detection falls short: "SkylakeX"
+// when the CPU has AVX-512 (F, BW, DQ, VL) but OpenBLAS picked an AVX2 kernel (e.g. 0.3.21 on AMD Zen 4/5);
+// empty when nothing is to be gained. (OpenBLAS reads OPENBLAS_CORETYPE only at load time.)
+const char* blas_better_coretype();
+
 }  // namespace moe
