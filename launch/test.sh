@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/setup.sh
 launch/build.sh
+# Tests run side by side (ctest -j): threads that sleep instead of spinning keep them from starving each other.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 exclude=()
 [[ "${MOE_TEST_SLOW:-0}" == 1 ]] || exclude=(-LE slow)
 ctest --test-dir "${MOE_BUILD_DIR:-build}" --output-on-failure -j"$(nproc)" "${exclude[@]}" "$@"
