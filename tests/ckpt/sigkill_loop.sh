@@ -26,8 +26,13 @@ for i in $(seq 1 10); do
   kill -9 $pid 2>/dev/null
   wait $pid 2>/dev/null
   want=$(newest_complete)
-  # Resume once more and check which step it picked.
-  "$MOE_TRAIN" "$tmp/tiny.yaml" --resume auto --set train.steps=$((want > 0 ? want : 0)) > "$tmp/check.$i" 2>&1
+  # Resume once more and check which step it picked (killed before any checkpoint: it must start fresh).
+  if (( want > 0 )); then
+    "$MOE_TRAIN" "$tmp/tiny.yaml" --resume auto --set train.steps=$want > "$tmp/check.$i" 2>&1
+  else
+    "$MOE_TRAIN" "$tmp/tiny.yaml" --resume auto --set train.steps=1 > "$tmp/check.$i" 2>&1 &&
+      grep -q "starting from step 0" "$tmp/check.$i"
+  fi
   rc=$?
   if (( want > 0 )); then
     if ! grep -q "resumed from .*step_${want}.h5 at step ${want}" "$tmp/check.$i"; then
