@@ -7,7 +7,7 @@
 namespace moe {
 
 template <typename T>
-static double row_lse(const T* x, i64 V) {
+double logsumexp_row(const T* x, i64 V) {
   double mx = x[0];
   for (i64 v = 1; v < V; ++v) mx = x[v] > mx ? double(x[v]) : mx;
   double s = 0;
@@ -25,7 +25,7 @@ double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targ
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
     const T* x = logits + n * V;
-    rv[n] = row_lse(x, V) - double(x[targets[n]]);
+    rv[n] = logsumexp_row(x, V) - double(x[targets[n]]);
     if (losses) losses[n] = T(rv[n]);
   }
   double total = 0;
@@ -51,6 +51,8 @@ void cross_entropy_backward_inplace_ref(T* logits, const int32_t* targets, i64 N
   }
 }
 
+template double logsumexp_row<float>(const float*, i64);
+template double logsumexp_row<double>(const double*, i64);
 template double cross_entropy_forward_ref<float>(float*, const float*, const int32_t*, i64, i64);
 template double cross_entropy_forward_ref<double>(double*, const double*, const int32_t*, i64, i64);
 template void cross_entropy_backward_inplace_ref<float>(float*, const int32_t*, i64, i64, double);

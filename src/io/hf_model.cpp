@@ -51,18 +51,7 @@ struct Keys {
   }
 };
 
-// Where each tensor of the model directory lives (all files stay mapped while this lives).
-struct WeightSource {
-  std::deque<SafetensorsFile> files;
-  std::unordered_map<std::string, const TensorEntry*> by_name;
-  std::unordered_map<std::string, const SafetensorsFile*> file_of;
-  std::string desc;  // for messages
-
-  const TensorEntry* find(const std::string& n) const {
-    auto it = by_name.find(n);
-    return it == by_name.end() ? nullptr : it->second;
-  }
-};
+}  // namespace
 
 void open_weights(const std::string& dir, WeightSource& src) {
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
@@ -105,6 +94,8 @@ void open_weights(const std::string& dir, WeightSource& src) {
   for (const SafetensorsFile& f : src.files) add_all(f);
   src.desc = index + " (" + std::to_string(src.files.size()) + " shards)";
 }
+
+namespace {
 
 // Per-expert table entry → (layer, which matrix, expert), to find it in a fused v5 tensor.
 struct ExpertRef {

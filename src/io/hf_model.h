@@ -1,7 +1,9 @@
 // Owns Hugging Face model directories (REFERENCE §1): config.json ↔ ModelConfig, safetensors weights ↔ ParamTable.
 #pragma once
 #include <optional>
+#include <deque>
 #include <string>
+#include <unordered_map>
 
 #include "config/config.h"
 #include "io/safetensors.h"
@@ -31,6 +33,22 @@ HfExtras read_hf_extras(const std::string& dir);
 // with or without ".weight"; Mixtral router/experts under "mlp." instead of "block_sparse_moe.") layouts.
 // Extra tensors in the files are ignored. Missing tensors → BadInput listing up to 5 names.
 void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTable& table, float* params);
+
+// Where each tensor of an HF model directory lives: model.safetensors, or the index and its shards (the
+// index decides which shard holds a tensor). Files stay mapped while this lives.
+struct WeightSource {
+  std::deque<SafetensorsFile> files;
+  std::unordered_map<std::string, const TensorEntry*> by_name;
+  std::unordered_map<std::string, const SafetensorsFile*> file_of;
+  std::string desc;  // for messages
+
+  const TensorEntry* find(const std::string& n) const {
+    auto it = by_name.find(n);
+    return it == by_name.end() ? nullptr : it->second;
+  }
+};
+// BadInput naming the directory when neither layout is there or the index is inconsistent.
+void open_weights(const std::string& dir, WeightSource& src);
 
 struct HfSaveOptions {
   StDtype dtype = StDtype::F32;   // tensor dtype in model.safetensors (and torch_dtype in config.json)

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/hf_model.h"
 #include "io/json_file.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
@@ -52,50 +53,6 @@ struct DenseKeys {
     if (!has(k)) return dflt;
     MT_INPUT_CHECK(j[k].is_boolean(), file, ": key '", k, "' must be true or false, got ", j[k].dump());
     return j[k].get<bool>();
-  }
-};
-
-// The dense model's safetensors (single file or index + shards), kept mapped while this lives.
-struct DenseWeights {
-  std::deque<SafetensorsFile> files;
-  std::unordered_map<std::string, const TensorEntry*> by_name;
-  std::unordered_map<std::string, std::string> file_of;
-  std::string desc;
-
-  explicit DenseWeights(const std::string& dir) {
-    const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
-    auto add_all = [&](const SafetensorsFile& f) {
-      for (const TensorEntry& t : f.tensors())
-        if (by_name.emplace(t.name, &t).second) file_of[t.name] = f.path();
-    };
-    if (is_file(single)) {
-      files.push_back(SafetensorsFile::open(single));
-      desc = single;
-      add_all(files.back());
-      return;
-    }
-    MT_INPUT_CHECK(is_file(index), "upcycle.from: ", dir,
-                   ": found neither model.safetensors nor model.safetensors.index.json (only safetensors weights are "
-                   "supported)");
-    const json j = read_json(index);
-    MT_INPUT_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index,
-                   ": missing object 'weight_map'");
-    std::map<std::string, bool> seen;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      MT_INPUT_CHECK(it.value().is_string(), index, ": weight_map entry '", it.key(), "' is not a file name");
-      const std::string sf = it.value().get<std::string>();
-      if (seen[sf]) continue;
-      seen[sf] = true;
-      const std::string p = dir + "/" + sf;
-      MT_INPUT_CHECK(is_file(p), index, ": shard ", sf, " (holding ", it.key(), ") does not exist in ", dir);
-      files.push_back(SafetensorsFile::open(p));
-      add_all(files.back());
-    }
-    desc = index + " (" + std::to_string(files.size()) + " shards)";
-  }
-  const TensorEntry* find(const std::string& n) const {
-    auto it = by_name.find(n);
-    return it == by_name.end() ? nullptr : it->second;
   }
 };
 
@@ -259,7 +216,8 @@ void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m
   }
 
   // Group this table's entries by dense source, so each dense tensor is converted once.
-  DenseWeights dense(u.from);
+  WeightSource dense;
+  open_weights(u.from, dense);
   std::map<std::string, std::vector<const ParamInfo*>> by_source;
   std::vector<const ParamInfo*> routers;
   std::vector<std::string> missing;
@@ -276,9 +234,9 @@ void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m
         missing.push_back(it->second.source);
       continue;
     }
-    MT_INPUT_CHECK(t->shape == p.shape, dense.file_of.at(t->name), ": tensor ", t->name, " has shape ",
+    MT_INPUT_CHECK(t->shape == p.shape, dense.file_of.at(t->name)->path(), ": tensor ", t->name, " has shape ",
                    shape_str(t->shape), ", expected ", shape_str(p.shape), " for ", p.name, " (from config.json)");
-    MT_INPUT_CHECK(convertible_to_f32(t->dtype), dense.file_of.at(t->name), ": tensor ", t->name, " has dtype ",
+    MT_INPUT_CHECK(convertible_to_f32(t->dtype), dense.file_of.at(t->name)->path(), ": tensor ", t->name, " has dtype ",
                    t->dtype, "; allowed: F32, BF16, F16, F64");
     by_source[it->second.source].push_back(&p);
   }

@@ -5,18 +5,10 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/ref/cross_entropy_ref.h"
 #include "kernels/ref/gemm_ref.h"
 
 namespace moe {
-
-template <typename T>
-static double lse_row(const T* x, i64 E) {
-  double mx = x[0];
-  for (i64 e = 1; e < E; ++e) mx = x[e] > mx ? double(x[e]) : mx;
-  double s = 0;
-  for (i64 e = 0; e < E; ++e) s += std::exp(double(x[e]) - mx);
-  return mx + std::log(s);
-}
 
 // contract: C4.router
 template <typename T>
@@ -87,7 +79,7 @@ void router_backward(T* dxr, T* dWg, T* dlogits, const T* dtopk_w, const T* logi
     for (i64 e = 0; e < E; ++e) dl[e] = T(double(p[e]) * (dp[e] - pdp) / temperature);
     // z-loss: d/dlogit of mean_t lse² = (2/T) lse · softmax(logits) (untempered).  [C4.zloss]
     if (z_scale != 0.0) {
-      const double lse = lse_row(lg, E);
+      const double lse = logsumexp_row<T>(lg, E);
       const double c = z_scale * 2.0 * lse / double(Tn);
       for (i64 e = 0; e < E; ++e) dl[e] += T(c * std::exp(double(lg[e]) - lse));
     }
@@ -100,7 +92,7 @@ template <typename T>
 double router_lse_sq_sum(const T* logits, i64 T_, i64 E) {
   double s = 0;
   for (i64 t = 0; t < T_; ++t) {
-    const double l = lse_row(logits + t * E, E);
+    const double l = logsumexp_row<T>(logits + t * E, E);
     s += l * l;
   }
   return s;
