@@ -19,56 +19,22 @@ namespace moe {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-namespace {
-
-bool is_file(const std::string& p) { return is_regular_file(p); }
-json read_json(const std::string& path) { return read_json_file(path); }
-
-// Typed access to config.json keys; every failure names the file and the key.
-struct Keys {
-  const json& j;
-  const std::string& file;
-  bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
-  int get_int(const char* k, bool positive = true) const {
-    MT_INPUT_CHECK(has(k), file, ": missing required key '", k, "'");
-    const json& v = j[k];
-    MT_INPUT_CHECK(v.is_number_integer(), file, ": key '", k, "' must be an integer, got ", v.dump());
-    const long long x = v.get<long long>();
-    MT_INPUT_CHECK(x >= (positive ? 1 : 0) && x < (1ll << 31), file, ": key '", k, "' = ", x,
-                   " is out of range (allowed ", positive ? "1" : "0", "..2147483647)");
-    return int(x);
-  }
-  int get_int(const char* k, int dflt, bool positive) const { return has(k) ? get_int(k, positive) : dflt; }
-  double get_num(const char* k, double dflt) const {
-    if (!has(k)) return dflt;
-    MT_INPUT_CHECK(j[k].is_number(), file, ": key '", k, "' must be a number, got ", j[k].dump());
-    return j[k].get<double>();
-  }
-  bool get_bool(const char* k, bool dflt) const {
-    if (!has(k)) return dflt;
-    MT_INPUT_CHECK(j[k].is_boolean(), file, ": key '", k, "' must be true or false, got ", j[k].dump());
-    return j[k].get<bool>();
-  }
-};
-
-}  // namespace
-
 void open_weights(const std::string& dir, WeightSource& src) {
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   auto add_all = [&](const SafetensorsFile& f) {
     for (const TensorEntry& t : f.tensors())
       if (src.by_name.emplace(t.name, &t).second) src.file_of[t.name] = &f;
   };
-  if (is_file(single)) {
+  if (is_regular_file(single)) {
     src.files.push_back(SafetensorsFile::open(single));
     src.desc = single;
     add_all(src.files.back());
     return;
   }
-  MT_INPUT_CHECK(is_file(index), "model directory ", dir,
+  MT_INPUT_CHECK(is_regular_file(index), "model directory ", dir,
                  ": found neither model.safetensors nor model.safetensors.index.json (only safetensors weights are "
                  "supported)");
-  const json j = read_json(index);
+  const json j = read_json_file(index);
   MT_INPUT_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index,
                  ": missing object 'weight_map'");
   std::unordered_map<std::string, const SafetensorsFile*> shard;
@@ -77,7 +43,7 @@ void open_weights(const std::string& dir, WeightSource& src) {
     const std::string sf = it.value().get<std::string>();
     if (!shard.count(sf)) {
       const std::string p = dir + "/" + sf;
-      MT_INPUT_CHECK(is_file(p), index, ": shard ", sf, " (holding ", it.key(), ") does not exist in ", dir);
+      MT_INPUT_CHECK(is_regular_file(p), index, ": shard ", sf, " (holding ", it.key(), ") does not exist in ", dir);
       src.files.push_back(SafetensorsFile::open(p));
       shard[sf] = &src.files.back();
     }
@@ -108,10 +74,10 @@ struct ExpertRef {
 
 ModelConfig read_hf_config(const std::string& dir) {
   const std::string file = dir + "/config.json";
-  MT_INPUT_CHECK(is_file(file), "model directory ", dir, ": no config.json");
-  const json j = read_json(file);
+  MT_INPUT_CHECK(is_regular_file(file), "model directory ", dir, ": no config.json");
+  const json j = read_json_file(file);
   MT_INPUT_CHECK(j.is_object(), file, ": not a JSON object");
-  Keys k{j, file};
+  JsonKeys k{j, file};
   MT_INPUT_CHECK(k.has("model_type") && j["model_type"].is_string(), file, ": missing required key 'model_type'");
   const std::string mt = j["model_type"].get<std::string>();
   ModelConfig m;
@@ -145,23 +111,7 @@ ModelConfig read_hf_config(const std::string& dir) {
   // Mixtral always renormalises top-k (its config has no such key); Qwen3's class default is false.
   m.norm_topk_prob = mix ? true : k.get_bool("norm_topk_prob", false);
 
-  m.rope_theta = k.get_num("rope_theta", 1e6);
-  if (k.has("rope_parameters")) {
-    const json& rp = j["rope_parameters"];
-    MT_INPUT_CHECK(rp.is_object(), file, ": key 'rope_parameters' must be an object, got ", rp.dump());
-    Keys r{rp, file};
-    m.rope_theta = r.get_num("rope_theta", m.rope_theta);
-    if (r.has("rope_type"))
-      MT_INPUT_CHECK(rp["rope_type"] == "default", file, ": rope_parameters.rope_type ", rp["rope_type"].dump(),
-                     " is not supported; allowed: \"default\"");
-  }
-  MT_INPUT_CHECK(m.rope_theta > 0, file, ": rope_theta must be > 0, got ", m.rope_theta);
-  if (k.has("rope_scaling")) {  // v4 spelling of scaled RoPE variants; only the plain one is implemented
-    const json& rs = j["rope_scaling"];
-    const json type = rs.is_object() ? rs.value("rope_type", rs.value("type", json("default"))) : json();
-    MT_INPUT_CHECK(type == "default", file, ": rope_scaling ", rs.dump(),
-                   " is not supported; allowed: null or rope_type \"default\" (plain RoPE)");
-  }
+  m.rope_theta = hf_rope_theta(k, 1e6);
   m.rms_norm_eps = k.get_num("rms_norm_eps", mix ? 1e-5 : 1e-6);  // class defaults
   MT_INPUT_CHECK(m.rms_norm_eps > 0, file, ": rms_norm_eps must be > 0, got ", m.rms_norm_eps);
   m.tie_word_embeddings = k.get_bool("tie_word_embeddings", false);
@@ -187,9 +137,9 @@ ModelConfig read_hf_config(const std::string& dir) {
 
 HfExtras read_hf_extras(const std::string& dir) {
   const std::string file = dir + "/config.json";
-  const json j = read_json(file);
+  const json j = read_json_file(file);
   MT_INPUT_CHECK(j.is_object(), file, ": not a JSON object");
-  Keys k{j, file};
+  JsonKeys k{j, file};
   HfExtras x;
   if (k.has("model_type") && j["model_type"].is_string()) x.model_type = j["model_type"].get<std::string>();
   for (const char* dk : {"dtype", "torch_dtype"})

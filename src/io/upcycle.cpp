@@ -26,36 +26,6 @@ namespace {
 
 constexpr const char* kAllowed = "llama, mistral (→ mixtral), qwen3 (→ qwen3_moe)";
 
-bool is_file(const std::string& p) { return is_regular_file(p); }
-json read_json(const std::string& path) { return read_json_file(path); }
-
-
-// Typed access to the dense config.json; every failure names the file and the key (upcycle.from is the source).
-struct DenseKeys {
-  const json& j;
-  const std::string& file;
-  bool has(const char* k) const { return j.contains(k) && !j[k].is_null(); }
-  int get_int(const char* k) const {
-    MT_INPUT_CHECK(has(k), file, ": missing required key '", k, "' (upcycle.from)");
-    const json& v = j[k];
-    MT_INPUT_CHECK(v.is_number_integer(), file, ": key '", k, "' must be an integer, got ", v.dump());
-    const long long x = v.get<long long>();
-    MT_INPUT_CHECK(x >= 1 && x < (1ll << 31), file, ": key '", k, "' = ", x, " is out of range (allowed 1..2147483647)");
-    return int(x);
-  }
-  int get_int(const char* k, int dflt) const { return has(k) ? get_int(k) : dflt; }
-  double get_num(const char* k, double dflt) const {
-    if (!has(k)) return dflt;
-    MT_INPUT_CHECK(j[k].is_number(), file, ": key '", k, "' must be a number, got ", j[k].dump());
-    return j[k].get<double>();
-  }
-  bool get_bool(const char* k, bool dflt) const {
-    if (!has(k)) return dflt;
-    MT_INPUT_CHECK(j[k].is_boolean(), file, ": key '", k, "' must be true or false, got ", j[k].dump());
-    return j[k].get<bool>();
-  }
-};
-
 // How a tensor of the MoE model is made.
 struct Recipe {
   std::string source;  // dense tensor name; "" = fresh router
@@ -81,14 +51,14 @@ std::vector<int> dus_source_layers(int L, double depth_pct) {
 ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
   MT_INPUT_CHECK(!u.from.empty(), "upcycle.from is empty: set it to a dense HF model directory");
   const std::string file = u.from + "/config.json";
-  MT_INPUT_CHECK(is_file(file), "upcycle.from: '", u.from, "' has no config.json (expected a dense HF model dir)");
+  MT_INPUT_CHECK(is_regular_file(file), "upcycle.from: '", u.from, "' has no config.json (expected a dense HF model dir)");
   MT_INPUT_CHECK(u.num_experts >= 1, "upcycle.num_experts must be >= 1, got ", u.num_experts);
   MT_INPUT_CHECK(u.top_k >= 1 && u.top_k <= u.num_experts, "upcycle.top_k must be in [1, upcycle.num_experts = ",
                  u.num_experts, "], got ", u.top_k);
   MT_INPUT_CHECK(u.noise >= 0, "upcycle.noise must be >= 0, got ", u.noise);
-  const json j = read_json(file);
+  const json j = read_json_file(file);
   MT_INPUT_CHECK(j.is_object(), file, ": not a JSON object");
-  DenseKeys k{j, file};
+  JsonKeys k{j, file};
   MT_INPUT_CHECK(k.has("model_type") && j["model_type"].is_string(), file,
                  ": missing required key 'model_type' (upcycle.from needs a dense model; allowed: ", kAllowed, ")");
   const std::string mt = j["model_type"].get<std::string>();
@@ -110,23 +80,7 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
                  ": attention_bias true is not supported for upcycling (the MoE attention has no biases); allowed: false");
   MT_INPUT_CHECK(!k.get_bool("mlp_bias", false), file,
                  ": mlp_bias true is not supported for upcycling (experts have no biases); allowed: false");
-  if (k.has("rope_scaling")) {
-    const json& rs = j["rope_scaling"];
-    const json type = rs.is_object() ? rs.value("rope_type", rs.value("type", json("default"))) : json();
-    MT_INPUT_CHECK(type == "default", file, ": rope_scaling ", rs.dump(),
-                   " is not supported; allowed: null or rope_type \"default\" (plain RoPE)");
-  }
-  m.rope_theta = k.get_num("rope_theta", 10000.0);  // llama / mistral / qwen3 class default
-  if (k.has("rope_parameters")) {
-    const json& rp = j["rope_parameters"];
-    MT_INPUT_CHECK(rp.is_object(), file, ": key 'rope_parameters' must be an object, got ", rp.dump());
-    DenseKeys r{rp, file};
-    m.rope_theta = r.get_num("rope_theta", m.rope_theta);
-    if (r.has("rope_type"))
-      MT_INPUT_CHECK(rp["rope_type"] == "default", file, ": rope_parameters.rope_type ", rp["rope_type"].dump(),
-                     " is not supported; allowed: \"default\" (plain RoPE)");
-  }
-  MT_INPUT_CHECK(m.rope_theta > 0, file, ": rope_theta must be > 0, got ", m.rope_theta);
+  m.rope_theta = hf_rope_theta(k, 10000.0);  // llama / mistral / qwen3 class default
   // Sliding-window attention is not part of the MoE contract.
   if (mt == "mistral")
     MT_INPUT_CHECK(!k.has("sliding_window"), file, ": sliding_window ", j["sliding_window"].dump(),
@@ -146,8 +100,8 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
   m.intermediate_size = k.get_int("intermediate_size");
   const int dense_layers = k.get_int("num_hidden_layers");
   m.num_heads = k.get_int("num_attention_heads");
-  m.num_kv_heads = k.get_int("num_key_value_heads", m.num_heads);  // HF: None → num_attention_heads
-  m.head_dim = k.get_int("head_dim", 0);
+  m.num_kv_heads = k.get_int("num_key_value_heads", m.num_heads, true);  // HF: None → num_attention_heads
+  m.head_dim = k.get_int("head_dim", 0, true);
   MT_INPUT_CHECK(m.num_heads % m.num_kv_heads == 0, file, ": num_attention_heads = ", m.num_heads,
                  " is not a multiple of num_key_value_heads = ", m.num_kv_heads);
   MT_INPUT_CHECK(m.head_dim > 0 || m.hidden_size % m.num_heads == 0, file, ": hidden_size = ", m.hidden_size,
