@@ -14,6 +14,7 @@
 #include "kernels/ref/gemm_ref.h"
 #include "train/memory_plan.h"
 #include "train/runtime.h"
+#include "train/stop_signal.h"
 #include "train/trainer.h"
 
 // OpenBLAS 0.3.21 does not recognise some AVX-512 CPUs (AMD Zen 4/5) and falls back to AVX2 kernels; its core
@@ -25,12 +26,14 @@ static void maybe_restart_for_blas(char** argv) {
   const char* core = moe::blas_better_coretype();
   if (!*core) return;
   setenv("OPENBLAS_CORETYPE", core, 1);
+  moe::block_stop_signals();      // a stop signal during the exec stays pending for the new image
   execv("/proc/self/exe", argv);  // returns only on failure: then carry on with the detected kernels
   unsetenv("OPENBLAS_CORETYPE");
 }
 
 int main(int argc, char** argv) {
   maybe_restart_for_blas(argv);
+  moe::install_stop_handlers();  // from the start: a preemption signal during start-up must not kill the run
   CLI::App app{"moe-train: train Mixture-of-Experts language models (Mixtral, Qwen3-MoE)"};
   std::string config_path, resume;
   std::vector<std::string> sets;
@@ -52,7 +55,9 @@ int main(int argc, char** argv) {
   moe::Runtime rt;
   try {
     rt = moe::start_runtime();
-    moe::Config cfg = moe::load_config(config_path, sets);
+    // Every rank reads the same config: one message for a bad one, not one per rank.
+    moe::Config cfg;
+    moe::run_agreed(*rt.world, [&] { cfg = moe::load_config(config_path, sets); });
     if (dry_run) {
       moe::Config c = cfg;
       if (!c.model_init_from.empty() || !c.upcycle.from.empty()) c = moe::resolve_model_config(c);
@@ -64,11 +69,16 @@ int main(int argc, char** argv) {
     }
     {
       moe::Trainer trainer(cfg, *rt.world);
+      trainer.claim_run_dir(!resume.empty());
       if (!resume.empty()) trainer.resume(resume);
       trainer.run();
     }
     moe::stop_runtime(rt);
     return 0;
+  } catch (const moe::AgreedError& e) {
+    if (*e.what()) spdlog::error("{}", e.what());
+    moe::stop_runtime(rt);
+    return e.exit_code();
   } catch (const moe::Error& e) {
     return moe::fail_run(rt, e.what(), e.exit_code());
   } catch (const std::exception& e) {

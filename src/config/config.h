@@ -97,6 +97,9 @@ struct TrainConfig {
   double eps = 1e-8;
   double grad_clip = 1.0;
   unsigned long long seed = 1234;
+  // Loss-spike guard: stop (exit 3) when a step's loss exceeds this × the median of the last
+  // kLossWindow losses; 0 turns it off.
+  double max_loss_ratio = 10.0;
 };
 
 struct PeftConfig {
@@ -138,6 +141,7 @@ struct LogConfig {
 struct RunConfig {
   std::string name = "run";
   std::string dir;      // "" → runs/<name>
+  bool overwrite = false;  // a new run may replace the checkpoints of an earlier run in its checkpoint dir
 };
 
 struct Config {

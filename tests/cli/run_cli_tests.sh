@@ -346,6 +346,86 @@ case "$CASE" in
       tail -n 1 $m | grep -q '"step":5[,}]' || fail "the last line of $m is not step 5"
     fi
     ;;
+  loss_spike)
+    # lr 10 blows the loss up by orders of magnitude: the spike guard stops with exit 3 before the update of
+    # the spiking step; no checkpoint or metrics line from that step on, earlier checkpoints are kept.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.lr=10 --set train.steps=30 --set checkpoint.every=1 --set checkpoint.keep=100
+    expect_rc 3
+    expect_has "loss spike at step" "train.max_loss_ratio"
+    at=$(sed -n 's/.*loss spike at step \([0-9]*\).*/\1/p' all.txt | head -1)
+    if [ -z "$at" ]; then fail "no step in the spike message"; else
+      for f in run/checkpoints/step_*.h5; do
+        [ -e "$f" ] || continue
+        n=${f##*step_}; n=${n%.h5}
+        [ "$n" -lt "$at" ] || fail "checkpoint $f was published at or after the spike (step $at)"
+      done
+      [ -e run/checkpoints/step_$((at - 1)).h5 ] || fail "the checkpoint before the spike (step $((at - 1))) is gone"
+      last=$(tail -n 1 run/metrics.jsonl | sed 's/.*"step":\([0-9]*\).*/\1/')
+      [ "$last" = $((at - 1)) ] || fail "metrics.jsonl ends at step $last, expected $((at - 1))"
+    fi
+    # The guard off: the same run is not stopped by it.
+    rm -rf run
+    run c.yaml --set train.lr=10 --set train.steps=30 --set train.max_loss_ratio=0
+    grep -q "loss spike" all.txt && fail "train.max_loss_ratio=0 still stops on a spike"
+    run c.yaml --set train.max_loss_ratio=0.5
+    expect_bad_input train.max_loss_ratio
+    ;;
+  run_dir_lock)
+    # A second run in a run.dir that a live run holds: exit 2 naming the holder's pid and host.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    "$BIN" c.yaml --set train.steps=1000000 --set log.every=100000 >first.txt 2>&1 &
+    first=$!
+    for _ in $(seq 1 200); do [ -s run/metrics.jsonl ] && break; sleep 0.05; done
+    run c.yaml --set run.overwrite=true
+    expect_bad_input "is in use by another moe-train run" "pid $first" "host $(hostname)"
+    kill -9 "$first"; wait "$first" 2>/dev/null
+    # The OS dropped the dead holder's lock: the next run may start (over its files only with overwrite).
+    run c.yaml --set run.overwrite=true
+    expect_rc 0
+    ;;
+  run_dir_overwrite)
+    # A finished run's checkpoints are not silently replaced by a new run in the same run.dir.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.steps=6 --set checkpoint.every=2
+    expect_rc 0
+    run c.yaml --set train.steps=3
+    expect_bad_input "holds checkpoints of an earlier run" "step_6.h5" "--resume auto" "run.overwrite"
+    [ -e run/checkpoints/step_6.h5 ] || fail "the refused run removed step_6.h5"
+    run c.yaml --set train.steps=8 --resume auto
+    expect_rc 0
+    expect_has "resumed from"
+    run c.yaml --set train.steps=3 --set run.overwrite=true
+    expect_rc 0
+    ls run/checkpoints >ls.txt
+    grep -q step_3.h5 ls.txt || fail "no step_3.h5 after the overwriting run"
+    grep -Eq 'step_(4|6|8)\.h5' ls.txt && fail "checkpoints of the earlier run remain: $(tr '\n' ' ' <ls.txt)"
+    grep -qx step_3.h5 run/checkpoints/latest || fail "latest does not name step_3.h5"
+    ;;
+  signal_during_startup)
+    # SIGUSR1 while the model is still being built (a large vocabulary makes that take a while): the
+    # handler is there from process start, so the run stops cleanly before step 1 instead of dying.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    "$BIN" c.yaml --set model.vocab_size=200000 --set model.hidden_size=64 >out.txt 2>err.txt &
+    pid=$!
+    # USR1 (signal 10) is bit 9 of SigCgt once a handler is installed (the shell that forks moe-train
+    # catches USR1 too: wait until the process is moe-train itself).
+    for _ in $(seq 1 400); do
+      cgt=$(sed -n 's/^SigCgt:\s*//p' /proc/$pid/status 2>/dev/null)
+      [ "$(readlink /proc/$pid/exe)" = "$(readlink -f "$BIN")" ] && [ -n "$cgt" ] && [ $((0x$cgt >> 9 & 1)) -eq 1 ] && break
+      sleep 0.01
+    done
+    kill -USR1 "$pid"
+    wait "$pid"; RC=$?
+    cat out.txt err.txt >all.txt
+    expect_rc 0
+    expect_has "stop signal before step 1"
+    [ -e run/checkpoints/latest ] && fail "a checkpoint was written although no step ran"
+    ;;
   *)
     echo "unknown case '$CASE'" >&2
     exit 1
