@@ -14,7 +14,9 @@
 #include "io/hf_model.h"
 #include "io/upcycle.h"
 #include "optim/adamw.h"
+#include "train/preflight.h"
 #include "train/router_health.h"
+#include "train/runtime.h"
 #include "train/stop_signal.h"
 
 namespace moe {
@@ -40,27 +42,28 @@ Config resolve_model_config(const Config& in) {
 }
 
 void check_supported(const Config& cfg) {
-  if (cfg.train.device == Device::Cuda)
-    MT_INPUT_FAIL("train.device: cuda — this build trains on the CPU only (the CUDA training path is not implemented yet); "
-                  "use train.device: cpu");
-  if (cfg.train.precision != Precision::Fp32)
-    MT_INPUT_FAIL("train.precision: bf16 needs train.device: cuda; CPU training is fp32 — use train.precision: fp32");
-  if (cfg.parallel.backend == CommBackend::Nccl)
-    MT_INPUT_FAIL("parallel.backend: nccl needs train.device: cuda; use auto or mpi");
-  if (cfg.peft.method != PeftMethod::Full)
-    MT_INPUT_FAIL("peft.method: LoRA/QLoRA are not implemented yet; use peft.method: full");
+  const std::vector<std::string> why = unsupported_options(cfg);
+  if (why.size() == 1) MT_INPUT_FAIL(why[0]);
+  if (!why.empty()) {
+    std::string all;
+    for (const std::string& w : why) all += "\n  - " + w;
+    MT_INPUT_FAIL(why.size(), " options are not implemented yet:", all);
+  }
+}
+
+// Everything that can be checked before allocating (options, layout, data file, memory plan vs this machine),
+// agreed over the ranks: a problem is reported once and every rank exits 2 cleanly. Returns the resolved config.
+static Config checked_config(const Config& in, Communicator& world) {
+  Config resolved;
+  run_agreed(world, [&] { resolved = preflight(in, world.size(), PreflightMode::Run).cfg; });
+  return resolved;
 }
 
 Trainer::Trainer(const Config& in, Communicator& world)
-    : cfg_(resolve_model_config(in)), world_comm_(world), rank_(world.rank()), world_(world.size()),
+    : cfg_(checked_config(in, world)), world_comm_(world), rank_(world.rank()), world_(world.size()),
       ep_(cfg_.parallel.ep), loss_guard_(cfg_.train.max_loss_ratio) {
-  check_supported(cfg_);
   const auto& t = cfg_.train;
   const int E = cfg_.model.num_experts;
-  MT_INPUT_CHECK(world_ % ep_ == 0, "parallel.ep = ", ep_, " must divide the number of ranks ", world_,
-                 " (world = ep x expert_dp)");
-  MT_INPUT_CHECK(E % ep_ == 0, "parallel.ep = ", ep_, " must divide model.num_experts = ", E,
-                 " (experts are split evenly over the EP group)");
   // EP groups: consecutive ranks; expert-DP groups: ranks with the same EP index.
   ep_comm_ = world_comm_.split(rank_ / ep_, rank_);
   edp_comm_ = world_comm_.split(rank_ % ep_, rank_);

@@ -99,7 +99,7 @@ class Trainer {
 
 // Resolves model shape from model.init_from's config.json when set (DESIGN §6).
 Config resolve_model_config(const Config& cfg);
-// Stops (BadInput) on options this build cannot train yet (CUDA, bf16, EP/ZeRO, PEFT, upcycling).
+// Stops (BadInput, exit 2) on options this build does not implement yet (unsupported_options in preflight.h).
 void check_supported(const Config& cfg);
 
 }  // namespace moe

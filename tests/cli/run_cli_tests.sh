@@ -300,11 +300,15 @@ case "$CASE" in
     expect_bad_input model.init_from model.txt
     ;;
   dry_run)
-    for spec in mixtral:46:47 qwen3_moe:30:31; do
-      IFS=: read -r name lo hi <<<"$spec"
-      run "$SRC/configs/$name.yaml" --dry-run --world 8  # both configs set parallel.ep 8
+    # The shipped GPU configs, planned for 8 ranks on a CPU build with a token file present: the counts are
+    # the published sizes (Mixtral-8x7B 46.7B total / 12.9B active, Qwen3-30B-A3B 30.5B), human-readable.
+    head -c 20000 /dev/zero >tok.bin  # 5000 uint32 ids 0: one window of seq_len 4096 + 1
+    for spec in mixtral:46:47:46.7B qwen3_moe:30:31:30.5B; do
+      IFS=: read -r name lo hi human <<<"$spec"
+      run "$SRC/configs/$name.yaml" --dry-run --world 8 --set train.device=cpu --set train.precision=fp32 \
+        --set "data.path=$T/tok.bin"
       expect_rc 0
-      expect_has weights gradients optimizer activations
+      expect_has weights gradients optimizer activations "($human)" "precision: fp32" "checks passed"
       params=$(sed -n 's/^parameters: \([0-9][0-9]*\) .*/\1/p' out.txt | head -1)
       if [ -z "$params" ]; then
         fail "$name: no 'parameters: N' line on stdout"
@@ -312,6 +316,70 @@ case "$CASE" in
         fail "$name: $params parameters, expected between ${lo}e9 and ${hi}e9"
       fi
     done
+    grep -qF "(12.9B)" <(run "$SRC/configs/mixtral.yaml" --dry-run --set train.device=cpu --set train.precision=fp32 \
+      --set "data.path=$T/tok.bin"; cat all.txt) || fail "mixtral: active parameters not shown as 12.9B"
+    # As written (train.device: cuda, bf16, no data/train.bin): the plan, then exit 2 naming each reason.
+    run "$SRC/configs/mixtral.yaml" --dry-run
+    expect_rc 2
+    expect_has "(46.7B)" "a real run would stop" "train.device: cuda is not implemented yet" \
+      "train.precision: bf16 is not implemented yet" "data/train.bin"
+    ;;
+  dry_run_refuses)
+    # What a real run refuses before step 1, a dry run refuses too (exit 2, the same reason).
+    write_tokens tok.bin 64
+    write_u32 big.bin 1 2 40 3 4 5 6 7 8 9 10 11
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    for args in "--set data.path=$T/no_such.bin|no_such.bin" "--set data.path=$T|not a regular file" \
+                "--set data.path=$T/big.bin|token id 40" "--set parallel.ep=3|must divide" \
+                "--set train.device=cuda|train.device: cuda is not implemented yet" \
+                "--set train.seq_len=100|shorter than one window"; do
+      set -- ${args%%|*}
+      want=${args#*|}
+      run c.yaml "$@"
+      expect_bad_input "$want"
+      run c.yaml --dry-run "$@"
+      expect_bad_input "$want"
+    done
+    ;;
+  unimplemented_keys)
+    # Parsed but not implemented yet: refused with exit 2 (real run and dry run), never silently ignored.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    for kv in "data.mix=[{path: $T/tok.bin, weight: 1}]|data.mix" "data.mask_prompt=true|data.mask_prompt" \
+              "data.chat_template=chatml|data.chat_template" "data.tokenizer=$T|data.tokenizer" \
+              "log.plots=true|log.plots"; do
+      key=${kv#*|}
+      run c.yaml --set "${kv%%|*}"
+      expect_bad_input "$key" "is not implemented yet"
+      [ -e run/metrics.jsonl ] && fail "$key: the run trained anyway"
+      run c.yaml --dry-run --set "${kv%%|*}"
+      expect_bad_input "$key" "is not implemented yet"
+    done
+    ;;
+  world_without_dry_run)
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --world 2
+    expect_bad_input "--world" "not implemented yet without --dry-run"
+    [ -e run/metrics.jsonl ] && fail "--world without --dry-run trained anyway"
+    run c.yaml --dry-run --world 2
+    expect_rc 0
+    expect_has "world 2 = ep 1 x expert-dp 2"
+    ;;
+  memory_plan_exceeds)
+    # ~1.7T parameters (26 TB of fp32 state) on one rank: no machine holds it. A real run stops before
+    # allocating with exit 2 and the plan (not bad_alloc / exit 1 / the OOM killer); a dry run warns, exit 0.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    huge=(--set model.hidden_size=8192 --set model.intermediate_size=32768 --set model.num_layers=32
+          --set model.num_heads=64 --set model.num_kv_heads=8 --set model.num_experts=64)
+    start=$(date +%s)
+    run c.yaml "${huge[@]}"
+    expect_bad_input "does not fit in memory" "available" "weights" "optimizer" "total" "MOE_MEMORY_CHECK=off"
+    [ $(($(date +%s) - start)) -le 30 ] || fail "the refusal took more than 30 s (did it allocate?)"
+    run c.yaml --dry-run "${huge[@]}"
+    expect_rc 0
+    expect_has "warning: the plan needs" "this machine:" "(1.7T)"
     ;;
   unsupported_device)
     write_tokens tok.bin 64
