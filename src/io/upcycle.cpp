@@ -212,6 +212,13 @@ void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m
     const i64 n = t.numel();
     buf.resize(size_t(n));
     convert_to_f32(t, buf.data());
+    if (const i64 at = first_non_finite(buf.data(), n); at >= 0) {
+      i64 count = 0;
+      for (i64 i = 0; i < n; ++i) count += std::isfinite(buf[size_t(i)]) ? 0 : 1;
+      MT_INPUT_FAIL("upcycle.from: ", dense.file_of.at(name)->path(), ": tensor ", name, " holds ", count,
+                    " non-finite value(s) (first at flat index ", at, ": ", buf[size_t(at)],
+                    "); they would be copied into the MoE model — fix the dense model first");
+    }
     const bool noisy = recipe.at(targets.front()->name).expert && u.noise > 0;
     double scale = 0;
     if (noisy) {  // noise · std(W), std over the whole dense tensor (population)
