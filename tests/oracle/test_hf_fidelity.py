@@ -187,30 +187,42 @@ def test_export_keeps_source_metadata_and_generate_stops_on_eos(token_file, tmp_
     assert got == free[:pos + 1], f"generate() gave {got}; expected to stop on eos {eos} after {free[:pos + 1]}"
 
 
-def test_bad_weights_and_unsupported_keys_exit_2(token_file, tmp_path):
-    """moe-train exits 2 naming the tensor when a loaded tensor holds a NaN (an embedding row; model.init_from
-    and upcycle.from), and naming the key when config.json asks for math we do not implement."""
-    data_path, _ = token_file
-    d = hf_tiny.make_hf_model("mixtral", tmp_path / "hf", seed=26)
+def nan_in_embedding(d, value):
+    """Put `value` into row VOCAB-1 (a token the random data may never use) of d's embedding."""
     f = Path(d) / "model.safetensors"
     sd = torch_load_file(str(f))
-    sd["model.embed_tokens.weight"][hf_tiny.VOCAB - 1, 5] = float("nan")
+    sd["model.embed_tokens.weight"][hf_tiny.VOCAB - 1, 5] = value
     torch_save_file(sd, str(f), metadata={"format": "pt"})
-    rc, log = run_train(hf_tiny.make_config(d, data_path, tmp_path / "run1"), tmp_path / "w1")
-    assert rc == 2 and "model.embed_tokens.weight" in log and "non-finite" in log, log[-3000:]
 
+
+def test_nan_in_init_from_weights_exits_2(token_file, tmp_path):
+    """model.init_from whose embedding holds a NaN: exit 2 naming the tensor (before any training)."""
+    data_path, _ = token_file
+    d = hf_tiny.make_hf_model("mixtral", tmp_path / "hf", seed=26)
+    nan_in_embedding(d, float("nan"))
+    rc, log = run_train(hf_tiny.make_config(d, data_path, tmp_path / "run"), tmp_path / "w")
+    assert rc == 2 and "model.embed_tokens.weight" in log and "non-finite" in log, log[-3000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_inf_in_upcycle_from_weights_exits_2(token_file, tmp_path):
+    """upcycle.from whose embedding holds an Inf: exit 2 naming the tensor."""
+    data_path, _ = token_file
     dense = make_dense("llama", tmp_path / "dense", seed=27)
-    f = Path(dense) / "model.safetensors"
-    sd = torch_load_file(str(f))
-    sd["model.embed_tokens.weight"][hf_tiny.VOCAB - 1, 0] = float("inf")
-    torch_save_file(sd, str(f), metadata={"format": "pt"})
-    cfg = hf_tiny.make_config(d, data_path, tmp_path / "run2")
+    nan_in_embedding(dense, float("inf"))
+    cfg = hf_tiny.make_config(dense, data_path, tmp_path / "run")
     del cfg["model"]["init_from"]
     cfg["upcycle"] = {"from": str(dense), "num_experts": 4, "top_k": 2}
-    rc, log = run_train(cfg, tmp_path / "w2")
+    rc, log = run_train(cfg, tmp_path / "w")
     assert rc == 2 and "model.embed_tokens.weight" in log and "upcycle.from" in log, log[-3000:]
 
-    ok = hf_tiny.make_hf_model("mixtral", tmp_path / "hf_ok", seed=28)
-    edit_config(ok, attention_dropout=0.1)
-    rc, log = run_train(hf_tiny.make_config(ok, data_path, tmp_path / "run3"), tmp_path / "w3")
-    assert rc == 2 and "attention_dropout = 0.1" in log, log[-3000:]
+
+@pytest.mark.parametrize("key,value", [("attention_dropout", 0.1), ("router_jitter_noise", 0.01),
+                                       ("is_causal", False)])
+def test_unimplemented_math_key_exits_2(key, value, token_file, tmp_path):
+    """config.json asking for math moe-train does not implement: exit 2 naming the key."""
+    data_path, _ = token_file
+    d = hf_tiny.make_hf_model("mixtral", tmp_path / "hf", seed=28)
+    edit_config(d, **{key: value})
+    rc, log = run_train(hf_tiny.make_config(d, data_path, tmp_path / "run"), tmp_path / "w")
+    assert rc == 2 and key in log, log[-3000:]
