@@ -303,6 +303,7 @@ std::vector<Field> build_schema() {
       // Qwen3-MoE dense/sparse layer choice (HF config.json names); Mixtral ignores them.
       int_list_field("model.mlp_only_layers", MT_AT(model.mlp_only_layers)),
       int_field("model.decoder_sparse_step", MT_AT(model.decoder_sparse_step), 1),
+      int_field("model.sliding_window", MT_AT(model.sliding_window), 0),  // 0 = full causal attention
 
       string_field("upcycle.from", MT_AT(upcycle.from)),
       int_field("upcycle.num_experts", MT_AT(upcycle.num_experts), 1),

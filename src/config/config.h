@@ -38,6 +38,12 @@ struct ModelConfig {
   // Qwen3-MoE dense/sparse layer choice (model.mlp_only_layers / model.decoder_sparse_step, or config.json).
   std::vector<int> mlp_only_layers;
   int decoder_sparse_step = 1;
+  // Sliding-window attention (model.sliding_window, or config.json as transformers reads it): token i attends to
+  // positions i−N+1..i only; 0 = full causal attention. Applies to every layer. [C4.attention]
+  int sliding_window = 0;
+  // config.json pad_token_id (HF nn.Embedding padding_idx): that embedding row gets no gradient from the lookup;
+  // −1 = none. Only from config.json (not a YAML key).
+  int pad_token_id = -1;
 
   int resolved_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_heads; }
   int expert_width() const {

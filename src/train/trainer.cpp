@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "io/hf_export.h"
 #include "io/hf_model.h"
 #include "io/upcycle.h"
 #include "optim/adamw.h"
@@ -360,7 +361,9 @@ void Trainer::run() {
     const std::vector<float> full = gather_full_params();
     if (rank_ == 0) {
       const ParamTable table = build_param_table(cfg_.model);
-      save_hf_model((dir / "hf").string(), cfg_.model, table, full.data());
+      HfSaveOptions hf;
+      hf.meta = hf_export_meta(cfg_);
+      save_hf_model((dir / "hf").string(), cfg_.model, table, full.data(), hf);
       spdlog::info("exported the final model to {}", (dir / "hf").string());
     }
   }
