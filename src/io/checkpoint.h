@@ -8,7 +8,8 @@
 
 namespace moe {
 
-constexpr int kCheckpointFormatVersion = 1;
+// 2: /meta carries a checksum (format 1 files are still read, their /meta range-checked only).
+constexpr int kCheckpointFormatVersion = 2;
 
 struct CheckpointMeta {
   i64 step = 0;                // updates done

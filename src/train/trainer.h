@@ -10,6 +10,7 @@
 #include "data/token_data.h"
 #include "model/model.h"
 #include "parallel/zero.h"
+#include "train/metrics_log.h"
 
 namespace moe {
 
@@ -80,7 +81,7 @@ class Trainer {
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
-  std::ofstream metrics_;
+  MetricsLog metrics_;                                         // run.dir/metrics.jsonl (rank 0)
   int start_step_ = 0;       // first step this process runs (resume)
   int steps_done_ = 0;       // updates done so far
   bool stopped_by_signal_ = false;
