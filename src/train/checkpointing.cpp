@@ -40,9 +40,7 @@ std::vector<std::pair<i64, fs::path>> list_checkpoints(const fs::path& dir) {
   return out;
 }
 
-// Writes `text` to dir/name through a temporary and a rename; nothing is left half-written. Errors (Internal)
-// name the file and the OS error.
-static void write_file_atomic(const fs::path& dir, const std::string& name, const std::string& text) {
+void write_file_atomic(const fs::path& dir, const std::string& name, const std::string& text) {
   const fs::path tmp = dir / (name + ".tmp"), dst = dir / name;
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   int err = fd < 0 ? errno : 0;

@@ -15,6 +15,7 @@
 #include "io/hf_model.h"
 #include "io/upcycle.h"
 #include "optim/adamw.h"
+#include "train/checkpoint_files.h"
 #include "train/preflight.h"
 #include "train/router_health.h"
 #include "train/runtime.h"
@@ -307,8 +308,7 @@ void Trainer::run() {
     std::error_code ec;
     fs::create_directories(dir, ec);
     MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
-    std::ofstream c(dir / "config.yaml");
-    c << config_to_yaml(cfg_);
+    write_file_atomic(dir, "config.yaml", config_to_yaml(cfg_));
     metrics_.open((dir / "metrics.jsonl").string(), start_step_);  // a resume keeps steps 1..start_step_ only
   }
   if (rank_ == 0)
