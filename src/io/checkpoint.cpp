@@ -414,6 +414,34 @@ void write_checkpoint_body(const std::string& path, Communicator& world, const s
   MT_H5(H5Fclose(file.release()));  // checked: the close writes the last metadata
 }
 
+// Checkpoints are written in the HDF5 1.10 format (file_access: superblock version 3, version-2 object
+// headers), in which every metadata object carries a checksum that HDF5 verifies before decoding it. Files of
+// the older formats have no such checksums, and libhdf5 1.10 decodes a damaged one past its buffers (fuzzing
+// found heap overflows under H5Aexists), so they are refused before HDF5 sees them. Returns "" or the problem.
+static std::string superblock_problem(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::string("cannot be opened: ") + std::strerror(errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return "is not a regular file";
+  }
+  static const unsigned char kSignature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  int version = -1;
+  // The superblock sits at offset 0 or after a user block of 512·2^k bytes.
+  for (off_t at = 0; at + 9 <= st.st_size && version < 0; at = at == 0 ? 512 : at * 2) {
+    unsigned char head[9];
+    if (::pread(fd, head, sizeof head, at) != ssize_t(sizeof head)) break;
+    if (std::memcmp(head, kSignature, 8) == 0) version = head[8];
+  }
+  ::close(fd);
+  if (version < 0) return "is not an HDF5 file (no superblock signature)";
+  if (version < 2)
+    return "has an HDF5 superblock of version " + std::to_string(version) +
+           " (no metadata checksums); moe-train writes version 3 and reads only files with checksummed metadata";
+  return "";
+}
+
 // Limits that no checkpoint of a trainable model exceeds; larger values mean a damaged /meta.
 constexpr i64 kMaxStep = 2147483647;  // steps are counted in int (Trainer) and uint32 (RNG)
 constexpr i64 kMaxWorld = 1 << 20;
@@ -421,6 +449,8 @@ constexpr hsize_t kMaxBiasLayers = 4096, kMaxBiasExperts = 1 << 16;
 
 // Reads and checks /meta (see read_checkpoint_meta); HDF5 failures raise Internal, turned into BadInput there.
 CheckpointMeta read_meta_body(const std::string& path) {
+  const std::string sb = superblock_problem(path);
+  MT_INPUT_CHECK(sb.empty(), "checkpoint '", path, "' ", sb);
   const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   MT_INPUT_CHECK(f >= 0, "checkpoint '", path, "': cannot be opened as HDF5 (missing, truncated or not a checkpoint)");
   H5Id file(f, H5Fclose);
@@ -586,8 +616,9 @@ std::string read_checkpoint_tensors(const std::string& path, Communicator& world
   std::string problem;
   {
     H5Id fapl(file_access(world), H5Pclose);
-    const hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
-    if (f < 0) problem = "cannot be opened";
+    problem = superblock_problem(path);
+    const hid_t f = problem.empty() ? H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl) : -1;
+    if (f < 0 && problem.empty()) problem = "cannot be opened";
     H5Id file(f, H5Fclose);
     // Independent reads: a rank that meets a broken dataset stops reading without leaving peers in a collective.
     H5Id dxpl(MT_H5(H5Pcreate(H5P_DATASET_XFER)), H5Pclose);

@@ -494,6 +494,22 @@ case "$CASE" in
     expect_has "stop signal before step 1"
     [ -e run/checkpoints/latest ] && fail "a checkpoint was written although no step ran"
     ;;
+  ckpt_unchecksummed_format)
+    # A checkpoint rewritten in HDF5's old format (no metadata checksums, as plain h5repack writes it) is
+    # refused before libhdf5 decodes it: exit 2 for an explicit path, skipped by --resume auto.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set checkpoint.every=1
+    expect_rc 0
+    h5repack run/checkpoints/step_2.h5 old.h5 || fail "h5repack failed"
+    [ "$(od -An -tu1 -j8 -N1 old.h5 | tr -d ' ')" = 0 ] || fail "h5repack did not write superblock version 0"
+    run c.yaml --resume "$T/old.h5" --set train.steps=3
+    expect_bad_input "old.h5" "superblock of version 0"
+    cp old.h5 run/checkpoints/step_2.h5
+    run c.yaml --resume auto --set train.steps=3
+    expect_rc 0
+    expect_has "skipping checkpoint" "resumed from" "step_1.h5"
+    ;;
   *)
     echo "unknown case '$CASE'" >&2
     exit 1

@@ -6,9 +6,9 @@
 //   include dirs  src/ and the repository root; HDF5's (pkg-config --cflags hdf5-openmpi)
 //   libraries     parallel HDF5 (pkg-config --libs hdf5-openmpi) and MPI C (mpicc --showme:link); OpenMP is
 //                 optional (without -fopenmp its pragmas are ignored)
-//   seed corpus   tests/fuzz/corpus/checkpoint/ (h5repack'ed checkpoints of a 1-layer model, formats 1 and 2)
+//   seed corpus   tests/fuzz/corpus/checkpoint/ (checkpoints of a 1-layer model, formats 1 and 2, made smaller with
+//                 `h5repack -L`, which keeps the checksummed 1.10 metadata that the reader requires)
 //   regressions   tests/fuzz/regressions/checkpoint/ (inputs that once failed; each must now run clean)
-//   known_crashes tests/fuzz/known_crashes/checkpoint/ (crashes inside libhdf5 itself; see its README; not run)
 // Run-time settings are built in (below): a huge allocation HDF5 asks for on a damaged header returns NULL as
 // in a release build (HDF5 then fails cleanly), HDF5's own leaks on failed opens are suppressed, and
 // -malloc_limit_mb=4096 is added unless given.
