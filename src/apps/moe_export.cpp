@@ -1,5 +1,8 @@
 // Owns the moe-export command line (DESIGN §6): checkpoint → Hugging Face directory.
 #include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <cstdlib>
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
@@ -16,7 +19,12 @@ int main(int argc, char** argv) {
   app.add_flag("--merge", merge, "with adapters: merge them into the base weights");
   app.add_option("--dtype", dtype, "tensor dtype: fp32 (default) or bf16")->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--max-shard-size", max_shard_gb, "shard above this many GB (with model.safetensors.index.json)")
-      ->check(CLI::PositiveNumber);
+      ->check([](const std::string& v) -> std::string {
+        char* end = nullptr;
+        const double gb = std::strtod(v.c_str(), &end);
+        return end != v.c_str() && *end == '\0' && std::isfinite(gb) && gb >= 1e-3 ? ""
+                                                                                 : "must be a finite number of GB >= 0.001";
+      });
   app.add_flag("--fused-experts", fused, "write the transformers v5 fused expert tensors instead of per-expert ones");
   try {
     app.parse(argc, argv);

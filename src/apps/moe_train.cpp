@@ -11,9 +11,11 @@
 
 #include "config/config.h"
 #include "core/error.h"
+#include "io/checkpoint.h"
 #include "kernels/ref/gemm_ref.h"
 #include "launch/cpu_share.h"
 #include "train/preflight.h"
+#include "train/run_dir.h"
 #include "train/runtime.h"
 #include "train/stop_signal.h"
 #include "train/trainer.h"
@@ -57,7 +59,7 @@ int main(int argc, char** argv) {
                "run every check a real run makes before step 1 without allocating; print the parameter count, "
                "precision and per-rank memory plan against this machine; exit 0, or 2 listing what would stop a run");
   app.add_option("--world", plan_world, "with --dry-run: plan for this many ranks (default: the launcher's)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 1 << 20));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -77,20 +79,39 @@ int main(int argc, char** argv) {
     // Every rank reads the same config: one message for a bad one, not one per rank.
     moe::Config cfg;
     moe::run_agreed(*rt.world, [&] { cfg = moe::load_config(config_path, sets); });
+    // A dry run has nothing to save: a stop signal ends it at once, as it would any tool.
+    moe::keep_stop_handlers(!dry_run && cfg.checkpoint.on_signal);
     if (dry_run) {
       // Without --world a lone process plans for the smallest world the config allows (ep ranks).
       const int world = plan_world > 0 ? plan_world : std::max(rt.world->size(), cfg.parallel.ep);
       moe::Preflight p;
       moe::run_agreed(*rt.world, [&] { p = moe::preflight(cfg, world, moe::PreflightMode::DryRun); });
+      for (std::string& why : moe::run_dir_problems(cfg, resume.empty() ? moe::ResumeIntent::None : moe::ResumeIntent::Auto))
+        p.problems.push_back(std::move(why));
+      if (!resume.empty() && resume != "auto") {
+        try {
+          moe::read_checkpoint_meta(resume);
+        } catch (const moe::Error& e) {
+          p.problems.push_back(std::string("--resume: ") + e.what());
+        }
+      }
       if (rt.world->rank() == 0) std::fputs(moe::format_preflight(p).c_str(), stdout);
       std::fflush(stdout);
       moe::stop_runtime(rt);
       return p.problems.empty() ? 0 : 2;
     }
     {
+      const moe::ResumeIntent intent =
+          resume.empty() ? moe::ResumeIntent::None : resume == "auto" ? moe::ResumeIntent::Auto : moe::ResumeIntent::Path;
+      // Cheap checks first (config, data, memory plan), then the directories, then the model is built.
+      moe::run_agreed(*rt.world, [&] { moe::preflight(cfg, rt.world->size(), moe::PreflightMode::Run); });
+      moe::RunDirClaim claim;
+      claim.claim(cfg, *rt.world, intent);
       moe::Trainer trainer(cfg, *rt.world);
-      trainer.claim_run_dir(!resume.empty());
-      if (!resume.empty()) trainer.resume(resume);
+      if (!resume.empty()) {
+        trainer.resume(resume);
+        claim.after_resume(cfg, *rt.world, intent, trainer.start_step());
+      }
       trainer.run();
     }
     moe::stop_runtime(rt);

@@ -530,6 +530,8 @@ void check_cross(const Config& c, const std::string& origin) {
   MT_INPUT_CHECK(c.upcycle.top_k <= c.upcycle.num_experts, origin,
                  ": key 'upcycle.top_k' must be <= upcycle.num_experts (", c.upcycle.num_experts, "), got ",
                  c.upcycle.top_k);
+  MT_INPUT_CHECK(!c.run.name.empty() || !c.run.dir.empty(), origin,
+                 ": key 'run.name' is empty (run.dir would be runs/ itself); name the run or set run.dir");
   MT_INPUT_CHECK(c.train.max_loss_ratio == 0 || c.train.max_loss_ratio > 1, origin,
                  ": key 'train.max_loss_ratio' must be 0 (off) or > 1, got ", fmt_double(c.train.max_loss_ratio));
   MT_INPUT_CHECK(c.train.min_lr <= c.train.lr, origin, ": key 'train.min_lr' must be <= train.lr (",
@@ -568,6 +570,22 @@ Config load_config(const std::string& yaml_path, const std::vector<std::string>&
   text << in.rdbuf();
   MT_INPUT_CHECK(!in.bad(), "cannot read config file '", yaml_path, "': ", std::strerror(errno));
   return parse_config(text.str(), overrides, yaml_path);
+}
+
+std::vector<std::string> config_changes(const Config& from, const Config& to) {
+  auto value = [](const Field& f, const Config& c) {
+    YAML::Emitter e;
+    e.SetMapFormat(YAML::Flow);
+    e.SetSeqFormat(YAML::Flow);
+    f.emit(e, c);
+    return std::string(e.c_str());
+  };
+  std::vector<std::string> out;
+  for (const Field& f : schema()) {
+    const std::string a = value(f, from), b = value(f, to);
+    if (a != b) out.push_back(f.key + ": " + a + " -> " + b);
+  }
+  return out;
 }
 
 std::string config_to_yaml(const Config& cfg) {

@@ -178,4 +178,8 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
 // The resolved configuration as YAML text (every key, defaults filled) — logged and later checkpointed.
 std::string config_to_yaml(const Config& cfg);
 
+// Every key whose value differs between two configs, as "key: old -> new" in schema order (values as
+// config_to_yaml writes them). Used to log what a resume changes.
+std::vector<std::string> config_changes(const Config& from, const Config& to);
+
 }  // namespace moe

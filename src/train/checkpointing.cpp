@@ -16,21 +16,19 @@
 #include "io/checkpoint.h"
 #include "io/checksum.h"
 #include "train/checkpoint_files.h"
+#include "train/run_dir.h"
 #include "train/trainer.h"
 
 namespace moe {
 
 namespace fs = std::filesystem;
 
-std::string Trainer::checkpoint_dir() const {
-  return cfg_.checkpoint.dir.empty() ? (fs::path(cfg_.resolved_run_dir()) / "checkpoints").string() : cfg_.checkpoint.dir;
-}
 
 std::vector<std::pair<i64, fs::path>> list_checkpoints(const fs::path& dir) {
   std::vector<std::pair<i64, fs::path>> out;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return out;
-  static const std::regex re("step_([0-9]+)\\.h5");
+  static const std::regex re("step_([0-9]{1,18})\\.h5");  // more digits: not ours (and no overflow)
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     std::smatch m;
     const std::string n = e.path().filename().string();
@@ -76,7 +74,7 @@ static void sum_checksums(std::vector<TensorDecl>& decl, const std::vector<Tenso
 }
 
 std::string Trainer::save_checkpoint() {
-  const fs::path dir = checkpoint_dir();
+  const fs::path dir = checkpoint_dir(cfg_);
   if (rank_ == 0) {
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -174,7 +172,7 @@ static std::string batch_advice(int mb_old, int seq_old, i64 B_old, const TrainC
 }
 
 void Trainer::resume(const std::string& what) {
-  const fs::path dir = checkpoint_dir();
+  const fs::path dir = checkpoint_dir(cfg_);
   // Rank 0 lists the candidates (complete files, newest first); every rank then tries them in the same order.
   std::string list;
   if (rank_ == 0) {
@@ -274,11 +272,8 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   if (rank_ == 0) {
     spdlog::info("resumed from {} at step {} (written by {} rank(s), ep {}, ZeRO-{}; now {} rank(s), ep {}, ZeRO-{})", path,
                  meta.step, meta.world, meta.ep, meta.zero, world_, ep_, cfg_.parallel.zero);
-    if (old.train.steps != cfg_.train.steps || old.train.lr != cfg_.train.lr || old.train.warmup_steps != cfg_.train.warmup_steps ||
-        old.train.min_lr != cfg_.train.min_lr)
-      spdlog::info("resume applies the new schedule: steps {} -> {}, lr {} -> {}, warmup {} -> {}, min_lr {} -> {}",
-                   old.train.steps, cfg_.train.steps, old.train.lr, cfg_.train.lr, old.train.warmup_steps,
-                   cfg_.train.warmup_steps, old.train.min_lr, cfg_.train.min_lr);
+    // Anything the command line changed against the checkpoint's config is applied: say what, key by key.
+    for (const std::string& change : config_changes(old, cfg_)) spdlog::info("resume changes {}", change);
   }
   return "";
 }

@@ -9,12 +9,15 @@ namespace moe {
 class LossSpikeGuard {
  public:
   static constexpr int kWindow = 50;  // losses the median is taken over (the most recent ones)
+  // The median is floored at 1 nat: a run memorising a small set has losses near 0 whose ordinary noise
+  // is many times their median, and is not diverging.
+  static constexpr double kFloor = 1.0;
 
   // ratio 0 disables the guard; otherwise ratio > 1.
   explicit LossSpikeGuard(double ratio) : ratio_(ratio) {}
 
-  // Returns the median the loss is judged against when `loss` is a spike (loss > ratio × median of the
-  // previous losses), else 0. A loss that is not a spike joins the window. The first loss of a run (or of
+  // Returns the median the loss is judged against when `loss` is a spike (loss > ratio × max(median of the
+  // previous losses, kFloor)), else 0. A loss that is not a spike joins the window. The first loss of a run (or of
   // a resumed run: the window is not checkpointed) has nothing to be judged against. No allocation.
   double spike_median(double loss) {
     if (ratio_ > 0 && count_ > 0) {
@@ -24,7 +27,7 @@ class LossSpikeGuard {
       std::nth_element(tmp.begin(), tmp.begin() + n / 2, tmp.begin() + n);
       double median = tmp[size_t(n / 2)];
       if (n % 2 == 0) median = 0.5 * (median + *std::max_element(tmp.begin(), tmp.begin() + n / 2));
-      if (loss > ratio_ * median) return median;
+      if (loss > ratio_ * std::max(median, kFloor)) return median;
     }
     ring_[size_t(count_ % kWindow)] = loss;
     ++count_;

@@ -1,44 +1,117 @@
-// Owns Trainer::claim_run_dir: one run per run.dir (lock) and no new run silently over an earlier run's checkpoints.
+// Owns RunDirClaim and run_dir_problems: one run per run.dir / checkpoint dir, no new run over earlier checkpoints.
+#include "train/run_dir.h"
+
 #include <spdlog/spdlog.h>
+
+#include <unistd.h>
 
 #include <filesystem>
 
 #include "core/error.h"
 #include "train/checkpoint_files.h"
 #include "train/runtime.h"
-#include "train/trainer.h"
 
 namespace moe {
 
 namespace fs = std::filesystem;
 
-// Rank 0's part; returns "" or why this run may not start here.
-static std::string claim_on_rank0(RunDirLock& lock, const Config& cfg, const std::string& ckpt_dir, bool resuming) {
-  const std::string run_dir = cfg.resolved_run_dir();
-  std::string problem = lock.acquire(run_dir);
-  if (!problem.empty() || resuming) return problem;
-  const auto old = list_checkpoints(ckpt_dir);
-  if (old.empty()) return "";
-  if (!cfg.run.overwrite)
-    return "run.dir '" + run_dir + "' holds checkpoints of an earlier run (" + std::to_string(old.size()) +
-           " in " + ckpt_dir + ", newest " + old.front().second.filename().string() +
-           "); continue it with --resume auto, start over with --set run.overwrite=true (removes them), or give "
-           "this run another run.dir / run.name";
-  // Start over: an older run's files would otherwise outrank this run's (resume auto takes the newest step).
-  std::error_code ec;
-  for (const auto& c : old) fs::remove(c.second, ec);
-  fs::remove(fs::path(ckpt_dir) / "latest", ec);
-  spdlog::warn("run.overwrite: removed {} checkpoint(s) of an earlier run from {}", old.size(), ckpt_dir);
-  return "";
+std::string checkpoint_dir(const Config& cfg) {
+  return cfg.checkpoint.dir.empty() ? (fs::path(cfg.resolved_run_dir()) / "checkpoints").string() : cfg.checkpoint.dir;
 }
 
-void Trainer::claim_run_dir(bool resuming) {
-  // Every rank learns rank 0's verdict; only rank 0 names the problem (once, not once per rank).
-  run_agreed(world_comm_, [&] {
-    if (rank_ != 0) return;
-    const std::string problem = claim_on_rank0(run_lock_, cfg_, checkpoint_dir(), resuming);
+// The checkpoint dir is covered by the run.dir lock only when it is run.dir's own checkpoints/ (the default).
+static bool checkpoint_dir_needs_own_lock(const Config& cfg) {
+  std::error_code ec;
+  const fs::path a = fs::weakly_canonical(checkpoint_dir(cfg), ec);
+  const fs::path b = fs::weakly_canonical(fs::path(cfg.resolved_run_dir()) / "checkpoints", ec);
+  return a != b;
+}
+
+static std::string earlier_checkpoints(const Config& cfg, const std::vector<std::pair<i64, fs::path>>& old) {
+  return "checkpoint dir '" + checkpoint_dir(cfg) + "' (of run.dir '" + cfg.resolved_run_dir() +
+         "') holds checkpoints of an earlier run (" + std::to_string(old.size()) + ", newest " +
+         old.front().second.filename().string() +
+         "); continue it with --resume auto, start over with --set run.overwrite=true (removes them), or give this "
+         "run another run.dir / run.name / checkpoint.dir";
+}
+
+static void remove_checkpoints(const std::vector<std::pair<i64, fs::path>>& files, const std::string& dir,
+                               const char* why) {
+  std::error_code ec;
+  for (const auto& c : files) fs::remove(c.second, ec);
+  spdlog::warn("run.overwrite: removed {} checkpoint(s) from {} ({})", files.size(), dir, why);
+}
+
+void RunDirClaim::claim(const Config& cfg, Communicator& world, ResumeIntent intent) {
+  run_agreed(world, [&] {
+    if (world.rank() != 0) return;
+    const std::string problem = run_lock_.acquire(cfg.resolved_run_dir(), "run.dir");
     MT_INPUT_CHECK(problem.empty(), problem);
+    const std::string dir = checkpoint_dir(cfg);
+    if (checkpoint_dir_needs_own_lock(cfg)) {
+      const std::string p = ckpt_lock_.acquire(dir, "checkpoint.dir");
+      MT_INPUT_CHECK(p.empty(), p);
+    } else {
+      std::error_code ec;
+      fs::create_directories(dir, ec);
+      MT_INPUT_CHECK(!ec, "checkpoint.dir: cannot create '", dir, "': ", ec.message());
+    }
+    if (intent != ResumeIntent::None) return;
+    const auto old = list_checkpoints(dir);
+    if (old.empty()) return;
+    MT_INPUT_CHECK(cfg.run.overwrite, earlier_checkpoints(cfg, old));
+    // Start over: an older run's files would otherwise outrank this run's (resume auto takes the newest step).
+    std::error_code ec;
+    fs::remove(fs::path(dir) / "latest", ec);
+    remove_checkpoints(old, dir, "a new run starts over");
   });
+}
+
+void RunDirClaim::after_resume(const Config& cfg, Communicator& world, ResumeIntent intent, long step) {
+  run_agreed(world, [&] {
+    if (world.rank() != 0 || intent == ResumeIntent::None) return;
+    const std::string dir = checkpoint_dir(cfg);
+    std::vector<std::pair<i64, fs::path>> newer;
+    for (const auto& c : list_checkpoints(dir))
+      if (c.first > step) newer.push_back(c);
+    if (newer.empty()) return;
+    if (intent == ResumeIntent::Auto) {
+      for (const auto& c : newer) {
+        std::error_code ec;
+        fs::rename(c.second, c.second.string() + ".skipped", ec);
+        spdlog::warn("{} was skipped by the resume; renamed to {}.skipped so it cannot outrank this run's checkpoints",
+                     c.second.string(), c.second.filename().string());
+      }
+      return;
+    }
+    MT_INPUT_CHECK(cfg.run.overwrite, "checkpoint dir '", dir, "' holds ", newer.size(),
+                   " checkpoint(s) newer than the resumed step ", step, " (newest ", newer.front().second.filename().string(),
+                   "): they would outrank this run's under --resume auto; set --set run.overwrite=true to remove "
+                   "them, or give this run another run.dir / checkpoint.dir");
+    remove_checkpoints(newer, dir, "newer than the resumed step");
+  });
+}
+
+std::vector<std::string> run_dir_problems(const Config& cfg, ResumeIntent intent) {
+  std::vector<std::string> out;
+  auto check_dir = [&](const std::string& dir, const char* key) {
+    const std::string holder = RunDirLock::holder(dir, key);
+    if (!holder.empty()) out.push_back(holder);
+    // Creatable: the nearest existing ancestor must be a writable directory.
+    std::error_code ec;
+    fs::path p = fs::absolute(dir, ec);
+    while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path()) p = p.parent_path();
+    if (!fs::is_directory(p, ec) || ::access(p.c_str(), W_OK) != 0)
+      out.push_back(std::string(key) + ": cannot create or write '" + dir + "' ('" + p.string() +
+                    "' is not a writable directory)");
+  };
+  check_dir(cfg.resolved_run_dir(), "run.dir");
+  if (checkpoint_dir_needs_own_lock(cfg)) check_dir(checkpoint_dir(cfg), "checkpoint.dir");
+  if (intent == ResumeIntent::None && !cfg.run.overwrite) {
+    const auto old = list_checkpoints(checkpoint_dir(cfg));
+    if (!old.empty()) out.push_back(earlier_checkpoints(cfg, old));
+  }
+  return out;
 }
 
 }  // namespace moe

@@ -1,4 +1,4 @@
-// Owns the run.dir lock (one run per run.dir): an fcntl lock on run.dir/.lock naming its holder.
+// Owns the directory lock of a run (one run per run.dir / checkpoint dir): an fcntl lock on DIR/.lock naming its holder.
 #pragma once
 #include <string>
 
@@ -9,9 +9,12 @@ namespace moe {
 class RunDirLock {
  public:
   RunDirLock() = default;
-  // Creates DIR when missing. Returns "" when the lock is held now, else why not: another process holds it
-  // (its pid, host and start time from the file) or DIR cannot be created/written (path + OS error).
-  std::string acquire(const std::string& dir);
+  // Creates DIR when missing. Returns "" when the lock is held now, else why not, naming `key` (the config
+  // key of DIR): another process holds it (its pid, host and start time from the file), or DIR/.lock cannot
+  // be created or written (path + OS error; a symlink there is refused, never followed).
+  std::string acquire(const std::string& dir, const std::string& key);
+  // Without locking: "" when no live process holds DIR/.lock, else the same message acquire() would give.
+  static std::string holder(const std::string& dir, const std::string& key = "run.dir");
   ~RunDirLock();
   RunDirLock(const RunDirLock&) = delete;
   RunDirLock& operator=(const RunDirLock&) = delete;

@@ -236,8 +236,9 @@ StepResult Trainer::step(int s) {
   // Loss spike: the same verdict on every rank (the loss is already reduced); no update, no checkpoint.
   if (const double median = loss_guard_.spike_median(r.loss); median > 0)
     detail::raise(ErrorKind::Diverged, __FILE__, __LINE__, "loss spike at step ", s + 1, ": loss ", r.loss, " > ",
-                  t.max_loss_ratio, " x ", median, " (median of the last ", loss_guard_.window_size(),
-                  " steps; train.max_loss_ratio). Stopped before this step's update; checkpoints already written are "
+                  t.max_loss_ratio, " x ", std::max(median, LossSpikeGuard::kFloor), " (median of the last ",
+                  loss_guard_.window_size(), " steps ", median, ", at least ", LossSpikeGuard::kFloor,
+                  "; train.max_loss_ratio). Stopped before this step's update; checkpoints already written are "
                   "kept. Resume from one with a lower train.lr or a tighter train.grad_clip, or set "
                   "train.max_loss_ratio: 0 to turn the guard off");
   const double coef = clip_coef(r.grad_norm, t.grad_clip);

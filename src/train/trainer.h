@@ -12,7 +12,6 @@
 #include "parallel/zero.h"
 #include "train/loss_guard.h"
 #include "train/metrics_log.h"
-#include "train/run_lock.h"
 
 namespace moe {
 
@@ -41,10 +40,6 @@ class Trainer {
   // checkpoints every checkpoint.every steps, at the end, and on SIGUSR1/SIGTERM (then it returns early).
   void run();
 
-  // Before resume() and run(): takes the run.dir lock (one run per run.dir) and refuses (BadInput) to start a
-  // new run over the checkpoints of an earlier one unless `resuming` (--resume) or run.overwrite, which
-  // removes them first. Rank 0 does the file work; every rank gets the verdict. Collective.
-  void claim_run_dir(bool resuming);
   // --resume: "auto" (newest complete, verified checkpoint of checkpoint.dir; none → fresh start) or a path
   // (must be valid, else BadInput). Restores weights, moments, bias and the step; any layout may read it.
   void resume(const std::string& what);
@@ -87,13 +82,11 @@ class Trainer {
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
-  RunDirLock run_lock_;                                        // held by rank 0 for the whole run
   LossSpikeGuard loss_guard_;
   MetricsLog metrics_;                                         // run.dir/metrics.jsonl (rank 0)
   int start_step_ = 0;       // first step this process runs (resume)
   int steps_done_ = 0;       // updates done so far
   bool stopped_by_signal_ = false;
-  std::string checkpoint_dir() const;
   // Reads one checkpoint into this trainer; "" on success, else why it is unusable (collective verdict).
   std::string load_checkpoint(const std::string& path);
 };

@@ -510,6 +510,53 @@ case "$CASE" in
     expect_rc 0
     expect_has "skipping checkpoint" "resumed from" "step_1.h5"
     ;;
+  run_dir_claims)
+    # The directories are claimed before the model is built, checkpoint.dir outside run.dir has its own lock,
+    # a rewind over newer checkpoints needs run.overwrite, a resume logs what it changes, --dry-run sees it all.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.steps=4 --set checkpoint.every=1 --set checkpoint.keep=10
+    expect_rc 0
+    # (a) refused before the model is built: a model far too big for this machine (memory check off) would
+    #     end in bad_alloc (exit 1) if it were allocated first.
+    MOE_MEMORY_CHECK=off run c.yaml --set model.vocab_size=2000000000 --set model.hidden_size=65536
+    expect_bad_input "holds checkpoints of an earlier run"
+    # (b) a checkpoint.dir that cannot be created: exit 2 before step 1 (nothing trained, no metrics)
+    run c.yaml --set run.dir="$T/run_b" --set checkpoint.dir=/proc/nope/ckpt
+    expect_bad_input "checkpoint.dir" "/proc/nope/ckpt"
+    [ -e run_b/metrics.jsonl ] && fail "training ran although checkpoint.dir cannot be created"
+    # (c) two live runs may not share a checkpoint.dir
+    "$BIN" c.yaml --set run.dir="$T/run_c1" --set checkpoint.dir="$T/shared_ck" --set train.steps=1000000 \
+      --set log.every=100000 >c1.txt 2>&1 &
+    c1=$!
+    for _ in $(seq 1 200); do [ -s run_c1/metrics.jsonl ] && break; sleep 0.05; done
+    run c.yaml --set run.dir="$T/run_c2" --set checkpoint.dir="$T/shared_ck" --set run.overwrite=true
+    expect_bad_input "checkpoint.dir '$T/shared_ck' is in use by another moe-train run" "pid $c1"
+    kill -9 "$c1"; wait "$c1" 2>/dev/null
+    # (d) a rewind to step 2 with steps 3 and 4 present: refused, then allowed with run.overwrite (they go)
+    run c.yaml --set train.steps=6 --resume "$T/run/checkpoints/step_2.h5"
+    expect_bad_input "newer than the resumed step 2" "step_4.h5" "run.overwrite"
+    [ -e run/checkpoints/step_4.h5 ] || fail "the refused rewind removed step_4.h5"
+    run c.yaml --set train.steps=3 --set run.overwrite=true --set model.rope_theta=7 \
+      --resume "$T/run/checkpoints/step_2.h5"
+    expect_rc 0
+    expect_has "resume changes model.rope_theta: 1e+06 -> 7" "resume changes train.steps: 4 -> 3"
+    [ -e run/checkpoints/step_4.h5 ] && fail "step_4.h5 of the abandoned branch is still there"
+    grep -qx step_3.h5 run/checkpoints/latest || fail "latest does not name step_3.h5"
+    # (e) --dry-run reports what the real run would refuse
+    run c.yaml --dry-run
+    expect_bad_input "holds checkpoints of an earlier run"
+    run c.yaml --dry-run --set run.overwrite=true --resume "$T/nonexistent.h5"
+    expect_bad_input "--resume:" "nonexistent.h5"
+    run c.yaml --dry-run --set run.overwrite=true
+    expect_rc 0
+    # (f) a symlink in place of the lock file is refused, never followed
+    echo keep >victim.txt
+    mkdir -p run_f && ln -s "$T/victim.txt" run_f/.lock
+    run c.yaml --set run.dir="$T/run_f"
+    expect_bad_input "run.dir" ".lock"
+    [ "$(cat victim.txt)" = keep ] || fail "the lock followed a symlink and wrote to its target"
+    ;;
   *)
     echo "unknown case '$CASE'" >&2
     exit 1

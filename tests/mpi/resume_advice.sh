@@ -36,7 +36,7 @@ try() {
   else adv=$(grep -oE "on $follow_np ranks? with( --set [a-z_.]+=[0-9]+)+" <<< "$msg"); fi
   read -r -a follow <<< "$(grep -oE -- "--set [a-z_.]+=[0-9]+" <<< "$adv" | tr '\n' ' ')"
   [[ ${#follow[@]} -gt 0 ]] || { echo "FAIL [$name]: no --set settings in the advice"; fail=1; return; }
-  run_np "$follow_np" "$tmp/tiny.yaml" "${base[@]}" "$@" "${follow[@]}" --set train.steps=2 --resume "$ck" \
+  run_np "$follow_np" "$tmp/tiny.yaml" "${base[@]}" "$@" "${follow[@]}" --set train.steps=2 --set run.overwrite=true --resume "$ck" \
     > "$tmp/$name.follow.log" 2>&1
   rc=$?
   if [[ $rc -ne 0 ]] || ! grep -q "resumed from .*step_1.h5 at step 1" "$tmp/$name.follow.log"; then
