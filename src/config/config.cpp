@@ -516,14 +516,7 @@ void apply_override(Config& cfg, const std::string& item) {
 
 // Checks between keys, after every override is in. [DESIGN §6]
 void check_cross(const Config& c, const std::string& origin) {
-  const ModelConfig& m = c.model;
-  MT_INPUT_CHECK(m.top_k <= m.num_experts, origin, ": key 'model.top_k' must be <= model.num_experts (",
-                 m.num_experts, "), got ", m.top_k);
-  MT_INPUT_CHECK(m.num_heads % m.num_kv_heads == 0, origin, ": key 'model.num_heads' (", m.num_heads,
-                 ") must be divisible by model.num_kv_heads, got ", m.num_kv_heads);
-  MT_INPUT_CHECK(m.head_dim > 0 || m.hidden_size % m.num_heads == 0, origin, ": key 'model.hidden_size' (",
-                 m.hidden_size, ") must be divisible by model.num_heads (", m.num_heads,
-                 ") when model.head_dim is 0; set model.head_dim or change the sizes");
+  check_model_dims(c.model, origin, ModelKeys::Yaml);
   MT_INPUT_CHECK(c.upcycle.top_k <= c.upcycle.num_experts, origin,
                  ": key 'upcycle.top_k' must be <= upcycle.num_experts (", c.upcycle.num_experts, "), got ",
                  c.upcycle.top_k);
@@ -532,6 +525,44 @@ void check_cross(const Config& c, const std::string& origin) {
 }
 
 }  // namespace
+
+void check_model_dims(const ModelConfig& m, const std::string& origin, ModelKeys keys) {
+  const bool y = keys == ModelKeys::Yaml;
+  const char* heads = y ? "model.num_heads" : "num_attention_heads";
+  const char* kv = y ? "model.num_kv_heads" : "num_key_value_heads";
+  const char* hidden = y ? "model.hidden_size" : "hidden_size";
+  const char* hd = y ? "model.head_dim" : "head_dim";
+  const char* layers = y ? "model.num_layers" : "num_hidden_layers";
+  const char* experts = y ? "model.num_experts" : "num_experts";
+  const char* topk = y ? "model.top_k" : "num_experts_per_tok";
+  const char* mlp_only = y ? "model.mlp_only_layers" : "mlp_only_layers";
+  constexpr int kMaxCount = 65536;  // layers, heads, experts: far above any real model, bounds every loop
+  for (const auto& [key, v] : {std::pair<const char*, int>{layers, m.num_layers}, {heads, m.num_heads},
+                               {kv, m.num_kv_heads}, {experts, m.num_experts}})
+    MT_INPUT_CHECK(v >= 1 && v <= kMaxCount, origin, ": key '", key, "' must be in 1..", kMaxCount, ", got ", v);
+  MT_INPUT_CHECK(m.top_k >= 1 && m.top_k <= m.num_experts, origin, ": key '", topk, "' must be <= ", experts,
+                 " (", m.num_experts, "), got ", m.top_k);
+  MT_INPUT_CHECK(m.num_heads % m.num_kv_heads == 0, origin, ": key '", heads, "' (", m.num_heads,
+                 ") must be divisible by ", kv, ", got ", m.num_kv_heads);
+  MT_INPUT_CHECK(m.head_dim > 0 || m.hidden_size % m.num_heads == 0, origin, ": key '", hidden, "' (",
+                 m.hidden_size, ") must be divisible by ", heads, " (", m.num_heads, ") when ", hd,
+                 " is not given; set ", hd, " or change the sizes");
+  const int D = m.resolved_head_dim();
+  MT_INPUT_CHECK(D % 2 == 0, origin, ": key '", hd, "' must be even (RoPE rotates pairs of dimensions), got ", D,
+                 m.head_dim > 0 ? "" : std::string(" (") + hidden + " / " + heads + ")");
+  for (int l : m.mlp_only_layers)
+    MT_INPUT_CHECK(l >= 0 && l < m.num_layers, origin, ": key '", mlp_only, "' holds layer ", l, ", outside 0..",
+                   m.num_layers - 1, " (", layers, " = ", m.num_layers, ")");
+  // Parameter count in floating point (no overflow): embeddings, attention, norms, experts or dense MLP, head.
+  const double H = m.hidden_size, V = m.vocab_size, NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts;
+  const double per_layer = H * D * (2 * NH + 2 * NKV) + 2 * H + 2.0 * D + E * H +
+                           3.0 * H * std::max<double>({double(m.expert_width()) * E, double(m.intermediate_size)});
+  const double params = V * H * (m.tie_word_embeddings ? 1 : 2) + H + per_layer * m.num_layers;
+  MT_INPUT_CHECK(params <= double(1ull << 48), origin, ": the model sizes (", hidden, " ", m.hidden_size, ", ",
+                 y ? "model.vocab_size" : "vocab_size", " ", m.vocab_size, ", ", layers, " ", m.num_layers, ", ",
+                 experts, " ", m.num_experts, ", expert width ", m.expert_width(), ", ", hd, " ", D, ") give ",
+                 params, " parameters, more than the limit of 2^48");
+}
 
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
                     const std::string& origin) {

@@ -86,7 +86,7 @@ ModelConfig read_hf_config(const std::string& dir) {
   } else if (mt == "qwen3_moe") {
     m.arch = Arch::Qwen3Moe;
   } else {
-    MT_INPUT_FAIL(file, ": model_type '", mt, "' is not supported; allowed: mixtral, qwen3_moe");
+    MT_INPUT_FAIL(file, ": model_type '", brief_text(mt), "' is not supported; allowed: mixtral, qwen3_moe");
   }
   const bool mix = m.arch == Arch::Mixtral;
   m.vocab_size = k.get_int("vocab_size");
@@ -118,9 +118,10 @@ ModelConfig read_hf_config(const std::string& dir) {
   m.init_std = k.get_num("initializer_range", 0.02);
   if (k.has("mlp_only_layers")) {
     const json& a = j["mlp_only_layers"];
-    MT_INPUT_CHECK(a.is_array(), file, ": key 'mlp_only_layers' must be a list of layer indices, got ", a.dump());
+    MT_INPUT_CHECK(a.is_array(), file, ": key 'mlp_only_layers' must be a list of layer indices, got ", json_brief(a));
     for (const json& x : a) {
-      MT_INPUT_CHECK(x.is_number_integer(), file, ": mlp_only_layers holds ", x.dump(), ", not a layer index");
+      MT_INPUT_CHECK(x.is_number_integer() && x.get<long long>() >= 0 && x.get<long long>() < (1ll << 31), file,
+                     ": mlp_only_layers holds ", json_brief(x), ", not a layer index");
       m.mlp_only_layers.push_back(x.get<int>());
     }
   }
@@ -128,10 +129,11 @@ ModelConfig read_hf_config(const std::string& dir) {
 
   // The model moe-train builds must be the one transformers builds from this file.
   if (k.has("hidden_act"))
-    MT_INPUT_CHECK(j["hidden_act"] == "silu", file, ": hidden_act ", j["hidden_act"].dump(),
+    MT_INPUT_CHECK(j["hidden_act"] == "silu", file, ": hidden_act ", json_brief(j["hidden_act"]),
                    " is not supported; allowed: \"silu\"");
   MT_INPUT_CHECK(!k.get_bool("attention_bias", false), file,
                  ": attention_bias true is not supported; allowed: false");
+  check_model_dims(m, file, ModelKeys::HfConfig);
   return m;
 }
 
