@@ -16,6 +16,7 @@
 #include <set>         // std::set (duplicate-key detection)
 #include <sstream>     // std::ostringstream
 
+#include "core/dims.h"
 #include "core/error.h"
 
 namespace moe {
@@ -63,15 +64,18 @@ std::string fmt_double(double v) {
   return std::string(buf, res.ptr);
 }
 
-// How a received node reads in a message: 'ten', a map {a: 1}, a list [1, 2], nothing.
+// At most 80 characters of s for a message (longer text ends in "..."): messages quote, never copy, inputs.
+std::string brief(const std::string& s) { return s.size() <= 80 ? s : s.substr(0, 80) + "..."; }
+
+// How a received node reads in a message: 'ten', a map {a: 1}, a list [1, 2], nothing (at most ~80 chars).
 std::string describe(const YAML::Node& n) {
   if (!n.IsDefined() || n.IsNull()) return "nothing";
-  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsScalar()) return "'" + brief(n.Scalar()) + "'";
   YAML::Emitter e;
   e.SetMapFormat(YAML::Flow);
   e.SetSeqFormat(YAML::Flow);
   e << n;
-  return std::string(n.IsMap() ? "a map " : "a list ") + e.c_str();
+  return std::string(n.IsMap() ? "a map " : "a list ") + brief(e.c_str());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -441,6 +445,7 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 // " (did you mean 'train.lr'?)": the closest key or section by edit distance, else a key with the
 // same leaf name in another section (train.capacity_factor → moe.capacity_factor); "" if none.
 std::string suggest(const std::string& given) {
+  if (given.size() > 64) return "";  // no key is that long; and the distance table grows as its length
   std::vector<std::string> candidates = sections();
   for (const Field& f : schema()) candidates.push_back(f.key);
   std::string best;
@@ -464,7 +469,7 @@ std::string at_line(const YAML::Node& n) {
 void apply(Config& cfg, const std::string& key, const YAML::Node& value, const std::string& where,
            const std::string& tail) {
   const Field* f = find_field(key);
-  MT_INPUT_CHECK(f != nullptr, where, ": unknown key '", key, "'", suggest(key), tail);
+  MT_INPUT_CHECK(f != nullptr, where, ": unknown key '", brief(key), "'", suggest(key), tail);
   MT_INPUT_CHECK(f->set(cfg, value), where, ": key '", key, "' ", f->rule, ", got ", describe(value), tail);
 }
 
@@ -477,7 +482,7 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& orig
     MT_INPUT_CHECK(sec.first.IsScalar(), origin, ": section names must be plain words, got ",
                    describe(sec.first), at_line(sec.first));
     const std::string name = sec.first.Scalar();
-    MT_INPUT_CHECK(is_section(name), origin, ": unknown section '", name, "'", suggest(name), "; sections are ",
+    MT_INPUT_CHECK(is_section(name), origin, ": unknown section '", brief(name), "'", suggest(name), "; sections are ",
                    section_list(), at_line(sec.first));
     MT_INPUT_CHECK(seen.insert(name).second, origin, ": section '", name, "' appears twice", at_line(sec.first));
     if (sec.second.IsNull()) continue;  // "upcycle:" with nothing under it
@@ -487,7 +492,7 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& orig
       MT_INPUT_CHECK(kv.first.IsScalar(), origin, ": keys in section '", name, "' must be plain words, got ",
                      describe(kv.first), at_line(kv.first));
       const std::string key = name + "." + kv.first.Scalar();
-      MT_INPUT_CHECK(seen.insert(key).second, origin, ": key '", key, "' appears twice", at_line(kv.first));
+      MT_INPUT_CHECK(seen.insert(key).second, origin, ": key '", brief(key), "' appears twice", at_line(kv.first));
       apply(cfg, key, kv.second, origin, at_line(kv.first));
     }
   }
@@ -500,7 +505,7 @@ std::string trim(const std::string& s) {
 
 // One "--set key=value": the value is read as YAML, so lists and maps work for list keys.
 void apply_override(Config& cfg, const std::string& item) {
-  const std::string where = "--set '" + item + "'";
+  const std::string where = "--set '" + brief(item) + "'";
   const size_t eq = item.find('=');
   MT_INPUT_CHECK(eq != std::string::npos, where, ": expected key=value, e.g. --set train.lr=3e-4");
   const std::string key = trim(item.substr(0, eq));
@@ -540,6 +545,9 @@ void check_model_dims(const ModelConfig& m, const std::string& origin, ModelKeys
   for (const auto& [key, v] : {std::pair<const char*, int>{layers, m.num_layers}, {heads, m.num_heads},
                                {kv, m.num_kv_heads}, {experts, m.num_experts}})
     MT_INPUT_CHECK(v >= 1 && v <= kMaxCount, origin, ": key '", key, "' must be in 1..", kMaxCount, ", got ", v);
+  // Tensors per model grow as layers x experts (3 per expert); 2^20 is ~70x the largest public MoE.
+  MT_INPUT_CHECK(i64(m.num_layers) * m.num_experts <= (i64(1) << 20), origin, ": keys '", layers, "' (",
+                 m.num_layers, ") x '", experts, "' (", m.num_experts, ") exceed the limit of 2^20 expert blocks");
   MT_INPUT_CHECK(m.top_k >= 1 && m.top_k <= m.num_experts, origin, ": key '", topk, "' must be <= ", experts,
                  " (", m.num_experts, "), got ", m.top_k);
   MT_INPUT_CHECK(m.num_heads % m.num_kv_heads == 0, origin, ": key '", heads, "' (", m.num_heads,
