@@ -596,6 +596,12 @@ Config load_config(const std::string& yaml_path, const std::vector<std::string>&
   std::error_code ec;
   MT_INPUT_CHECK(fs::exists(yaml_path, ec), "config file '", yaml_path, "' does not exist");
   MT_INPUT_CHECK(!fs::is_directory(yaml_path, ec), "config file '", yaml_path, "' is a directory, not a YAML file");
+  // A FIFO would block the open, a device never ends: only regular files, and of a size a config can have.
+  MT_INPUT_CHECK(fs::is_regular_file(yaml_path, ec), "config file '", yaml_path,
+                 "' is not a regular file (a FIFO, device or socket); give a YAML file");
+  const uintmax_t size = fs::file_size(yaml_path, ec);
+  MT_INPUT_CHECK(!ec && size <= (uintmax_t(16) << 20), "config file '", yaml_path, "' has ", size,
+                 " bytes; a run config is at most 16 MiB");
   std::ifstream in(yaml_path, std::ios::binary);
   MT_INPUT_CHECK(in.good(), "cannot read config file '", yaml_path, "': ", std::strerror(errno));
   std::ostringstream text;

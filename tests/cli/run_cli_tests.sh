@@ -412,6 +412,8 @@ case "$CASE" in
     write_tiny_yaml c.yaml /dev/zero
     run c.yaml
     expect_bad_input /dev/zero "character device"
+    run "$T/fifo"  # the run config itself: a FIFO must not block either
+    expect_bad_input "$T/fifo" "not a regular file"
     ;;
   *)
     echo "unknown case '$CASE'" >&2
