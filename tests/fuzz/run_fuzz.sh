@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Owns how CTest runs a fuzz harness: run_fuzz.sh fuzz|replay BIN NAME SRC_DIR WORK_DIR [SECONDS].
+# Owns how CTest runs a fuzz harness: run_fuzz.sh fuzz|replay BIN NAME SRC_DIR WORK_DIR [SECONDS]
+# (SRC_DIR = tests/fuzz: corpus/NAME, regressions/NAME, optional dict/NAME.dict).
 #   fuzz:   mutate for SECONDS over the seed corpus + regressions (new inputs go to WORK_DIR, never the source tree;
 #           a crash input is saved under WORK_DIR/artifacts/ — copy it to tests/fuzz/regressions/NAME/ once fixed).
 #   replay: run every input of tests/fuzz/regressions/NAME and tests/fuzz/corpus/NAME once.
@@ -14,8 +15,10 @@ dirs=()
 [[ -d $corpus ]] && dirs+=("$corpus")
 [[ -d $regress ]] && dirs+=("$regress")
 common=(-rss_limit_mb=2048 -timeout=20 -artifact_prefix="$work/artifacts/" -print_final_stats=1)
+dict=()  # tokens the parser gives meaning to (keys, dtype names): mutations find structure much sooner
+[[ -f $src/dict/$name.dict ]] && dict=(-dict="$src/dict/$name.dict")
 case $mode in
-  fuzz) exec "$bin" "${common[@]}" -max_total_time="$secs" "$work/new" "${dirs[@]}" ;;
+  fuzz) exec "$bin" "${common[@]}" "${dict[@]}" -max_total_time="$secs" "$work/new" "${dirs[@]}" ;;
   replay)
     files=()
     for d in "${dirs[@]}"; do
