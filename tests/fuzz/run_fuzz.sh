@@ -18,7 +18,10 @@ common=(-rss_limit_mb=2048 -timeout=20 -artifact_prefix="$work/artifacts/" -prin
 dict=()  # tokens the parser gives meaning to (keys, dtype names): mutations find structure much sooner
 [[ -f $src/dict/$name.dict ]] && dict=(-dict="$src/dict/$name.dict")
 case $mode in
-  fuzz) exec "$bin" "${common[@]}" "${dict[@]}" -max_total_time="$secs" "$work/new" "${dirs[@]}" ;;
+  # -max_len: mutate small inputs (fast); the big regression inputs (deep nesting, huge scalars) are replayed whole
+  # by the replay mode, and a prefix of one still nests past every depth limit.
+  fuzz) exec "$bin" "${common[@]}" "${dict[@]}" -max_len="${MOE_FUZZ_MAX_LEN:-16384}" -max_total_time="$secs" \
+          "$work/new" "${dirs[@]}" ;;
   replay)
     files=()
     for d in "${dirs[@]}"; do
