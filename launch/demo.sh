@@ -14,5 +14,6 @@ if [[ ! -s runs/demo/corpus.txt ]]; then
 fi
 echo "demo: corpus runs/demo/corpus.txt ($(wc -c < runs/demo/corpus.txt) bytes of English text)"
 # The tiny model is too small to gain from threads; one thread also keeps it fast on a busy machine.
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" ./build/moe-train configs/tiny.yaml "$@"
+# A rerun starts over (run.overwrite); add --resume auto to continue the previous demo run instead.
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" ./build/moe-train configs/tiny.yaml --set run.overwrite=true "$@"
 echo "demo: metrics in runs/tiny/metrics.jsonl"

@@ -284,6 +284,7 @@ std::vector<Field> build_schema() {
   return {
       string_field("run.name", MT_AT(run.name)),
       string_field("run.dir", MT_AT(run.dir)),
+      bool_field("run.overwrite", MT_AT(run.overwrite)),
 
       string_field("model.init_from", MT_AT(model_init_from)),
       enum_field("model.arch", MT_AT(model.arch),
@@ -306,6 +307,7 @@ std::vector<Field> build_schema() {
       // Qwen3-MoE dense/sparse layer choice (HF config.json names); Mixtral ignores them.
       int_list_field("model.mlp_only_layers", MT_AT(model.mlp_only_layers)),
       int_field("model.decoder_sparse_step", MT_AT(model.decoder_sparse_step), 1),
+      int_field("model.sliding_window", MT_AT(model.sliding_window), 0),  // 0 = full causal attention
 
       string_field("upcycle.from", MT_AT(upcycle.from)),
       int_field("upcycle.num_experts", MT_AT(upcycle.num_experts), 1),
@@ -352,6 +354,7 @@ std::vector<Field> build_schema() {
       real_field("train.eps", MT_AT(train.eps), kPositive),
       real_field("train.grad_clip", MT_AT(train.grad_clip), kNonNeg),
       u64_field("train.seed", MT_AT(train.seed)),
+      real_field("train.max_loss_ratio", MT_AT(train.max_loss_ratio), kNonNeg),  // 0 = off
 
       enum_field("peft.method", MT_AT(peft.method),
                  EnumNames<PeftMethod>{
@@ -525,6 +528,8 @@ void check_cross(const Config& c, const std::string& origin) {
   MT_INPUT_CHECK(c.upcycle.top_k <= c.upcycle.num_experts, origin,
                  ": key 'upcycle.top_k' must be <= upcycle.num_experts (", c.upcycle.num_experts, "), got ",
                  c.upcycle.top_k);
+  MT_INPUT_CHECK(c.train.max_loss_ratio == 0 || c.train.max_loss_ratio > 1, origin,
+                 ": key 'train.max_loss_ratio' must be 0 (off) or > 1, got ", fmt_double(c.train.max_loss_ratio));
   MT_INPUT_CHECK(c.train.min_lr <= c.train.lr, origin, ": key 'train.min_lr' must be <= train.lr (",
                  fmt_double(c.train.lr), "), got ", fmt_double(c.train.min_lr));
 }

@@ -38,6 +38,12 @@ struct ModelConfig {
   // Qwen3-MoE dense/sparse layer choice (model.mlp_only_layers / model.decoder_sparse_step, or config.json).
   std::vector<int> mlp_only_layers;
   int decoder_sparse_step = 1;
+  // Sliding-window attention (model.sliding_window, or config.json as transformers reads it): token i attends to
+  // positions i−N+1..i only; 0 = full causal attention. Applies to every layer. [C4.attention]
+  int sliding_window = 0;
+  // config.json pad_token_id (HF nn.Embedding padding_idx): that embedding row gets no gradient from the lookup;
+  // −1 = none. Only from config.json (not a YAML key).
+  int pad_token_id = -1;
 
   int resolved_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_heads; }
   int expert_width() const {
@@ -97,6 +103,9 @@ struct TrainConfig {
   double eps = 1e-8;
   double grad_clip = 1.0;
   unsigned long long seed = 1234;
+  // Loss-spike guard: stop (exit 3) when a step's loss exceeds this × the median of the last
+  // kLossWindow losses; 0 turns it off.
+  double max_loss_ratio = 10.0;
 };
 
 struct PeftConfig {
@@ -138,6 +147,7 @@ struct LogConfig {
 struct RunConfig {
   std::string name = "run";
   std::string dir;      // "" → runs/<name>
+  bool overwrite = false;  // a new run may replace the checkpoints of an earlier run in its checkpoint dir
 };
 
 struct Config {

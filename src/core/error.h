@@ -20,6 +20,13 @@ class Error : public std::runtime_error {
   ErrorKind kind_;
 };
 
+// A failure every rank has agreed on (run_agreed in train/runtime.h): each rank exits cleanly with the code;
+// the message is non-empty on the one rank that reports it (the lowest failing rank), so it is printed once.
+class AgreedError : public Error {
+ public:
+  AgreedError(ErrorKind kind, const std::string& msg) : Error(kind, msg) {}
+};
+
 namespace detail {
 inline void stream_all(std::ostringstream&) {}
 template <typename A, typename... Rest>

@@ -73,6 +73,34 @@ void read_chunks(const std::string& path, const OpenFile& f, Take take) {
 
 }  // namespace
 
+i64 check_token_file(const DataConfig& d, int vocab, int seq_len, DataScan scan) {
+  MT_INPUT_CHECK(!d.path.empty(), "data.path is not set; give a token file (data.format: tokens) or a text file (data.format: text)");
+  OpenFile f;
+  open_regular(d.path, f);  // a directory, FIFO, device or socket: exit 2 naming what it is, before any read
+  const i64 bytes = i64(f.size);
+  const i64 es = d.format == DataFormat::Text ? 1 : d.dtype == TokenDtype::U16 ? 2 : 4;
+  if (d.format == DataFormat::Text)
+    MT_INPUT_CHECK(vocab >= 256, "data.format: text uses byte-level tokens 0..255, so model.vocab_size must be >= 256, got ", vocab);
+  else
+    MT_INPUT_CHECK(bytes % es == 0, "data.path '", d.path, "': size ", bytes, " bytes is not a multiple of ", es,
+                   " (data.dtype ", es == 2 ? "uint16" : "uint32", "); is data.dtype right?");
+  const i64 ntok = bytes / es;
+  MT_INPUT_CHECK(ntok >= 1 && (ntok - 1) / seq_len >= 1, "data.path '", d.path, "': ", ntok,
+                 " tokens is shorter than one window of train.seq_len + 1 = ", i64(seq_len) + 1, " tokens");
+  if (scan == DataScan::Ids && d.format != DataFormat::Text) {
+    read_chunks(d.path, f, [&](const unsigned char* p, size_t n, uint64_t offset) {
+      for (size_t i = 0; i + size_t(es) <= n; i += size_t(es)) {
+        uint32_t v = 0;
+        for (i64 b = 0; b < es; ++b) v |= uint32_t(p[i + size_t(b)]) << (8 * b);
+        MT_INPUT_CHECK(v < uint32_t(vocab), "data.path '", d.path, "': token id ", v, " at position ",
+                       (offset + i) / uint64_t(es), " is >= model.vocab_size ", vocab,
+                       "; was the file made with another tokenizer?");
+      }
+    });
+  }
+  return ntok;
+}
+
 TokenData::TokenData(const DataConfig& d, int vocab, int seq_len, uint64_t seed)
     : L_(seq_len), shuffle_(d.shuffle), seed_(seed) {
   MT_INPUT_CHECK(!d.path.empty(), "data.path is not set; give a token file (data.format: tokens) or a text file (data.format: text)");

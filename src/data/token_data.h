@@ -9,6 +9,14 @@
 
 namespace moe {
 
+// How much of data.path check_token_file reads: only its size, or every id (streamed, nothing kept).
+enum class DataScan { Size, Ids };
+
+// The checks a run makes on data.path before anything is allocated (BadInput naming the file): set, exists,
+// a regular file, size a multiple of the id width, at least one window of seq_len + 1 tokens, byte-level text
+// needs vocab >= 256; with DataScan::Ids also every id < vocab. Returns the number of tokens. [C5.tokens]
+i64 check_token_file(const DataConfig& d, int vocab, int seq_len, DataScan scan);
+
 class TokenData {
  public:
   // Reads data.path (tokens: uint32/uint16 little-endian; text: bytes as byte-level tokens) and checks

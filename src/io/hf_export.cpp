@@ -1,10 +1,13 @@
 // Owns the checkpoint → HF export: verify, read the logical tensors on one process, write with save_hf_model.
 #include "io/hf_export.h"
 
+#include <spdlog/spdlog.h>
+
 #include "comm/communicator.h"
 #include "config/config.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
+#include "io/json_file.h"
 #include "model/param_table.h"
 
 namespace moe {
@@ -25,7 +28,35 @@ void export_checkpoint_hf(const std::string& checkpoint, const std::string& out_
   auto self = make_self_communicator();
   const std::string problem = read_checkpoint_tensors(checkpoint, *self, decl, pieces, {}, {});
   MT_INPUT_CHECK(problem.empty(), "moe-export: ", checkpoint, ": ", problem);
-  save_hf_model(out_dir, cfg.model, table, params.data(), opt);
+  HfSaveOptions o = opt;
+  o.meta = hf_export_meta(cfg);
+  save_hf_model(out_dir, cfg.model, table, params.data(), o);
+}
+
+HfExportMeta hf_export_meta(const Config& cfg) {
+  HfExportMeta meta;
+  const bool moe_src = !cfg.model_init_from.empty();
+  const std::string dir = moe_src ? cfg.model_init_from : cfg.upcycle.from;
+  if (!dir.empty() && is_regular_file(dir + "/config.json")) {
+    meta.source = moe_src ? HfMetaSource::MoeModel : HfMetaSource::DenseModel;
+    meta.source_dir = dir;
+    spdlog::info("HF export: config.json metadata (token ids, max_position_embeddings{}) and generation/tokenizer "
+                 "files from {}{}",
+                 moe_src ? ", rope and other non-architecture keys" : "", dir,
+                 moe_src ? " (model.init_from)" : " (upcycle.from)");
+  } else {
+    const bool mix = cfg.model.arch == Arch::Mixtral;
+    spdlog::info("HF export: {}; config.json gets the {} class defaults (bos_token_id {}, eos_token_id {}, "
+                 "max_position_embeddings {}) and no generation/tokenizer files",
+                 dir.empty() ? "the run did not load an HF model" : dir + "/config.json no longer exists",
+                 mix ? "MixtralConfig" : "Qwen3MoeConfig", mix ? "1" : "null", mix ? "2" : "null",
+                 mix ? 131072 : 32768);
+  }
+  const double coef = cfg.moe.aux_loss_coef;
+  meta.router_aux_loss_coef = cfg.moe.aux_loss_form == AuxForm::Hf ? coef : coef / cfg.model.top_k;
+  spdlog::info("HF export: router_aux_loss_coef {} (moe.aux_loss_coef {}, aux_loss_form {})",
+               *meta.router_aux_loss_coef, coef, cfg.moe.aux_loss_form == AuxForm::Hf ? "hf" : "layer: coef / top_k");
+  return meta;
 }
 
 }  // namespace moe

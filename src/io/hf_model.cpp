@@ -3,7 +3,11 @@
 
 #include <sys/stat.h>
 
+#include <spdlog/spdlog.h>
+
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -68,6 +72,111 @@ struct ExpertRef {
   int layer, which, expert;  // which: 0 = w1/gate, 1 = w3/up, 2 = w2/down
 };
 
+// Sliding window and pad_token_id as transformers 5.x reads them. Mixtral: `sliding_window` N (null = none) on every
+// layer; Qwen3-MoE: `sliding_window` (class default 4096; null = none) only when `use_sliding_window`, then on every
+// layer (its model does not read max_window_layers). Both mask with create_sliding_window_causal_mask: query i sees
+// keys j with i−N < j ≤ i. A `layer_types` list is not read by either model; it must agree with that.
+void read_hf_attention_keys(const JsonKeys& k, ModelConfig& m) {
+  const bool mix = m.arch == Arch::Mixtral;
+  const bool use_window = mix || k.get_bool("use_sliding_window", false);
+  if (use_window) {
+    if (k.has("sliding_window"))
+      m.sliding_window = k.get_int("sliding_window", true);
+    else if (!mix && !k.j.contains("sliding_window"))
+      m.sliding_window = 4096;  // Qwen3MoeConfig default, used when use_sliding_window is true
+  }
+  if (!mix && m.sliding_window > 0 && k.get_int("max_window_layers", m.num_layers, false) < m.num_layers)
+    spdlog::warn("{}: max_window_layers = {} < num_hidden_layers = {}: transformers' Qwen3-MoE ignores it and "
+                 "applies the sliding window {} to every layer; so does moe-train",
+                 k.file, json_brief(k.j["max_window_layers"]), m.num_layers, m.sliding_window);
+  if (k.has("layer_types")) {
+    const json& lt = k.j["layer_types"];
+    MT_INPUT_CHECK(lt.is_array(), k.file, ": key 'layer_types' must be a list, got ", json_brief(lt));
+    const char* want = m.sliding_window > 0 ? "sliding_attention" : "full_attention";
+    for (size_t i = 0; i < lt.size(); ++i)
+      MT_INPUT_CHECK(lt[i] == want, k.file, ": layer_types[", i, "] = ", json_brief(lt[i]), " is not supported: ",
+                     mix ? "Mixtral" : "Qwen3-MoE", " applies ", want, " to every layer (",
+                     m.sliding_window > 0 ? "sliding_window " + std::to_string(m.sliding_window)
+                                          : std::string("no sliding window"),
+                     ") and transformers does not read layer_types; allowed: \"", want, "\" for every layer");
+  }
+  if (k.has("pad_token_id")) {
+    // nn.Embedding(vocab, hidden, padding_idx): a negative index counts from the end, as in torch.
+    MT_INPUT_CHECK(k.j["pad_token_id"].is_number_integer(), k.file, ": key 'pad_token_id' must be an integer, got ",
+                   json_brief(k.j["pad_token_id"]));
+    const long long p = k.j["pad_token_id"].get<long long>();
+    MT_INPUT_CHECK(p >= -m.vocab_size && p < m.vocab_size, k.file, ": pad_token_id = ", p,
+                   " is outside the vocabulary (vocab_size = ", m.vocab_size, ")");
+    m.pad_token_id = int(p < 0 ? p + m.vocab_size : p);
+  }
+}
+
+// Keys transformers reads that would change the forward or backward math of these two classes and that moe-train
+// does not implement: each one refused with its value and the fix. (Handled elsewhere: hidden sizes and counts,
+// head_dim, rope_theta / rope_parameters / rope_scaling, rms_norm_eps, tie_word_embeddings, sliding_window,
+// use_sliding_window, norm_topk_prob, mlp_only_layers, decoder_sparse_step, pad_token_id. No effect on the math
+// of a loaded model: initializer_range, use_cache, bos/eos_token_id, max_position_embeddings (plain RoPE),
+// max_window_layers, output_router_logits and router_aux_loss_coef (the objective is set by moe.*), dtype.)
+void check_hf_math_keys(const JsonKeys& k, const ModelConfig& m) {
+  const json& j = k.j;
+  const bool mix = m.arch == Arch::Mixtral;
+  if (k.has("hidden_act"))
+    MT_INPUT_CHECK(j["hidden_act"] == "silu", k.file, ": hidden_act ", json_brief(j["hidden_act"]),
+                   " is not supported; allowed: \"silu\"");
+  MT_INPUT_CHECK(!k.get_bool("attention_bias", false), k.file,
+                 ": attention_bias true is not supported (moe-train attention has no biases); allowed: false");
+  const double drop = k.get_num("attention_dropout", 0.0);
+  MT_INPUT_CHECK(drop == 0.0, k.file, ": attention_dropout = ", drop,
+                 " is not supported (transformers drops attention probabilities in training; moe-train has no "
+                 "attention dropout); allowed: 0.0");
+  if (mix) {
+    const double jit = k.get_num("router_jitter_noise", 0.0);
+    MT_INPUT_CHECK(jit == 0.0, k.file, ": router_jitter_noise = ", jit,
+                   " is not supported (transformers' Mixtral multiplies the MoE block input, experts included, by "
+                   "U(1-e, 1+e)); allowed: 0.0 — set it to 0.0 and use moe.router_jitter, which jitters the router "
+                   "input only");
+  }
+  MT_INPUT_CHECK(k.get_bool("is_causal", true), k.file,
+                 ": is_causal false (bidirectional attention) is not supported; allowed: true");
+  MT_INPUT_CHECK(!k.has("quantization_config"), k.file, ": quantization_config ", k.has("quantization_config") ?
+                 json_brief(j["quantization_config"]) : std::string(), " is not supported (quantized weights); allowed: "
+                 "no quantization_config — dequantize the model to bf16/fp32 first");
+}
+
+// transformers 5.x ties lm_head to the embeddings only when the file's lm_head.weight (if any) equals them; with
+// different values it keeps both ("will NOT tie them"). Do the same, and say so.
+void untie_differing_lm_head(const std::string& dir, ModelConfig& m) {
+  if (!m.tie_word_embeddings) return;
+  if (!is_regular_file(dir + "/model.safetensors") && !is_regular_file(dir + "/model.safetensors.index.json"))
+    return;  // no weights next to config.json (load_hf_weights reports that)
+  WeightSource src;
+  open_weights(dir, src);
+  const TensorEntry* lm = src.find("lm_head.weight");
+  const TensorEntry* emb = src.find("model.embed_tokens.weight");
+  if (!lm || !emb) return;
+  const std::string where = src.file_of.at("lm_head.weight")->path();
+  if (lm->shape != emb->shape || !convertible_to_f32(lm->dtype) || !convertible_to_f32(emb->dtype)) {
+    spdlog::warn("{}: tensor lm_head.weight {} is ignored: config.json ties the output layer to "
+                 "model.embed_tokens.weight {}, which is used",
+                 where, shape_str(lm->shape), shape_str(emb->shape));
+    return;
+  }
+  bool same = lm->dtype == emb->dtype && lm->nbytes == emb->nbytes &&
+              std::memcmp(lm->data, emb->data, lm->nbytes) == 0;
+  if (!same) {
+    std::vector<float> a(size_t(lm->numel())), b(a.size());
+    convert_to_f32(*lm, a.data());
+    convert_to_f32(*emb, b.data());
+    same = a == b;
+  }
+  if (same) return;
+  m.tie_word_embeddings = false;
+  spdlog::warn("{}: tensor lm_head.weight differs from model.embed_tokens.weight although config.json sets "
+               "tie_word_embeddings true; as transformers does, they are not tied: lm_head.weight is used as the "
+               "output layer and trained separately (exports write tie_word_embeddings false)",
+               where);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- config.json
@@ -111,7 +220,7 @@ ModelConfig read_hf_config(const std::string& dir) {
   // Mixtral always renormalises top-k (its config has no such key); Qwen3's class default is false.
   m.norm_topk_prob = mix ? true : k.get_bool("norm_topk_prob", false);
 
-  m.rope_theta = hf_rope_theta(k, 1e6);
+  m.rope_theta = hf_rope_theta(k, mix ? 1e6 : 1e4);  // class default_theta: MixtralConfig 1e6, Qwen3MoeConfig 1e4
   m.rms_norm_eps = k.get_num("rms_norm_eps", mix ? 1e-5 : 1e-6);  // class defaults
   MT_INPUT_CHECK(m.rms_norm_eps > 0, file, ": rms_norm_eps must be > 0, got ", m.rms_norm_eps);
   m.tie_word_embeddings = k.get_bool("tie_word_embeddings", false);
@@ -126,14 +235,10 @@ ModelConfig read_hf_config(const std::string& dir) {
     }
   }
   m.decoder_sparse_step = k.get_int("decoder_sparse_step", 1, true);
-
-  // The model moe-train builds must be the one transformers builds from this file.
-  if (k.has("hidden_act"))
-    MT_INPUT_CHECK(j["hidden_act"] == "silu", file, ": hidden_act ", json_brief(j["hidden_act"]),
-                   " is not supported; allowed: \"silu\"");
-  MT_INPUT_CHECK(!k.get_bool("attention_bias", false), file,
-                 ": attention_bias true is not supported; allowed: false");
+  read_hf_attention_keys(k, m);
+  check_hf_math_keys(k, m);
   check_model_dims(m, file, ModelKeys::HfConfig);
+  untie_differing_lm_head(dir, m);
   return m;
 }
 
@@ -152,9 +257,38 @@ HfExtras read_hf_extras(const std::string& dir) {
   return x;
 }
 
-std::string hf_config_json(const ModelConfig& m, StDtype dtype) {
+const char* const kHfSideFiles[] = {"generation_config.json", "tokenizer.json",   "tokenizer_config.json",
+                                    "special_tokens_map.json", "tokenizer.model",  "vocab.json",
+                                    "merges.txt",             "vocab.txt",        "added_tokens.json",
+                                    "chat_template.jinja",    "chat_template.json", nullptr};
+
+std::string hf_config_json(const ModelConfig& m, StDtype dtype, const HfExportMeta& meta) {
   const bool mix = m.arch == Arch::Mixtral;
-  nlohmann::ordered_json j;
+  using ojson = nlohmann::ordered_json;
+  ojson j = ojson::object();
+  const std::string src_file = meta.source_dir + "/config.json";
+  if (meta.source != HfMetaSource::None) {
+    std::ifstream in(src_file);
+    MT_INPUT_CHECK(in.good(), "cannot read ", src_file, " (the source of the exported config.json's metadata)");
+    (void)read_json_file(src_file);  // size, nesting depth and syntax checked first, with short messages
+    ojson s;
+    try {
+      s = ojson::parse(in);
+    } catch (const ojson::exception& e) {
+      MT_INPUT_FAIL(src_file, ": invalid JSON (", e.what(), ")");
+    }
+    MT_INPUT_CHECK(s.is_object(), src_file, ": not a JSON object");
+    if (meta.source == HfMetaSource::MoeModel) {
+      j = s;  // every key kept; the architecture keys are rewritten below
+    } else {
+      for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings"})
+        if (s.contains(key)) j[key] = s[key];
+    }
+  }
+  auto keep_or = [&](const char* key, const ojson& dflt) {
+    if (!j.contains(key)) j[key] = dflt;
+  };
+  // Identity and architecture: always ours.
   j["architectures"] = {mix ? "MixtralForCausalLM" : "Qwen3MoeForCausalLM"};
   j["model_type"] = mix ? "mixtral" : "qwen3_moe";
   j["vocab_size"] = m.vocab_size;
@@ -165,33 +299,61 @@ std::string hf_config_json(const ModelConfig& m, StDtype dtype) {
   j["num_attention_heads"] = m.num_heads;
   j["num_key_value_heads"] = m.num_kv_heads;
   j["head_dim"] = m.resolved_head_dim();
+  j.erase(mix ? "num_experts" : "num_local_experts");
   j[mix ? "num_local_experts" : "num_experts"] = m.num_experts;
   j["num_experts_per_tok"] = m.top_k;
   if (!mix) j["norm_topk_prob"] = m.norm_topk_prob;
   j["rope_theta"] = m.rope_theta;
+  for (const char* rk : {"rope_parameters", "rope_scaling"})  // plain RoPE only (the reader refuses the rest)
+    if (j.contains(rk) && j[rk].is_object() && !j[rk].empty()) j[rk]["rope_theta"] = m.rope_theta;
   j["rms_norm_eps"] = m.rms_norm_eps;
   j["tie_word_embeddings"] = m.tie_word_embeddings;
   j["initializer_range"] = m.init_std;
-  j["torch_dtype"] = dtype == StDtype::F32 ? "float32" : "bfloat16";
-  j["router_aux_loss_coef"] = 0.0;
+  j["dtype"] = dtype == StDtype::F32 ? "float32" : "bfloat16";  // v5 spelling
+  j["torch_dtype"] = j["dtype"];                                   // v4 spelling
+  if (meta.router_aux_loss_coef) j["router_aux_loss_coef"] = *meta.router_aux_loss_coef;
+  keep_or("router_aux_loss_coef", 0.001);  // class default of both
   if (mix) j["router_jitter_noise"] = 0.0;
-  j["output_router_logits"] = false;
-  j["max_position_embeddings"] = 4096;
+  keep_or("output_router_logits", false);
   j["hidden_act"] = "silu";
   j["attention_dropout"] = 0.0;
-  j["bos_token_id"] = 1;
-  j["eos_token_id"] = 2;
-  j["use_cache"] = false;
-  j["sliding_window"] = nullptr;
-  if (!mix) {
+  // Sliding window: Mixtral reads sliding_window (null = none); Qwen3-MoE only when use_sliding_window.
+  if (mix) {
+    j["sliding_window"] = m.sliding_window > 0 ? ojson(m.sliding_window) : ojson(nullptr);
+  } else {
+    j["use_sliding_window"] = m.sliding_window > 0;
+    if (m.sliding_window > 0) j["sliding_window"] = m.sliding_window;
+    keep_or("sliding_window", nullptr);
+    keep_or("max_window_layers", m.num_layers);
     j["attention_bias"] = false;
-    j["use_sliding_window"] = false;
-    j["max_window_layers"] = m.num_layers;
     j["mlp_only_layers"] = m.mlp_only_layers;
     j["decoder_sparse_step"] = m.decoder_sparse_step;
   }
+  // Metadata: the source's, else the class defaults (MixtralConfig / Qwen3MoeConfig).
+  keep_or("max_position_embeddings", mix ? 131072 : 32768);
+  keep_or("bos_token_id", mix ? ojson(1) : ojson(nullptr));
+  keep_or("eos_token_id", mix ? ojson(2) : ojson(nullptr));
+  keep_or("pad_token_id", m.pad_token_id >= 0 ? ojson(m.pad_token_id) : ojson(nullptr));
+  keep_or("use_cache", true);
   return j.dump(2) + "\n";
 }
+
+namespace {
+
+// Copies the side files of meta.source_dir that exist into dir (byte for byte, through a temporary).
+void copy_side_files(const HfExportMeta& meta, const std::string& dir) {
+  if (meta.source == HfMetaSource::None) return;
+  for (const char* const* f = kHfSideFiles; *f; ++f) {
+    const std::string from = meta.source_dir + "/" + *f, to = dir + "/" + *f, tmp = to + ".tmp";
+    if (!is_regular_file(from)) continue;
+    std::error_code ec;
+    fs::copy_file(from, tmp, fs::copy_options::overwrite_existing, ec);
+    MT_INPUT_CHECK(!ec, "cannot copy ", from, " to ", tmp, ": ", ec.message());
+    MT_INPUT_CHECK(std::rename(tmp.c_str(), to.c_str()) == 0, "cannot rename ", tmp, " to ", to);
+  }
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------- weights
 
@@ -232,15 +394,18 @@ void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTa
   struct Copy {
     TensorEntry src;
     float* dst;
+    const std::string* param;  // the table entry it fills
   };
   std::vector<Copy> copies;
   std::vector<std::string> missing;
+  const std::string* cur = nullptr;
   auto add = [&](const TensorEntry& t, float* dst) {
     MT_INPUT_CHECK(convertible_to_f32(t.dtype), src.file_of.at(t.name)->path(), ": tensor ", t.name, " has dtype ",
                    t.dtype, "; allowed: F32, BF16, F16, F64");
-    copies.push_back({t, dst});
+    copies.push_back({t, dst, cur});
   };
   for (const ParamInfo& p : table.entries()) {
+    cur = &p.name;
     float* dst = params + p.offset;
     const TensorEntry* t = src.find(p.name);
     std::string found_as = p.name;
@@ -280,8 +445,24 @@ void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTa
                        "tie_word_embeddings: true"
                      : "");
   }
+  std::vector<i64> bad(copies.size(), -1);  // first non-finite element of each copy
 #pragma omp parallel for schedule(dynamic)
-  for (long i = 0; i < long(copies.size()); ++i) convert_to_f32(copies[size_t(i)].src, copies[size_t(i)].dst);
+  for (long i = 0; i < long(copies.size()); ++i) {
+    const Copy& c = copies[size_t(i)];
+    convert_to_f32(c.src, c.dst);
+    bad[size_t(i)] = first_non_finite(c.dst, c.src.numel());
+  }
+  for (size_t i = 0; i < copies.size(); ++i) {
+    if (bad[i] < 0) continue;
+    const Copy& c = copies[i];
+    const i64 n = c.src.numel(), at = bad[i];
+    i64 count = 0;
+    for (i64 e = 0; e < n; ++e) count += std::isfinite(c.dst[e]) ? 0 : 1;
+    MT_INPUT_FAIL(src.file_of.at(c.src.name)->path(), ": tensor ", c.src.name,
+                  c.src.name == *c.param ? std::string() : " (part for " + *c.param + ")", " holds ", count,
+                  " non-finite value(s) (first at flat index ", at, ": ", c.dst[at],
+                  "); training would carry them into the weights — fix or re-export the model");
+  }
 }
 
 void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTable& table, const float* params,
@@ -293,11 +474,12 @@ void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTabl
   const std::string cfg = dir + "/config.json", tmp = cfg + ".tmp";
   {
     std::ofstream out(tmp);
-    out << hf_config_json(m, opt.dtype);
+    out << hf_config_json(m, opt.dtype, opt.meta);
     out.close();
     MT_INPUT_CHECK(out.good(), "cannot write ", tmp);
   }
   MT_INPUT_CHECK(std::rename(tmp.c_str(), cfg.c_str()) == 0, "cannot rename ", tmp, " to ", cfg);
+  copy_side_files(opt.meta, dir);
 
   std::vector<TensorToWrite> out;
   std::deque<std::vector<float>> fused;  // owns the stacked expert tensors until written

@@ -50,19 +50,41 @@ struct WeightSource {
 // BadInput naming the directory when neither layout is there or the index is inconsistent.
 void open_weights(const std::string& dir, WeightSource& src);
 
+// Where an exported config.json takes the keys that are not the architecture (token ids, max_position_embeddings,
+// rope_scaling, output_router_logits, ...) and which side files it copies (generation_config.json, tokenizer files).
+enum class HfMetaSource {
+  None,        // HF class defaults
+  MoeModel,    // source_dir is the Mixtral/Qwen3-MoE dir the run loaded (model.init_from): its config.json is the base
+  DenseModel,  // source_dir is the dense dir the run upcycled (upcycle.from): token ids and max_position_embeddings
+};
+struct HfExportMeta {
+  HfMetaSource source = HfMetaSource::None;
+  std::string source_dir;
+  // router_aux_loss_coef to write (the HF-form coefficient the run trained with); absent: the source's, else the
+  // class default 0.001.
+  std::optional<double> router_aux_loss_coef;
+};
+
+// The side files an export copies from the source dir when present: generation config, tokenizer, chat template.
+extern const char* const kHfSideFiles[];
+
 struct HfSaveOptions {
-  StDtype dtype = StDtype::F32;   // tensor dtype in model.safetensors (and torch_dtype in config.json)
+  StDtype dtype = StDtype::F32;   // tensor dtype in model.safetensors (and torch_dtype / dtype in config.json)
   bool fused_experts = false;     // write the v5 fused layout instead of per-expert (v4) tensors
   // Above this many bytes the weights are split into model-0000i-of-0000n.safetensors + index.json (0: one file).
   i64 max_shard_bytes = 0;
+  HfExportMeta meta{};            // config.json metadata and side files (default: class defaults, no files)
 };
 
-// Writes DIR/config.json (everything transformers needs to rebuild the model) and DIR/model.safetensors
-// from params [table.total_numel()]; creates DIR if needed. Default: fp32, per-expert names.
+// Writes DIR/config.json (everything transformers needs to rebuild the model), DIR/model.safetensors from
+// params [table.total_numel()] and copies opt.meta's side files; creates DIR if needed. Default: fp32,
+// per-expert names.
 void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTable& table, const float* params,
                    const HfSaveOptions& opt = {});
 
-// config.json content that save_hf_model writes (exposed for tests and moe-export).
-std::string hf_config_json(const ModelConfig& m, StDtype dtype = StDtype::F32);
+// config.json content that save_hf_model writes (exposed for tests and moe-export): the architecture keys from m
+// (sliding window in each class's spelling), dtype and torch_dtype, the rest from meta (see HfExportMeta). A
+// source config.json that cannot be read → BadInput naming it.
+std::string hf_config_json(const ModelConfig& m, StDtype dtype = StDtype::F32, const HfExportMeta& meta = {});
 
 }  // namespace moe

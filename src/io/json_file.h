@@ -1,4 +1,4 @@
-// Owns the small helpers shared by the HF readers (hf_model, upcycle): JSON files and typed keys, RoPE base, regular-file test, shape text.
+// Owns the small helpers shared by the HF readers (hf_model, upcycle): JSON files and typed keys, RoPE base, regular-file test, non-finite scan, shape text.
 #pragma once
 #include <sys/stat.h>
 
@@ -137,28 +137,37 @@ struct JsonKeys {
   }
 };
 
-// RoPE base of an HF config.json in either transformers spelling (rope_theta, v5 rope_parameters), refusing
-// scaled variants (rope_scaling / rope_type other than default): only plain RoPE is implemented.
+// RoPE base of an HF config.json as transformers 5.x reads it (RotaryEmbeddingConfigMixin): the RoPE dict is
+// `rope_scaling` (v4 spelling) when non-empty, else `rope_parameters` (v5); θ = that dict's rope_theta, else the
+// top-level rope_theta, else the class default `dflt` (Mixtral 1e6; Qwen3-MoE, Llama, Mistral, Qwen3 1e4).
+// Refuses scaled variants (rope_type / type other than "default") and per-layer-type RoPE dicts: only plain
+// RoPE is implemented. (partial_rotary_factor is not read by the default RoPE of these classes: no effect.)
 inline double hf_rope_theta(const JsonKeys& k, double dflt) {
   double theta = k.get_num("rope_theta", dflt);
-  if (k.has("rope_parameters")) {
-    const nlohmann::json& rp = k.j["rope_parameters"];
-    MT_INPUT_CHECK(rp.is_object(), k.file, ": key 'rope_parameters' must be an object, got ", json_brief(rp));
+  const bool scaling = k.has("rope_scaling") && !(k.j["rope_scaling"].is_object() && k.j["rope_scaling"].empty());
+  const char* key = scaling ? "rope_scaling" : "rope_parameters";
+  if (k.has(key)) {
+    const nlohmann::json& rp = k.j[key];
+    MT_INPUT_CHECK(rp.is_object(), k.file, ": key '", key, "' must be an object, got ", json_brief(rp));
+    for (auto it = rp.begin(); it != rp.end(); ++it)
+      MT_INPUT_CHECK(!it.value().is_object(), k.file, ": ", key, ".", brief_text(it.key()), " = ", json_brief(it.value()),
+                     " (RoPE per layer type) is not supported; allowed: one plain RoPE for every layer");
     const JsonKeys r{rp, k.file};
     theta = r.get_num("rope_theta", theta);
-    if (r.has("rope_type"))
-      MT_INPUT_CHECK(rp["rope_type"] == "default", k.file, ": rope_parameters.rope_type ", json_brief(rp["rope_type"]),
-                     " is not supported; allowed: \"default\" (plain RoPE)");
+    const nlohmann::json type = rp.value("rope_type", rp.value("type", nlohmann::json("default")));
+    MT_INPUT_CHECK(type == "default", k.file, ": ", key, " ", json_brief(rp), " (rope_type ", json_brief(type),
+                   ") is not supported; allowed: rope_type \"default\" (plain RoPE) or no ", key,
+                   " — scaled RoPE variants would change the model's math");
   }
   MT_INPUT_CHECK(theta > 0, k.file, ": rope_theta must be > 0, got ", theta);
-  if (k.has("rope_scaling")) {  // v4 spelling of scaled RoPE variants
-    const nlohmann::json& rs = k.j["rope_scaling"];
-    const nlohmann::json type = rs.is_object() ? rs.value("rope_type", rs.value("type", nlohmann::json("default")))
-                                               : nlohmann::json();
-    MT_INPUT_CHECK(type == "default", k.file, ": rope_scaling ", json_brief(rs),
-                   " is not supported; allowed: null or rope_type \"default\" (plain RoPE)");
-  }
   return theta;
+}
+
+// Index of the first NaN/Inf of x [n], −1 when all are finite (loaded weights are checked with it).
+inline i64 first_non_finite(const float* x, i64 n) {
+  for (i64 i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return -1;
 }
 
 inline std::string shape_str(const std::vector<i64>& s) {

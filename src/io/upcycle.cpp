@@ -81,14 +81,15 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
   MT_INPUT_CHECK(!k.get_bool("mlp_bias", false), file,
                  ": mlp_bias true is not supported for upcycling (experts have no biases); allowed: false");
   m.rope_theta = hf_rope_theta(k, 10000.0);  // llama / mistral / qwen3 class default
-  // Sliding-window attention is not part of the MoE contract.
+  // Upcycling keeps full causal attention (the dense model's window is not carried over).
   if (mt == "mistral")
     MT_INPUT_CHECK(!k.has("sliding_window"), file, ": sliding_window ", json_brief(j["sliding_window"]),
-                   " is not supported (moe-train attention is full causal); allowed: null — set it to null if "
-                   "train.seq_len never exceeds the window");
+                   " is not supported for upcycling (the upcycled model keeps full causal attention); allowed: "
+                   "null — set it to null if train.seq_len never exceeds the window");
   if (mt == "qwen3") {
     MT_INPUT_CHECK(!k.get_bool("use_sliding_window", false), file,
-                   ": use_sliding_window true is not supported (moe-train attention is full causal); allowed: false");
+                   ": use_sliding_window true is not supported for upcycling (the upcycled model keeps full causal "
+                   "attention); allowed: false");
   }
   if (k.has("layer_types") && j["layer_types"].is_array())
     for (const json& t : j["layer_types"])
@@ -213,6 +214,13 @@ void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m
     const i64 n = t.numel();
     buf.resize(size_t(n));
     convert_to_f32(t, buf.data());
+    if (const i64 at = first_non_finite(buf.data(), n); at >= 0) {
+      i64 count = 0;
+      for (i64 i = 0; i < n; ++i) count += std::isfinite(buf[size_t(i)]) ? 0 : 1;
+      MT_INPUT_FAIL("upcycle.from: ", dense.file_of.at(name)->path(), ": tensor ", name, " holds ", count,
+                    " non-finite value(s) (first at flat index ", at, ": ", buf[size_t(at)],
+                    "); they would be copied into the MoE model — fix the dense model first");
+    }
     const bool noisy = recipe.at(targets.front()->name).expert && u.noise > 0;
     double scale = 0;
     if (noisy) {  // noise · std(W), std over the whole dense tensor (population)

@@ -232,7 +232,7 @@ MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, cons
     }
     rope_apply_ref<T>(a.qr, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Forward);
     rope_apply_ref<T>(a.kr, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Forward);
-    attention_forward_ref<T>(a.att, a.probs, a.qr, a.kr, a.v, B_, L_, NH, NKV, D);
+    attention_forward_ref<T>(a.att, a.probs, a.qr, a.kr, a.v, B_, L_, NH, NKV, D, m_.sliding_window);
     linear_forward_ref<T>(a.h, a.att, P + o.o, Tn, NH * D, H);
     for (i64 i = 0; i < Tn * H; ++i) a.h[i] += a.x[i];
     // MLP block: out = h + MLP(norm(h)).
@@ -367,7 +367,8 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     for (i64 i = 0; i < Tn * H; ++i) S.dres[i] += S.dtmp[i];
     // Attention block: dres is now d(h).
     linear_backward_ref<T>(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H);
-    attention_backward_ref<T>(S.dq, S.dk, S.dv, S.datt, a.qr, a.kr, a.v, a.probs, B_, L_, NH, NKV, D);
+    attention_backward_ref<T>(S.dq, S.dk, S.dv, S.datt, a.qr, a.kr, a.v, a.probs, B_, L_, NH, NKV, D,
+                              m_.sliding_window);
     rope_apply_ref<T>(S.dq, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Inverse);
     rope_apply_ref<T>(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
     if (o.q_norm >= 0) {
@@ -385,10 +386,12 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     access.grads_done(l + 1);
     access.release(l + 1);
   }
-  // Embedding: scatter-add in token order (deterministic).
+  // Embedding: scatter-add in token order (deterministic). The pad_token_id row gets none (HF padding_idx).
   T* dE = access.grads(0) + S.embed;
-  for (i64 t = 0; t < Tn; ++t)
+  for (i64 t = 0; t < Tn; ++t) {
+    if (inputs[t] == m_.pad_token_id) continue;
     for (i64 h = 0; h < H; ++h) dE[i64(inputs[t]) * H + h] += S.dres[t * H + h];
+  }
   access.grads_done(0);
 }
 

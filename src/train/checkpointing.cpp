@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/checksum.h"
+#include "train/checkpoint_files.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -21,7 +22,7 @@ std::string Trainer::checkpoint_dir() const {
   return cfg_.checkpoint.dir.empty() ? (fs::path(cfg_.resolved_run_dir()) / "checkpoints").string() : cfg_.checkpoint.dir;
 }
 
-static std::vector<std::pair<i64, fs::path>> list_checkpoints(const fs::path& dir) {
+std::vector<std::pair<i64, fs::path>> list_checkpoints(const fs::path& dir) {
   std::vector<std::pair<i64, fs::path>> out;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return out;

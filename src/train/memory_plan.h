@@ -14,13 +14,21 @@ struct MemoryPlan {
   i64 weight_bytes = 0, grad_bytes = 0, optim_bytes = 0;  // per rank, persistent
   i64 working_bytes = 0;     // per rank, ZeRO-3 gather/reduce buffers
   i64 activation_bytes = 0;  // per rank
+  i64 data_bytes = 0;        // per rank: the token stream as int32 (every rank holds the whole file)
+  i64 staging_bytes = 0;     // per rank, start-up only: the fp32 weights staged before sharding (init / HF load)
   i64 state() const { return weight_bytes + grad_bytes + optim_bytes; }
-  i64 total() const { return state() + working_bytes + activation_bytes; }
+  i64 total() const { return state() + working_bytes + activation_bytes + data_bytes + staging_bytes; }
 };
 
+// "950", "12.3K", "1.2M", "46.7B", "305B": counts as people read them (SI units, one decimal below 100).
+std::string human_count(i64 n);
+// "512.00 MiB", "1.25 GiB", "3.10 TiB".
+std::string human_bytes(i64 b);
+
 // Sizes everything from the config without allocating (model shape already resolved), for rank 0 of a
-// run with `world` ranks, parallel.ep and parallel.zero from the config. Mirrors ParamState's buffers.
-MemoryPlan plan_memory(const Config& cfg, int world);
+// run with `world` ranks, parallel.ep and parallel.zero from the config. Mirrors ParamState's buffers;
+// data_tokens (the length of data.path, 0 if unknown) sizes the token stream every rank holds.
+MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens = 0);
 std::string format_memory_plan(const Config& cfg, const MemoryPlan& p);
 
 }  // namespace moe

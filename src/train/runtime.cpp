@@ -5,6 +5,9 @@
 
 #include "core/error.h"
 
+#include <algorithm>
+#include <vector>
+
 namespace moe {
 
 Runtime start_runtime() {
@@ -33,6 +36,35 @@ int fail_run(const Runtime& rt, const char* what, int code) {
   }
   spdlog::error("{}", what);
   return code;
+}
+
+void run_agreed(Communicator& world, const std::function<void()>& fn) {
+  ErrorKind kind = ErrorKind::Internal;
+  std::string msg;
+  bool failed = false;
+  try {
+    fn();
+  } catch (const Error& e) {
+    failed = true;
+    kind = e.kind();
+    msg = e.what();
+  } catch (const std::exception& e) {
+    failed = true;
+    msg = std::string("internal error: ") + e.what();
+  }
+  const int R = world.size(), r = world.rank();
+  if (R == 1) {
+    if (failed) throw AgreedError(kind, msg);
+    return;
+  }
+  std::vector<double> flags(size_t(R), 0.0);
+  flags[size_t(r)] = failed ? 1.0 : 0.0;
+  world.all_reduce_sum(flags.data(), R);
+  const int reporter = int(std::find(flags.begin(), flags.end(), 1.0) - flags.begin());
+  if (reporter == R) return;
+  double k = double(int(kind));
+  world.broadcast(&k, 1, CommDtype::F64, reporter);
+  throw AgreedError(ErrorKind(int(k)), r == reporter ? (R > 1 ? "[rank " + std::to_string(r) + "/" + std::to_string(R) + "] " : "") + msg : std::string());
 }
 
 void stop_runtime(Runtime& rt) {

@@ -5,17 +5,20 @@
 
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "io/hf_export.h"
 #include "io/hf_model.h"
 #include "io/upcycle.h"
 #include "optim/adamw.h"
+#include "train/preflight.h"
 #include "train/router_health.h"
+#include "train/runtime.h"
+#include "train/stop_signal.h"
 
 namespace moe {
 
@@ -40,27 +43,28 @@ Config resolve_model_config(const Config& in) {
 }
 
 void check_supported(const Config& cfg) {
-  if (cfg.train.device == Device::Cuda)
-    MT_INPUT_FAIL("train.device: cuda — this build trains on the CPU only (the CUDA training path is not implemented yet); "
-                  "use train.device: cpu");
-  if (cfg.train.precision != Precision::Fp32)
-    MT_INPUT_FAIL("train.precision: bf16 needs train.device: cuda; CPU training is fp32 — use train.precision: fp32");
-  if (cfg.parallel.backend == CommBackend::Nccl)
-    MT_INPUT_FAIL("parallel.backend: nccl needs train.device: cuda; use auto or mpi");
-  if (cfg.peft.method != PeftMethod::Full)
-    MT_INPUT_FAIL("peft.method: LoRA/QLoRA are not implemented yet; use peft.method: full");
+  const std::vector<std::string> why = unsupported_options(cfg);
+  if (why.size() == 1) MT_INPUT_FAIL(why[0]);
+  if (!why.empty()) {
+    std::string all;
+    for (const std::string& w : why) all += "\n  - " + w;
+    MT_INPUT_FAIL(why.size(), " options are not implemented yet:", all);
+  }
+}
+
+// Everything that can be checked before allocating (options, layout, data file, memory plan vs this machine),
+// agreed over the ranks: a problem is reported once and every rank exits 2 cleanly. Returns the resolved config.
+static Config checked_config(const Config& in, Communicator& world) {
+  Config resolved;
+  run_agreed(world, [&] { resolved = preflight(in, world.size(), PreflightMode::Run).cfg; });
+  return resolved;
 }
 
 Trainer::Trainer(const Config& in, Communicator& world)
-    : cfg_(resolve_model_config(in)), world_comm_(world), rank_(world.rank()), world_(world.size()),
-      ep_(cfg_.parallel.ep) {
-  check_supported(cfg_);
+    : cfg_(checked_config(in, world)), world_comm_(world), rank_(world.rank()), world_(world.size()),
+      ep_(cfg_.parallel.ep), loss_guard_(cfg_.train.max_loss_ratio) {
   const auto& t = cfg_.train;
   const int E = cfg_.model.num_experts;
-  MT_INPUT_CHECK(world_ % ep_ == 0, "parallel.ep = ", ep_, " must divide the number of ranks ", world_,
-                 " (world = ep x expert_dp)");
-  MT_INPUT_CHECK(E % ep_ == 0, "parallel.ep = ", ep_, " must divide model.num_experts = ", E,
-                 " (experts are split evenly over the EP group)");
   // EP groups: consecutive ranks; expert-DP groups: ranks with the same EP index.
   ep_comm_ = world_comm_.split(rank_ / ep_, rank_);
   edp_comm_ = world_comm_.split(rank_ % ep_, rank_);
@@ -228,6 +232,13 @@ StepResult Trainer::step(int s) {
                   ", grad_norm ", r.grad_norm, "; first non-finite gradient: ", where,
                   " (rank ", rank_, "). Checkpoints already written are kept; lower train.lr or set train.grad_clip");
   }
+  // Loss spike: the same verdict on every rank (the loss is already reduced); no update, no checkpoint.
+  if (const double median = loss_guard_.spike_median(r.loss); median > 0)
+    detail::raise(ErrorKind::Diverged, __FILE__, __LINE__, "loss spike at step ", s + 1, ": loss ", r.loss, " > ",
+                  t.max_loss_ratio, " x ", median, " (median of the last ", loss_guard_.window_size(),
+                  " steps; train.max_loss_ratio). Stopped before this step's update; checkpoints already written are "
+                  "kept. Resume from one with a lower train.lr or a tighter train.grad_clip, or set "
+                  "train.max_loss_ratio: 0 to turn the guard off");
   const double coef = clip_coef(r.grad_norm, t.grad_clip);
   if (coef < 1.0) state_->scale_grads(float(coef));
   state_->adamw(t, r.lr, long(s) + 1);
@@ -283,9 +294,6 @@ void Trainer::write_metrics(const StepResult& r, bool with_load) {
   metrics_.flush();
 }
 
-static volatile std::sig_atomic_t g_stop_signal = 0;
-static void on_stop_signal(int sig) { g_stop_signal = sig; }
-
 static std::string hms(double sec) {
   const long s = long(sec + 0.5);
   char buf[32];
@@ -310,11 +318,20 @@ void Trainer::run() {
     spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",
                  build_param_table(cfg_.model).total_numel(), model_->num_moe_layers(), world_, ep_, world_ / ep_,
                  i64(t.micro_batch) * t.grad_accum * world_, t.seq_len, t.steps, dir.string());
-  if (cfg_.checkpoint.on_signal) {
-    std::signal(SIGUSR1, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
-  }
+  if (cfg_.checkpoint.on_signal) install_stop_handlers();  // no-op when main() installed them at start
+  keep_stop_handlers(cfg_.checkpoint.on_signal);
   const auto start = std::chrono::steady_clock::now();
+  auto stop_requested = [&] {
+    double stop = stop_signal_received() != 0 ? 1.0 : 0.0;
+    world_comm_.all_reduce_sum(&stop, 1);
+    return stop > 0;
+  };
+  // A stop signal that came while the model loaded: nothing new to save, leave before the first step.
+  if (start_step_ < t.steps && stop_requested()) {
+    if (rank_ == 0) spdlog::warn("stop signal before step {}: no progress to save; continue with --resume auto", start_step_ + 1);
+    stopped_by_signal_ = true;
+    return;
+  }
   for (int s = start_step_; s < t.steps; ++s) {
     StepResult r = step(s);
     steps_done_ = s + 1;
@@ -331,9 +348,7 @@ void Trainer::run() {
       }
     }
     // A stop signal on any rank: every rank finishes this step, checkpoints and leaves together.
-    double stop = g_stop_signal != 0 ? 1.0 : 0.0;
-    world_comm_.all_reduce_sum(&stop, 1);
-    if (stop > 0) {
+    if (stop_requested()) {
       const std::string path = save_checkpoint();
       if (rank_ == 0) spdlog::warn("stop signal: checkpoint {} written after step {}; continue with --resume auto", path, r.step);
       stopped_by_signal_ = true;
@@ -346,7 +361,9 @@ void Trainer::run() {
     const std::vector<float> full = gather_full_params();
     if (rank_ == 0) {
       const ParamTable table = build_param_table(cfg_.model);
-      save_hf_model((dir / "hf").string(), cfg_.model, table, full.data());
+      HfSaveOptions hf;
+      hf.meta = hf_export_meta(cfg_);
+      save_hf_model((dir / "hf").string(), cfg_.model, table, full.data(), hf);
       spdlog::info("exported the final model to {}", (dir / "hf").string());
     }
   }

@@ -10,6 +10,8 @@
 #include "data/token_data.h"
 #include "model/model.h"
 #include "parallel/zero.h"
+#include "train/loss_guard.h"
+#include "train/run_lock.h"
 
 namespace moe {
 
@@ -38,6 +40,10 @@ class Trainer {
   // checkpoints every checkpoint.every steps, at the end, and on SIGUSR1/SIGTERM (then it returns early).
   void run();
 
+  // Before resume() and run(): takes the run.dir lock (one run per run.dir) and refuses (BadInput) to start a
+  // new run over the checkpoints of an earlier one unless `resuming` (--resume) or run.overwrite, which
+  // removes them first. Rank 0 does the file work; every rank gets the verdict. Collective.
+  void claim_run_dir(bool resuming);
   // --resume: "auto" (newest complete, verified checkpoint of checkpoint.dir; none → fresh start) or a path
   // (must be valid, else BadInput). Restores weights, moments, bias and the step; any layout may read it.
   void resume(const std::string& what);
@@ -81,6 +87,8 @@ class Trainer {
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
   std::ofstream metrics_;
+  RunDirLock run_lock_;                                        // held by rank 0 for the whole run
+  LossSpikeGuard loss_guard_;
   int start_step_ = 0;       // first step this process runs (resume)
   int steps_done_ = 0;       // updates done so far
   bool stopped_by_signal_ = false;
@@ -91,7 +99,7 @@ class Trainer {
 
 // Resolves model shape from model.init_from's config.json when set (DESIGN §6).
 Config resolve_model_config(const Config& cfg);
-// Stops (BadInput) on options this build cannot train yet (CUDA, bf16, EP/ZeRO, PEFT, upcycling).
+// Stops (BadInput, exit 2) on options this build does not implement yet (unsupported_options in preflight.h).
 void check_supported(const Config& cfg);
 
 }  // namespace moe

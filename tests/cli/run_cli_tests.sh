@@ -311,11 +311,15 @@ case "$CASE" in
     expect_bad_input model.init_from model.txt
     ;;
   dry_run)
-    for spec in mixtral:46:47 qwen3_moe:30:31; do
-      IFS=: read -r name lo hi <<<"$spec"
-      run "$SRC/configs/$name.yaml" --dry-run --world 8  # both configs set parallel.ep 8
+    # The shipped GPU configs, planned for 8 ranks on a CPU build with a token file present: the counts are
+    # the published sizes (Mixtral-8x7B 46.7B total / 12.9B active, Qwen3-30B-A3B 30.5B), human-readable.
+    head -c 20000 /dev/zero >tok.bin  # 5000 uint32 ids 0: one window of seq_len 4096 + 1
+    for spec in mixtral:46:47:46.7B qwen3_moe:30:31:30.5B; do
+      IFS=: read -r name lo hi human <<<"$spec"
+      run "$SRC/configs/$name.yaml" --dry-run --world 8 --set train.device=cpu --set train.precision=fp32 \
+        --set "data.path=$T/tok.bin"
       expect_rc 0
-      expect_has weights gradients optimizer activations
+      expect_has weights gradients optimizer activations "($human)" "precision: fp32" "checks passed"
       params=$(sed -n 's/^parameters: \([0-9][0-9]*\) .*/\1/p' out.txt | head -1)
       if [ -z "$params" ]; then
         fail "$name: no 'parameters: N' line on stdout"
@@ -323,6 +327,70 @@ case "$CASE" in
         fail "$name: $params parameters, expected between ${lo}e9 and ${hi}e9"
       fi
     done
+    grep -qF "(12.9B)" <(run "$SRC/configs/mixtral.yaml" --dry-run --set train.device=cpu --set train.precision=fp32 \
+      --set "data.path=$T/tok.bin"; cat all.txt) || fail "mixtral: active parameters not shown as 12.9B"
+    # As written (train.device: cuda, bf16, no data/train.bin): the plan, then exit 2 naming each reason.
+    run "$SRC/configs/mixtral.yaml" --dry-run
+    expect_rc 2
+    expect_has "(46.7B)" "a real run would stop" "train.device: cuda is not implemented yet" \
+      "train.precision: bf16 is not implemented yet" "data/train.bin"
+    ;;
+  dry_run_refuses)
+    # What a real run refuses before step 1, a dry run refuses too (exit 2, the same reason).
+    write_tokens tok.bin 64
+    write_u32 big.bin 1 2 40 3 4 5 6 7 8 9 10 11
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    for args in "--set data.path=$T/no_such.bin|no_such.bin" "--set data.path=$T|not a regular file" \
+                "--set data.path=$T/big.bin|token id 40" "--set parallel.ep=3|must divide" \
+                "--set train.device=cuda|train.device: cuda is not implemented yet" \
+                "--set train.seq_len=100|shorter than one window"; do
+      set -- ${args%%|*}
+      want=${args#*|}
+      run c.yaml "$@"
+      expect_bad_input "$want"
+      run c.yaml --dry-run "$@"
+      expect_bad_input "$want"
+    done
+    ;;
+  unimplemented_keys)
+    # Parsed but not implemented yet: refused with exit 2 (real run and dry run), never silently ignored.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    for kv in "data.mix=[{path: $T/tok.bin, weight: 1}]|data.mix" "data.mask_prompt=true|data.mask_prompt" \
+              "data.chat_template=chatml|data.chat_template" "data.tokenizer=$T|data.tokenizer" \
+              "log.plots=true|log.plots"; do
+      key=${kv#*|}
+      run c.yaml --set "${kv%%|*}"
+      expect_bad_input "$key" "is not implemented yet"
+      [ -e run/metrics.jsonl ] && fail "$key: the run trained anyway"
+      run c.yaml --dry-run --set "${kv%%|*}"
+      expect_bad_input "$key" "is not implemented yet"
+    done
+    ;;
+  world_without_dry_run)
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --world 2
+    expect_bad_input "--world" "not implemented yet without --dry-run"
+    [ -e run/metrics.jsonl ] && fail "--world without --dry-run trained anyway"
+    run c.yaml --dry-run --world 2
+    expect_rc 0
+    expect_has "world 2 = ep 1 x expert-dp 2"
+    ;;
+  memory_plan_exceeds)
+    # ~1.7T parameters (26 TB of fp32 state) on one rank: no machine holds it. A real run stops before
+    # allocating with exit 2 and the plan (not bad_alloc / exit 1 / the OOM killer); a dry run warns, exit 0.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    huge=(--set model.hidden_size=8192 --set model.intermediate_size=32768 --set model.num_layers=32
+          --set model.num_heads=64 --set model.num_kv_heads=8 --set model.num_experts=64)
+    start=$(date +%s)
+    run c.yaml "${huge[@]}"
+    expect_bad_input "does not fit in memory" "available" "weights" "optimizer" "total" "MOE_MEMORY_CHECK=off"
+    [ $(($(date +%s) - start)) -le 30 ] || fail "the refusal took more than 30 s (did it allocate?)"
+    run c.yaml --dry-run "${huge[@]}"
+    expect_rc 0
+    expect_has "warning: the plan needs" "this machine:" "(1.7T)"
     ;;
   unsupported_device)
     write_tokens tok.bin 64
@@ -414,6 +482,86 @@ case "$CASE" in
     expect_bad_input /dev/zero "character device"
     run "$T/fifo"  # the run config itself: a FIFO must not block either
     expect_bad_input "$T/fifo" "not a regular file"
+    ;;
+  loss_spike)
+    # lr 10 blows the loss up by orders of magnitude: the spike guard stops with exit 3 before the update of
+    # the spiking step; no checkpoint or metrics line from that step on, earlier checkpoints are kept.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.lr=10 --set train.steps=30 --set checkpoint.every=1 --set checkpoint.keep=100
+    expect_rc 3
+    expect_has "loss spike at step" "train.max_loss_ratio"
+    at=$(sed -n 's/.*loss spike at step \([0-9]*\).*/\1/p' all.txt | head -1)
+    if [ -z "$at" ]; then fail "no step in the spike message"; else
+      for f in run/checkpoints/step_*.h5; do
+        [ -e "$f" ] || continue
+        n=${f##*step_}; n=${n%.h5}
+        [ "$n" -lt "$at" ] || fail "checkpoint $f was published at or after the spike (step $at)"
+      done
+      [ -e run/checkpoints/step_$((at - 1)).h5 ] || fail "the checkpoint before the spike (step $((at - 1))) is gone"
+      last=$(tail -n 1 run/metrics.jsonl | sed 's/.*"step":\([0-9]*\).*/\1/')
+      [ "$last" = $((at - 1)) ] || fail "metrics.jsonl ends at step $last, expected $((at - 1))"
+    fi
+    # The guard off: the same run is not stopped by it.
+    rm -rf run
+    run c.yaml --set train.lr=10 --set train.steps=30 --set train.max_loss_ratio=0
+    grep -q "loss spike" all.txt && fail "train.max_loss_ratio=0 still stops on a spike"
+    run c.yaml --set train.max_loss_ratio=0.5
+    expect_bad_input train.max_loss_ratio
+    ;;
+  run_dir_lock)
+    # A second run in a run.dir that a live run holds: exit 2 naming the holder's pid and host.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    "$BIN" c.yaml --set train.steps=1000000 --set log.every=100000 >first.txt 2>&1 &
+    first=$!
+    for _ in $(seq 1 200); do [ -s run/metrics.jsonl ] && break; sleep 0.05; done
+    run c.yaml --set run.overwrite=true
+    expect_bad_input "is in use by another moe-train run" "pid $first" "host $(hostname)"
+    kill -9 "$first"; wait "$first" 2>/dev/null
+    # The OS dropped the dead holder's lock: the next run may start (over its files only with overwrite).
+    run c.yaml --set run.overwrite=true
+    expect_rc 0
+    ;;
+  run_dir_overwrite)
+    # A finished run's checkpoints are not silently replaced by a new run in the same run.dir.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.steps=6 --set checkpoint.every=2
+    expect_rc 0
+    run c.yaml --set train.steps=3
+    expect_bad_input "holds checkpoints of an earlier run" "step_6.h5" "--resume auto" "run.overwrite"
+    [ -e run/checkpoints/step_6.h5 ] || fail "the refused run removed step_6.h5"
+    run c.yaml --set train.steps=8 --resume auto
+    expect_rc 0
+    expect_has "resumed from"
+    run c.yaml --set train.steps=3 --set run.overwrite=true
+    expect_rc 0
+    ls run/checkpoints >ls.txt
+    grep -q step_3.h5 ls.txt || fail "no step_3.h5 after the overwriting run"
+    grep -Eq 'step_(4|6|8)\.h5' ls.txt && fail "checkpoints of the earlier run remain: $(tr '\n' ' ' <ls.txt)"
+    grep -qx step_3.h5 run/checkpoints/latest || fail "latest does not name step_3.h5"
+    ;;
+  signal_during_startup)
+    # SIGUSR1 while the model is still being built (a large vocabulary makes that take a while): the
+    # handler is there from process start, so the run stops cleanly before step 1 instead of dying.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    "$BIN" c.yaml --set model.vocab_size=200000 --set model.hidden_size=64 >out.txt 2>err.txt &
+    pid=$!
+    # USR1 (signal 10) is bit 9 of SigCgt once a handler is installed (the shell that forks moe-train
+    # catches USR1 too: wait until the process is moe-train itself).
+    for _ in $(seq 1 400); do
+      cgt=$(sed -n 's/^SigCgt:\s*//p' /proc/$pid/status 2>/dev/null)
+      [ "$(readlink /proc/$pid/exe)" = "$(readlink -f "$BIN")" ] && [ -n "$cgt" ] && [ $((0x$cgt >> 9 & 1)) -eq 1 ] && break
+      sleep 0.01
+    done
+    kill -USR1 "$pid"
+    wait "$pid"; RC=$?
+    cat out.txt err.txt >all.txt
+    expect_rc 0
+    expect_has "stop signal before step 1"
+    [ -e run/checkpoints/latest ] && fail "a checkpoint was written although no step ran"
     ;;
   *)
     echo "unknown case '$CASE'" >&2

@@ -18,3 +18,8 @@ endforeach()
 add_test(NAME mpi.fault_kill_one_rank
          COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/fault_kill_rank.sh $<TARGET_FILE:moe-train> ${CMAKE_SOURCE_DIR})
 set_tests_properties(mpi.fault_kill_one_rank PROPERTIES LABELS mpi TIMEOUT 180 ENVIRONMENT "${MOE_MPI_ENV}")
+foreach(np 2 4)
+  add_test(NAME mpi.errors_once.np${np}
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/errors_once.sh $<TARGET_FILE:moe-train> ${CMAKE_SOURCE_DIR} ${np})
+  set_tests_properties(mpi.errors_once.np${np} PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}")
+endforeach()

@@ -3,13 +3,16 @@
 #
 # A test script sets ROOT (repository root) and WORK (scratch dir), sources this file, defines case_<name>
 # functions and calls `run_cases NAME...`. The first with_cluster starts the local cluster (slurm/local_cluster.sh,
-# dir $MOE_SLURM_TEST_DIR, default /tmp/moe-slurm-test-<hash of WORK>) and an EXIT trap stops it, even when a case
+# dir $MOE_SLURM_TEST_DIR, default a fresh /tmp/moe-slurm-test.XXXXXX) and an EXIT trap stops it, even when a case
 # fails or the script is interrupted. Exit codes: 0 all cases passed, 1 a case failed, 77 skipped (not root, or
 # slurm-wlm / munge / mpicc missing).
 
-# One cluster dir per build dir (stable, so a later run cleans up after a killed one; distinct, so test runs of
-# different build dirs on one machine do not stop each other's cluster).
-CLUSTER_DIR="${MOE_SLURM_TEST_DIR:-/tmp/moe-slurm-test-$(printf %s "$WORK" | cksum | cut -d' ' -f1)}"
+# One private cluster dir per test run (mktemp under /tmp/moe-slurm-test.*), so two test runs on one machine
+# (even of the same build dir) and a user's own cluster (/tmp/moe-slurm) never share a directory, socket, port
+# or job id (local_cluster.sh draws ports and FirstJobId per start). The dir records the test's pid: a later run
+# stops and removes the clusters of runs that died without cleaning up (killed by a CTest timeout, say).
+CLUSTER_BASE="${MOE_SLURM_TEST_BASE:-/tmp}"
+CLUSTER_DIR="${MOE_SLURM_TEST_DIR:-}"
 CLUSTER_SH="$ROOT/slurm/local_cluster.sh"
 _cluster_up=0
 
@@ -32,9 +35,24 @@ _stop_cluster() {
       tail -n 20 "$CLUSTER_DIR"/log/slurmctld.log "$CLUSTER_DIR"/log/slurmd.log >&2 2>/dev/null || true
     fi
     bash "$CLUSTER_SH" stop --dir "$CLUSTER_DIR" || true
+    # A private dir goes too (kept on failure for its logs, until the next run reaps it).
+    if [[ ${_cluster_private:-0} == 1 && $rc == 0 ]]; then rm -rf "$CLUSTER_DIR"; fi
     _cluster_up=0
   fi
   exit "$rc"
+}
+
+# Stops and removes test clusters whose owning test process is gone.
+reap_stale_clusters() {
+  local d pid
+  for d in "$CLUSTER_BASE"/moe-slurm-test.*; do
+    [[ -d "$d" && -f "$d/owner.pid" ]] || continue
+    pid="$(tr -dc '0-9' < "$d/owner.pid")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && continue
+    log "removing the cluster of a test run that is gone (pid ${pid:-?}): $d"
+    bash "$CLUSTER_SH" stop --dir "$d" >/dev/null 2>&1 || true
+    rm -rf "$d"
+  done
 }
 
 # with_cluster CMD...: run CMD with the local cluster up and SLURM_CONF exported.
@@ -44,6 +62,13 @@ with_cluster() {
     trap _stop_cluster EXIT
     trap 'exit 130' INT TERM
     _cluster_up=1
+    reap_stale_clusters
+    if [[ -z "$CLUSTER_DIR" ]]; then
+      CLUSTER_DIR="$(mktemp -d "$CLUSTER_BASE/moe-slurm-test.XXXXXX")"
+      chmod 0755 "$CLUSTER_DIR"  # munged (user munge) reaches its socket dir through it
+      _cluster_private=1
+    fi
+    echo $$ > "$CLUSTER_DIR/owner.pid"
     out="$(bash "$CLUSTER_SH" start --dir "$CLUSTER_DIR")" || { log "local cluster did not start"; return 1; }
     eval "$out"
     # A reused cluster may hold jobs of an earlier run that was killed (e.g. by a CTest timeout): cancel them.

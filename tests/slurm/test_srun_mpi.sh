@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Owns the Slurm + PMIx launch test: on the local cluster, MPI ranks started by srun / sbatch form one world.
 #
-# Usage: tests/slurm/test_srun_mpi.sh BUILD_DIR [CASE...]   (cases: srun_pmix sbatch_pmix; default both)
+# Usage: tests/slurm/test_srun_mpi.sh BUILD_DIR [CASE...]   (cases: see CASES below; default all)
 # Compiles tests/slurm/mpi_hello.c with mpicc into BUILD_DIR/tests/slurm/, starts slurm/local_cluster.sh, runs
 # `srun --overcommit --mpi=pmix -n 4 mpi_hello` and the same through `sbatch --wait slurm/single_node.sbatch`,
 # checks 4 distinct ranks of one size-4 world with the right Allreduce sum, and stops the cluster on exit.
@@ -14,7 +14,7 @@ WORK="$BUILD_DIR/tests/slurm"
 # shellcheck source=tests/slurm/cluster_lib.sh
 source "$ROOT/tests/slurm/cluster_lib.sh"
 CASES=("$@")
-(( ${#CASES[@]} )) || CASES=(srun_pmix sbatch_pmix moe_train_srun)
+(( ${#CASES[@]} )) || CASES=(srun_pmix sbatch_pmix moe_train_srun srun_yield two_clusters)
 NP=4
 
 require_cluster_prereqs mpicc
@@ -67,6 +67,60 @@ case_moe_train_srun() {
   "$BUILD_DIR/moe-export" "$dir/mpirun/checkpoints/step_6.h5" --out "$dir/hf_mpirun" > /dev/null
   cmp "$dir/hf_srun/model.safetensors" "$dir/hf_mpirun/model.safetensors" || { log "final weights differ"; return 1; }
   log "srun and mpirun: identical metrics ($(wc -l < "$dir/srun/metrics.jsonl") steps) and final weights"
+}
+
+# More ranks than cores under srun: ranks must yield while they wait, as under mpirun --oversubscribe (which
+# turns on OpenMPI's yield itself). Before moe-train set it for srun, the same 20 steps took 81.6 s under srun
+# and 3.4 s under mpirun on 2 cores (OMP_NUM_THREADS=1 both), and the README's srun line (no OMP_NUM_THREADS)
+# 197 s. Both srun forms must stay within 3x (+3 s of start-up) of the mpirun run, measured side by side.
+case_srun_yield() {
+  local dir="$WORK/srun_yield" t0 ref t_srun t_plain limit
+  rm -rf "$dir"; mkdir -p "$dir"
+  head -c 300000 /dev/urandom | od -An -v -tu1 -w1 | awk '{printf "%c", 97 + ($1 % 26)}' > "$dir/text.txt"
+  local common=("$ROOT/configs/tiny.yaml" --set "data.path=$dir/text.txt" --set train.steps=20 --set parallel.ep=2
+                --set log.every=100)
+  t0=$(date +%s%N)
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 \
+    timeout 120 mpirun --oversubscribe --bind-to none -np 4 "$BUILD_DIR/moe-train" "${common[@]}" \
+    --set "run.dir=$dir/mpirun" > "$dir/mpirun.log" 2>&1 || { cat "$dir/mpirun.log" >&2; return 1; }
+  ref=$(( ($(date +%s%N) - t0) / 1000000 ))
+  limit=$(( 3 * ref + 3000 ))
+  t0=$(date +%s%N)
+  OMP_NUM_THREADS=1 timeout $(( limit / 1000 + 60 )) srun --overcommit --mpi=pmix -n 4 "$BUILD_DIR/moe-train" \
+    "${common[@]}" --set "run.dir=$dir/srun" > "$dir/srun.log" 2>&1 || { cat "$dir/srun.log" >&2; return 1; }
+  t_srun=$(( ($(date +%s%N) - t0) / 1000000 ))
+  t0=$(date +%s%N)
+  env -u OMP_NUM_THREADS -u OMP_WAIT_POLICY timeout $(( limit / 1000 + 60 )) srun --overcommit --mpi=pmix -n 4 \
+    "$BUILD_DIR/moe-train" "${common[@]}" --set "run.dir=$dir/plain" > "$dir/plain.log" 2>&1 ||
+    { cat "$dir/plain.log" >&2; return 1; }
+  t_plain=$(( ($(date +%s%N) - t0) / 1000000 ))
+  log "20 steps, 4 ranks on $(nproc) CPUs: mpirun ${ref} ms, srun ${t_srun} ms, srun without OMP_NUM_THREADS ${t_plain} ms (limit ${limit} ms)"
+  grep -q "OMPI_MCA_mpi_yield_when_idle=1" "$dir/srun.log" || { log "srun run did not report the yield setting"; return 1; }
+  (( t_srun <= limit && t_plain <= limit )) || { log "srun is more than 3x slower than mpirun"; return 1; }
+}
+
+# Two local clusters side by side (this one and a second in another private dir): their ports, job ids and
+# per-job tmp dirs differ, and MPI jobs run on both at once.
+case_two_clusters() {
+  local other out="" conf_a="$SLURM_CONF" conf_b ok=1
+  other="$(mktemp -d "$CLUSTER_BASE/moe-slurm-test.XXXXXX")"; chmod 0755 "$other"; echo $$ > "$other/owner.pid"
+  out="$(bash "$CLUSTER_SH" start --dir "$other")" || { log "second cluster did not start"; rm -rf "$other"; return 1; }
+  conf_b="$other/slurm.conf"
+  field() { sed -n "s/^$1=//p" "$2"; }
+  for k in SlurmctldPort SlurmdPort FirstJobId TmpFS ClusterName; do
+    [[ -n "$(field $k "$conf_a")" && "$(field $k "$conf_a")" != "$(field $k "$conf_b")" ]] ||
+      { log "both clusters have $k='$(field $k "$conf_a")'"; ok=0; }
+  done
+  [[ "$(field TmpFS "$conf_b")" == "$other/"* ]] || { log "TmpFS of the second cluster is outside its dir"; ok=0; }
+  SLURM_CONF="$conf_a" timeout 120 srun --overcommit --mpi=pmix -n 2 "$HELLO" > "$WORK/two_a.out" & local pa=$!
+  SLURM_CONF="$conf_b" timeout 120 srun --overcommit --mpi=pmix -n 2 "$HELLO" > "$WORK/two_b.out" & local pb=$!
+  wait $pa || { log "srun on the first cluster failed"; ok=0; }
+  wait $pb || { log "srun on the second cluster failed"; ok=0; }
+  check_mpi_hello "$WORK/two_a.out" 2 || ok=0
+  check_mpi_hello "$WORK/two_b.out" 2 || ok=0
+  bash "$CLUSTER_SH" stop --dir "$other" >/dev/null 2>&1 || true
+  rm -rf "$other"
+  [[ $ok == 1 ]]
 }
 
 run_cases "${CASES[@]}"

@@ -225,6 +225,87 @@ TEST(Gradcheck, C4_attention_gqa) {
   report("C4_attention_gqa");
 }
 
+// Sliding window N (transformers' sliding_window_causal_mask_function): query i sees keys i−N < j ≤ i only.
+// Gradients by finite differences, and forward/backward equal to a direct masked softmax attention at a length
+// that crosses the 64-row blocks (windows shorter and longer than a block), after a full-causal backward has
+// left its values in the per-thread scratch.
+TEST(Gradcheck, C4_attention_sliding_window) {
+  std::mt19937_64 g(14);
+  {
+    const i64 B = 2, L = 6, NH = 4, NKV = 2, D = 3, W = 2;
+    Vec q = randn(B * L * NH * D, g), k = randn(B * L * NKV * D, g), v = randn(B * L * NKV * D, g);
+    Vec R = randn(q.size(), g), out(q.size()), probs(B * NH * L * L);
+    auto f = [&] {
+      attention_forward_ref<double>(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W);
+      return dot(R, out.data());
+    };
+    f();
+    Vec dq(q.size()), dk(k.size()), dv(v.size());
+    attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(),
+                                   probs.data(), B, L, NH, NKV, D, W);
+    EXPECT_GRAD(fd(q.data(), dq.data(), all_idx(q.size()), f), 1e-7, "dq");
+    EXPECT_GRAD(fd(k.data(), dk.data(), all_idx(k.size()), f), 1e-7, "dk");
+    EXPECT_GRAD(fd(v.data(), dv.data(), all_idx(v.size()), f), 1e-7, "dv");
+  }
+  const i64 B = 1, L = 150, NH = 2, NKV = 1, D = 4;
+  Vec q = randn(B * L * NH * D, g), k = randn(B * L * NKV * D, g), v = randn(B * L * NKV * D, g);
+  Vec R = randn(q.size(), g), out(q.size()), probs(B * NH * L * L);
+  Vec dq(q.size()), dk(k.size()), dv(v.size());
+  attention_forward_ref<double>(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0);
+  attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(),
+                                 probs.data(), B, L, NH, NKV, D, 0);
+  for (const i64 W : {1, 4, 70, 200}) {
+    attention_forward_ref<double>(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W);
+    attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(),
+                                   probs.data(), B, L, NH, NKV, D, W);
+    // Direct: p_ij = softmax_j over i−W < j ≤ i of q_i·k_j/√D; out_i = Σ_j p_ij v_j; and its gradients.
+    Vec wo(out.size(), 0.0), wq(q.size(), 0.0), wk(k.size(), 0.0), wv(v.size(), 0.0);
+    double worst = 0;
+    for (i64 h = 0; h < NH; ++h)
+      for (i64 i = 0; i < L; ++i) {
+        const i64 lo = std::max<i64>(0, i - W + 1);
+        Vec s(size_t(L), 0.0), dp(size_t(L), 0.0);
+        double mx = -1e300, sum = 0, rowdot = 0;
+        for (i64 j = lo; j <= i; ++j) {
+          for (i64 d = 0; d < D; ++d) s[size_t(j)] += q[size_t((i * NH + h) * D + d)] * k[size_t(j * D + d)];
+          s[size_t(j)] /= std::sqrt(double(D));
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        for (i64 j = lo; j <= i; ++j) sum += (s[size_t(j)] = std::exp(s[size_t(j)] - mx));
+        for (i64 j = 0; j < L; ++j) {
+          const double p = j >= lo && j <= i ? s[size_t(j)] / sum : 0.0;
+          worst = std::max(worst, std::abs(probs[size_t((h * L + i) * L + j)] - p));
+          s[size_t(j)] = p;
+        }
+        for (i64 j = lo; j <= i; ++j)
+          for (i64 d = 0; d < D; ++d) {
+            wo[size_t((i * NH + h) * D + d)] += s[size_t(j)] * v[size_t(j * D + d)];
+            dp[size_t(j)] += R[size_t((i * NH + h) * D + d)] * v[size_t(j * D + d)];
+            wv[size_t(j * D + d)] += s[size_t(j)] * R[size_t((i * NH + h) * D + d)];
+          }
+        for (i64 j = lo; j <= i; ++j) rowdot += s[size_t(j)] * dp[size_t(j)];
+        for (i64 j = lo; j <= i; ++j) {
+          const double ds = s[size_t(j)] * (dp[size_t(j)] - rowdot) / std::sqrt(double(D));
+          for (i64 d = 0; d < D; ++d) {
+            wq[size_t((i * NH + h) * D + d)] += ds * k[size_t(j * D + d)];
+            wk[size_t(j * D + d)] += ds * q[size_t((i * NH + h) * D + d)];
+          }
+        }
+      }
+    auto maxdiff = [](const Vec& a, const Vec& b) {
+      double m = 0;
+      for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+      return m;
+    };
+    EXPECT_LE(worst, 1e-12) << "probs, window " << W;
+    EXPECT_LE(maxdiff(out, wo), 1e-11) << "out, window " << W;
+    EXPECT_LE(maxdiff(dq, wq), 1e-11) << "dq, window " << W;
+    EXPECT_LE(maxdiff(dk, wk), 1e-11) << "dk, window " << W;
+    EXPECT_LE(maxdiff(dv, wv), 1e-11) << "dv, window " << W;
+  }
+  report("C4_attention_sliding_window");
+}
+
 TEST(Gradcheck, C4_expert_swiglu) {
   std::mt19937_64 g(5);
   const i64 N = 12;

@@ -1,0 +1,134 @@
+// Owns the pre-allocation checks of a run and the --dry-run report (see preflight.h).
+#include "train/preflight.h"
+
+#include <cstdlib>
+#include <sstream>
+
+#include "core/error.h"
+#include "data/token_data.h"
+#include "launch/launch_env.h"
+#include "train/trainer.h"
+
+namespace moe {
+
+// DESIGN §6: a key that is parsed must work or be refused with exit 2, never be ignored.
+std::vector<std::string> unsupported_options(const Config& c) {
+  std::vector<std::string> out;
+  if (c.train.device == Device::Cuda)
+    out.push_back("train.device: cuda is not implemented yet (this build trains on the CPU only); use train.device: cpu");
+  if (c.train.precision != Precision::Fp32)
+    out.push_back("train.precision: bf16 is not implemented yet (training is fp32); use train.precision: fp32");
+  if (c.parallel.backend == CommBackend::Nccl)
+    out.push_back("parallel.backend: nccl is not implemented yet (it needs train.device: cuda); use auto or mpi");
+  if (c.peft.method != PeftMethod::Full)
+    out.push_back("peft.method: LoRA/QLoRA is not implemented yet; use peft.method: full");
+  if (c.data.format == DataFormat::Jsonl)
+    out.push_back("data.format: jsonl is not implemented yet; use tokens (pre-tokenized uint32/uint16) or text (byte-level)");
+  if (c.data.reset_attention)
+    out.push_back("data.reset_attention: true is not implemented yet (document-packed attention); remove it");
+  if (!c.data.mix.empty())
+    out.push_back("data.mix is not implemented yet (mixing several data files); give one file in data.path");
+  if (c.data.mask_prompt)
+    out.push_back("data.mask_prompt: true is not implemented yet (prompt masking needs chat data); remove it");
+  if (!c.data.chat_template.empty())
+    out.push_back("data.chat_template is not implemented yet (chat data is not supported); remove it");
+  if (!c.data.tokenizer.empty())
+    out.push_back("data.tokenizer is not implemented yet (this build reads pre-tokenized ids or byte-level text); remove it");
+  if (c.log.plots)
+    out.push_back("log.plots: true is not implemented yet (plot run.dir/metrics.jsonl yourself); remove it");
+  return out;
+}
+
+static std::string join(const std::vector<std::string>& v, const char* sep) {
+  std::string s;
+  for (const std::string& x : v) s += (s.empty() ? "" : sep) + x;
+  return s;
+}
+
+static bool memory_check_off() {
+  const char* v = std::getenv("MOE_MEMORY_CHECK");
+  return v && (std::string(v) == "off" || std::string(v) == "0");
+}
+
+Preflight preflight(const Config& in, int world, PreflightMode mode) {
+  Preflight p;
+  const bool dry = mode == PreflightMode::DryRun;
+  // A problem that leaves the plan possible: thrown in a real run, collected by a dry run.
+  auto attempt = [&](auto&& check) {
+    if (!dry) return check();
+    try {
+      check();
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::BadInput) throw;
+      p.problems.push_back(e.what());
+    }
+  };
+  p.cfg = resolve_model_config(in);
+  const Config& c = p.cfg;
+  MT_INPUT_CHECK(world % c.parallel.ep == 0, "parallel.ep = ", c.parallel.ep, " must divide the number of ranks ", world,
+                 " (world = ep x expert_dp)");
+  MT_INPUT_CHECK(c.model.num_experts % c.parallel.ep == 0, "parallel.ep = ", c.parallel.ep,
+                 " must divide model.num_experts = ", c.model.num_experts, " (experts are split evenly over the EP group)");
+  if (dry)
+    for (const std::string& why : unsupported_options(c)) p.problems.push_back(why);
+  else
+    check_supported(c);
+  attempt([&] {
+    p.data_tokens = check_token_file(c.data, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size);
+  });
+  p.plan = plan_memory(c, world, p.data_tokens > 0 ? p.data_tokens : 0);
+  p.local_ranks = std::max(1, detect_launch_env().local_size);
+
+  // Host memory: every rank of this job on this machine holds its own plan.
+  p.host = host_memory();
+  const i64 need = p.plan.total() * p.local_ranks;
+  if (p.host.available >= 0 && need > p.host.available) {
+    std::ostringstream w;
+    w << "the plan needs " << human_bytes(need) << " of host memory";
+    if (p.local_ranks > 1) w << " (" << p.local_ranks << " ranks on this machine x " << human_bytes(p.plan.total()) << ")";
+    w << " but this machine has " << human_bytes(p.host.available) << " available (" << p.host.source
+      << "); use more ranks (ZeRO-3 and parallel.ep shard the state), a smaller train.micro_batch, or more machines";
+    p.warnings.push_back(w.str());
+  }
+  // GPU memory, asked for only when the run would train there: weights, gradients, moments, activations.
+  if (c.train.device == Device::Cuda) {
+    p.gpu = gpu_memory(detect_launch_env().local_rank);
+    const i64 on_gpu = p.plan.state() + p.plan.working_bytes + p.plan.activation_bytes;
+    const i64 cap = p.gpu.free >= 0 ? p.gpu.free : p.gpu.total;
+    if (cap >= 0 && on_gpu > cap)
+      p.warnings.push_back("the per-rank GPU plan (" + human_bytes(on_gpu) + ") exceeds the " +
+                           (p.gpu.free >= 0 ? "free" : "total") + " memory of " + p.gpu.name + " (" + human_bytes(cap) + ")");
+  }
+  if (!dry && !p.warnings.empty() && !memory_check_off())
+    MT_INPUT_FAIL("this run does not fit in memory: ", join(p.warnings, "; "), ". Nothing was allocated. The plan:\n",
+                  format_memory_plan(c, p.plan), "(MOE_MEMORY_CHECK=off skips this check)");
+  return p;
+}
+
+std::string format_preflight(const Preflight& p) {
+  std::ostringstream os;
+  os << format_memory_plan(p.cfg, p.plan);
+  if (p.host.available >= 0)
+    os << "this machine: " << human_bytes(p.host.available) << " available (" << p.host.source << "), "
+       << p.local_ranks << " rank(s) of this job on it\n";
+  else
+    os << "this machine: available memory unknown (no MemAvailable in /proc/meminfo)\n";
+  if (p.cfg.train.device == Device::Cuda) {
+    if (p.gpu.total >= 0)
+      os << "GPU: " << p.gpu.name << ", " << human_bytes(p.gpu.total) << " total"
+         << (p.gpu.free >= 0 ? ", " + human_bytes(p.gpu.free) + " free" : std::string()) << " (" << p.gpu.devices
+         << " visible)\n";
+    else
+      os << "GPU memory: unknown (" << p.gpu.unknown_why << "); the plan is not checked against train.device: cuda\n";
+  }
+  for (const std::string& w : p.warnings) os << "warning: " << w << "\n";
+  if (p.problems.empty()) {
+    os << "checks passed: a real run with this config and world size starts\n";
+  } else {
+    os << "a real run would stop (exit 2):\n";
+    for (const std::string& x : p.problems) os << "  - " << x << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace moe

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Owns the "one message, not one per rank" test: a bad config and a refused run.dir under mpirun -np N print their
+# error once and every rank exits 2 (no MPI_Abort).
+set -u
+MOE_TRAIN=$1
+SRC=$2
+NP=${3:-2}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+FAILED=0
+fail() { echo "FAIL: $*"; FAILED=1; }
+launch() { timeout 120 mpirun --oversubscribe --bind-to none -np "$NP" "$MOE_TRAIN" "$@" >"$tmp/log" 2>&1; RC=$?; }
+
+head -c 50000 /dev/urandom | od -An -v -tu1 -w1 | awk '{printf "%c", 97 + ($1 % 26)}' >"$tmp/text.txt"
+common=(--set data.path="$tmp/text.txt" --set run.dir="$tmp/run" --set train.steps=2 --set train.micro_batch=2)
+
+# 1. A mistyped key: every rank parses the same file.
+launch "$SRC/configs/tiny.yaml" "${common[@]}" --set train.lrr=1e-3
+n=$(grep -c "unknown key 'train.lrr'" "$tmp/log")
+[ "$RC" -eq 2 ] || fail "bad config: exit $RC, expected 2"
+[ "$n" -eq 1 ] || fail "bad config: the message appears $n times, expected once"
+grep -q MPI_ABORT "$tmp/log" && fail "bad config: MPI_Abort was used"
+
+# 2. A run.dir holding an earlier run's checkpoints (checked by rank 0 only).
+launch "$SRC/configs/tiny.yaml" "${common[@]}"
+[ "$RC" -eq 0 ] || { fail "first run: exit $RC"; cat "$tmp/log"; }
+launch "$SRC/configs/tiny.yaml" "${common[@]}"
+n=$(grep -c "holds checkpoints of an earlier run" "$tmp/log")
+[ "$RC" -eq 2 ] || fail "refused run.dir: exit $RC, expected 2"
+[ "$n" -eq 1 ] || fail "refused run.dir: the message appears $n times, expected once"
+grep -q MPI_ABORT "$tmp/log" && fail "refused run.dir: MPI_Abort was used"
+
+[ "$FAILED" -eq 0 ] || { sed 's/^/  | /' "$tmp/log" | head -60; exit 1; }
+echo PASS
