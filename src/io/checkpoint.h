@@ -8,7 +8,8 @@
 
 namespace moe {
 
-constexpr int kCheckpointFormatVersion = 1;
+// 2: /meta carries a checksum (format 1 files are still read, their /meta range-checked only).
+constexpr int kCheckpointFormatVersion = 2;
 
 struct CheckpointMeta {
   i64 step = 0;                // updates done
@@ -38,12 +39,21 @@ struct TensorPiece {
 
 // Collective over `world` (parallel HDF5 through MPI-IO when world has MPI, else one process). Creates
 // /model/<name>, /optim/<name>/exp_avg|exp_avg_sq (contiguous, each with a "checksum" attribute from
-// tensors[i].checksum) and /meta; writes the "complete" attribute last. Errors are Internal (I/O).
+// tensors[i].checksum) and /meta (with its own checksum); writes the "complete" attribute last.
+// Errors are Internal and name the file and the OS error ("No space left on device (errno 28)"); HDF5 prints
+// nothing. Rank 0 first reserves the expected size (fallocate) and all ranks agree on the verdict, so a full
+// disk usually stops every rank at once, before HDF5. A failure inside the write removes the temporary at
+// `path` and raises on the failing rank only, without collective closes: with several ranks the caller must
+// abort the world (fail_run does), its peers may be waiting in a collective. Test hook: MOE_FAULT_INJECT
+// (io/fault_inject.h).
 void write_checkpoint_file(const std::string& path, Communicator& world, const std::vector<TensorDecl>& tensors,
                            const std::vector<TensorPiece>& model, const std::vector<TensorPiece>& exp_avg,
                            const std::vector<TensorPiece>& exp_avg_sq, const CheckpointMeta& meta);
 
-// Reads /meta (serially, any rank). BadInput when the file is not a complete moe-train checkpoint.
+// Reads /meta (serially, any rank). BadInput naming the file when it is not a complete moe-train checkpoint,
+// when a /meta value is out of range (step 0 .. 2^31-1, world >= 1, ep | world, zero 0..3, data_position and
+// tokens_seen multiples of step and of each other, finite bias) or fails the /meta checksum (format 2), and
+// for any HDF5 failure while reading.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
 
 // Collective: fills every piece from the file (any writer layout: tensors are logical) with independent

@@ -1,7 +1,11 @@
 // Owns the trainer's checkpoint policy (DESIGN §7): file naming, atomic publish, `latest`, pruning, resume and resharding checks.
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -36,6 +40,25 @@ std::vector<std::pair<i64, fs::path>> list_checkpoints(const fs::path& dir) {
   return out;
 }
 
+void write_file_atomic(const fs::path& dir, const std::string& name, const std::string& text) {
+  const fs::path tmp = dir / (name + ".tmp"), dst = dir / name;
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int err = fd < 0 ? errno : 0;
+  for (size_t done = 0; err == 0 && done < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) err = n < 0 ? errno : EIO;
+    else done += size_t(n);
+  }
+  if (fd >= 0 && ::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && ::rename(tmp.c_str(), dst.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    detail::raise(ErrorKind::Internal, __FILE__, __LINE__, "cannot write '", dst.string(), "': ", std::strerror(err),
+                  " (errno ", err, "); it is left as it was");
+  }
+}
+
 // Per-tensor checksums of this rank's write partition, summed over the world (each element counted once).
 static void sum_checksums(std::vector<TensorDecl>& decl, const std::vector<TensorPiece>* pieces, Communicator& world) {
   std::unordered_map<std::string, size_t> index;
@@ -54,7 +77,11 @@ static void sum_checksums(std::vector<TensorDecl>& decl, const std::vector<Tenso
 
 std::string Trainer::save_checkpoint() {
   const fs::path dir = checkpoint_dir();
-  if (rank_ == 0) fs::create_directories(dir);
+  if (rank_ == 0) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    MT_INPUT_CHECK(!ec, "checkpoint.dir: cannot create '", dir.string(), "': ", ec.message());
+  }
   world_comm_.barrier();
   const std::string name = "step_" + std::to_string(steps_done_) + ".h5";
   const fs::path final_path = dir / name, tmp = dir / ("." + name + ".tmp");
@@ -78,13 +105,15 @@ std::string Trainer::save_checkpoint() {
   write_checkpoint_file(tmp.string(), world_comm_, decl, pieces[0], pieces[1], pieces[2], meta);
   world_comm_.barrier();
   if (rank_ == 0) {
-    // Publish: rename the complete file, then move `latest`, then prune older ones.
-    fs::rename(tmp, final_path);
-    {
-      std::ofstream l(dir / "latest.tmp");
-      l << name << "\n";
+    // Publish: rename the complete file, then move `latest`, then prune older ones. A failure stops the run
+    // (the caller aborts the world) and leaves `latest` and older checkpoints as they were.
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(tmp.c_str());
+      detail::raise(ErrorKind::Internal, __FILE__, __LINE__, "checkpoint publish failed: cannot rename '", tmp.string(),
+                    "' to '", final_path.string(), "': ", std::strerror(err), " (errno ", err, ")");
     }
-    fs::rename(dir / "latest.tmp", dir / "latest");
+    write_file_atomic(dir, "latest", name + "\n");
     const auto all = list_checkpoints(dir);
     for (size_t i = size_t(cfg_.checkpoint.keep); i < all.size(); ++i) fs::remove(all[i].second);
     // Temporaries left by runs killed mid-write are never read; drop them once a newer file is complete.
@@ -118,6 +147,30 @@ static std::vector<std::string> shape_changes(const ModelConfig& a, const ModelC
   chk(a.tie_word_embeddings == b.tie_word_embeddings, "model.tie_word_embeddings");
   chk(a.mlp_only_layers == b.mlp_only_layers && a.decoder_sparse_step == b.decoder_sparse_step, "model.mlp_only_layers");
   return d;
+}
+
+// contract: C7.resume_batch. Settings that keep the checkpoint's global batch B = micro_batch x grad_accum x
+// ranks with micro_batch and seq_len unchanged (the three things load_checkpoint requires), as `--set` options:
+// for this rank count when one exists, else the rank counts (multiples of parallel.ep) that divide the
+// checkpoint's micro-batches per step, each with its grad_accum.
+static std::string batch_advice(int mb_old, int seq_old, i64 B_old, const TrainConfig& now, int world, int ep) {
+  std::string keep;
+  if (now.seq_len != seq_old) keep += " --set train.seq_len=" + std::to_string(seq_old);
+  if (now.micro_batch != mb_old) keep += " --set train.micro_batch=" + std::to_string(mb_old);
+  const i64 M = B_old / std::max(1, mb_old);  // micro-batches per step over all ranks
+  if (M % world == 0) return "keep it with" + keep + " --set train.grad_accum=" + std::to_string(M / world);
+  std::vector<std::string> alt;
+  for (i64 R = 1; R <= M && alt.size() < 8; ++R)
+    if (M % R == 0 && R % ep == 0)
+      alt.push_back("on " + std::to_string(R) + (R == 1 ? " rank" : " ranks") + " with" + keep +
+                    " --set train.grad_accum=" + std::to_string(M / R));
+  std::string msg = "no train.grad_accum keeps it on " + std::to_string(world) + " ranks (" + std::to_string(M) +
+                    " micro-batches of " + std::to_string(mb_old) + " per step must split evenly over the ranks)";
+  if (alt.empty()) return msg + " and no rank count that parallel.ep = " + std::to_string(ep) + " allows divides " +
+                          std::to_string(M) + "; start a new run instead";
+  msg += "; run";
+  for (size_t i = 0; i < alt.size(); ++i) msg += (i == 0 ? " " : i + 1 == alt.size() ? ", or " : ", ") + alt[i];
+  return msg;
 }
 
 void Trainer::resume(const std::string& what) {
@@ -164,7 +217,19 @@ std::string Trainer::load_checkpoint(const std::string& path) {
     if (e.kind() != ErrorKind::BadInput) throw;
     return e.what();
   }
+  // The config passed the /meta checksum: one this build cannot parse comes from another version (stop, exit 2).
   const Config old = parse_config(meta.config_yaml, {}, path + ":/meta/config");
+  {
+    // Values that contradict their own config mean a damaged /meta: skipped under auto.
+    const __int128 B = __int128(old.train.micro_batch) * old.train.grad_accum * meta.world;
+    if (__int128(meta.data_position) != meta.step * B || __int128(meta.tokens_seen) != __int128(meta.data_position) * old.train.seq_len)
+      return "damaged /meta: data_position " + std::to_string(meta.data_position) + " and tokens_seen " +
+             std::to_string(meta.tokens_seen) + " are not step x global batch (" + std::to_string(meta.step) + " x " +
+             std::to_string(i64(B)) + ") and that x seq_len " + std::to_string(old.train.seq_len);
+    if (old.parallel.ep != meta.ep || old.parallel.zero != meta.zero)
+      return "damaged /meta: layout ep " + std::to_string(meta.ep) + ", zero " + std::to_string(meta.zero) +
+             " differs from its config's";
+  }
   const auto changed = shape_changes(old.model, cfg_.model);
   if (!changed.empty()) {
     std::string keys;
@@ -172,13 +237,18 @@ std::string Trainer::load_checkpoint(const std::string& path) {
     MT_INPUT_FAIL("--resume ", path, ": the model shape differs from the checkpoint's (", keys,
                   "); resume with the checkpoint's model or start a new run");
   }
+  if (!meta.select_bias.empty()) {
+    bool fits = meta.select_bias.size() == select_bias_.size();
+    for (size_t l = 0; fits && l < select_bias_.size(); ++l) fits = meta.select_bias[l].size() == select_bias_[l].size();
+    if (!fits) return "damaged /meta: select_bias has another shape than this model's [MoE layers, experts]";
+  }
   const i64 B_old = i64(old.train.micro_batch) * old.train.grad_accum * meta.world;
   const i64 B_now = i64(cfg_.train.micro_batch) * cfg_.train.grad_accum * world_;
   MT_INPUT_CHECK(old.train.micro_batch == cfg_.train.micro_batch && B_old == B_now && old.train.seq_len == cfg_.train.seq_len,
                  "--resume ", path, ": the global batch must stay fixed (checkpoint: micro_batch ", old.train.micro_batch,
                  " x ", B_old / old.train.micro_batch, " micro-batches, seq_len ", old.train.seq_len, "; now: micro_batch ",
                  cfg_.train.micro_batch, " x ", B_now / cfg_.train.micro_batch, ", seq_len ", cfg_.train.seq_len,
-                 "); set train.grad_accum = ", B_old / std::max<i64>(1, i64(cfg_.train.micro_batch) * world_));
+                 "); ", batch_advice(old.train.micro_batch, old.train.seq_len, B_old, cfg_.train, world_, ep_));
   MT_INPUT_CHECK(meta.step <= cfg_.train.steps, "--resume ", path, ": checkpoint is at step ", meta.step,
                  " beyond train.steps = ", cfg_.train.steps);
   std::vector<TensorDecl> decl;

@@ -3,6 +3,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+#include <thread>
+
 #include "core/error.h"
 
 #include <algorithm>
@@ -31,6 +34,10 @@ int fail_run(const Runtime& rt, const char* what, int code) {
   const int R = rt.world ? rt.world->size() : 1;
   const int r = rt.world ? rt.world->rank() : 0;
   if (R > 1) {
+    // Rank 0 speaks for the world: an error every rank meets (config, resume, an agreed checkpoint I/O failure)
+    // is printed once, by rank 0, whose abort ends the others while they wait here. An error only rank r
+    // meets is printed by r after the wait (rank 0 is then stuck in a collective and cannot abort).
+    if (r != 0) std::this_thread::sleep_for(std::chrono::seconds(3));
     spdlog::error("[rank {}/{}] {}", r, R, what);
     abort_world(code);
   }

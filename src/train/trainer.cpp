@@ -15,6 +15,7 @@
 #include "io/hf_model.h"
 #include "io/upcycle.h"
 #include "optim/adamw.h"
+#include "train/checkpoint_files.h"
 #include "train/preflight.h"
 #include "train/router_health.h"
 #include "train/runtime.h"
@@ -290,8 +291,7 @@ void Trainer::write_metrics(const StepResult& r, bool with_load) {
   j["routing_entropy"] = h.routing_entropy;
   j["dropped_frac"] = r.pairs ? double(r.dropped) / double(r.pairs) : 0.0;
   if (with_load) j["expert_load"] = r.expert_load;
-  metrics_ << j.dump() << "\n";
-  metrics_.flush();
+  metrics_.append(j.dump());
 }
 
 static std::string hms(double sec) {
@@ -308,11 +308,8 @@ void Trainer::run() {
     std::error_code ec;
     fs::create_directories(dir, ec);
     MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
-    std::ofstream c(dir / "config.yaml");
-    c << config_to_yaml(cfg_);
-    // A resumed run appends only the steps it performs.
-    metrics_.open(dir / "metrics.jsonl", start_step_ > 0 ? std::ios::app : std::ios::trunc);
-    MT_INPUT_CHECK(metrics_.good(), "run.dir: cannot write '", (dir / "metrics.jsonl").string(), "'");
+    write_file_atomic(dir, "config.yaml", config_to_yaml(cfg_));
+    metrics_.open((dir / "metrics.jsonl").string(), start_step_);  // a resume keeps steps 1..start_step_ only
   }
   if (rank_ == 0)
     spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",

@@ -11,6 +11,7 @@
 #include "model/model.h"
 #include "parallel/zero.h"
 #include "train/loss_guard.h"
+#include "train/metrics_log.h"
 #include "train/run_lock.h"
 
 namespace moe {
@@ -86,9 +87,9 @@ class Trainer {
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
-  std::ofstream metrics_;
   RunDirLock run_lock_;                                        // held by rank 0 for the whole run
   LossSpikeGuard loss_guard_;
+  MetricsLog metrics_;                                         // run.dir/metrics.jsonl (rank 0)
   int start_step_ = 0;       // first step this process runs (resume)
   int steps_done_ = 0;       // updates done so far
   bool stopped_by_signal_ = false;

@@ -23,3 +23,19 @@ foreach(np 2 4)
            COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/errors_once.sh $<TARGET_FILE:moe-train> ${CMAKE_SOURCE_DIR} ${np})
   set_tests_properties(mpi.errors_once.np${np} PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}")
 endforeach()
+# Checkpoint-write faults (issue 8): a full tmpfs (mount needed: skips with 77 where it is refused), the same
+# met inside HDF5 (pre-flight off), and a mid-write failure injected on rank 0 or the last rank.
+foreach(mode tmpfs midwrite inject0 injectN)
+  foreach(np 1 2 4)
+    add_test(NAME mpi.ckpt_write_fault.${mode}.np${np}
+             COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/fault_ckpt_write.sh $<TARGET_FILE:moe-train> ${np} ${mode})
+    set_tests_properties(mpi.ckpt_write_fault.${mode}.np${np} PROPERTIES LABELS mpi TIMEOUT 180 SKIP_RETURN_CODE 77
+                         ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS ${np})
+  endforeach()
+endforeach()
+# A metrics.jsonl write error on rank 0 ends both ranks; resume advice on 2 and 3 ranks.
+add_test(NAME mpi.metrics_write_fault.np2
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/../ckpt/metrics_faults.sh $<TARGET_FILE:moe-train> inject 2)
+add_test(NAME mpi.resume_advice COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/resume_advice.sh $<TARGET_FILE:moe-train>)
+set_tests_properties(mpi.metrics_write_fault.np2 mpi.resume_advice PROPERTIES LABELS mpi TIMEOUT 300
+                     ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS 3)

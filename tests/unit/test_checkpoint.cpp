@@ -161,3 +161,15 @@ TEST(Checkpoint, AutoWithoutCheckpointStartsFresh) {
   tr.resume("auto");
   EXPECT_EQ(tr.start_step(), 0);
 }
+
+// Format 2 added the /meta checksum; a format-1 file (written by the build before it) is still read and verified.
+TEST(Checkpoint, FormatOneStillReads) {
+  const std::string v1 = std::string(MOE_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/tiny_v1_step1.h5";
+  const CheckpointMeta m = read_checkpoint_meta(v1);
+  EXPECT_EQ(m.format_version, 1);
+  EXPECT_EQ(m.step, 1);
+  EXPECT_EQ(verify_checkpoint(v1), "");
+  const std::string v2 = std::string(MOE_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/tiny_v2_step2.h5";
+  EXPECT_EQ(read_checkpoint_meta(v2).format_version, 2);
+  EXPECT_EQ(verify_checkpoint(v2), "");
+}
