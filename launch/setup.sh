@@ -9,7 +9,7 @@ want_venv=1
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
-# Build, math, messaging, checkpoints, config, logging, CLI, tests, scheduler,
+# Build, math, messaging, checkpoints, config, logging, CLI, tests (clang + libFuzzer runtime: tests/fuzz), scheduler,
 # and the demo corpus (fortunes: real English text in /usr/share/games/fortunes).
 debs=(
   build-essential cmake pkg-config git
@@ -18,6 +18,7 @@ debs=(
   libhdf5-openmpi-dev hdf5-tools
   libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-dev
   slurm-wlm munge
   python3-venv python3-pip
   fortunes

@@ -16,6 +16,7 @@
 #include <set>         // std::set (duplicate-key detection)
 #include <sstream>     // std::ostringstream
 
+#include "core/dims.h"
 #include "core/error.h"
 
 namespace moe {
@@ -63,15 +64,18 @@ std::string fmt_double(double v) {
   return std::string(buf, res.ptr);
 }
 
-// How a received node reads in a message: 'ten', a map {a: 1}, a list [1, 2], nothing.
+// At most 80 characters of s for a message (longer text ends in "..."): messages quote, never copy, inputs.
+std::string brief(const std::string& s) { return s.size() <= 80 ? s : s.substr(0, 80) + "..."; }
+
+// How a received node reads in a message: 'ten', a map {a: 1}, a list [1, 2], nothing (at most ~80 chars).
 std::string describe(const YAML::Node& n) {
   if (!n.IsDefined() || n.IsNull()) return "nothing";
-  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsScalar()) return "'" + brief(n.Scalar()) + "'";
   YAML::Emitter e;
   e.SetMapFormat(YAML::Flow);
   e.SetSeqFormat(YAML::Flow);
   e << n;
-  return std::string(n.IsMap() ? "a map " : "a list ") + e.c_str();
+  return std::string(n.IsMap() ? "a map " : "a list ") + brief(e.c_str());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,6 +448,7 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 // " (did you mean 'train.lr'?)": the closest key or section by edit distance, else a key with the
 // same leaf name in another section (train.capacity_factor → moe.capacity_factor); "" if none.
 std::string suggest(const std::string& given) {
+  if (given.size() > 64) return "";  // no key is that long; and the distance table grows as its length
   std::vector<std::string> candidates = sections();
   for (const Field& f : schema()) candidates.push_back(f.key);
   std::string best;
@@ -467,7 +472,7 @@ std::string at_line(const YAML::Node& n) {
 void apply(Config& cfg, const std::string& key, const YAML::Node& value, const std::string& where,
            const std::string& tail) {
   const Field* f = find_field(key);
-  MT_INPUT_CHECK(f != nullptr, where, ": unknown key '", key, "'", suggest(key), tail);
+  MT_INPUT_CHECK(f != nullptr, where, ": unknown key '", brief(key), "'", suggest(key), tail);
   MT_INPUT_CHECK(f->set(cfg, value), where, ": key '", key, "' ", f->rule, ", got ", describe(value), tail);
 }
 
@@ -480,7 +485,7 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& orig
     MT_INPUT_CHECK(sec.first.IsScalar(), origin, ": section names must be plain words, got ",
                    describe(sec.first), at_line(sec.first));
     const std::string name = sec.first.Scalar();
-    MT_INPUT_CHECK(is_section(name), origin, ": unknown section '", name, "'", suggest(name), "; sections are ",
+    MT_INPUT_CHECK(is_section(name), origin, ": unknown section '", brief(name), "'", suggest(name), "; sections are ",
                    section_list(), at_line(sec.first));
     MT_INPUT_CHECK(seen.insert(name).second, origin, ": section '", name, "' appears twice", at_line(sec.first));
     if (sec.second.IsNull()) continue;  // "upcycle:" with nothing under it
@@ -490,7 +495,7 @@ void apply_document(Config& cfg, const YAML::Node& root, const std::string& orig
       MT_INPUT_CHECK(kv.first.IsScalar(), origin, ": keys in section '", name, "' must be plain words, got ",
                      describe(kv.first), at_line(kv.first));
       const std::string key = name + "." + kv.first.Scalar();
-      MT_INPUT_CHECK(seen.insert(key).second, origin, ": key '", key, "' appears twice", at_line(kv.first));
+      MT_INPUT_CHECK(seen.insert(key).second, origin, ": key '", brief(key), "' appears twice", at_line(kv.first));
       apply(cfg, key, kv.second, origin, at_line(kv.first));
     }
   }
@@ -503,7 +508,7 @@ std::string trim(const std::string& s) {
 
 // One "--set key=value": the value is read as YAML, so lists and maps work for list keys.
 void apply_override(Config& cfg, const std::string& item) {
-  const std::string where = "--set '" + item + "'";
+  const std::string where = "--set '" + brief(item) + "'";
   const size_t eq = item.find('=');
   MT_INPUT_CHECK(eq != std::string::npos, where, ": expected key=value, e.g. --set train.lr=3e-4");
   const std::string key = trim(item.substr(0, eq));
@@ -519,14 +524,7 @@ void apply_override(Config& cfg, const std::string& item) {
 
 // Checks between keys, after every override is in. [DESIGN §6]
 void check_cross(const Config& c, const std::string& origin) {
-  const ModelConfig& m = c.model;
-  MT_INPUT_CHECK(m.top_k <= m.num_experts, origin, ": key 'model.top_k' must be <= model.num_experts (",
-                 m.num_experts, "), got ", m.top_k);
-  MT_INPUT_CHECK(m.num_heads % m.num_kv_heads == 0, origin, ": key 'model.num_heads' (", m.num_heads,
-                 ") must be divisible by model.num_kv_heads, got ", m.num_kv_heads);
-  MT_INPUT_CHECK(m.head_dim > 0 || m.hidden_size % m.num_heads == 0, origin, ": key 'model.hidden_size' (",
-                 m.hidden_size, ") must be divisible by model.num_heads (", m.num_heads,
-                 ") when model.head_dim is 0; set model.head_dim or change the sizes");
+  check_model_dims(c.model, origin, ModelKeys::Yaml);
   MT_INPUT_CHECK(c.upcycle.top_k <= c.upcycle.num_experts, origin,
                  ": key 'upcycle.top_k' must be <= upcycle.num_experts (", c.upcycle.num_experts, "), got ",
                  c.upcycle.top_k);
@@ -539,6 +537,47 @@ void check_cross(const Config& c, const std::string& origin) {
 }
 
 }  // namespace
+
+void check_model_dims(const ModelConfig& m, const std::string& origin, ModelKeys keys) {
+  const bool y = keys == ModelKeys::Yaml;
+  const char* heads = y ? "model.num_heads" : "num_attention_heads";
+  const char* kv = y ? "model.num_kv_heads" : "num_key_value_heads";
+  const char* hidden = y ? "model.hidden_size" : "hidden_size";
+  const char* hd = y ? "model.head_dim" : "head_dim";
+  const char* layers = y ? "model.num_layers" : "num_hidden_layers";
+  const char* experts = y ? "model.num_experts" : "num_experts";
+  const char* topk = y ? "model.top_k" : "num_experts_per_tok";
+  const char* mlp_only = y ? "model.mlp_only_layers" : "mlp_only_layers";
+  constexpr int kMaxCount = 65536;  // layers, heads, experts: far above any real model, bounds every loop
+  for (const auto& [key, v] : {std::pair<const char*, int>{layers, m.num_layers}, {heads, m.num_heads},
+                               {kv, m.num_kv_heads}, {experts, m.num_experts}})
+    MT_INPUT_CHECK(v >= 1 && v <= kMaxCount, origin, ": key '", key, "' must be in 1..", kMaxCount, ", got ", v);
+  // Tensors per model grow as layers x experts (3 per expert); 2^20 is ~70x the largest public MoE.
+  MT_INPUT_CHECK(i64(m.num_layers) * m.num_experts <= (i64(1) << 20), origin, ": keys '", layers, "' (",
+                 m.num_layers, ") x '", experts, "' (", m.num_experts, ") exceed the limit of 2^20 expert blocks");
+  MT_INPUT_CHECK(m.top_k >= 1 && m.top_k <= m.num_experts, origin, ": key '", topk, "' must be <= ", experts,
+                 " (", m.num_experts, "), got ", m.top_k);
+  MT_INPUT_CHECK(m.num_heads % m.num_kv_heads == 0, origin, ": key '", heads, "' (", m.num_heads,
+                 ") must be divisible by ", kv, ", got ", m.num_kv_heads);
+  MT_INPUT_CHECK(m.head_dim > 0 || m.hidden_size % m.num_heads == 0, origin, ": key '", hidden, "' (",
+                 m.hidden_size, ") must be divisible by ", heads, " (", m.num_heads, ") when ", hd,
+                 " is not given; set ", hd, " or change the sizes");
+  const int D = m.resolved_head_dim();
+  MT_INPUT_CHECK(D % 2 == 0, origin, ": key '", hd, "' must be even (RoPE rotates pairs of dimensions), got ", D,
+                 m.head_dim > 0 ? "" : std::string(" (") + hidden + " / " + heads + ")");
+  for (int l : m.mlp_only_layers)
+    MT_INPUT_CHECK(l >= 0 && l < m.num_layers, origin, ": key '", mlp_only, "' holds layer ", l, ", outside 0..",
+                   m.num_layers - 1, " (", layers, " = ", m.num_layers, ")");
+  // Parameter count in floating point (no overflow): embeddings, attention, norms, experts or dense MLP, head.
+  const double H = m.hidden_size, V = m.vocab_size, NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts;
+  const double per_layer = H * D * (2 * NH + 2 * NKV) + 2 * H + 2.0 * D + E * H +
+                           3.0 * H * std::max<double>({double(m.expert_width()) * E, double(m.intermediate_size)});
+  const double params = V * H * (m.tie_word_embeddings ? 1 : 2) + H + per_layer * m.num_layers;
+  MT_INPUT_CHECK(params <= double(1ull << 48), origin, ": the model sizes (", hidden, " ", m.hidden_size, ", ",
+                 y ? "model.vocab_size" : "vocab_size", " ", m.vocab_size, ", ", layers, " ", m.num_layers, ", ",
+                 experts, " ", m.num_experts, ", expert width ", m.expert_width(), ", ", hd, " ", D, ") give ",
+                 params, " parameters, more than the limit of 2^48");
+}
 
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
                     const std::string& origin) {
@@ -564,6 +603,12 @@ Config load_config(const std::string& yaml_path, const std::vector<std::string>&
   std::error_code ec;
   MT_INPUT_CHECK(fs::exists(yaml_path, ec), "config file '", yaml_path, "' does not exist");
   MT_INPUT_CHECK(!fs::is_directory(yaml_path, ec), "config file '", yaml_path, "' is a directory, not a YAML file");
+  // A FIFO would block the open, a device never ends: only regular files, and of a size a config can have.
+  MT_INPUT_CHECK(fs::is_regular_file(yaml_path, ec), "config file '", yaml_path,
+                 "' is not a regular file (a FIFO, device or socket); give a YAML file");
+  const uintmax_t size = fs::file_size(yaml_path, ec);
+  MT_INPUT_CHECK(!ec && size <= (uintmax_t(16) << 20), "config file '", yaml_path, "' has ", size,
+                 " bytes; a run config is at most 16 MiB");
   std::ifstream in(yaml_path, std::ios::binary);
   MT_INPUT_CHECK(in.good(), "cannot read config file '", yaml_path, "': ", std::strerror(errno));
   std::ostringstream text;

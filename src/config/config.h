@@ -175,6 +175,16 @@ Config load_config(const std::string& yaml_path, const std::vector<std::string>&
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
                     const std::string& origin);
 
+// Which spelling the model keys have in messages: the run YAML (model.num_heads) or an HF config.json
+// (num_attention_heads).
+enum class ModelKeys { Yaml, HfConfig };
+
+// Shape checks every model must pass, whichever file it came from: num_heads divisible by num_kv_heads,
+// head_dim resolvable and even (RoPE rotates pairs), top_k <= num_experts, mlp_only_layers inside the model,
+// at most 65536 layers / heads / experts, and at most 2^48 parameters (so no size product overflows).
+// BadInput naming `origin` and the key (spelled as `keys` says).
+void check_model_dims(const ModelConfig& m, const std::string& origin, ModelKeys keys);
+
 // The resolved configuration as YAML text (every key, defaults filled) — logged and later checkpointed.
 std::string config_to_yaml(const Config& cfg);
 

@@ -1,30 +1,83 @@
 // Owns reading token/text files, id validation and the (optionally shuffled) window order.
 #include "data/token_data.h"
 
-#include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <new>
 
 #include "core/error.h"
 #include "core/rng.h"
 
 namespace moe {
 
-static std::vector<unsigned char> read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  MT_INPUT_CHECK(f.good(), "data.path: cannot open '", path, "'; check the path (relative paths are resolved from the working directory)");
-  return std::vector<unsigned char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+namespace {
+
+// What a non-regular file is, for messages.
+const char* file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISSOCK(m)) return "a socket";
+  if (S_ISLNK(m)) return "a symbolic link";
+  return "not a regular file";
 }
 
+// An open regular file and its size. A directory, FIFO, device or socket is refused before any read (a FIFO
+// would block, /dev/zero never ends, a directory reads as nothing).
+struct OpenFile {
+  int fd = -1;
+  uint64_t size = 0;
+  ~OpenFile() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+void open_regular(const std::string& path, OpenFile& f) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for regular files.
+  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  struct stat st;
+  if (f.fd < 0) {
+    const int e = errno;
+    if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+      MT_INPUT_FAIL("data.path '", path, "' is ", file_kind(st.st_mode), ", not a regular file; give a token or text file");
+    MT_INPUT_FAIL("data.path: cannot open '", path, "': ", std::strerror(e),
+                  "; check the path (relative paths are resolved from the working directory)");
+  }
+  if (::fstat(f.fd, &st) != 0) MT_INPUT_FAIL("data.path: cannot stat '", path, "': ", std::strerror(errno));
+  MT_INPUT_CHECK(S_ISREG(st.st_mode), "data.path '", path, "' is ", file_kind(st.st_mode),
+                 ", not a regular file; give a token or text file");
+  f.size = uint64_t(st.st_size);
+}
+
+// Reads exactly `size` bytes of f in chunks of a multiple of every token size, handing each to take(p, n, offset).
+template <class Take>
+void read_chunks(const std::string& path, const OpenFile& f, Take take) {
+  std::vector<unsigned char> chunk(size_t(1) << 20);
+  uint64_t done = 0;
+  while (done < f.size) {
+    const size_t want = size_t(std::min<uint64_t>(chunk.size(), f.size - done));
+    const ssize_t got = ::pread(f.fd, chunk.data(), want, off_t(done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) MT_INPUT_FAIL("data.path '", path, "': read failed at byte ", done, ": ", std::strerror(errno));
+    MT_INPUT_CHECK(got > 0, "data.path '", path, "': the file shrank while being read (", done, " of ", f.size, " bytes)");
+    take(chunk.data(), size_t(got), done);
+    done += uint64_t(got);
+  }
+}
+
+}  // namespace
+
 i64 check_token_file(const DataConfig& d, int vocab, int seq_len, DataScan scan) {
-  namespace fs = std::filesystem;
   MT_INPUT_CHECK(!d.path.empty(), "data.path is not set; give a token file (data.format: tokens) or a text file (data.format: text)");
-  std::error_code ec;
-  const fs::file_status st = fs::status(d.path, ec);
-  MT_INPUT_CHECK(fs::exists(st), "data.path: cannot open '", d.path, "': no such file; check the path (relative paths are resolved from the working directory)");
-  MT_INPUT_CHECK(fs::is_regular_file(st), "data.path '", d.path, "' is not a regular file (a directory or device?); give a token or text file");
-  const i64 bytes = i64(fs::file_size(d.path, ec));
-  MT_INPUT_CHECK(!ec, "data.path: cannot read the size of '", d.path, "': ", ec.message());
+  OpenFile f;
+  open_regular(d.path, f);  // a directory, FIFO, device or socket: exit 2 naming what it is, before any read
+  const i64 bytes = i64(f.size);
   const i64 es = d.format == DataFormat::Text ? 1 : d.dtype == TokenDtype::U16 ? 2 : 4;
   if (d.format == DataFormat::Text)
     MT_INPUT_CHECK(vocab >= 256, "data.format: text uses byte-level tokens 0..255, so model.vocab_size must be >= 256, got ", vocab);
@@ -33,23 +86,17 @@ i64 check_token_file(const DataConfig& d, int vocab, int seq_len, DataScan scan)
                    " (data.dtype ", es == 2 ? "uint16" : "uint32", "); is data.dtype right?");
   const i64 ntok = bytes / es;
   MT_INPUT_CHECK(ntok >= 1 && (ntok - 1) / seq_len >= 1, "data.path '", d.path, "': ", ntok,
-                 " tokens is shorter than one window of train.seq_len + 1 = ", seq_len + 1, " tokens");
+                 " tokens is shorter than one window of train.seq_len + 1 = ", i64(seq_len) + 1, " tokens");
   if (scan == DataScan::Ids && d.format != DataFormat::Text) {
-    std::ifstream f(d.path, std::ios::binary);
-    MT_INPUT_CHECK(f.good(), "data.path: cannot open '", d.path, "'");
-    std::vector<unsigned char> buf(size_t(es) << 20);
-    i64 pos = 0;
-    while (f) {
-      f.read(reinterpret_cast<char*>(buf.data()), std::streamsize(buf.size()));
-      const i64 got = i64(f.gcount()) / es;
-      for (i64 i = 0; i < got; ++i, ++pos) {
+    read_chunks(d.path, f, [&](const unsigned char* p, size_t n, uint64_t offset) {
+      for (size_t i = 0; i + size_t(es) <= n; i += size_t(es)) {
         uint32_t v = 0;
-        for (i64 b = 0; b < es; ++b) v |= uint32_t(buf[size_t(i * es + b)]) << (8 * b);
-        MT_INPUT_CHECK(v < uint32_t(vocab), "data.path '", d.path, "': token id ", v, " at position ", pos,
-                       " is >= model.vocab_size ", vocab, "; was the file made with another tokenizer?");
+        for (i64 b = 0; b < es; ++b) v |= uint32_t(p[i + size_t(b)]) << (8 * b);
+        MT_INPUT_CHECK(v < uint32_t(vocab), "data.path '", d.path, "': token id ", v, " at position ",
+                       (offset + i) / uint64_t(es), " is >= model.vocab_size ", vocab,
+                       "; was the file made with another tokenizer?");
       }
-    }
-    MT_INPUT_CHECK(pos == ntok, "data.path '", d.path, "': read ", pos, " of ", ntok, " tokens");
+    });
   }
   return ntok;
 }
@@ -62,26 +109,31 @@ TokenData::TokenData(const DataConfig& d, int vocab, int seq_len, uint64_t seed)
                   "use data.format: tokens (pre-tokenized uint32/uint16) or text (byte-level)");
   if (d.reset_attention)
     MT_INPUT_FAIL("data.reset_attention: true is not supported yet (document-packed attention lands with the data issue)");
-  const std::vector<unsigned char> raw = read_all(d.path);
-  if (d.format == DataFormat::Text) {
+  const bool text = d.format == DataFormat::Text;
+  if (text)
     MT_INPUT_CHECK(vocab >= 256, "data.format: text uses byte-level tokens 0..255, so model.vocab_size must be >= 256, got ", vocab);
-    tokens_.assign(raw.begin(), raw.end());
-  } else {
-    const size_t es = d.dtype == TokenDtype::U16 ? 2 : 4;
-    MT_INPUT_CHECK(raw.size() % es == 0, "data.path '", d.path, "': size ", raw.size(), " bytes is not a multiple of ", es,
-                   " (data.dtype ", es == 2 ? "uint16" : "uint32", "); is data.dtype right?");
-    tokens_.resize(raw.size() / es);
-    for (size_t i = 0; i < tokens_.size(); ++i) {
-      uint32_t v = 0;
-      for (size_t b = 0; b < es; ++b) v |= uint32_t(raw[i * es + b]) << (8 * b);
-      MT_INPUT_CHECK(v < uint32_t(vocab), "data.path '", d.path, "': token id ", v, " at position ", i,
-                     " is >= model.vocab_size ", vocab, "; was the file made with another tokenizer?");
-      tokens_[i] = int32_t(v);
-    }
+  const size_t es = text ? 1 : d.dtype == TokenDtype::U16 ? 2 : 4;
+  OpenFile f;
+  open_regular(d.path, f);
+  MT_INPUT_CHECK(f.size % es == 0, "data.path '", d.path, "': size ", f.size, " bytes is not a multiple of ", es,
+                 " (data.dtype ", es == 2 ? "uint16" : "uint32", "); is data.dtype right?");
+  try {
+    tokens_.reserve(size_t(f.size / es));
+  } catch (const std::exception&) {  // bad_alloc / length_error: the file cannot be held
+    MT_INPUT_FAIL("data.path '", d.path, "': ", f.size / es, " tokens (", f.size, " bytes) do not fit in memory");
   }
+  read_chunks(d.path, f, [&](const unsigned char* p, size_t n, uint64_t offset) {
+    for (size_t i = 0; i + es <= n; i += es) {
+      uint32_t v = 0;
+      for (size_t b = 0; b < es; ++b) v |= uint32_t(p[i + b]) << (8 * b);
+      MT_INPUT_CHECK(v < uint32_t(vocab), "data.path '", d.path, "': token id ", v, " at position ", (offset + i) / es,
+                     " is >= model.vocab_size ", vocab, "; was the file made with another tokenizer?");
+      tokens_.push_back(int32_t(v));
+    }
+  });
   n_windows_ = tokens_.empty() ? 0 : (i64(tokens_.size()) - 1) / L_;
   MT_INPUT_CHECK(n_windows_ >= 1, "data.path '", d.path, "': ", tokens_.size(), " tokens is shorter than one window of train.seq_len + 1 = ",
-                 L_ + 1, " tokens");
+                 i64(L_) + 1, " tokens");
 }
 
 // contract: C5.order C5.tokens

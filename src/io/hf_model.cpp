@@ -88,13 +88,13 @@ void read_hf_attention_keys(const JsonKeys& k, ModelConfig& m) {
   if (!mix && m.sliding_window > 0 && k.get_int("max_window_layers", m.num_layers, false) < m.num_layers)
     spdlog::warn("{}: max_window_layers = {} < num_hidden_layers = {}: transformers' Qwen3-MoE ignores it and "
                  "applies the sliding window {} to every layer; so does moe-train",
-                 k.file, k.j["max_window_layers"].dump(), m.num_layers, m.sliding_window);
+                 k.file, json_brief(k.j["max_window_layers"]), m.num_layers, m.sliding_window);
   if (k.has("layer_types")) {
     const json& lt = k.j["layer_types"];
-    MT_INPUT_CHECK(lt.is_array(), k.file, ": key 'layer_types' must be a list, got ", lt.dump());
+    MT_INPUT_CHECK(lt.is_array(), k.file, ": key 'layer_types' must be a list, got ", json_brief(lt));
     const char* want = m.sliding_window > 0 ? "sliding_attention" : "full_attention";
     for (size_t i = 0; i < lt.size(); ++i)
-      MT_INPUT_CHECK(lt[i] == want, k.file, ": layer_types[", i, "] = ", lt[i].dump(), " is not supported: ",
+      MT_INPUT_CHECK(lt[i] == want, k.file, ": layer_types[", i, "] = ", json_brief(lt[i]), " is not supported: ",
                      mix ? "Mixtral" : "Qwen3-MoE", " applies ", want, " to every layer (",
                      m.sliding_window > 0 ? "sliding_window " + std::to_string(m.sliding_window)
                                           : std::string("no sliding window"),
@@ -103,7 +103,7 @@ void read_hf_attention_keys(const JsonKeys& k, ModelConfig& m) {
   if (k.has("pad_token_id")) {
     // nn.Embedding(vocab, hidden, padding_idx): a negative index counts from the end, as in torch.
     MT_INPUT_CHECK(k.j["pad_token_id"].is_number_integer(), k.file, ": key 'pad_token_id' must be an integer, got ",
-                   k.j["pad_token_id"].dump());
+                   json_brief(k.j["pad_token_id"]));
     const long long p = k.j["pad_token_id"].get<long long>();
     MT_INPUT_CHECK(p >= -m.vocab_size && p < m.vocab_size, k.file, ": pad_token_id = ", p,
                    " is outside the vocabulary (vocab_size = ", m.vocab_size, ")");
@@ -121,7 +121,7 @@ void check_hf_math_keys(const JsonKeys& k, const ModelConfig& m) {
   const json& j = k.j;
   const bool mix = m.arch == Arch::Mixtral;
   if (k.has("hidden_act"))
-    MT_INPUT_CHECK(j["hidden_act"] == "silu", k.file, ": hidden_act ", j["hidden_act"].dump(),
+    MT_INPUT_CHECK(j["hidden_act"] == "silu", k.file, ": hidden_act ", json_brief(j["hidden_act"]),
                    " is not supported; allowed: \"silu\"");
   MT_INPUT_CHECK(!k.get_bool("attention_bias", false), k.file,
                  ": attention_bias true is not supported (moe-train attention has no biases); allowed: false");
@@ -139,7 +139,7 @@ void check_hf_math_keys(const JsonKeys& k, const ModelConfig& m) {
   MT_INPUT_CHECK(k.get_bool("is_causal", true), k.file,
                  ": is_causal false (bidirectional attention) is not supported; allowed: true");
   MT_INPUT_CHECK(!k.has("quantization_config"), k.file, ": quantization_config ", k.has("quantization_config") ?
-                 j["quantization_config"].dump() : std::string(), " is not supported (quantized weights); allowed: "
+                 json_brief(j["quantization_config"]) : std::string(), " is not supported (quantized weights); allowed: "
                  "no quantization_config — dequantize the model to bf16/fp32 first");
 }
 
@@ -195,7 +195,7 @@ ModelConfig read_hf_config(const std::string& dir) {
   } else if (mt == "qwen3_moe") {
     m.arch = Arch::Qwen3Moe;
   } else {
-    MT_INPUT_FAIL(file, ": model_type '", mt, "' is not supported; allowed: mixtral, qwen3_moe");
+    MT_INPUT_FAIL(file, ": model_type '", brief_text(mt), "' is not supported; allowed: mixtral, qwen3_moe");
   }
   const bool mix = m.arch == Arch::Mixtral;
   m.vocab_size = k.get_int("vocab_size");
@@ -227,15 +227,17 @@ ModelConfig read_hf_config(const std::string& dir) {
   m.init_std = k.get_num("initializer_range", 0.02);
   if (k.has("mlp_only_layers")) {
     const json& a = j["mlp_only_layers"];
-    MT_INPUT_CHECK(a.is_array(), file, ": key 'mlp_only_layers' must be a list of layer indices, got ", a.dump());
+    MT_INPUT_CHECK(a.is_array(), file, ": key 'mlp_only_layers' must be a list of layer indices, got ", json_brief(a));
     for (const json& x : a) {
-      MT_INPUT_CHECK(x.is_number_integer(), file, ": mlp_only_layers holds ", x.dump(), ", not a layer index");
+      MT_INPUT_CHECK(x.is_number_integer() && x.get<long long>() >= 0 && x.get<long long>() < (1ll << 31), file,
+                     ": mlp_only_layers holds ", json_brief(x), ", not a layer index");
       m.mlp_only_layers.push_back(x.get<int>());
     }
   }
   m.decoder_sparse_step = k.get_int("decoder_sparse_step", 1, true);
   read_hf_attention_keys(k, m);
   check_hf_math_keys(k, m);
+  check_model_dims(m, file, ModelKeys::HfConfig);
   untie_differing_lm_head(dir, m);
   return m;
 }
@@ -268,6 +270,7 @@ std::string hf_config_json(const ModelConfig& m, StDtype dtype, const HfExportMe
   if (meta.source != HfMetaSource::None) {
     std::ifstream in(src_file);
     MT_INPUT_CHECK(in.good(), "cannot read ", src_file, " (the source of the exported config.json's metadata)");
+    (void)read_json_file(src_file);  // size, nesting depth and syntax checked first, with short messages
     ojson s;
     try {
       s = ojson::parse(in);

@@ -15,6 +15,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "io/json_file.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors I/O assumes a little-endian host"
@@ -40,12 +41,6 @@ int dtype_bits(const std::string& d) {
   for (const auto& [name, bits] : table)
     if (d == name) return bits;
   return 0;
-}
-
-std::string shape_str(const std::vector<i64>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
 }
 
 uint64_t read_u64_le(const uint8_t* p) {
@@ -219,13 +214,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
       dup = parsed.get<std::string>();
     return true;
   };
-  json h;
-  try {
-    h = json::parse(hb, hb + n, cb);
-  } catch (const json::exception& e) {
-    MT_INPUT_FAIL(where, "corrupt header: invalid JSON (", e.what(), ")");
-  }
-  MT_INPUT_CHECK(dup.empty(), where, "corrupt header: tensor name '", dup, "' appears twice");
+  const json h = parse_json_text(hb, hb + n, where + "corrupt header", cb);
+  MT_INPUT_CHECK(dup.empty(), where, "corrupt header: tensor name '", brief_text(dup), "' appears twice");
   MT_INPUT_CHECK(h.is_object(), where, "corrupt header: the JSON header is not an object");
 
   const uint64_t buf_size = fsize - 8 - n;
@@ -241,13 +231,13 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     if (name == "__metadata__") {
       MT_INPUT_CHECK(v.is_object(), where, "corrupt header: __metadata__ must be an object of strings");
       for (auto m2 = v.begin(); m2 != v.end(); ++m2) {
-        MT_INPUT_CHECK(m2.value().is_string(), where, "corrupt header: __metadata__ value for '", m2.key(),
+        MT_INPUT_CHECK(m2.value().is_string(), where, "corrupt header: __metadata__ value for '", brief_text(m2.key()),
                        "' is not a string");
         f.metadata_[m2.key()] = m2.value().get<std::string>();
       }
       continue;
     }
-    const std::string tw = where + "corrupt header: tensor '" + name + "': ";
+    const std::string tw = where + "corrupt header: tensor '" + brief_text(name) + "': ";
     MT_INPUT_CHECK(v.is_object(), tw, "entry is not an object");
     MT_INPUT_CHECK(v.contains("dtype") && v["dtype"].is_string(), tw, "missing string 'dtype'");
     MT_INPUT_CHECK(v.contains("shape") && v["shape"].is_array(), tw, "missing array 'shape'");
@@ -257,27 +247,27 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     t.name = name;
     t.dtype = v["dtype"].get<std::string>();
     const int bits = dtype_bits(t.dtype);
-    MT_INPUT_CHECK(bits > 0, tw, "unknown dtype '", t.dtype, "'");
+    MT_INPUT_CHECK(bits > 0, tw, "unknown dtype '", brief_text(t.dtype), "'");
     // numel with overflow guard: every product stays below 2^62
     unsigned __int128 numel = 1;
     for (const json& d : v["shape"]) {
       MT_INPUT_CHECK(d.is_number_unsigned() && d.get<uint64_t>() < (uint64_t(1) << 62), tw, "shape ",
-                     v["shape"].dump(), " has a non-integer, negative or huge dim");
+                     json_brief(v["shape"]), " has a non-integer, negative or huge dim");
       numel *= d.get<uint64_t>();
-      MT_INPUT_CHECK(numel < (unsigned __int128)1 << 62, tw, "shape ", v["shape"].dump(), " is too large");
+      MT_INPUT_CHECK(numel < (unsigned __int128)1 << 62, tw, "shape ", json_brief(v["shape"]), " is too large");
       t.shape.push_back(d.get<i64>());
     }
     for (const json& o : v["data_offsets"])
-      MT_INPUT_CHECK(o.is_number_unsigned(), tw, "data_offsets ", v["data_offsets"].dump(),
+      MT_INPUT_CHECK(o.is_number_unsigned(), tw, "data_offsets ", json_brief(v["data_offsets"]),
                      " must be non-negative integers");
     const uint64_t b = v["data_offsets"][0].get<uint64_t>(), e = v["data_offsets"][1].get<uint64_t>();
     MT_INPUT_CHECK(b <= e, tw, "data_offsets [", b, ", ", e, "] end before begin");
     const unsigned __int128 total_bits = numel * unsigned(bits);
-    MT_INPUT_CHECK(total_bits % 8 == 0, tw, "dtype ", t.dtype, " with shape ", shape_str(t.shape),
+    MT_INPUT_CHECK(total_bits % 8 == 0, tw, "dtype ", t.dtype, " with shape ", brief_text(shape_str(t.shape)),
                    " is not a whole number of bytes");
     const uint64_t want = uint64_t(total_bits / 8);
     MT_INPUT_CHECK(e - b == want, tw, "data_offsets [", b, ", ", e, "] hold ", e - b, " bytes, but ", t.dtype,
-                   " ", shape_str(t.shape), " needs ", want);
+                   " ", brief_text(shape_str(t.shape)), " needs ", want);
     t.nbytes = size_t(want);
     spans.push_back({b, e, f.tensors_.size()});
     f.tensors_.push_back(std::move(t));
@@ -299,7 +289,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   });
   uint64_t cursor = 0;
   for (const Span& s : spans) {
-    const std::string& nm = f.tensors_[s.idx].name;
+    const std::string nm = brief_text(f.tensors_[s.idx].name);
     MT_INPUT_CHECK(s.begin >= cursor, where, "corrupt header: tensor '", nm, "' data_offsets [", s.begin, ", ",
                    s.end, "] overlap the previous tensor (which ends at ", cursor, ")");
     MT_INPUT_CHECK(s.begin == cursor, where, "corrupt header: gap in the data buffer: bytes [", cursor, ", ",

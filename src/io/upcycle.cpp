@@ -68,13 +68,13 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
   } else if (mt == "qwen3") {
     m.arch = Arch::Qwen3Moe;
   } else {
-    MT_INPUT_FAIL(file, ": model_type '", mt, "' cannot be upcycled (upcycle.from); allowed: ", kAllowed,
+    MT_INPUT_FAIL(file, ": model_type '", brief_text(mt), "' cannot be upcycled (upcycle.from); allowed: ", kAllowed,
                   (mt == "mixtral" || mt == "qwen3_moe") ? " — this is already an MoE model: use model.init_from" : "");
   }
 
   // Only what the MoE architectures compute identically is accepted. [C4.layer] [C4.attention]
   if (k.has("hidden_act"))
-    MT_INPUT_CHECK(j["hidden_act"] == "silu", file, ": hidden_act ", j["hidden_act"].dump(),
+    MT_INPUT_CHECK(j["hidden_act"] == "silu", file, ": hidden_act ", json_brief(j["hidden_act"]),
                    " is not supported for upcycling; allowed: \"silu\"");
   MT_INPUT_CHECK(!k.get_bool("attention_bias", false), file,
                  ": attention_bias true is not supported for upcycling (the MoE attention has no biases); allowed: false");
@@ -83,7 +83,7 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
   m.rope_theta = hf_rope_theta(k, 10000.0);  // llama / mistral / qwen3 class default
   // Upcycling keeps full causal attention (the dense model's window is not carried over).
   if (mt == "mistral")
-    MT_INPUT_CHECK(!k.has("sliding_window"), file, ": sliding_window ", j["sliding_window"].dump(),
+    MT_INPUT_CHECK(!k.has("sliding_window"), file, ": sliding_window ", json_brief(j["sliding_window"]),
                    " is not supported for upcycling (the upcycled model keeps full causal attention); allowed: "
                    "null — set it to null if train.seq_len never exceeds the window");
   if (mt == "qwen3") {
@@ -93,7 +93,7 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
   }
   if (k.has("layer_types") && j["layer_types"].is_array())
     for (const json& t : j["layer_types"])
-      MT_INPUT_CHECK(t == "full_attention", file, ": layer_types holds ", t.dump(),
+      MT_INPUT_CHECK(t == "full_attention", file, ": layer_types holds ", json_brief(t),
                      "; only \"full_attention\" layers can be upcycled");
 
   m.vocab_size = k.get_int("vocab_size");
@@ -120,6 +120,7 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
   m.decoder_sparse_step = 1;
   m.num_layers = int(dus_source_layers(dense_layers, u.depth_pct).size());
   m.init_std = init_std;
+  check_model_dims(m, file, ModelKeys::HfConfig);
   return m;
 }
 

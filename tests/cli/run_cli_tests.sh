@@ -18,7 +18,7 @@ fail() { echo "FAIL [$CASE]: $*" >&2; FAILED=1; }
 # run ARGS...: runs moe-train, stdout → out.txt, stderr → err.txt, both → all.txt; sets RC.
 run() {
   echo "+ moe-train $*" >&2
-  "$BIN" "$@" >out.txt 2>err.txt
+  timeout -k 5 90 "$BIN" "$@" >out.txt 2>err.txt  # a hang (e.g. reading a FIFO) fails as exit 124
   RC=$?
   cat out.txt err.txt >all.txt
   sed 's/^/  | /' all.txt | head -40 >&2
@@ -157,6 +157,17 @@ EOF
   ST_NAMES=("${keep_n[@]}") ST_SHAPES=("${keep_s[@]}") ST_FILLS=("${keep_f[@]}")
   st_write "$dir/model.safetensors"
 }
+
+# st_raw FILE HEADER NBYTES: safetensors file with the given JSON header (unpadded) and NBYTES zero data bytes.
+st_raw() {
+  local f=$1 hdr=$2 n=$3 len k
+  len=${#hdr}
+  : >"$f"
+  for ((k = 0; k < 8; k++)); do printf %b "\\x$(printf %02x $(((len >> (8 * k)) & 255)))" >>"$f"; done
+  printf '%s' "$hdr" >>"$f"
+  head -c "$n" /dev/zero >>"$f"
+}
+repeat() { head -c "$2" /dev/zero | tr '\0' "$1"; }  # repeat CHAR N
 
 # A config that starts from an HF dir: architecture keys come from its config.json.
 write_init_yaml() {  # write_init_yaml FILE MODEL_DIR
@@ -413,6 +424,64 @@ case "$CASE" in
       tail -n 1 $m | grep -q '"expert_load":' || fail "the last line of $m has no expert_load"
       tail -n 1 $m | grep -q '"step":5[,}]' || fail "the last line of $m is not step 5"
     fi
+    ;;
+  deep_json_safetensors)
+    # A shape nested 60,000 deep used to overflow the stack while the error message was built.
+    make_model_dir model
+    st_raw model/model.safetensors "{\"x\":{\"dtype\":\"F32\",\"shape\":$(repeat '[' 60000)$(repeat ']' 60000),\"data_offsets\":[0,4]}}" 4
+    write_tokens tok.bin 64
+    write_init_yaml c.yaml "$T/model"
+    run c.yaml
+    expect_bad_input model.safetensors "nested deeper than"
+    [ "$(wc -c <all.txt)" -lt 4000 ] || fail "the message quotes the whole header ($(wc -c <all.txt) bytes of output)"
+    ;;
+  deep_json_config)
+    make_model_dir model
+    sed -i "s/\"hidden_act\": \"silu\"/\"hidden_act\": $(repeat '[' 60000)$(repeat ']' 60000)/" model/config.json
+    write_tokens tok.bin 64
+    write_init_yaml c.yaml "$T/model"
+    run c.yaml
+    expect_bad_input config.json "nested deeper than"
+    run c.yaml --dry-run
+    expect_bad_input config.json "nested deeper than"
+    make_model_dir model  # a deep value where an integer belongs
+    sed -i "s/\"hidden_size\": 8/\"hidden_size\": $(repeat '{' 1)\"a\": 1}/" model/config.json
+    run c.yaml --dry-run
+    expect_bad_input config.json hidden_size integer
+    ;;
+  odd_head_dim)
+    # RoPE rotates pairs: an odd head_dim must be refused as input (it used to end in an internal check).
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set model.head_dim=3
+    expect_bad_input model.head_dim even 3
+    run c.yaml --set model.head_dim=3 --dry-run
+    expect_bad_input model.head_dim even 3
+    run c.yaml --set model.hidden_size=6 --dry-run  # 6 / 2 heads = 3
+    expect_bad_input model.head_dim even 3
+    make_model_dir model
+    sed -i 's/"num_key_value_heads": 1,/"num_key_value_heads": 1, "head_dim": 5,/' model/config.json
+    write_init_yaml c2.yaml "$T/model"
+    run c2.yaml
+    expect_bad_input config.json head_dim even 5
+    run c2.yaml --dry-run
+    expect_bad_input config.json head_dim even 5
+    ;;
+  data_not_regular)
+    # A directory, a FIFO and a device as data.path: exit 2 naming the path and what it is (no hang, no bad_alloc).
+    mkdir datadir
+    write_tiny_yaml c.yaml "$T/datadir"
+    run c.yaml
+    expect_bad_input datadir directory
+    mkfifo fifo
+    write_tiny_yaml c.yaml "$T/fifo"
+    run c.yaml
+    expect_bad_input "$T/fifo" FIFO
+    write_tiny_yaml c.yaml /dev/zero
+    run c.yaml
+    expect_bad_input /dev/zero "character device"
+    run "$T/fifo"  # the run config itself: a FIFO must not block either
+    expect_bad_input "$T/fifo" "not a regular file"
     ;;
   loss_spike)
     # lr 10 blows the loss up by orders of magnitude: the spike guard stops with exit 3 before the update of

@@ -323,5 +323,25 @@ TEST(Config, ShippedConfigsParse) {
   EXPECT_EQ(qwen.train.steps, 5);
 }
 
+// Issue 8 (trust under faults): model shapes every file must pass, and messages that quote, not copy.
+TEST(Config, ModelShapeLimitsAndShortMessages) {
+  EXPECT_HAS(parse_error("model: {head_dim: 3}"), "key 'model.head_dim' must be even");
+  EXPECT_HAS(parse_error("model: {hidden_size: 6, num_heads: 2, num_kv_heads: 1}"), "key 'model.head_dim' must be even");
+  EXPECT_HAS(parse_error("model: {num_layers: 100000}"), "key 'model.num_layers' must be in 1..65536");
+  EXPECT_HAS(parse_error("model: {num_layers: 4096, num_experts: 4096}"), "exceed the limit of 2^20");
+  EXPECT_HAS(parse_error("model: {hidden_size: 2000000000, vocab_size: 2000000000, num_heads: 2, num_kv_heads: 2}"),
+             "more than the limit of 2^48");
+  EXPECT_HAS(parse_error("model: {num_layers: 2, mlp_only_layers: [2]}"), "key 'model.mlp_only_layers' holds layer 2");
+  const std::string huge = parse_error("train:\n  steps: " + std::string(200000, '9') + "\n");
+  EXPECT_HAS(huge, "key 'train.steps' expects a positive integer");
+  EXPECT_LT(huge.size(), 400u) << huge.substr(0, 400);
+  const std::string key = parse_error("", {"train." + std::string(100000, 'x') + "=1"});
+  EXPECT_HAS(key, "unknown key 'train.xxx");
+  EXPECT_LT(key.size(), 400u) << key.substr(0, 400);
+  const std::string set = parse_error("", {"train.lr=" + std::string(100000, '1') + "x"});
+  EXPECT_HAS(set, "key 'train.lr'");
+  EXPECT_LT(set.size(), 600u) << set.substr(0, 600);
+}
+
 }  // namespace
 }  // namespace moe

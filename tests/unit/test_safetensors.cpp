@@ -513,3 +513,33 @@ TEST(HfModel, Bf16SaveLoadsRoundedValues) {
   load_hf_weights(d.str(), read_hf_config(d.str()), t, q.data());
   for (size_t i = 0; i < p.size(); ++i) ASSERT_EQ(q[i], bf16_to_f32(f32_to_bf16(p[i]))) << i;
 }
+
+// Issue 8 (trust under faults): nesting is bounded before anything recursive runs, brackets inside strings do
+// not count, and messages quote at most a few dozen characters of a value.
+TEST(Safetensors, DeepOrHugeHeaderValuesAreBadInputWithShortMessages) {
+  TmpDir d;
+  const std::string deep = "{\"x\":{\"dtype\":\"F32\",\"shape\":" + std::string(60000, '[') + std::string(60000, ']') +
+                           ",\"data_offsets\":[0,4]}}";
+  write_raw(d / "deep.safetensors", deep, std::vector<uint8_t>(4));
+  expect_bad_input([&] { SafetensorsFile::open(d / "deep.safetensors"); }, {"deep.safetensors", "nested deeper than 64"});
+
+  // 100 '[' inside a tensor name are text, not nesting: the file is valid.
+  const std::string name(100, '[');
+  write_raw(d / "name.safetensors", "{\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+            std::vector<uint8_t>(4));
+  EXPECT_NE(SafetensorsFile::open(d / "name.safetensors").find(name), nullptr);
+
+  // A 100,000-element shape of strings: the message names the tensor but quotes only a prefix of the shape.
+  std::string shape = "[";
+  for (int i = 0; i < 100000; ++i) shape += i ? ",\"a\"" : "\"a\"";
+  write_raw(d / "wide.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":" + shape + "],\"data_offsets\":[0,4]}}",
+            std::vector<uint8_t>(4));
+  try {
+    SafetensorsFile::open(d / "wide.safetensors");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::BadInput);
+    EXPECT_NE(std::string(e.what()).find("tensor 'w'"), std::string::npos) << e.what();
+    EXPECT_LT(std::strlen(e.what()), 600u) << e.what();
+  }
+}
