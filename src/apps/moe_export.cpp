@@ -22,8 +22,8 @@ int main(int argc, char** argv) {
       ->check([](const std::string& v) -> std::string {
         char* end = nullptr;
         const double gb = std::strtod(v.c_str(), &end);
-        return end != v.c_str() && *end == '\0' && std::isfinite(gb) && gb >= 1e-3 ? ""
-                                                                                 : "must be a finite number of GB >= 0.001";
+        return end != v.c_str() && *end == '\0' && std::isfinite(gb) && gb * 1e9 >= 1 ? ""
+                                                                                   : "must be a finite number of GB >= 1e-9";
       });
   app.add_flag("--fused-experts", fused, "write the transformers v5 fused expert tensors instead of per-expert ones");
   try {

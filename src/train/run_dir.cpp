@@ -3,7 +3,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <filesystem>
 
@@ -25,6 +29,24 @@ static bool checkpoint_dir_needs_own_lock(const Config& cfg) {
   const fs::path a = fs::weakly_canonical(checkpoint_dir(cfg), ec);
   const fs::path b = fs::weakly_canonical(fs::path(cfg.resolved_run_dir()) / "checkpoints", ec);
   return a != b;
+}
+
+// "" when dir exists as a directory or can be created, else why not, naming `key`. Nothing is left behind:
+// the first missing component is made and removed again (the real test of the file system, also as root).
+static std::string creatable_problem(const std::string& dir, const char* key) {
+  std::error_code ec;
+  const fs::path want = fs::absolute(dir, ec);
+  fs::path p = want, child;
+  while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path()) {
+    child = p;
+    p = p.parent_path();
+  }
+  auto why = [&](const std::string& what) { return std::string(key) + ": cannot create '" + dir + "': " + what; };
+  if (!fs::is_directory(p, ec)) return why("'" + p.string() + "' is not a directory");
+  if (child.empty()) return "";  // dir itself exists (and is a directory: p == want)
+  if (::mkdir(child.c_str(), 0755) != 0) return why(std::strerror(errno));
+  ::rmdir(child.c_str());
+  return "";
 }
 
 static std::string earlier_checkpoints(const Config& cfg, const std::vector<std::pair<i64, fs::path>>& old) {
@@ -52,9 +74,8 @@ void RunDirClaim::claim(const Config& cfg, Communicator& world, ResumeIntent int
       const std::string p = ckpt_lock_.acquire(dir, "checkpoint.dir");
       MT_INPUT_CHECK(p.empty(), p);
     } else {
-      std::error_code ec;
-      fs::create_directories(dir, ec);
-      MT_INPUT_CHECK(!ec, "checkpoint.dir: cannot create '", dir, "': ", ec.message());
+      const std::string p = creatable_problem(dir, "checkpoint.dir");  // created at the first save
+      MT_INPUT_CHECK(p.empty(), p);
     }
     if (intent != ResumeIntent::None) return;
     const auto old = list_checkpoints(dir);
@@ -97,13 +118,8 @@ std::vector<std::string> run_dir_problems(const Config& cfg, ResumeIntent intent
   auto check_dir = [&](const std::string& dir, const char* key) {
     const std::string holder = RunDirLock::holder(dir, key);
     if (!holder.empty()) out.push_back(holder);
-    // Creatable: the nearest existing ancestor must be a writable directory.
-    std::error_code ec;
-    fs::path p = fs::absolute(dir, ec);
-    while (!p.empty() && !fs::exists(p, ec) && p != p.parent_path()) p = p.parent_path();
-    if (!fs::is_directory(p, ec) || ::access(p.c_str(), W_OK) != 0)
-      out.push_back(std::string(key) + ": cannot create or write '" + dir + "' ('" + p.string() +
-                    "' is not a writable directory)");
+    const std::string p = creatable_problem(dir, key);
+    if (!p.empty()) out.push_back(p);
   };
   check_dir(cfg.resolved_run_dir(), "run.dir");
   if (checkpoint_dir_needs_own_lock(cfg)) check_dir(checkpoint_dir(cfg), "checkpoint.dir");
