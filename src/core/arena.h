@@ -16,6 +16,7 @@ class Arena {
  public:
   explicit Arena(AllocPolicy policy = AllocPolicy::Allocate) : policy_(policy) {}
   bool allocated() const { return allocated_ && policy_ == AllocPolicy::Allocate; }
+  bool plan_only() const { return policy_ == AllocPolicy::PlanOnly; }
   // Records that *slot must point to n elements once allocate() runs.
   void reserve(T** slot, i64 n) {
     MT_CHECK(!allocated_, "reserve after allocate");

@@ -28,7 +28,8 @@ i64 MoeLayer<T>::max_expert_rows(i64 Tn, i64 K, const ExpertShardSpec& shard) {
 template <typename T>
 MoeLayer<T>::MoeLayer(i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm,
                       const ExpertShardSpec& shard, Arena<T>& a)
-    : Tn_(Tn), H_(H), E_(E), K_(K), I_(I), cfg_(cfg), norm_(norm), plan_(Tn, E, K),
+    : Tn_(Tn), H_(H), E_(E), K_(K), I_(I), cfg_(cfg), norm_(norm),
+      plan_(a.plan_only() ? 0 : Tn, E, K),  // a memory plan (--dry-run) allocates no per-token routing state
       exchange_(shard.ep_comm, E, shard.count < 0 ? E : shard.count, max_expert_rows(Tn, K, shard),
                 std::max(H, cfg.expert_dropout > 0 ? I : H)) {
   stats_.routed.assign(E, 0);

@@ -122,7 +122,11 @@ std::string format_preflight(const Preflight& p) {
       os << "GPU memory: unknown (" << p.gpu.unknown_why << "); the plan is not checked against train.device: cuda\n";
   }
   for (const std::string& w : p.warnings) os << "warning: " << w << "\n";
-  if (p.problems.empty()) {
+  if (p.problems.empty() && !p.warnings.empty() && !memory_check_off()) {
+    // Warned, not refused: the plan may be meant for other machines (--world N on a login node).
+    os << "checks passed except memory: on this machine a real run would stop on the warning above (exit 2; "
+          "MOE_MEMORY_CHECK=off skips it); on machines with enough memory it starts\n";
+  } else if (p.problems.empty()) {
     os << "checks passed: a real run with this config and world size starts\n";
   } else {
     os << "a real run would stop (exit 2):\n";

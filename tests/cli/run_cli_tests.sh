@@ -390,7 +390,12 @@ case "$CASE" in
     [ $(($(date +%s) - start)) -le 30 ] || fail "the refusal took more than 30 s (did it allocate?)"
     run c.yaml --dry-run "${huge[@]}"
     expect_rc 0
-    expect_has "warning: the plan needs" "this machine:" "(1.7T)"
+    expect_has "warning: the plan needs" "this machine:" "(1.7T)" "on this machine a real run would stop"
+    grep -q "checks passed: a real run" all.txt && fail "the dry run says a real run starts, but it would stop"
+    # Sizes whose per-token state alone would not fit are planned without allocating it (was bad_alloc).
+    run c.yaml --dry-run --set train.seq_len=2147483647
+    expect_bad_input "shorter than one window"
+    grep -q "bad_alloc" all.txt && fail "the dry run allocated per-token state"
     ;;
   unsupported_device)
     write_tokens tok.bin 64
