@@ -1,7 +1,6 @@
 // Owns the single-process checkpoint tests: bitwise resume, latest/keep, corrupt and truncated files (DESIGN §7).
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -9,21 +8,14 @@
 #include "config/config.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
+#include "test_util.h"
 #include "train/trainer.h"
 
 using namespace moe;
 namespace fs = std::filesystem;
+using moe::test::TmpDir;
 
 namespace {
-
-struct TempDir {
-  fs::path p;
-  TempDir() {
-    p = fs::temp_directory_path() / ("moe_ckpt_" + std::to_string(::getpid()) + "_" + std::to_string(std::rand()));
-    fs::create_directories(p);
-  }
-  ~TempDir() { fs::remove_all(p); }
-};
 
 std::string config_text(const fs::path& dir) {
   const fs::path data = dir / "tokens.bin";
@@ -55,15 +47,15 @@ std::vector<double> run_steps(Trainer& tr, int from, int to) {
 }  // namespace
 
 TEST(Checkpoint, BitwiseResumeSameLayout) {
-  TempDir d;
+  TmpDir d;
   auto self = make_self_communicator();
-  const std::string yaml = config_text(d.p);
+  const std::string yaml = config_text(d.path());
   Trainer straight(parse_config(yaml, {}, "t"), *self);
   const auto all = run_steps(straight, 0, 6);
 
   Trainer first(parse_config(yaml, {"train.steps=3"}, "t"), *self);
   first.run();  // writes step_3.h5 at the end
-  ASSERT_TRUE(fs::exists(d.p / "run/checkpoints/step_3.h5"));
+  ASSERT_TRUE(fs::exists(d.path() / "run/checkpoints/step_3.h5"));
   Trainer second(parse_config(yaml, {}, "t"), *self);
   second.resume("auto");
   ASSERT_EQ(second.start_step(), 3);
@@ -73,11 +65,11 @@ TEST(Checkpoint, BitwiseResumeSameLayout) {
 }
 
 TEST(Checkpoint, LatestKeepAndAtomicNames) {
-  TempDir d;
+  TmpDir d;
   auto self = make_self_communicator();
-  Trainer tr(parse_config(config_text(d.p), {"checkpoint.every=1"}, "t"), *self);
+  Trainer tr(parse_config(config_text(d.path()), {"checkpoint.every=1"}, "t"), *self);
   tr.run();
-  const fs::path ck = d.p / "run/checkpoints";
+  const fs::path ck = d.path() / "run/checkpoints";
   std::ifstream l(ck / "latest");
   std::string name;
   l >> name;
@@ -113,12 +105,12 @@ static void damage(const fs::path& f, bool truncate) {
 
 TEST(Checkpoint, CorruptOrTruncatedIsRejected) {
   for (bool truncate : {false, true}) {
-    TempDir d;
+    TmpDir d;
     auto self = make_self_communicator();
-    const std::string yaml = config_text(d.p);
+    const std::string yaml = config_text(d.path());
     Trainer tr(parse_config(yaml, {"checkpoint.every=3"}, "t"), *self);
     tr.run();  // step_3.h5 and step_6.h5
-    const fs::path ck = d.p / "run/checkpoints";
+    const fs::path ck = d.path() / "run/checkpoints";
     damage(ck / "step_6.h5", truncate);
     EXPECT_NE(verify_checkpoint((ck / "step_6.h5").string()), "");
     EXPECT_EQ(verify_checkpoint((ck / "step_3.h5").string()), "");
@@ -139,9 +131,9 @@ TEST(Checkpoint, CorruptOrTruncatedIsRejected) {
 }
 
 TEST(Checkpoint, ModelShapeChangeRefused) {
-  TempDir d;
+  TmpDir d;
   auto self = make_self_communicator();
-  const std::string yaml = config_text(d.p);
+  const std::string yaml = config_text(d.path());
   Trainer tr(parse_config(yaml, {"train.steps=2"}, "t"), *self);
   tr.run();
   Trainer other(parse_config(yaml, {"model.hidden_size=48"}, "t"), *self);
@@ -155,9 +147,9 @@ TEST(Checkpoint, ModelShapeChangeRefused) {
 }
 
 TEST(Checkpoint, AutoWithoutCheckpointStartsFresh) {
-  TempDir d;
+  TmpDir d;
   auto self = make_self_communicator();
-  Trainer tr(parse_config(config_text(d.p), {}, "t"), *self);
+  Trainer tr(parse_config(config_text(d.path()), {}, "t"), *self);
   tr.resume("auto");
   EXPECT_EQ(tr.start_step(), 0);
 }

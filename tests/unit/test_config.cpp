@@ -1,28 +1,17 @@
 // Owns the Config.* unit tests: YAML keys, --set overrides, validation messages, round trip (DESIGN §6).
 #include <gtest/gtest.h>
 
-#include <functional>
 #include <string>
 #include <vector>
 
 #include "config/config.h"
 #include "core/error.h"
+#include "test_util.h"
 
 namespace moe {
 namespace {
 
-// Runs `fn`, expects a BadInput error (exit code 2) and returns its message.
-std::string bad_input(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
-    EXPECT_EQ(e.exit_code(), 2);
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a BadInput error";
-  return "";
-}
+using test::bad_input;
 
 std::string parse_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
   return bad_input([&] { parse_config(yaml, overrides, "configs/x.yaml"); });

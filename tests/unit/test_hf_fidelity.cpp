@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <filesystem>
@@ -17,43 +16,15 @@
 #include "io/hf_model.h"
 #include "io/safetensors.h"
 #include "io/upcycle.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace moe;
+using moe::test::expect_bad_input;
+using moe::test::TmpDir;
 
 namespace {
-
-class TmpDir {
- public:
-  TmpDir() {
-    char tmpl[] = "/tmp/moe_hff_test_XXXXXX";
-    char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& f) const { return path_ + "/" + f; }
-  const std::string& str() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-void expect_bad_input(const std::function<void()>& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
-    for (const std::string& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message lacks '" << p << "': " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "no moe::Error thrown";
-}
 
 void write_text(const std::string& path, const std::string& s) { std::ofstream(path) << s; }
 

@@ -1,55 +1,24 @@
 // Tests src/io/safetensors.* and src/io/hf_model.*: format validation, dtypes, HF directories, both expert layouts.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/hf_model.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace moe;
+using moe::test::expect_bad_input;
+using moe::test::TmpDir;
 
 namespace {
-
-class TmpDir {
- public:
-  TmpDir() {
-    char tmpl[] = "/tmp/moe_st_test_XXXXXX";
-    char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& f) const { return path_ + "/" + f; }
-  const std::string& str() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// Runs fn; expects moe::Error of kind BadInput whose message contains every one of `parts`.
-void expect_bad_input(const std::function<void()>& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
-    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-        << "message lacks '" << p << "': " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "no moe::Error thrown";
-}
 
 // A raw safetensors file: 8-byte length, header text as given, data bytes.
 void write_raw(const std::string& path, const std::string& header, const std::vector<uint8_t>& data,

@@ -1,11 +1,9 @@
 // Tests src/io/upcycle.*: dense Llama/Qwen3 dirs → MoE config and weights (expert copies, noise, router, DUS, errors).
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -13,44 +11,15 @@
 #include "io/hf_model.h"
 #include "io/safetensors.h"
 #include "io/upcycle.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace moe;
+using moe::test::expect_bad_input;
+using moe::test::TmpDir;
 
 namespace {
-
-class TmpDir {
- public:
-  TmpDir() {
-    char tmpl[] = "/tmp/moe_upcycle_test_XXXXXX";
-    char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TmpDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& f) const { return path_ + "/" + f; }
-  const std::string& str() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-void expect_bad_input(const std::function<void()>& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
-    EXPECT_EQ(e.exit_code(), 2);
-    for (const std::string& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << "message lacks '" << p << "': " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "no moe::Error thrown";
-}
 
 // Tiny dense shape: V 40, H 16, I 24, 4 heads (2 kv), L layers.
 struct Dense {
