@@ -1,5 +1,6 @@
-# Owns the helpers shared by the checkpoint crash/preemption tests: a tiny config and a token file.
+# Owns the helpers shared by the checkpoint and MPI shell tests: a tiny config, a token file, a text corpus.
 # usage: source common.sh; make_inputs DIR  → DIR/tokens.bin, DIR/tiny.yaml
+#                          make_text FILE N → FILE holds N random lowercase letters (a text-format corpus)
 make_inputs() {
   local d=$1
   python3 - "$d" <<'PY'
@@ -18,4 +19,8 @@ checkpoint: {every: 1, keep: 3}
 log: {every: 1000}
 data: {format: tokens, path: $d/tokens.bin}
 YAML
+}
+
+make_text() {
+  head -c "$2" /dev/urandom | od -An -v -tu1 -w1 | awk '{printf "%c", 97 + ($1 % 26)}' > "$1"
 }

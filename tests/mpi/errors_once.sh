@@ -5,13 +5,15 @@ set -u
 MOE_TRAIN=$1
 SRC=$2
 NP=${3:-2}
+here=$(dirname "$0")
+source "$here/../ckpt/common.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 FAILED=0
 fail() { echo "FAIL: $*"; FAILED=1; }
 launch() { timeout 120 mpirun --oversubscribe --bind-to none -np "$NP" "$MOE_TRAIN" "$@" >"$tmp/log" 2>&1; RC=$?; }
 
-head -c 50000 /dev/urandom | od -An -v -tu1 -w1 | awk '{printf "%c", 97 + ($1 % 26)}' >"$tmp/text.txt"
+make_text "$tmp/text.txt" 50000
 common=(--set data.path="$tmp/text.txt" --set run.dir="$tmp/run" --set train.steps=2 --set train.micro_batch=2)
 
 # 1. A mistyped key: every rank parses the same file.

@@ -3,9 +3,11 @@
 set -u
 MOE_TRAIN=$1
 SRC=$2
+here=$(dirname "$0")
+source "$here/../ckpt/common.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-head -c 200000 /dev/urandom | od -An -v -tu1 -w1 | awk '{printf "%c", 97 + ($1 % 26)}' > "$tmp/text.txt"
+make_text "$tmp/text.txt" 200000
 mpirun --oversubscribe --bind-to none -np 2 "$MOE_TRAIN" "$SRC/configs/tiny.yaml" \
   --set data.path="$tmp/text.txt" --set run.dir="$tmp/run" --set train.steps=100000 --set log.every=1000 \
   --set train.micro_batch=4 > "$tmp/log" 2>&1 &
