@@ -75,7 +75,7 @@ class NcclComm final : public Communicator {
     MT_NCCL(ncclAllGather(send, recv, size_t(n), nccl_type(t), comm_, stream_));
     return std::make_unique<StreamRequest>(stream_);
   }
-  // Counts were exchanged beforehand; paired send/recv inside one group (REFERENCE §7).
+  // Counts were exchanged beforehand; paired send/recv inside one group.
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
                     CommDtype t) override {
     const size_t b = comm_dtype_bytes(t);

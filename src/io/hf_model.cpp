@@ -1,4 +1,4 @@
-// Owns HF model directories: config.json keys, safetensors weights in both expert layouts (REFERENCE §1).
+// Owns HF model directories: config.json keys, safetensors weights in both expert layouts (docs/DESIGN.md §4).
 #include "io/hf_model.h"
 
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-// Owns Hugging Face model directories (REFERENCE §1): config.json ↔ ModelConfig, safetensors weights ↔ ParamTable.
+// Owns Hugging Face model directories (docs/DESIGN.md §4): config.json ↔ ModelConfig, safetensors weights ↔ ParamTable.
 #pragma once
 #include <optional>
 #include <deque>

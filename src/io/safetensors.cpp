@@ -1,4 +1,4 @@
-// Owns the safetensors reader/validator, dtype conversion and the atomic writer (REFERENCE §3).
+// Owns the safetensors reader/validator, dtype conversion and the atomic writer.
 #include "io/safetensors.h"
 
 #include <fcntl.h>
@@ -29,7 +29,7 @@ namespace {
 
 constexpr uint64_t kMaxHeader = 100000000;  // safetensors' own limit on the header length
 
-// Bits per element of every dtype string of the format (REFERENCE §3); 0 = unknown.
+// Bits per element of every dtype string of the safetensors format; 0 = unknown.
 int dtype_bits(const std::string& d) {
   static const std::pair<const char*, int> table[] = {
       {"BOOL", 8},        {"F4", 4},          {"F6_E2M3", 6},     {"F6_E3M2", 6},

@@ -1,4 +1,4 @@
-// Owns the safetensors file format (REFERENCE §3): strict mmap reader, dtype → fp32 conversion, atomic writer.
+// Owns the safetensors file format (8-byte LE header length, JSON header, raw LE data): strict mmap reader, dtype → fp32, atomic writer.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -21,7 +21,7 @@ struct TensorEntry {
   i64 numel() const;
 };
 
-// A read-only, memory-mapped safetensors file whose header passed every check of REFERENCE §3.
+// A read-only, memory-mapped safetensors file whose header passed every check of the format.
 // Every problem with the file throws moe::Error(BadInput) naming the file and what is wrong.
 class SafetensorsFile {
  public:

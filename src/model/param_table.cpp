@@ -1,4 +1,4 @@
-// Owns the parameter table and the HF tensor names of Mixtral and Qwen3-MoE (REFERENCE §1).
+// Owns the parameter table and the HF tensor names of Mixtral and Qwen3-MoE (docs/DESIGN.md §4).
 #include "model/param_table.h"
 
 #include "core/error.h"
