@@ -108,6 +108,7 @@ int main(int argc, char** argv) {
       moe::RunDirClaim claim;
       claim.claim(cfg, *rt.world, intent);
       moe::Trainer trainer(cfg, *rt.world);
+      trainer.set_run_dir_claim(&claim);
       if (!resume.empty()) {
         trainer.resume(resume);
         claim.after_resume(cfg, *rt.world, intent, trainer.start_step());

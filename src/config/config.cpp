@@ -1,6 +1,7 @@
 // Owns reading, overriding, validating and printing the run configuration (DESIGN §6); the only yaml-cpp user.
 #include "config/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>   // std::min, std::max, std::find
@@ -66,6 +67,27 @@ std::string fmt_double(double v) {
 
 // At most 80 characters of s for a message (longer text ends in "..."): messages quote, never copy, inputs.
 std::string brief(const std::string& s) { return s.size() <= 80 ? s : s.substr(0, 80) + "..."; }
+
+// Documents in a YAML text, counted up to 2 through parser events (no nodes are built, so a text of many
+// documents costs no memory); the parser's own errors surface in YAML::Load afterwards.
+int yaml_documents(const std::string& text) {
+  struct Ignore : YAML::EventHandler {
+    void OnDocumentStart(const YAML::Mark&) override {}
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnMapEnd() override {}
+  } ignore;
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  int n = 0;
+  while (n < 2 && parser.HandleNextDocument(ignore)) ++n;
+  return n;
+}
 
 // How a received node reads in a message: 'ten', a map {a: 1}, a list [1, 2], nothing (at most ~80 chars).
 std::string describe(const YAML::Node& n) {
@@ -528,6 +550,14 @@ void check_cross(const Config& c, const std::string& origin) {
   MT_INPUT_CHECK(c.upcycle.top_k <= c.upcycle.num_experts, origin,
                  ": key 'upcycle.top_k' must be <= upcycle.num_experts (", c.upcycle.num_experts, "), got ",
                  c.upcycle.top_k);
+  for (const std::string* v : {&c.run.name, &c.run.dir})
+    MT_INPUT_CHECK(std::none_of(v->begin(), v->end(), [](char ch) { return ch >= 0 && ch < 32; }), origin,
+                   ": key '", v == &c.run.name ? "run.name" : "run.dir", "' holds a control character");
+  MT_INPUT_CHECK(c.model.arch == Arch::Qwen3Moe ||
+                     (c.model.mlp_only_layers.empty() && c.model.decoder_sparse_step == 1 &&
+                      (c.model.moe_intermediate_size == 0 || c.model.moe_intermediate_size == c.model.intermediate_size)),
+                 origin, ": keys 'model.mlp_only_layers', 'model.decoder_sparse_step' and 'model.moe_intermediate_size' "
+                 "apply to model.arch: qwen3_moe; Mixtral's experts use model.intermediate_size in every layer");
   MT_INPUT_CHECK(!c.run.name.empty() || !c.run.dir.empty(), origin,
                  ": key 'run.name' is empty (run.dir would be runs/ itself); name the run or set run.dir");
   MT_INPUT_CHECK(c.train.max_loss_ratio == 0 || c.train.max_loss_ratio > 1, origin,
@@ -583,6 +613,8 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
                     const std::string& origin) {
   YAML::Node root;
   try {
+    MT_INPUT_CHECK(yaml_documents(yaml_text) <= 1, origin,
+                   ": holds 2 or more YAML documents (separated by ---); a run config is one document");
     root = YAML::Load(yaml_text);
   } catch (const YAML::Exception& ex) {
     const std::string pos = ex.mark.is_null() ? std::string()

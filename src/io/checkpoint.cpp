@@ -418,8 +418,9 @@ void write_checkpoint_body(const std::string& path, Communicator& world, const s
 // headers), in which every metadata object carries a checksum that HDF5 verifies before decoding it. Files of
 // the older formats have no such checksums, and libhdf5 1.10 decodes a damaged one past its buffers (fuzzing
 // found heap overflows under H5Aexists), so they are refused before HDF5 sees them. Returns "" or the problem.
+// O_NONBLOCK: a FIFO named like a checkpoint must not block the open (it is refused below).
 static std::string superblock_problem(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return std::string("cannot be opened: ") + std::strerror(errno);
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

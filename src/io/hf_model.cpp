@@ -225,7 +225,8 @@ ModelConfig read_hf_config(const std::string& dir) {
   MT_INPUT_CHECK(m.rms_norm_eps > 0, file, ": rms_norm_eps must be > 0, got ", m.rms_norm_eps);
   m.tie_word_embeddings = k.get_bool("tie_word_embeddings", false);
   m.init_std = k.get_num("initializer_range", 0.02);
-  if (k.has("mlp_only_layers")) {
+  // Qwen3-MoE only: MixtralForCausalLM uses the MoE block in every layer whatever these keys say.
+  if (!mix && k.has("mlp_only_layers")) {
     const json& a = j["mlp_only_layers"];
     MT_INPUT_CHECK(a.is_array(), file, ": key 'mlp_only_layers' must be a list of layer indices, got ", json_brief(a));
     for (const json& x : a) {
@@ -234,7 +235,7 @@ ModelConfig read_hf_config(const std::string& dir) {
       m.mlp_only_layers.push_back(x.get<int>());
     }
   }
-  m.decoder_sparse_step = k.get_int("decoder_sparse_step", 1, true);
+  if (!mix) m.decoder_sparse_step = k.get_int("decoder_sparse_step", 1, true);
   read_hf_attention_keys(k, m);
   check_hf_math_keys(k, m);
   check_model_dims(m, file, ModelKeys::HfConfig);

@@ -23,6 +23,33 @@
 
 namespace moe {
 
+namespace {
+
+// SAX handler that records the first repeated key of the top-level object (JSON already validated).
+struct TopLevelKeys : nlohmann::json_sax<nlohmann::json> {
+  int depth = 0;
+  std::set<std::string> seen;
+  std::string duplicate;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return ++depth, true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return ++depth, true; }
+  bool end_array() override { return --depth, true; }
+  bool key(string_t& k) override {
+    if (depth == 1 && !seen.insert(k).second && duplicate.empty()) duplicate = k;
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+};
+
+}  // namespace
+
 using json = nlohmann::json;
 
 namespace {
@@ -205,16 +232,13 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const char* hb = reinterpret_cast<const char*>(base + 8);
   MT_INPUT_CHECK(n >= 2 && hb[0] == '{', where, "corrupt header: the JSON header must start with '{'");
 
-  // Parse, and catch duplicate top-level names (a plain parse would keep only the last one).
-  std::set<std::string> seen;
-  std::string dup;
-  json::parser_callback_t cb = [&](int depth, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::key && depth == 1 && !seen.insert(parsed.get<std::string>()).second &&
-        dup.empty())
-      dup = parsed.get<std::string>();
-    return true;
-  };
-  const json h = parse_json_text(hb, hb + n, where + "corrupt header", cb);
+  // Parse, and catch duplicate top-level names (a plain parse keeps only the last one). The names are
+  // collected by a SAX pass: nlohmann's callback parser rescans the parent object at the end of each child,
+  // which is quadratic in the number of tensors (a 300k-entry header took minutes).
+  const json h = parse_json_text(hb, hb + n, where + "corrupt header");
+  TopLevelKeys keys;
+  json::sax_parse(hb, hb + n, &keys);
+  const std::string& dup = keys.duplicate;
   MT_INPUT_CHECK(dup.empty(), where, "corrupt header: tensor name '", brief_text(dup), "' appears twice");
   MT_INPUT_CHECK(h.is_object(), where, "corrupt header: the JSON header is not an object");
 

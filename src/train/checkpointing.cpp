@@ -17,6 +17,7 @@
 #include "io/checksum.h"
 #include "train/checkpoint_files.h"
 #include "train/run_dir.h"
+#include "train/runtime.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -75,12 +76,15 @@ static void sum_checksums(std::vector<TensorDecl>& decl, const std::vector<Tenso
 
 std::string Trainer::save_checkpoint() {
   const fs::path dir = checkpoint_dir(cfg_);
-  if (rank_ == 0) {
+  // The directory must still be the one this run locked (not removed, nor recreated by another run).
+  run_agreed(world_comm_, [&] {
+    const std::string problem = rank_ == 0 && run_dir_claim_ ? run_dir_claim_->checkpoint_dir_problem() : "";
+    if (!problem.empty()) detail::raise(ErrorKind::Internal, __FILE__, __LINE__, problem);
+    if (rank_ != 0) return;
     std::error_code ec;
     fs::create_directories(dir, ec);
     MT_INPUT_CHECK(!ec, "checkpoint.dir: cannot create '", dir.string(), "': ", ec.message());
-  }
-  world_comm_.barrier();
+  });
   const std::string name = "step_" + std::to_string(steps_done_) + ".h5";
   const fs::path final_path = dir / name, tmp = dir / ("." + name + ".tmp");
   CheckpointMeta meta;

@@ -2,16 +2,17 @@
 #include "train/metrics_log.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
 #include "io/fault_inject.h"
+#include "io/json_file.h"
 
 namespace moe {
 
@@ -32,9 +33,72 @@ int write_all(int fd, const std::string& text) {
 
 // The step of one metrics line, or -1 when the line is not a JSON object with an integer "step".
 i64 step_of(const std::string& line) {
+  if (line.empty() || line[0] != '{' || !json_depth_within(line.data(), line.data() + line.size(), 16)) return -1;
   const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) return -1;
   return j["step"].get<i64>();
+}
+
+// Copies the lines of steps 1..resumed_step of the old log at `path` to `out`, each once and in order, reading
+// in bounded chunks (any size, no line held whole beyond kMaxLine). A last line without '\n' was torn by a kill.
+// Dropped lines (later steps, repeats, damage) and missing steps are reported. Returns 0 or an errno of `out`.
+int keep_lines(const std::string& path, int out, i64 resumed_step, i64* kept_bytes) {
+  constexpr size_t kMaxLine = size_t(16) << 20;  // longer lines are damage, not metrics
+  const int in = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (in < 0) {
+    MT_INPUT_CHECK(errno == ENOENT, "run.dir: cannot read '", path, "': ", os_error(errno));
+    return 0;  // no earlier log
+  }
+  struct stat st {};
+  if (::fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(in);
+    MT_INPUT_FAIL("run.dir: '", path, "' is not a regular file; move it away to resume here");
+  }
+  std::string line, buf(size_t(1) << 20, '\0');
+  bool overlong = false;
+  i64 last = 0, kept = 0, dropped = 0;
+  int err = 0;
+  for (;;) {
+    const ssize_t n = ::read(in, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int e = errno;
+      ::close(in);
+      MT_INPUT_FAIL("run.dir: cannot read '", path, "': ", os_error(e));
+    }
+    if (n == 0) break;
+    for (size_t a = 0; a < size_t(n);) {
+      const char* nl = static_cast<const char*>(std::memchr(buf.data() + a, '\n', size_t(n) - a));
+      const size_t end = nl ? size_t(nl - buf.data()) : size_t(n);
+      if (!overlong) line.append(buf, a, end - a);
+      if (line.size() > kMaxLine) {
+        overlong = true;
+        line.clear();
+      }
+      a = end + 1;
+      if (!nl) break;
+      const i64 s = overlong ? -1 : step_of(line);
+      if (s > last && s <= resumed_step && err == 0) {
+        line += '\n';
+        err = write_all(out, line);
+        *kept_bytes += i64(line.size());
+        last = s;
+        ++kept;
+      } else {
+        ++dropped;
+      }
+      line.clear();
+      overlong = false;
+    }
+  }
+  ::close(in);
+  if (!line.empty() || overlong) ++dropped;  // torn last line
+  if (dropped > 0)
+    spdlog::warn("{}: kept {} line(s) of steps 1..{}, dropped {} (after the resumed step, repeated, torn or damaged)",
+                 path, kept, resumed_step, dropped);
+  if (kept < resumed_step)
+    spdlog::warn("{}: {} of steps 1..{} have no line (lost before this resume)", path, resumed_step - kept, resumed_step);
+  return err;
 }
 
 }  // namespace
@@ -48,27 +112,12 @@ void MetricsLog::open(const std::string& path, i64 resumed_step) {
   fd_ = -1;
   path_ = path;
   lines_ = 0;
-  std::string keep;
-  if (resumed_step > 0) {
-    // Lines end with '\n'; a last line without one was torn by a kill and is dropped like any bad line.
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream all;
-    all << in.rdbuf();
-    const std::string text = all.str();
-    i64 last = 0;
-    for (size_t a = 0, b; (b = text.find('\n', a)) != std::string::npos; a = b + 1) {
-      const std::string line = text.substr(a, b - a);
-      const i64 s = step_of(line);
-      if (s > last && s <= resumed_step) {
-        keep += line + "\n";
-        last = s;
-      }
-    }
-  }
   // A new file, or the kept lines, go to a temporary that replaces the old file whole.
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  int err = fd < 0 ? errno : write_all(fd, keep);
+  int err = fd < 0 ? errno : 0;
+  i64 kept_bytes = 0;
+  if (err == 0 && resumed_step > 0) err = keep_lines(path, fd, resumed_step, &kept_bytes);
   if (fd >= 0 && err == 0 && ::fsync(fd) != 0) err = errno;
   if (fd >= 0 && err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
   if (err != 0) {
@@ -83,7 +132,7 @@ void MetricsLog::open(const std::string& path, i64 resumed_step) {
     MT_INPUT_FAIL("run.dir: cannot write '", path, "': ", os_error(err));
   }
   fd_ = fd;
-  size_ = i64(keep.size());
+  size_ = kept_bytes;
 }
 
 void MetricsLog::append(const std::string& json) {

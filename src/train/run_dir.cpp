@@ -23,13 +23,6 @@ std::string checkpoint_dir(const Config& cfg) {
   return cfg.checkpoint.dir.empty() ? (fs::path(cfg.resolved_run_dir()) / "checkpoints").string() : cfg.checkpoint.dir;
 }
 
-// The checkpoint dir is covered by the run.dir lock only when it is run.dir's own checkpoints/ (the default).
-static bool checkpoint_dir_needs_own_lock(const Config& cfg) {
-  std::error_code ec;
-  const fs::path a = fs::weakly_canonical(checkpoint_dir(cfg), ec);
-  const fs::path b = fs::weakly_canonical(fs::path(cfg.resolved_run_dir()) / "checkpoints", ec);
-  return a != b;
-}
 
 // "" when dir exists as a directory or can be created, else why not, naming `key`. Nothing is left behind:
 // the first missing component is made and removed again (the real test of the file system, also as root).
@@ -69,14 +62,11 @@ void RunDirClaim::claim(const Config& cfg, Communicator& world, ResumeIntent int
     if (world.rank() != 0) return;
     const std::string problem = run_lock_.acquire(cfg.resolved_run_dir(), "run.dir");
     MT_INPUT_CHECK(problem.empty(), problem);
+    // The checkpoint dir has a lock of its own even inside run.dir: another run may name it as its
+    // checkpoint.dir.
     const std::string dir = checkpoint_dir(cfg);
-    if (checkpoint_dir_needs_own_lock(cfg)) {
-      const std::string p = ckpt_lock_.acquire(dir, "checkpoint.dir");
-      MT_INPUT_CHECK(p.empty(), p);
-    } else {
-      const std::string p = creatable_problem(dir, "checkpoint.dir");  // created at the first save
-      MT_INPUT_CHECK(p.empty(), p);
-    }
+    const std::string p = ckpt_lock_.acquire(dir, "checkpoint.dir");
+    MT_INPUT_CHECK(p.empty(), p);
     if (intent != ResumeIntent::None) return;
     const auto old = list_checkpoints(dir);
     if (old.empty()) return;
@@ -113,6 +103,12 @@ void RunDirClaim::after_resume(const Config& cfg, Communicator& world, ResumeInt
   });
 }
 
+std::string RunDirClaim::checkpoint_dir_problem() const {
+  if (ckpt_lock_.dir().empty() || ckpt_lock_.intact()) return "";
+  return "checkpoint dir '" + ckpt_lock_.dir() + "' was removed or replaced during the run (its lock went with it); "
+         "stopping so that no other run shares it. Checkpoints written before are where they were moved to";
+}
+
 std::vector<std::string> run_dir_problems(const Config& cfg, ResumeIntent intent) {
   std::vector<std::string> out;
   auto check_dir = [&](const std::string& dir, const char* key) {
@@ -122,7 +118,7 @@ std::vector<std::string> run_dir_problems(const Config& cfg, ResumeIntent intent
     if (!p.empty()) out.push_back(p);
   };
   check_dir(cfg.resolved_run_dir(), "run.dir");
-  if (checkpoint_dir_needs_own_lock(cfg)) check_dir(checkpoint_dir(cfg), "checkpoint.dir");
+  check_dir(checkpoint_dir(cfg), "checkpoint.dir");
   if (intent == ResumeIntent::None && !cfg.run.overwrite) {
     const auto old = list_checkpoints(checkpoint_dir(cfg));
     if (!old.empty()) out.push_back(earlier_checkpoints(cfg, old));

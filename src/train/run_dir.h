@@ -19,8 +19,8 @@ std::string checkpoint_dir(const Config& cfg);
 class RunDirClaim {
  public:
   // Collective; rank 0 does the file work and every rank gets its verdict (one message, exit 2 everywhere):
-  // creates run.dir and the checkpoint dir; locks run.dir and, when it lies elsewhere, the checkpoint dir
-  // (another live run holding either → refused, naming its pid and host); a fresh run (ResumeIntent::None)
+  // creates run.dir and the checkpoint dir and locks both (another live run holding either → refused, naming
+  // its pid and host); a fresh run (ResumeIntent::None)
   // into a checkpoint dir holding checkpoints is refused unless run.overwrite, which removes them first.
   // Cheap: call it before the model is built.
   void claim(const Config& cfg, Communicator& world, ResumeIntent intent);
@@ -29,6 +29,9 @@ class RunDirClaim {
   // renamed to step_<N>.h5.skipped (kept for inspection, no longer listed). Under Path (a rewind, or a
   // checkpoint from elsewhere) they are removed with run.overwrite, else the run is refused.
   void after_resume(const Config& cfg, Communicator& world, ResumeIntent intent, long step);
+  // Rank 0 before each checkpoint: "" while the checkpoint dir is still the locked one, else why not (it was
+  // removed or replaced during the run, so another run could now share it). Other ranks: always "".
+  std::string checkpoint_dir_problem() const;
 
  private:
   RunDirLock run_lock_, ckpt_lock_;

@@ -2,6 +2,7 @@
 #include "train/run_lock.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -61,7 +62,16 @@ std::string RunDirLock::acquire(const std::string& dir, const std::string& key) 
     return key + ": cannot write '" + path + "': " + std::strerror(err);
   }
   fd_ = fd;
+  dir_ = dir;
   return "";
+}
+
+bool RunDirLock::intact() const {
+  if (fd_ < 0) return false;
+  struct stat held {}, now {};
+  const std::string path = (fs::path(dir_) / ".lock").string();
+  return ::fstat(fd_, &held) == 0 && ::lstat(path.c_str(), &now) == 0 && held.st_dev == now.st_dev &&
+         held.st_ino == now.st_ino;
 }
 
 std::string RunDirLock::holder(const std::string& dir, const std::string& key) {

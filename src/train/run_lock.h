@@ -15,12 +15,16 @@ class RunDirLock {
   std::string acquire(const std::string& dir, const std::string& key);
   // Without locking: "" when no live process holds DIR/.lock, else the same message acquire() would give.
   static std::string holder(const std::string& dir, const std::string& key = "run.dir");
+  // True while DIR/.lock is still the file this lock holds (false when DIR was removed or replaced since).
+  bool intact() const;
+  const std::string& dir() const { return dir_; }
   ~RunDirLock();
   RunDirLock(const RunDirLock&) = delete;
   RunDirLock& operator=(const RunDirLock&) = delete;
 
  private:
   int fd_ = -1;
+  std::string dir_;
 };
 
 }  // namespace moe

@@ -11,6 +11,7 @@
 #include "model/model.h"
 #include "parallel/zero.h"
 #include "train/loss_guard.h"
+#include "train/run_dir.h"
 #include "train/metrics_log.h"
 
 namespace moe {
@@ -47,6 +48,8 @@ class Trainer {
   // checkpoint.keep. Collective. Returns the path.
   std::string save_checkpoint();
   int start_step() const { return start_step_; }
+  // The run's claim on its directories (main() holds it); each checkpoint first checks it is still intact.
+  void set_run_dir_claim(const RunDirClaim* claim) { run_dir_claim_ = claim; }
   bool stopped_by_signal() const { return stopped_by_signal_; }
 
   // Forward + backward of every micro-batch of step s into grads() (no update). If `logits` is given,
@@ -83,6 +86,7 @@ class Trainer {
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
   LossSpikeGuard loss_guard_;
+  const RunDirClaim* run_dir_claim_ = nullptr;
   MetricsLog metrics_;                                         // run.dir/metrics.jsonl (rank 0)
   int start_step_ = 0;       // first step this process runs (resume)
   int steps_done_ = 0;       // updates done so far

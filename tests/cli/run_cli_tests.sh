@@ -583,6 +583,34 @@ case "$CASE" in
     run c.yaml --resume auto --set train.steps=3
     expect_rc 0
     expect_has "skipping checkpoint" "resumed from" "step_1.h5"
+    # A FIFO named like a checkpoint is refused without blocking (auto skips it, a path is exit 2)
+    mkfifo run/checkpoints/step_9.h5
+    run c.yaml --resume "$T/run/checkpoints/step_9.h5" --set train.steps=12 --set run.overwrite=true
+    expect_bad_input "step_9.h5" "not a regular file"
+    run c.yaml --resume auto --set train.steps=4
+    expect_rc 0
+    expect_has "skipping checkpoint $T/run/checkpoints/step_9.h5"
+    ;;
+  metrics_resume_hostile)
+    # The old metrics.jsonl of a resumed run may be anything: a FIFO is refused (no hang), a huge file without
+    # newlines is streamed, not loaded (no bad_alloc), and dropped lines are reported.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.steps=3
+    expect_rc 0
+    mv run/metrics.jsonl good.jsonl
+    mkfifo run/metrics.jsonl
+    run c.yaml --resume auto --set train.steps=4
+    expect_bad_input "metrics.jsonl' is not a regular file"
+    rm run/metrics.jsonl
+    cp good.jsonl run/metrics.jsonl
+    truncate -s +3G run/metrics.jsonl  # 3 GB of zero bytes after the last line (sparse): one torn "line"
+    ( ulimit -v 2000000; run c.yaml --resume auto --set train.steps=4; echo "$RC" >rc.txt )
+    RC=$(cat rc.txt)
+    expect_rc 0
+    expect_has "dropped 1"
+    n=$(grep -c '"step"' run/metrics.jsonl)
+    [ "$n" -eq 4 ] || fail "metrics.jsonl holds $n step lines, expected 4"
     ;;
   run_dir_claims)
     # The directories are claimed before the model is built, checkpoint.dir outside run.dir has its own lock,
@@ -630,6 +658,22 @@ case "$CASE" in
     run c.yaml --set run.dir="$T/run_f"
     expect_bad_input "run.dir" ".lock"
     [ "$(cat victim.txt)" = keep ] || fail "the lock followed a symlink and wrote to its target"
+    # (g) another run may not use a live run's default checkpoint dir as its checkpoint.dir
+    "$BIN" c.yaml --set run.dir="$T/run_g" --set train.steps=1000000 --set log.every=100000 \
+      --set checkpoint.every=50 >g.txt 2>&1 &
+    g=$!
+    for _ in $(seq 1 200); do [ -s run_g/metrics.jsonl ] && break; sleep 0.05; done
+    run c.yaml --set run.dir="$T/run_g2" --set checkpoint.dir="$T/run_g/checkpoints"
+    expect_bad_input "checkpoint.dir '$T/run_g/checkpoints' is in use by another moe-train run" "pid $g"
+    # (h) the live run's checkpoint dir removed under it: the next checkpoint stops the run (non-zero, named)
+    for _ in $(seq 1 400); do [ -e run_g/checkpoints/step_50.h5 ] && break; sleep 0.05; done
+    rm -rf run_g/checkpoints
+    for _ in $(seq 1 600); do kill -0 "$g" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$g" 2>/dev/null; then fail "the run went on after its checkpoint dir was removed"; kill -9 "$g"; fi
+    wait "$g"; RC=$?
+    cat g.txt >all.txt
+    [ "$RC" -ne 0 ] && [ "$RC" -lt 128 ] || fail "exit $RC after the checkpoint dir was removed (expected 1..127)"
+    expect_has "was removed or replaced during the run"
     ;;
   *)
     echo "unknown case '$CASE'" >&2

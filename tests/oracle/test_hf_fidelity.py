@@ -202,7 +202,9 @@ def test_nan_in_init_from_weights_exits_2(token_file, tmp_path):
     nan_in_embedding(d, float("nan"))
     rc, log = run_train(hf_tiny.make_config(d, data_path, tmp_path / "run"), tmp_path / "w")
     assert rc == 2 and "model.embed_tokens.weight" in log and "non-finite" in log, log[-3000:]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    # Nothing trained or saved (the run's directories are claimed, and locked, before the weights load).
+    assert not list((tmp_path / "run").glob("checkpoints/step_*.h5"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_inf_in_upcycle_from_weights_exits_2(token_file, tmp_path):

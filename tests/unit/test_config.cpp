@@ -334,3 +334,20 @@ TEST(Config, ModelShapeLimitsAndShortMessages) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+// Keys that would be parsed and then ignored are refused: Qwen3-only layer keys on Mixtral, a second YAML
+// document; names with control characters (a NUL would cut the path short) too.
+TEST(Config, IgnoredOrUnsafeValuesAreRefused) {
+  auto err = [](const std::string& yaml, std::vector<std::string> sets = {}) {
+    return test::bad_input([&] { parse_config(yaml, sets, "configs/x.yaml"); });
+  };
+  EXPECT_NE(err("model: {arch: mixtral, mlp_only_layers: [0]}\n").find("apply to model.arch: qwen3_moe"), std::string::npos);
+  EXPECT_NE(err("model: {arch: mixtral}\n", {"model.decoder_sparse_step=2"}).find("qwen3_moe"), std::string::npos);
+  EXPECT_NE(err("model: {arch: mixtral, moe_intermediate_size: 16, intermediate_size: 32}\n").find("qwen3_moe"),
+            std::string::npos);
+  EXPECT_NO_THROW(parse_config("model: {arch: qwen3_moe, mlp_only_layers: [0], moe_intermediate_size: 16}\n", {}, "x"));
+  EXPECT_NE(err("train: {lr: 0.1}\n---\ntrain: {lr: 0.2}\n").find("2 or more YAML documents"), std::string::npos);
+  EXPECT_NE(err(std::string("run: {name: \"a\\0b\"}\n")).find("control character"), std::string::npos);
+}
+}  // namespace moe

@@ -1,6 +1,7 @@
 // Tests src/io/safetensors.* and src/io/hf_model.*: format validation, dtypes, HF directories, both expert layouts.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -512,3 +513,23 @@ TEST(Safetensors, DeepOrHugeHeaderValuesAreBadInputWithShortMessages) {
     EXPECT_LT(std::strlen(e.what()), 600u) << e.what();
   }
 }
+
+namespace moe {
+// A header with hundreds of thousands of entries is read in about linear time: nlohmann's callback parser
+// rescans the whole top-level object after each entry (minutes at 300k); the SAX pass does not. The
+// duplicate at the very end must still be found.
+TEST(Safetensors, ManyEntryHeaderIsLinearAndDuplicatesAreFound) {
+  test::TmpDir d;
+  const std::string p = d / "many.safetensors";
+  std::string h = "{";
+  const int n = 300000;
+  for (int i = 0; i < n; ++i)
+    h += "\"t." + std::to_string(i) + "\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" + std::to_string(i) + "," +
+         std::to_string(i + 1) + "]},";
+  h += "\"t.7\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[" + std::to_string(n) + "," + std::to_string(n + 1) + "]}}";
+  write_raw(p, h, std::vector<uint8_t>(size_t(n) + 1, 0));
+  const auto t0 = std::chrono::steady_clock::now();
+  test::expect_bad_input([&] { SafetensorsFile::open(p); }, {"'t.7' appears twice"});
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
+}
+}  // namespace moe
