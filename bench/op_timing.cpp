@@ -346,7 +346,7 @@ int main(int argc, char** argv) {
     eg.w2.push_back(gW2.data() + e * H * I);
   }
   const ExpertShardSpec shard{};
-  Arena<float> arena;
+  Arena arena;
   MoeLayer<float> layer(Tn, H, E, K, I, moec, TopkNorm::Renormalize, shard, arena);
   MoeScratch<float> ms{};
   MoeScratch<float>::reserve(ms, arena, Tn, H, E, K, I, MoeLayer<float>::max_expert_rows(Tn, K, shard));

@@ -1,10 +1,9 @@
 // Owns the GEMM wrapper over cblas (float and double) and the linear-layer forward/backward built on it.
 #pragma once
 #include "core/dims.h"
+#include "core/op_enums.h"
 
 namespace moe {
-
-enum class Trans { No, Yes };
 
 // C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C; row-major with leading dimensions.
 template <typename T>

@@ -1,6 +1,7 @@
 // Owns rotary position embedding (HF rotate_half convention) on the CPU [C4.attention].
 #pragma once
 #include "core/dims.h"
+#include "core/op_enums.h"
 
 namespace moe {
 
@@ -10,7 +11,6 @@ void rope_table_ref(T* cos_t, T* sin_t, i64 L, i64 D, double theta);
 
 // In place on x [B·L, NHx·D]: per head, halves (x1, x2) → (x1·c − x2·s, x2·c + x1·s); position = row % L.
 // Backward is the same call with Direction::Inverse (rotation by −angle).
-enum class RopeDirection { Forward, Inverse };
 template <typename T>
 void rope_apply_ref(T* x, const T* cos_t, const T* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir);
 

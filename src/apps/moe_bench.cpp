@@ -158,7 +158,7 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
   MoeConfig cfg;
   cfg.capacity_factor = cf;
   cfg.drop_policy = a.drop;
-  Arena<float> arena;
+  Arena arena;
   ExpertShardSpec shard{&world, ep, int(rank * E_local), int(E_local)};
   MoeLayer<float> layer(T, H, E, K, I, cfg, TopkNorm::Renormalize, shard, arena);
   arena.allocate();

@@ -1,49 +1,64 @@
-// Owns the one-allocation arena: buffers are reserved by size, then allocated once before step 0 (STYLE habit 4).
+// Owns the one-allocation arena: typed buffers are reserved by size, then allocated once before step 0 (STYLE habit 4).
 #pragma once
-#include <string>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "core/dims.h"
 #include "core/error.h"
+#include "core/tensor.h"
 
 namespace moe {
 
 // PlanOnly sizes everything but allocates nothing (--dry-run on shapes that do not fit this machine).
 enum class AllocPolicy { Allocate, PlanOnly };
 
-template <typename T>
+// Buffers of any element type in one block. Each reservation starts on a 64-byte boundary, so the byte size
+// of a plan is exactly Σ round_up(bytes, 64): the same number whether it is allocated or only planned.
+// Host memory today; a device backend supplies its own block (allocate(void*) below).
 class Arena {
  public:
+  static constexpr i64 kAlign = 64;
   explicit Arena(AllocPolicy policy = AllocPolicy::Allocate) : policy_(policy) {}
   bool allocated() const { return allocated_ && policy_ == AllocPolicy::Allocate; }
   bool plan_only() const { return policy_ == AllocPolicy::PlanOnly; }
-  // Records that *slot must point to n elements once allocate() runs.
-  void reserve(T** slot, i64 n) {
+
+  // Records that *slot must point to n elements of U once allocate() runs.
+  template <typename U>
+  void reserve(U** slot, i64 n) {
     MT_CHECK(!allocated_, "reserve after allocate");
-    slots_.push_back({slot, n});
-    total_ += n;
+    slots_.push_back({reinterpret_cast<void**>(slot), total_});
+    total_ += (n * i64(sizeof(U)) + kAlign - 1) / kAlign * kAlign;
   }
+  // Allocates the block on the host (zero-filled) and points every slot into it.
   void allocate() {
     MT_CHECK(!allocated_, "arena allocated twice");
     allocated_ = true;
     if (policy_ == AllocPolicy::PlanOnly) return;
-    buf_.assign(size_t(total_), T(0));
-    i64 off = 0;
-    for (auto& s : slots_) {
-      *s.slot = buf_.data() + off;
-      off += s.n;
+    if (total_ > 0) {
+      host_.reset(static_cast<std::byte*>(std::aligned_alloc(size_t(kAlign), size_t(total_))));
+      MT_CHECK(host_, "cannot allocate ", total_, " bytes of activations");
+      std::memset(host_.get(), 0, size_t(total_));
     }
+    place(host_.get());
   }
-  i64 elements() const { return total_; }
-  i64 bytes() const { return total_ * i64(sizeof(T)); }
+  i64 bytes() const { return total_; }
 
  private:
-  struct Slot {
-    T** slot;
-    i64 n;
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
   };
+  struct Slot {
+    void** slot;
+    i64 offset;  // bytes
+  };
+  void place(std::byte* base) {
+    for (auto& s : slots_) *s.slot = base ? base + s.offset : nullptr;
+  }
   std::vector<Slot> slots_;
-  std::vector<T> buf_;
+  std::unique_ptr<std::byte, Free> host_;
   i64 total_ = 0;
   bool allocated_ = false;
   AllocPolicy policy_;

@@ -78,7 +78,7 @@ class Model {
   MoeConfig moe_;
   i64 B_, L_;
   ParamTable table_;
-  Arena<T> arena_;
+  Arena arena_;
   std::vector<std::unique_ptr<MoeLayer<T>>> moe_layers_;  // one per MoE layer
   std::unique_ptr<Impl> impl_;
   T* logits_ = nullptr;

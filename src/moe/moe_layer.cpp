@@ -6,7 +6,7 @@
 namespace moe {
 
 template <typename T>
-void MoeScratch<T>::reserve(MoeScratch& s, Arena<T>& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, i64 R) {
+void MoeScratch<T>::reserve(MoeScratch& s, Arena& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, i64 R) {
   const i64 TK = Tn * K;
   a.reserve(&s.dy, TK * H);
   a.reserve(&s.dye, R * H);
@@ -27,7 +27,7 @@ i64 MoeLayer<T>::max_expert_rows(i64 Tn, i64 K, const ExpertShardSpec& shard) {
 
 template <typename T>
 MoeLayer<T>::MoeLayer(i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm,
-                      const ExpertShardSpec& shard, Arena<T>& a)
+                      const ExpertShardSpec& shard, Arena& a)
     : Tn_(Tn), H_(H), E_(E), K_(K), I_(I), cfg_(cfg), norm_(norm),
       plan_(a.plan_only() ? 0 : Tn, E, K),  // a memory plan (--dry-run) allocates no per-token routing state
       exchange_(shard.ep_comm, E, shard.count < 0 ? E : shard.count, max_expert_rows(Tn, K, shard),

@@ -44,7 +44,7 @@ struct MoeScratch {
   T* dtopk_w;  // [T, K]
   T* dlogits;  // [T, E]
   T* dxr;      // [T, H]
-  static void reserve(MoeScratch& s, Arena<T>& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, i64 R);
+  static void reserve(MoeScratch& s, Arena& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, i64 R);
 };
 
 // Router statistics of one forward, reduced by the model into aux/z values and metrics.
@@ -59,7 +59,7 @@ template <typename T>
 class MoeLayer {
  public:
   MoeLayer(i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm, const ExpertShardSpec& shard,
-           Arena<T>& arena);
+           Arena& arena);
 
   // out [T,H] = MoE(x [T,H]); x must stay valid until backward. bias [E] (selection only) may be null.
   // w holds the local experts. Collective over the EP group.

@@ -520,7 +520,7 @@ TEST(Gradcheck, MoeLayer_C4_capacity_jitter_dropout) {
     mc.router_jitter = lc.jitter;
     mc.expert_dropout = lc.dropout;
     mc.router_temperature = lc.temp;
-    Arena<double> arena;
+    Arena arena;
     const ExpertShardSpec all_local{};
     MoeLayer<double> layer(Tn, H, E, K, I, mc, lc.norm, all_local, arena);
     MoeScratch<double> ms{};

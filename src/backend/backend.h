@@ -1,0 +1,33 @@
+// Owns the backend table: one object per (device, storage type) that the model, the MoE layer and the optimizer call for every op.
+#pragma once
+#include <memory>
+
+#include "backend/dense_ops.h"
+#include "backend/moe_ops.h"
+#include "core/tensor.h"
+
+namespace moe {
+
+// Where ops are ordered. The CPU runs every op synchronously in call order (handle = null); the CUDA backend
+// puts its cudaStream_t here. Ops never synchronize the host except where an op's comment says so.
+struct Stream {
+  void* handle = nullptr;
+};
+
+// A backend is a table of op groups (like ggml's backend interface): a CPU default, a CUDA one beside it.
+// T is the storage type of activations and weight copies: float (fp32 training), double (gradient checks),
+// bf16 (mixed precision: fp32 master weights, moments and statistics live elsewhere, see DenseOps).
+template <typename T>
+struct Backend {
+  MemSpace space = MemSpace::Host;
+  Stream stream;
+  std::unique_ptr<DenseOps<T>> dense;
+  std::unique_ptr<MoeOps<T>> moe;
+};
+
+// The CPU backend: OpenBLAS for fp32/fp64 GEMMs, oneDNN's bf16 GEMM (AVX512-BF16 dot products where the CPU has
+// them) for bf16, OpenMP loops for the rest.
+template <typename T>
+std::unique_ptr<Backend<T>> make_cpu_backend();
+
+}  // namespace moe

@@ -1,0 +1,68 @@
+// Owns the dense half of the backend op table: linear/GEMM, RMSNorm, RoPE, attention, SwiGLU, cross-entropy, embedding, elementwise.
+#pragma once
+#include <cstdint>
+
+#include "core/bf16.h"
+#include "core/dims.h"
+#include "core/op_enums.h"
+
+namespace moe {
+
+// Dense ops over storage type T (float, double, or bf16); A = acc_t<T> holds statistics, logits and weight
+// gradients (fp32 for bf16). Every pointer lives in the backend's memory space; ops are ordered on the
+// backend's stream (the CPU runs them in call order). Shapes use the letters of core/dims.h; all row-major.
+// bf16 rounding points are the contract of docs/DESIGN.md "bf16": every T output is rounded to nearest-even
+// once, from an fp32 value accumulated in fp32.
+template <typename T>
+class DenseOps {
+ public:
+  using A = acc_t<T>;
+  virtual ~DenseOps() = default;
+
+  // y[N,out] (+)= x[N,in] · W[out,in]ᵀ   (PyTorch nn.Linear layout)
+  virtual void linear_forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc) = 0;
+  // logits[N,V] = x[N,H] · W[V,H]ᵀ with A outputs (lm_head: the loss reads fp32 logits).
+  virtual void logits_forward(A* logits, const T* x, const T* W, i64 N, i64 H, i64 V) = 0;
+  // dx[N,in] (+)= dy[N,out] · W (dx may be null); dW[out,in] += dy[N,out]ᵀ · x[N,in] in A.
+  virtual void linear_backward(T* dx, A* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out,
+                               Accumulate dx_acc) = 0;
+
+  // y[N,C] = w[C] · x / sqrt(mean(x²) + eps); rstd[N] in A. [C4.rmsnorm]
+  virtual void rmsnorm_forward(T* y, A* rstd, const T* x, const T* w, i64 N, i64 C, double eps) = 0;
+  // dx[N,C] overwritten; dw[C] += Σ_rows dy · x̂.
+  virtual void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const T* w, const A* rstd, i64 N, i64 C) = 0;
+
+  // cos/sin [L, D/2] in A (HF's fp32 rotary table); x [B·L, NHx·D] rotated in place. [C4.attention]
+  virtual void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) = 0;
+  virtual void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) = 0;
+
+  // Causal (optionally sliding-window) GQA attention, scale 1/√D. out [B·L, NH·D]; lse [B, NH, L] in A is all that
+  // is saved besides out (flash-style: no [B, NH, L, L] probabilities are kept). q [B·L,NH·D], k/v [B·L,NKV·D].
+  virtual void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV,
+                                 i64 D, i64 window) = 0;
+  // dq overwritten; dk, dv overwritten (summed over the query heads of a kv head). Recomputes probabilities
+  // from q, k and lse.
+  virtual void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q,
+                                  const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window) = 0;
+
+  // h[n] = silu(a[n]) · b[n]; backward overwrites da, db. [C4.expert]
+  virtual void swiglu_forward(T* h, const T* a, const T* b, i64 n) = 0;
+  virtual void swiglu_backward(T* da, T* db, const T* dh, const T* a, const T* b, i64 n) = 0;
+
+  // Σ_t CE_t over N rows of fp32 logits [N,V] with targets [N] (target −100: ignored, contributes 0).
+  virtual double cross_entropy_forward(const A* logits, const int32_t* targets, i64 N, i64 V) = 0;
+  // dlogits[N,V] (T) = scale · (softmax(logits) − onehot); may alias logits when T == A.
+  virtual void cross_entropy_backward(T* dlogits, const A* logits, const int32_t* targets, i64 N, i64 V,
+                                      double scale) = 0;
+
+  // x[T,H] = W[ids[t], :]; dW[V,H] += rows of dx in token order (rows of pad_id skipped; −1: none skipped).
+  virtual void embedding_forward(T* x, const T* W, const int32_t* ids, i64 Tn, i64 H) = 0;
+  virtual void embedding_backward(A* dW, const T* dx, const int32_t* ids, i64 Tn, i64 H, int32_t pad_id) = 0;
+
+  // y[n] = a[n] + b[n] (residual); y may alias a or b.
+  virtual void add(T* y, const T* a, const T* b, i64 n) = 0;
+  virtual void copy(T* dst, const T* src, i64 n) = 0;
+  virtual void fill_zero(T* dst, i64 n) = 0;
+};
+
+}  // namespace moe
