@@ -13,19 +13,24 @@ namespace moe {
 // backend's stream (the CPU runs them in call order). Shapes use the letters of core/dims.h; all row-major.
 // bf16 rounding points are the contract of docs/DESIGN.md "bf16": every T output is rounded to nearest-even
 // once, from an fp32 value accumulated in fp32.
+// Workspaces: ops never allocate. An op that needs scratch says how many bytes for given dims (a TE-style
+// workspace query; 0 = pass null), the caller plans the largest once (its arena) and hands it to each call.
 template <typename T>
 class DenseOps {
  public:
   using A = acc_t<T>;
   virtual ~DenseOps() = default;
 
+  // Scratch bytes of linear_forward / linear_backward for these dims (fp32 GEMM output of the bf16 path).
+  virtual i64 linear_forward_workspace_bytes(i64 N, i64 in, i64 out) const = 0;
+  virtual i64 linear_backward_workspace_bytes(i64 N, i64 in, i64 out) const = 0;
   // y[N,out] (+)= x[N,in] · W[out,in]ᵀ   (PyTorch nn.Linear layout)
-  virtual void linear_forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc) = 0;
+  virtual void linear_forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc, void* ws) = 0;
   // logits[N,V] = x[N,H] · W[V,H]ᵀ with A outputs (lm_head: the loss reads fp32 logits).
   virtual void logits_forward(A* logits, const T* x, const T* W, i64 N, i64 H, i64 V) = 0;
   // dx[N,in] (+)= dy[N,out] · W (dx may be null); dW[out,in] += dy[N,out]ᵀ · x[N,in] in A.
   virtual void linear_backward(T* dx, A* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out,
-                               Accumulate dx_acc) = 0;
+                               Accumulate dx_acc, void* ws) = 0;
 
   // y[N,C] = w[C] · x / sqrt(mean(x²) + eps); rstd[N] in A. [C4.rmsnorm]
   virtual void rmsnorm_forward(T* y, A* rstd, const T* x, const T* w, i64 N, i64 C, double eps) = 0;
@@ -36,14 +41,17 @@ class DenseOps {
   virtual void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) = 0;
   virtual void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) = 0;
 
+  // Scratch bytes of attention_forward / attention_backward for these dims (one layer at a time).
+  virtual i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D) const = 0;
   // Causal (optionally sliding-window) GQA attention, scale 1/√D. out [B·L, NH·D]; lse [B, NH, L] in A is all that
   // is saved besides out (flash-style: no [B, NH, L, L] probabilities are kept). q [B·L,NH·D], k/v [B·L,NKV·D].
   virtual void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV,
-                                 i64 D, i64 window) = 0;
+                                 i64 D, i64 window, void* ws) = 0;
   // dq overwritten; dk, dv overwritten (summed over the query heads of a kv head). Recomputes probabilities
   // from q, k and lse.
   virtual void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q,
-                                  const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window) = 0;
+                                  const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window,
+                                  void* ws) = 0;
 
   // h[n] = silu(a[n]) · b[n]; backward overwrites da, db. [C4.expert]
   virtual void swiglu_forward(T* h, const T* a, const T* b, i64 n) = 0;

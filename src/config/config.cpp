@@ -377,6 +377,9 @@ std::vector<Field> build_schema() {
       real_field("train.grad_clip", MT_AT(train.grad_clip), kNonNeg),
       u64_field("train.seed", MT_AT(train.seed)),
       real_field("train.max_loss_ratio", MT_AT(train.max_loss_ratio), kNonNeg),  // 0 = off
+      enum_field("train.recompute", MT_AT(train.recompute),
+                 EnumNames<Recompute>{
+                     {"none", Recompute::None}, {"selective", Recompute::Selective}, {"full", Recompute::Full}}),
 
       enum_field("peft.method", MT_AT(peft.method),
                  EnumNames<PeftMethod>{

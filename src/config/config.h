@@ -12,6 +12,8 @@ enum class AuxScope { Micro, Global };
 enum class AuxForm { Layer, Hf };
 enum class Device { Cpu, Cuda };
 enum class Precision { Fp32, Bf16 };
+// Activation recomputation (train.recompute): what backward recomputes instead of keeping from forward.
+enum class Recompute { None, Selective, Full };
 enum class Schedule { Cosine, Constant };
 enum class PeftMethod { Full, Lora, Qlora };
 enum class DataFormat { Tokens, Jsonl, Text };
@@ -106,6 +108,7 @@ struct TrainConfig {
   // Loss-spike guard: stop (exit 3) when a step's loss exceeds this × the median of the last
   // kLossWindow losses; 0 turns it off.
   double max_loss_ratio = 10.0;
+  Recompute recompute = Recompute::None;
 };
 
 struct PeftConfig {

@@ -1,15 +1,11 @@
-// Owns the decoder forward/backward on the CPU: embedding → layers (attention, MoE or dense MLP) → norm → lm_head → CE.
+// Owns the decoder forward/backward over the backend op table: embedding → layers (attention, MoE or dense MLP) → norm → lm_head → CE.
 #include "model/model.h"
 
-#include <cmath>
+#include <algorithm>
+#include <set>
+#include <type_traits>
 
 #include "core/error.h"
-#include "kernels/ref/attention_ref.h"
-#include "kernels/ref/cross_entropy_ref.h"
-#include "kernels/ref/gemm_ref.h"
-#include "kernels/ref/rmsnorm_ref.h"
-#include "kernels/ref/rope_ref.h"
-#include "kernels/ref/swiglu_ref.h"
 
 namespace moe {
 
@@ -20,8 +16,27 @@ struct LayerOffsets {
   i64 router = -1;
   std::vector<i64> w1, w3, w2;
   i64 dg = -1, du = -1, dd = -1;  // dense MLP
-  int moe_index = -1;             // index into moe_layers_, −1 for dense layers
+  int moe_index = -1;             // index of the MoE layer (0..num_moe−1), −1 for dense layers
 };
+
+// Which saved activations a recompute mode keeps per layer (the rest live once, shared by all layers). [C6.recompute]
+enum class ActGroup {
+  Input,      // x: the layer input (residual stream)
+  AttnIn,     // norm1(x), rstd1
+  AttnInner,  // q, k, v, their norms, RoPE outputs, attention output and lse
+  MlpIn,      // h (after the attention residual), norm2(h), rstd2
+  MlpInner,   // dense MLP activations (the MoE layer keeps its own)
+};
+bool kept(ActGroup g, Recompute r) {
+  switch (g) {
+    case ActGroup::Input: return true;
+    case ActGroup::AttnIn:
+    case ActGroup::MlpIn: return r != Recompute::Full;
+    case ActGroup::AttnInner:
+    case ActGroup::MlpInner: return r == Recompute::None;
+  }
+  return true;
+}
 }  // namespace
 
 template <typename T>
@@ -30,45 +45,90 @@ struct Model<T>::Impl {
   struct Acts {
     T* x;       // [T,H] layer input (residual stream)
     T* ln1;     // [T,H]
-    T* rstd1;   // [T]
+    A* rstd1;   // [T]
     T* q;       // [T,NH·D] projection (before q_norm)
     T* k;       // [T,NKV·D]
     T* v;       // [T,NKV·D]
-    T* rstdq;   // [T·NH] (Qwen3)
-    T* rstdk;   // [T·NKV] (Qwen3)
+    A* rstdq;   // [T·NH] (Qwen3)
+    A* rstdk;   // [T·NKV] (Qwen3)
     T* qr;      // [T,NH·D] after q_norm and RoPE
     T* kr;      // [T,NKV·D]
-    T* probs;   // [B,NH,L,L]
+    A* lse;     // [B,NH,L] attention log-sum-exp
     T* att;     // [T,NH·D]
     T* h;       // [T,H] after the attention residual
     T* ln2;     // [T,H]
-    T* rstd2;   // [T]
+    A* rstd2;   // [T]
     T* mlp_g;   // [T,ID] dense layers only
     T* mlp_u;   // [T,ID]
     T* mlp_a;   // [T,ID]
   };
+  struct Dims {
+    i64 B, L, Tn, H, D, NH, NKV, ID;
+  };
+  // Calls f(field of a, same field of b, group, elements) for every buffer a layer with these features has.
+  template <class F>
+  static void each_act(Acts& a, Acts& b, const Dims& d, bool qnorm, bool dense, F&& f) {
+    const i64 Tn = d.Tn;
+    f(a.x, b.x, ActGroup::Input, Tn * d.H);
+    f(a.ln1, b.ln1, ActGroup::AttnIn, Tn * d.H);
+    f(a.rstd1, b.rstd1, ActGroup::AttnIn, Tn);
+    f(a.q, b.q, ActGroup::AttnInner, Tn * d.NH * d.D);
+    f(a.k, b.k, ActGroup::AttnInner, Tn * d.NKV * d.D);
+    f(a.v, b.v, ActGroup::AttnInner, Tn * d.NKV * d.D);
+    if (qnorm) {
+      f(a.rstdq, b.rstdq, ActGroup::AttnInner, Tn * d.NH);
+      f(a.rstdk, b.rstdk, ActGroup::AttnInner, Tn * d.NKV);
+    }
+    f(a.qr, b.qr, ActGroup::AttnInner, Tn * d.NH * d.D);
+    f(a.kr, b.kr, ActGroup::AttnInner, Tn * d.NKV * d.D);
+    f(a.lse, b.lse, ActGroup::AttnInner, d.B * d.NH * d.L);
+    f(a.att, b.att, ActGroup::AttnInner, Tn * d.NH * d.D);
+    f(a.h, b.h, ActGroup::MlpIn, Tn * d.H);
+    f(a.ln2, b.ln2, ActGroup::MlpIn, Tn * d.H);
+    f(a.rstd2, b.rstd2, ActGroup::MlpIn, Tn);
+    if (dense) {
+      f(a.mlp_g, b.mlp_g, ActGroup::MlpInner, Tn * d.ID);
+      f(a.mlp_u, b.mlp_u, ActGroup::MlpInner, Tn * d.ID);
+      f(a.mlp_a, b.mlp_a, ActGroup::MlpInner, Tn * d.ID);
+    }
+  }
+
   std::vector<LayerOffsets> off;
-  std::vector<Acts> acts;
+  std::vector<Acts> acts;  // [layer]; fields not kept by the recompute mode point into `shared`
+  Acts shared{};           // one layer's recomputed buffers (recompute ≠ None)
   i64 embed = 0, final_norm = 0, lm_head = 0;
   T* xf;       // [T,H] last residual
   T* lnf;      // [T,H]
-  T* rstdf;    // [T]
+  A* rstdf;    // [T]
   T* mlp_out;  // [T,H] scratch for the MLP/MoE output
-  T* cos_t;    // [L, D/2]
-  T* sin_t;
+  A* cos_t;    // [L, D/2]
+  A* sin_t;
+  T* dlogits;  // [T,V] aliases the logits when T == A
   // Backward scratch.
   T *dres, *dtmp, *dln, *dq, *dk, *dv, *datt, *dg, *du, *da;
+  std::byte* ws = nullptr;  // op workspace (largest query of the ops this model calls)
   MoeScratch<T> ms{};
   std::vector<std::vector<double>> aux_dp;  // [moe layer][E]
 };
 
 template <typename T>
-Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy,
-                const ExpertShardSpec& shard, i64 dense_pad, i64 expert_pad)
-    : m_(m), moe_(moe), B_(B), L_(L),
-      table_(build_param_table(m, ExpertRange{shard.first, shard.count}, dense_pad, expert_pad)),
-      arena_(policy), impl_(std::make_unique<Impl>()) {
+Model<T>::Model(Backend<T>& backend, const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, const ModelOptions& opt)
+    : Model(nullptr, &backend, m, moe, B, L, opt) {}
+
+template <typename T>
+Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, const ModelOptions& opt)
+    : Model(make_cpu_backend<T>(), nullptr, m, moe, B, L, opt) {}
+
+template <typename T>
+Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const ModelConfig& m, const MoeConfig& moe,
+                i64 B, i64 L, const ModelOptions& opt)
+    : owned_backend_(std::move(owned)), be_(backend ? *backend : *owned_backend_), ops_(*be_.dense), m_(m),
+      moe_(moe), B_(B), L_(L), opt_(opt),
+      table_(build_param_table(m, ExpertRange{opt.shard.first, opt.shard.count}, opt.dense_pad, opt.expert_pad)),
+      arena_(opt.policy), impl_(std::make_unique<Impl>()) {
   Impl& S = *impl_;
+  const ExpertShardSpec& shard = opt.shard;
+  const Recompute rc = opt.recompute;
   const i64 Tn = B * L, H = m.hidden_size, V = m.vocab_size, D = m.resolved_head_dim();
   const i64 NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts, K = m.top_k, I = m.expert_width();
   const i64 ID = m.intermediate_size;
@@ -104,8 +164,11 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
         o.w3.push_back(rel(n.w3[e]));
         o.w2.push_back(rel(n.w2[e]));
       }
-      o.moe_index = int(moe_layers_.size());
-      moe_layers_.push_back(std::make_unique<MoeLayer<T>>(Tn, H, E, K, I, moe, norm, shard, arena_));
+      o.moe_index = num_moe_++;
+      // Every MoE layer has the same shapes: with recompute one layer object (one set of buffers) serves all,
+      // its forward rerun in backward before each layer's backward.
+      if (rc == Recompute::None || moe_layers_.empty())
+        moe_layers_.push_back(std::make_unique<MoeLayer<T>>(Tn, H, E, K, I, moe, norm, shard, arena_));
     } else {
       o.dg = rel(n.dense_gate);
       o.du = rel(n.dense_up);
@@ -114,32 +177,15 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
     }
     S.off.push_back(std::move(o));
   }
-  S.acts.resize(m.num_layers);
+  const typename Impl::Dims dims{B, L, Tn, H, D, NH, NKV, ID};
+  S.acts.assign(m.num_layers, typename Impl::Acts{});
+  std::set<const void*> shared_reserved;
   for (int l = 0; l < m.num_layers; ++l) {
-    auto& a = S.acts[l];
-    a = {};
-    arena_.reserve(&a.x, Tn * H);
-    arena_.reserve(&a.ln1, Tn * H);
-    arena_.reserve(&a.rstd1, Tn);
-    arena_.reserve(&a.q, Tn * NH * D);
-    arena_.reserve(&a.k, Tn * NKV * D);
-    arena_.reserve(&a.v, Tn * NKV * D);
-    if (S.off[l].q_norm >= 0) {
-      arena_.reserve(&a.rstdq, Tn * NH);
-      arena_.reserve(&a.rstdk, Tn * NKV);
-    }
-    arena_.reserve(&a.qr, Tn * NH * D);
-    arena_.reserve(&a.kr, Tn * NKV * D);
-    arena_.reserve(&a.probs, B * NH * L * L);
-    arena_.reserve(&a.att, Tn * NH * D);
-    arena_.reserve(&a.h, Tn * H);
-    arena_.reserve(&a.ln2, Tn * H);
-    arena_.reserve(&a.rstd2, Tn);
-    if (S.off[l].moe_index < 0) {
-      arena_.reserve(&a.mlp_g, Tn * ID);
-      arena_.reserve(&a.mlp_u, Tn * ID);
-      arena_.reserve(&a.mlp_a, Tn * ID);
-    }
+    Impl::each_act(S.acts[l], S.shared, dims, S.off[l].q_norm >= 0, S.off[l].moe_index < 0,
+                   [&](auto& p, auto& sp, ActGroup g, i64 n) {
+                     if (kept(g, rc)) arena_.reserve(&p, n);
+                     else if (shared_reserved.insert(&sp).second) arena_.reserve(&sp, n);
+                   });
   }
   arena_.reserve(&S.xf, Tn * H);
   arena_.reserve(&S.lnf, Tn * H);
@@ -148,6 +194,7 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
   arena_.reserve(&S.cos_t, L * D / 2);
   arena_.reserve(&S.sin_t, L * D / 2);
   arena_.reserve(&logits_, Tn * V);
+  if constexpr (!std::is_same<T, A>::value) arena_.reserve(&S.dlogits, Tn * V);
   arena_.reserve(&S.dres, Tn * H);
   arena_.reserve(&S.dtmp, Tn * H);
   arena_.reserve(&S.dln, Tn * H);
@@ -162,9 +209,26 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
   }
   if (!moe_layers_.empty())
     MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, MoeLayer<T>::max_expert_rows(Tn, K, shard));
+  // One workspace for every op of a step (ops run one at a time): the largest query.
+  i64 ws = ops_.attention_workspace_bytes(B, L, NH, NKV, D);
+  std::vector<std::pair<i64, i64>> gemms = {{H, NH * D}, {H, NKV * D}, {NH * D, H}, {H, V}};
+  if (any_dense) {
+    gemms.push_back({H, ID});
+    gemms.push_back({ID, H});
+  }
+  for (const auto& g : gemms)
+    ws = std::max({ws, ops_.linear_forward_workspace_bytes(Tn, g.first, g.second),
+                   ops_.linear_backward_workspace_bytes(Tn, g.first, g.second)});
+  if (ws > 0) arena_.reserve(&S.ws, ws);
   arena_.allocate();
-  if (arena_.allocated()) rope_table_ref<T>(S.cos_t, S.sin_t, L, D, m.rope_theta);
-  S.aux_dp.assign(moe_layers_.size(), std::vector<double>(E, 0.0));
+  for (int l = 0; l < m.num_layers; ++l)
+    Impl::each_act(S.acts[l], S.shared, dims, S.off[l].q_norm >= 0, S.off[l].moe_index < 0,
+                   [&](auto& p, auto& sp, ActGroup g, i64) {
+                     if (!kept(g, rc)) p = sp;
+                   });
+  if constexpr (std::is_same<T, A>::value) S.dlogits = logits_;
+  if (arena_.allocated()) ops_.rope_table(S.cos_t, S.sin_t, L, D, m.rope_theta);
+  S.aux_dp.assign(num_moe_, std::vector<double>(E, 0.0));
 }
 
 template <typename T>
@@ -181,15 +245,95 @@ static ExpertWeights<T> expert_weights(const T* P, const LayerOffsets& o) {
   return w;
 }
 
-template <typename T>
-static ExpertGrads<T> expert_grads(T* G, const LayerOffsets& o) {
-  ExpertGrads<T> g;
+template <typename G>
+static ExpertGrads<G> expert_grads(G* Gr, const LayerOffsets& o) {
+  ExpertGrads<G> g;
   for (size_t e = 0; e < o.w1.size(); ++e) {
-    g.w1.push_back(G + o.w1[e]);
-    g.w3.push_back(G + o.w3[e]);
-    g.w2.push_back(G + o.w2[e]);
+    g.w1.push_back(Gr + o.w1[e]);
+    g.w3.push_back(Gr + o.w3[e]);
+    g.w2.push_back(Gr + o.w2[e]);
   }
   return g;
+}
+
+// q, k, v from norm1(x) (acts.ln1) → q_norm/k_norm (Qwen3) → RoPE → attention output and lse. [C4.attention]
+template <typename T>
+void Model<T>::attention_core(const T* P, int l) {
+  Impl& S = *impl_;
+  const LayerOffsets& o = S.off[l];
+  auto& a = S.acts[l];
+  const i64 Tn = B_ * L_, H = m_.hidden_size, D = m_.resolved_head_dim(), NH = m_.num_heads, NKV = m_.num_kv_heads;
+  const double eps = m_.rms_norm_eps;
+  ops_.linear_forward(a.q, a.ln1, P + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
+  ops_.linear_forward(a.k, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
+  ops_.linear_forward(a.v, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
+  if (o.q_norm >= 0) {
+    ops_.rmsnorm_forward(a.qr, a.rstdq, a.q, P + o.q_norm, Tn * NH, D, eps);
+    ops_.rmsnorm_forward(a.kr, a.rstdk, a.k, P + o.k_norm, Tn * NKV, D, eps);
+  } else {
+    ops_.copy(a.qr, a.q, Tn * NH * D);
+    ops_.copy(a.kr, a.k, Tn * NKV * D);
+  }
+  ops_.rope_apply(a.qr, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Forward);
+  ops_.rope_apply(a.kr, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Forward);
+  ops_.attention_forward(a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D, m_.sliding_window, S.ws);
+}
+
+// MLP block body from norm2(h) (acts.ln2): the MoE layer (router statistics appended to st when given) or the
+// dense SwiGLU MLP. out [T,H]; null skips the dense down projection (a recomputation needs only the activations).
+template <typename T>
+void Model<T>::mlp_forward(const T* P, int l, T* out, Mode mode, MicroStats* st) {
+  Impl& S = *impl_;
+  const LayerOffsets& o = S.off[l];
+  auto& a = S.acts[l];
+  const i64 Tn = B_ * L_, H = m_.hidden_size, ID = m_.intermediate_size;
+  if (o.moe_index >= 0) {
+    RngCtx r = rng_;
+    r.layer = l;
+    const float* b = bias_.empty() || bias_[o.moe_index].empty() ? nullptr : bias_[o.moe_index].data();
+    auto& layer = moe_layer(o.moe_index);
+    layer.forward(out ? out : S.mlp_out, a.ln2, P + o.router, expert_weights(P, o), b, r, mode);
+    if (st) st->router.push_back(layer.stats());
+  } else {
+    ops_.linear_forward(a.mlp_g, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
+    ops_.linear_forward(a.mlp_u, a.ln2, P + o.du, Tn, H, ID, Accumulate::Overwrite, S.ws);
+    ops_.swiglu_forward(a.mlp_a, a.mlp_g, a.mlp_u, Tn * ID);
+    if (out) ops_.linear_forward(out, a.mlp_a, P + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
+  }
+}
+
+// One decoder layer from its input acts[l].x: h = x + o_proj(attn(...)); x_next = h + MLP(norm2(h)).
+// x_next null: stop after the MLP activations (the recomputation of Recompute::Full).
+template <typename T>
+void Model<T>::layer_forward(const T* P, int l, Mode mode, MicroStats* st) {
+  Impl& S = *impl_;
+  const LayerOffsets& o = S.off[l];
+  auto& a = S.acts[l];
+  const i64 Tn = B_ * L_, H = m_.hidden_size, D = m_.resolved_head_dim(), NH = m_.num_heads;
+  const double eps = m_.rms_norm_eps;
+  T* x_next = st == nullptr ? nullptr : l + 1 < m_.num_layers ? S.acts[l + 1].x : S.xf;
+  ops_.rmsnorm_forward(a.ln1, a.rstd1, a.x, P + o.in_norm, Tn, H, eps);
+  attention_core(P, l);
+  ops_.linear_forward(a.h, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
+  ops_.add(a.h, a.h, a.x, Tn * H);
+  ops_.rmsnorm_forward(a.ln2, a.rstd2, a.h, P + o.post_norm, Tn, H, eps);
+  mlp_forward(P, l, x_next ? S.mlp_out : nullptr, mode, st);
+  if (x_next) ops_.add(x_next, a.h, S.mlp_out, Tn * H);
+}
+
+// Reruns what the recompute mode did not keep of layer l, from what it kept, with the last forward's bias, RNG
+// context and mode: the same ops on the same inputs, so the same bits. Under EP the MoE forward repeats its
+// all-to-alls; every rank recomputes the same layers in the same order, so the collectives match. [C6.recompute]
+template <typename T>
+void Model<T>::recompute_layer(const T* P, int l) {
+  switch (opt_.recompute) {
+    case Recompute::None: return;
+    case Recompute::Selective:
+      mlp_forward(P, l, nullptr, mode_, nullptr);
+      attention_core(P, l);
+      return;
+    case Recompute::Full: layer_forward(P, l, mode_, nullptr); return;
+  }
 }
 
 // contract: C4.layer C4.attention
@@ -199,67 +343,28 @@ MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, cons
   using Dir = typename ParamAccess<T>::Direction;
   const int final_unit = m_.num_layers + 1;
   Impl& S = *impl_;
-  const i64 Tn = B_ * L_, H = m_.hidden_size, V = m_.vocab_size, D = m_.resolved_head_dim();
-  const i64 NH = m_.num_heads, NKV = m_.num_kv_heads, ID = m_.intermediate_size;
+  const i64 Tn = B_ * L_, H = m_.hidden_size, V = m_.vocab_size;
   const double eps = m_.rms_norm_eps;
+  rng_ = rng;
+  mode_ = mode;
+  bias_ = bias;  // kept for backward's recomputation (capacity reused: no allocation after the first step)
   // Embedding.
-  {
-    T* x0 = S.acts[0].x;
-    const T* W = access.params(0, Dir::Forward) + S.embed;
-#pragma omp parallel for schedule(static)
-    for (i64 t = 0; t < Tn; ++t)
-      for (i64 h = 0; h < H; ++h) x0[t * H + h] = W[i64(inputs[t]) * H + h];
-    access.release(0);
-  }
+  ops_.embedding_forward(S.acts[0].x, access.params(0, Dir::Forward) + S.embed, inputs, Tn, H);
+  access.release(0);
   MicroStats st;
   st.tokens = Tn;
   for (int l = 0; l < m_.num_layers; ++l) {
-    const LayerOffsets& o = S.off[l];
-    auto& a = S.acts[l];
-    T* x_next = l + 1 < m_.num_layers ? S.acts[l + 1].x : S.xf;
     const T* P = access.params(l + 1, Dir::Forward);
-    // Attention block: h = x + o_proj(attn(rope(norm(q)), rope(norm(k)), v)).
-    rmsnorm_forward_ref<T>(a.ln1, a.rstd1, a.x, P + o.in_norm, Tn, H, eps);
-    linear_forward_ref<T>(a.q, a.ln1, P + o.q, Tn, H, NH * D);
-    linear_forward_ref<T>(a.k, a.ln1, P + o.k, Tn, H, NKV * D);
-    linear_forward_ref<T>(a.v, a.ln1, P + o.v, Tn, H, NKV * D);
-    if (o.q_norm >= 0) {
-      rmsnorm_forward_ref<T>(a.qr, a.rstdq, a.q, P + o.q_norm, Tn * NH, D, eps);
-      rmsnorm_forward_ref<T>(a.kr, a.rstdk, a.k, P + o.k_norm, Tn * NKV, D, eps);
-    } else {
-      std::copy(a.q, a.q + Tn * NH * D, a.qr);
-      std::copy(a.k, a.k + Tn * NKV * D, a.kr);
-    }
-    rope_apply_ref<T>(a.qr, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Forward);
-    rope_apply_ref<T>(a.kr, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Forward);
-    attention_forward_ref<T>(a.att, a.probs, a.qr, a.kr, a.v, B_, L_, NH, NKV, D, m_.sliding_window);
-    linear_forward_ref<T>(a.h, a.att, P + o.o, Tn, NH * D, H);
-    for (i64 i = 0; i < Tn * H; ++i) a.h[i] += a.x[i];
-    // MLP block: out = h + MLP(norm(h)).
-    rmsnorm_forward_ref<T>(a.ln2, a.rstd2, a.h, P + o.post_norm, Tn, H, eps);
-    if (o.moe_index >= 0) {
-      RngCtx r = rng;
-      r.layer = l;
-      const float* b = bias.empty() || bias[o.moe_index].empty() ? nullptr : bias[o.moe_index].data();
-      auto& layer = *moe_layers_[o.moe_index];
-      layer.forward(S.mlp_out, a.ln2, P + o.router, expert_weights(P, o), b, r, mode);
-      st.router.push_back(layer.stats());
-    } else {
-      linear_forward_ref<T>(a.mlp_g, a.ln2, P + o.dg, Tn, H, ID);
-      linear_forward_ref<T>(a.mlp_u, a.ln2, P + o.du, Tn, H, ID);
-      swiglu_forward_ref<T>(a.mlp_a, a.mlp_g, a.mlp_u, Tn * ID);
-      linear_forward_ref<T>(S.mlp_out, a.mlp_a, P + o.dd, Tn, ID, H);
-    }
-    for (i64 i = 0; i < Tn * H; ++i) x_next[i] = a.h[i] + S.mlp_out[i];
+    layer_forward(P, l, mode, &st);
     access.release(l + 1);
   }
   const T* PF = access.params(final_unit, Dir::Forward);
-  rmsnorm_forward_ref<T>(S.lnf, S.rstdf, S.xf, PF + S.final_norm, Tn, H, eps);
+  ops_.rmsnorm_forward(S.lnf, S.rstdf, S.xf, PF + S.final_norm, Tn, H, eps);
   const T* PH = m_.tie_word_embeddings ? access.params(0, Dir::Forward) : PF;
-  linear_forward_ref<T>(logits_, S.lnf, PH + S.lm_head, Tn, H, V);
+  ops_.logits_forward(logits_, S.lnf, PH + S.lm_head, Tn, H, V);
   access.release(final_unit);
   if (m_.tie_word_embeddings) access.release(0);
-  st.ce_sum = cross_entropy_forward_ref<T>(nullptr, logits_, targets, Tn, V);
+  st.ce_sum = ops_.cross_entropy_forward(logits_, targets, Tn, V);
   last_ = st;
   return st;
 }
@@ -315,7 +420,7 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
   const i64 NH = m_.num_heads, NKV = m_.num_kv_heads, ID = m_.intermediate_size, E = m_.num_experts;
   const double K = m_.top_k;
   // Per-layer dLoss/dprobs[t, e] of the aux term (constant over t).
-  const size_t Lm = moe_layers_.size();
+  const size_t Lm = size_t(num_moe_);
   for (size_t l = 0; l < Lm; ++l) {
     for (i64 e = 0; e < E; ++e) {
       double v = 0;
@@ -334,14 +439,15 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
   const double z_scale = Lm ? sc.z / double(Lm) : 0.0;
 
   // Loss → logits → final norm.
-  cross_entropy_backward_inplace_ref<T>(logits_, targets, Tn, V, sc.ce);
+  ops_.cross_entropy_backward(S.dlogits, logits_, targets, Tn, V, sc.ce);
   {
     const T* PF = access.params(final_unit, Dir::Backward);
-    T* GF = access.grads(final_unit);
+    A* GF = access.grads(final_unit);
     const T* PH = tied ? access.params(0, Dir::Backward) : PF;
-    T* GH = tied ? access.grads(0) : GF;  // tied: unit 0's gradients stay open until the embedding
-    linear_backward_ref<T>(S.dln, GH + S.lm_head, logits_, S.lnf, PH + S.lm_head, Tn, H, V);
-    rmsnorm_backward_ref<T>(S.dres, GF + S.final_norm, S.dln, S.xf, PF + S.final_norm, S.rstdf, Tn, H);
+    A* GH = tied ? access.grads(0) : GF;  // tied: unit 0's gradients stay open until the embedding
+    ops_.linear_backward(S.dln, GH + S.lm_head, S.dlogits, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite,
+                         S.ws);
+    ops_.rmsnorm_backward(S.dres, GF + S.final_norm, S.dln, S.xf, PF + S.final_norm, S.rstdf, Tn, H);
     access.grads_done(final_unit);
     access.release(final_unit);
     if (tied) access.release(0);
@@ -351,47 +457,45 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     const LayerOffsets& o = S.off[l];
     auto& a = S.acts[l];
     const T* P = access.params(l + 1, Dir::Backward);
-    T* G = access.grads(l + 1);
+    A* G = access.grads(l + 1);
+    recompute_layer(P, l);
     // MLP block: dres is d(out); d(h) = dres + norm2ᵀ(MLPᵀ(dres)).
     if (o.moe_index >= 0) {
       auto g = expert_grads(G, o);
-      moe_layers_[o.moe_index]->backward(S.dln, S.dres, P + o.router, expert_weights(P, o), G + o.router, g,
-                                         S.aux_dp[o.moe_index].data(), z_scale, S.ms);
+      moe_layer(o.moe_index)
+          .backward(S.dln, S.dres, P + o.router, expert_weights(P, o), G + o.router, g, S.aux_dp[o.moe_index].data(),
+                    z_scale, S.ms);
     } else {
-      linear_backward_ref<T>(S.da, G + o.dd, S.dres, a.mlp_a, P + o.dd, Tn, ID, H);
-      swiglu_backward_ref<T>(S.dg, S.du, S.da, a.mlp_g, a.mlp_u, Tn * ID);
-      linear_backward_ref<T>(S.dln, G + o.dg, S.dg, a.ln2, P + o.dg, Tn, H, ID);
-      linear_backward_ref<T>(S.dln, G + o.du, S.du, a.ln2, P + o.du, Tn, H, ID, T(1));
+      ops_.linear_backward(S.da, G + o.dd, S.dres, a.mlp_a, P + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
+      ops_.swiglu_backward(S.dg, S.du, S.da, a.mlp_g, a.mlp_u, Tn * ID);
+      ops_.linear_backward(S.dln, G + o.dg, S.dg, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
+      ops_.linear_backward(S.dln, G + o.du, S.du, a.ln2, P + o.du, Tn, H, ID, Accumulate::Add, S.ws);
     }
-    rmsnorm_backward_ref<T>(S.dtmp, G + o.post_norm, S.dln, a.h, P + o.post_norm, a.rstd2, Tn, H);
-    for (i64 i = 0; i < Tn * H; ++i) S.dres[i] += S.dtmp[i];
+    ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, P + o.post_norm, a.rstd2, Tn, H);
+    ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     // Attention block: dres is now d(h).
-    linear_backward_ref<T>(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H);
-    attention_backward_ref<T>(S.dq, S.dk, S.dv, S.datt, a.qr, a.kr, a.v, a.probs, B_, L_, NH, NKV, D,
-                              m_.sliding_window);
-    rope_apply_ref<T>(S.dq, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Inverse);
-    rope_apply_ref<T>(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
+    ops_.linear_backward(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
+    ops_.attention_backward(S.dq, S.dk, S.dv, S.datt, a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D,
+                            m_.sliding_window, S.ws);
+    ops_.rope_apply(S.dq, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Inverse);
+    ops_.rope_apply(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
     if (o.q_norm >= 0) {
       // q_norm/k_norm backward: reuse datt as the [T, NH·D] destination, then copy back.
-      rmsnorm_backward_ref<T>(S.datt, G + o.q_norm, S.dq, a.q, P + o.q_norm, a.rstdq, Tn * NH, D);
-      std::copy(S.datt, S.datt + Tn * NH * D, S.dq);
-      rmsnorm_backward_ref<T>(S.datt, G + o.k_norm, S.dk, a.k, P + o.k_norm, a.rstdk, Tn * NKV, D);
-      std::copy(S.datt, S.datt + Tn * NKV * D, S.dk);
+      ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, P + o.q_norm, a.rstdq, Tn * NH, D);
+      ops_.copy(S.dq, S.datt, Tn * NH * D);
+      ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, P + o.k_norm, a.rstdk, Tn * NKV, D);
+      ops_.copy(S.dk, S.datt, Tn * NKV * D);
     }
-    linear_backward_ref<T>(S.dln, G + o.q, S.dq, a.ln1, P + o.q, Tn, H, NH * D);
-    linear_backward_ref<T>(S.dln, G + o.k, S.dk, a.ln1, P + o.k, Tn, H, NKV * D, T(1));
-    linear_backward_ref<T>(S.dln, G + o.v, S.dv, a.ln1, P + o.v, Tn, H, NKV * D, T(1));
-    rmsnorm_backward_ref<T>(S.dtmp, G + o.in_norm, S.dln, a.x, P + o.in_norm, a.rstd1, Tn, H);
-    for (i64 i = 0; i < Tn * H; ++i) S.dres[i] += S.dtmp[i];
+    ops_.linear_backward(S.dln, G + o.q, S.dq, a.ln1, P + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
+    ops_.linear_backward(S.dln, G + o.k, S.dk, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Add, S.ws);
+    ops_.linear_backward(S.dln, G + o.v, S.dv, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Add, S.ws);
+    ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, P + o.in_norm, a.rstd1, Tn, H);
+    ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     access.grads_done(l + 1);
     access.release(l + 1);
   }
   // Embedding: scatter-add in token order (deterministic). The pad_token_id row gets none (HF padding_idx).
-  T* dE = access.grads(0) + S.embed;
-  for (i64 t = 0; t < Tn; ++t) {
-    if (inputs[t] == m_.pad_token_id) continue;
-    for (i64 h = 0; h < H; ++h) dE[i64(inputs[t]) * H + h] += S.dres[t * H + h];
-  }
+  ops_.embedding_backward(access.grads(0) + S.embed, S.dres, inputs, Tn, H, m_.pad_token_id);
   access.grads_done(0);
 }
 

@@ -3,6 +3,7 @@
 #include <memory>
 #include <vector>
 
+#include "backend/backend.h"
 #include "config/config.h"
 #include "core/arena.h"
 #include "model/param_access.h"
@@ -35,25 +36,46 @@ struct LossScales {
 double aux_loss_value(const MicroStats& s, const ModelConfig& m, AuxForm form, const GlobalRouting* global);
 double z_loss_value(const MicroStats& s);
 
+// How a model is laid out beside its shapes: allocation, expert shard, parameter-table padding, recomputation.
+struct ModelOptions {
+  AllocPolicy policy = AllocPolicy::Allocate;
+  ExpertShardSpec shard{};   // the experts this rank holds and its EP group (default: all experts, one process)
+  i64 dense_pad = 1;         // segment padding of the parameter table (ZeRO shard groups)
+  i64 expert_pad = 1;
+  // What backward recomputes instead of keeping (train.recompute); gradients are bitwise those of None. [C6.recompute]
+  //   None       every activation of every layer kept.
+  //   Selective  per layer the residual-stream input x, the attention input norm(x) and the MLP/MoE input
+  //              norm(h) (+ h, rstd) are kept; q/k/v, RoPE, attention output and lse, the MoE block (router,
+  //              dispatch, experts, combine) and the dense MLP activations are recomputed in backward, in one
+  //              set of buffers shared by all layers.
+  //   Full       only each layer's input x is kept; backward reruns the whole layer forward first.
+  Recompute recompute = Recompute::None;
+};
+
+// The decoder over a backend: every op (GEMMs, norms, RoPE, attention, embedding, residual adds, copies) is a call
+// of backend.dense; the MoE blocks are MoeLayer objects. T: storage type of weights copies and activations.
 template <typename T>
 class Model {
  public:
+  using A = acc_t<T>;  // gradients, logits, norm statistics
   // Plans every activation buffer for micro-batches of B sequences of L tokens (allocated here, once).
-  // shard: the experts this rank holds and its EP group (default: all experts, one process).
-  // dense_pad / expert_pad: segment padding of the parameter table (ZeRO shard groups).
-  Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocPolicy policy = AllocPolicy::Allocate,
-        const ExpertShardSpec& shard = {}, i64 dense_pad = 1, i64 expert_pad = 1);
+  // The backend must outlive the model.
+  Model(Backend<T>& backend, const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, const ModelOptions& opt = {});
+  // The same on a CPU backend the model creates and owns (tests, plan-only sizing).
+  Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, const ModelOptions& opt = {});
   ~Model();
 
   const ParamTable& table() const { return table_; }
   const ModelConfig& config() const { return m_; }
-  int num_moe_layers() const { return int(moe_layers_.size()); }
+  int num_moe_layers() const { return num_moe_; }
   i64 activation_bytes() const { return arena_.bytes(); }
+  Recompute recompute() const { return opt_.recompute; }
 
   // inputs/targets [B·L]. bias: per MoE layer [E] selection bias (may be empty).
   MicroStats forward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets,
                      const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode);
   // Accumulates into the unit gradients the gradient of the objective terms of this micro-batch (after forward).
+  // With recompute, backward reruns parts of the last forward (same inputs, bias, RNG context and mode).
   void backward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
                 AuxForm form, const GlobalRouting* global);
 
@@ -63,26 +85,44 @@ class Model {
     FlatParamAccess<T> a(table_, params, nullptr);
     return forward(a, inputs, targets, bias, rng, mode);
   }
-  void backward(const T* params, T* grads, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
+  void backward(const T* params, A* grads, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
                 AuxForm form, const GlobalRouting* global) {
     FlatParamAccess<T> a(table_, params, grads);
     backward(a, inputs, targets, sc, form, global);
   }
 
-  const T* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it)
+  const A* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it)
   i64 tokens() const { return B_ * L_; }
 
  private:
   struct Impl;
+  Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const ModelConfig& m, const MoeConfig& moe, i64 B,
+        i64 L, const ModelOptions& opt);
+  MoeLayer<T>& moe_layer(int moe_index) { return *moe_layers_[moe_layers_.size() == 1 ? 0 : moe_index]; }
+  void layer_forward(const T* P, int l, Mode mode, MicroStats* st);
+  void attention_core(const T* P, int l);
+  void mlp_forward(const T* P, int l, T* out, Mode mode, MicroStats* st);
+  void recompute_layer(const T* P, int l);
+
+  std::unique_ptr<Backend<T>> owned_backend_;  // set by the CPU convenience constructor
+  Backend<T>& be_;
+  DenseOps<T>& ops_;
   ModelConfig m_;
   MoeConfig moe_;
   i64 B_, L_;
+  ModelOptions opt_;
   ParamTable table_;
   Arena arena_;
-  std::vector<std::unique_ptr<MoeLayer<T>>> moe_layers_;  // one per MoE layer
+  int num_moe_ = 0;
+  // One per MoE layer; with recompute one layer object serves every MoE layer (its buffers are shared).
+  std::vector<std::unique_ptr<MoeLayer<T>>> moe_layers_;
   std::unique_ptr<Impl> impl_;
-  T* logits_ = nullptr;
+  A* logits_ = nullptr;
   MicroStats last_;
+  // What backward's recomputation needs of the last forward (recompute ≠ None).
+  RngCtx rng_{};
+  Mode mode_ = Mode::Train;
+  std::vector<std::vector<float>> bias_;
 };
 
 }  // namespace moe

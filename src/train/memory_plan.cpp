@@ -27,7 +27,8 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   }
   const i64 dpad = p.zero >= 1 ? world : 1, xpad = p.zero >= 1 ? edp : 1;
   // Plan-only model: sizes the activation arena and builds rank 0's (padded) parameter table.
-  Model<float> model(m, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len, AllocPolicy::PlanOnly, shard, dpad, xpad);
+  Model<float> model(m, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len,
+                     ModelOptions{AllocPolicy::PlanOnly, shard, dpad, xpad, cfg.train.recompute});
   const ParamTable& t = model.table();
   p.params = build_param_table(m).tensor_numel();
   const i64 per_expert = 3 * i64(m.hidden_size) * m.expert_width();

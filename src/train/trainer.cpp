@@ -79,8 +79,10 @@ Trainer::Trainer(const Config& in, Communicator& world)
   // ZeRO ≥ 1 shards dense segments over the world and expert segments over the expert-DP group: pad for them.
   const int zero = cfg_.parallel.zero;
   const i64 dense_pad = zero >= 1 ? world_ : 1, expert_pad = zero >= 1 ? edp_comm_->size() : 1;
-  model_ = std::make_unique<Model<float>>(cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, AllocPolicy::Allocate, shard,
-                                          dense_pad, expert_pad);
+  backend_ = make_cpu_backend<float>();
+  model_ = std::make_unique<Model<float>>(*backend_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len,
+                                          ModelOptions{AllocPolicy::Allocate, shard, dense_pad, expert_pad,
+                                                       t.recompute});
   data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
   state_ = std::make_unique<ParamState>(model_->table(), zero, world_comm_, *edp_comm_, *ep_comm_);
   select_bias_.assign(model_->num_moe_layers(), std::vector<float>(cfg_.model.num_experts, 0.f));

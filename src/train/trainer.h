@@ -80,6 +80,7 @@ class Trainer {
   Communicator& world_comm_;
   std::unique_ptr<Communicator> ep_comm_, edp_comm_;  // expert-parallel and expert-data-parallel groups
   int rank_ = 0, world_ = 1, ep_ = 1;
+  std::unique_ptr<Backend<float>> backend_;                   // the ops the model runs on (CPU today)
   std::unique_ptr<Model<float>> model_;
   std::unique_ptr<TokenData> data_;
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)

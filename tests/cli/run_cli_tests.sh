@@ -678,6 +678,29 @@ case "$CASE" in
     grep -qE "was removed or replaced during the run|run_g/checkpoints.*No such file or directory" all.txt ||
       fail "no message naming the removed checkpoint dir: $(tail -n 3 all.txt | tr '\n' ' ')"
     ;;
+  recompute_key)
+    # train.recompute: none|selective|full; anything else is exit 2 naming the key, the value and the choices.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.recompute=sideways
+    expect_bad_input train.recompute sideways none selective full
+    run c.yaml --set train.recompute=full
+    expect_rc 0
+    # The dry-run plan shrinks: Mixtral (8 ranks) activations none > selective > full.
+    head -c 20000 /dev/zero >tok.bin
+    prev=
+    for mode in none selective full; do
+      run "$SRC/configs/mixtral.yaml" --dry-run --world 8 --set train.device=cpu --set train.precision=fp32 \
+        --set "data.path=$T/tok.bin" --set train.recompute=$mode
+      expect_rc 0
+      gib=$(sed -n 's/^  activations *\([0-9.]*\) GiB.*/\1/p' out.txt | head -1)
+      [ -n "$gib" ] || { fail "$mode: no 'activations N GiB' line"; continue; }
+      if [ -n "$prev" ] && ! awk -v a="$gib" -v b="$prev" 'BEGIN { exit !(a < b) }'; then
+        fail "recompute $mode: activations $gib GiB, not below the previous mode's $prev GiB"
+      fi
+      prev=$gib
+    done
+    ;;
   *)
     echo "unknown case '$CASE'" >&2
     exit 1

@@ -1,0 +1,20 @@
+// Owns make_cpu_backend<T>: the host backend table (CPU dense ops; MoE ops once MoeOps has a CPU implementation).
+#include "backend/backend.h"
+#include "backend/cpu/cpu_dense.h"
+
+namespace moe {
+
+template <typename T>
+std::unique_ptr<Backend<T>> make_cpu_backend() {
+  auto b = std::make_unique<Backend<T>>();
+  b->space = MemSpace::Host;
+  b->stream = Stream{};  // the CPU runs every op synchronously in call order
+  b->dense = make_cpu_dense_ops<T>();
+  // b->moe stays null: MoeLayer still calls the CPU functions of src/moe directly (see backend/moe_ops.h).
+  return b;
+}
+
+template std::unique_ptr<Backend<float>> make_cpu_backend<float>();
+template std::unique_ptr<Backend<double>> make_cpu_backend<double>();
+
+}  // namespace moe

@@ -1,0 +1,153 @@
+// Owns CpuDenseOps<T>: the dense op table on the host, each op a thin call of a kernels/ref kernel (outputs, inputs, dims).
+#include <algorithm>
+#include <type_traits>
+
+#include "backend/cpu/cpu_dense.h"
+#include "core/error.h"
+#include "kernels/ref/attention_ref.h"
+#include "kernels/ref/cross_entropy_ref.h"
+#include "kernels/ref/gemm_ref.h"
+#include "kernels/ref/rmsnorm_ref.h"
+#include "kernels/ref/rope_ref.h"
+#include "kernels/ref/swiglu_ref.h"
+
+namespace moe {
+
+namespace {
+
+constexpr i64 kAlign = 64;
+inline i64 align_up(i64 bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+// The GEMM-backed ops by storage type. float/double: cblas through gemm_ref (beta 1 = Accumulate::Add), no
+// workspace. A bf16 specialization (oneDNN, fp32 workspace of the GEMM output) is the only other piece a new
+// storage type needs here.
+template <typename T>
+struct Gemm {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "Gemm<T>: float or double");
+  static T beta(Accumulate acc) { return acc == Accumulate::Add ? T(1) : T(0); }
+  static i64 forward_workspace_bytes(i64, i64, i64) { return 0; }
+  static i64 backward_workspace_bytes(i64, i64, i64) { return 0; }
+  static void forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc, void*) {
+    linear_forward_ref<T>(y, x, W, N, in, out, beta(acc));
+  }
+  static void logits(T* logits, const T* x, const T* W, i64 N, i64 H, i64 V) {
+    linear_forward_ref<T>(logits, x, W, N, H, V);
+  }
+  static void backward(T* dx, T* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc,
+                       void*) {
+    linear_backward_ref<T>(dx, dW, dy, x, W, N, in, out, beta(acc));
+  }
+};
+
+template <typename T>
+class CpuDenseOps final : public DenseOps<T> {
+ public:
+  using A = acc_t<T>;
+
+  i64 linear_forward_workspace_bytes(i64 N, i64 in, i64 out) const override {
+    return Gemm<T>::forward_workspace_bytes(N, in, out);
+  }
+  i64 linear_backward_workspace_bytes(i64 N, i64 in, i64 out) const override {
+    return Gemm<T>::backward_workspace_bytes(N, in, out);
+  }
+  void linear_forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc, void* ws) override {
+    Gemm<T>::forward(y, x, W, N, in, out, acc, ws);
+  }
+  void logits_forward(A* logits, const T* x, const T* W, i64 N, i64 H, i64 V) override {
+    Gemm<T>::logits(logits, x, W, N, H, V);
+  }
+  void linear_backward(T* dx, A* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate dx_acc,
+                       void* ws) override {
+    Gemm<T>::backward(dx, dW, dy, x, W, N, in, out, dx_acc, ws);
+  }
+
+  void rmsnorm_forward(T* y, A* rstd, const T* x, const T* w, i64 N, i64 C, double eps) override {
+    rmsnorm_forward_ref<T>(y, rstd, x, w, N, C, eps);
+  }
+  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const T* w, const A* rstd, i64 N, i64 C) override {
+    rmsnorm_backward_ref<T>(dx, dw, dy, x, w, rstd, N, C);
+  }
+
+  void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) override {
+    rope_table_ref<A>(cos_t, sin_t, L, D, theta);
+  }
+  void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) override {
+    rope_apply_ref<T>(x, cos_t, sin_t, B, L, NHx, D, dir);
+  }
+
+  // Until kernels/ref has the flash-style kernel (lse saved, probabilities recomputed in backward), the kernel
+  // keeps [B, NH, L, L] probabilities: they live in the workspace (one layer at a time, not per layer), and
+  // backward recomputes them with the same forward kernel (same bits) into it; lse is not written. Workspace:
+  // probabilities [B, NH, L, L], then an output scratch [B·L, NH·D] for the recomputation.
+  i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D) const override {
+    (void)NKV;
+    return align_up(B * NH * L * L * i64(sizeof(T))) + align_up(B * L * NH * D * i64(sizeof(T)));
+  }
+  void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D,
+                         i64 window, void* ws) override {
+    (void)lse;
+    attention_forward_ref<T>(out, probs(ws), q, k, v, B, L, NH, NKV, D, window);
+  }
+  void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q, const T* k,
+                          const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, void* ws) override {
+    (void)out;
+    (void)lse;
+    T* P = probs(ws);
+    T* out_again = reinterpret_cast<T*>(static_cast<std::byte*>(ws) + align_up(B * NH * L * L * i64(sizeof(T))));
+    attention_forward_ref<T>(out_again, P, q, k, v, B, L, NH, NKV, D, window);
+    attention_backward_ref<T>(dq, dk, dv, dout, q, k, v, P, B, L, NH, NKV, D, window);
+  }
+
+  void swiglu_forward(T* h, const T* a, const T* b, i64 n) override { swiglu_forward_ref<T>(h, a, b, n); }
+  void swiglu_backward(T* da, T* db, const T* dh, const T* a, const T* b, i64 n) override {
+    swiglu_backward_ref<T>(da, db, dh, a, b, n);
+  }
+
+  double cross_entropy_forward(const A* logits, const int32_t* targets, i64 N, i64 V) override {
+    return cross_entropy_forward_ref<A>(nullptr, logits, targets, N, V);
+  }
+  // T == A here (float, double): the kernel works in place, so a distinct destination gets a copy first.
+  void cross_entropy_backward(T* dlogits, const A* logits, const int32_t* targets, i64 N, i64 V,
+                              double scale) override {
+    if (dlogits != logits) std::copy(logits, logits + N * V, dlogits);
+    cross_entropy_backward_inplace_ref<T>(dlogits, targets, N, V, scale);
+  }
+
+  void embedding_forward(T* x, const T* W, const int32_t* ids, i64 Tn, i64 H) override {
+#pragma omp parallel for schedule(static)
+    for (i64 t = 0; t < Tn; ++t)
+      for (i64 h = 0; h < H; ++h) x[t * H + h] = W[i64(ids[t]) * H + h];
+  }
+  // Token order per row of dW (deterministic, no atomics): the sum order of a repeated id is fixed.
+  void embedding_backward(A* dW, const T* dx, const int32_t* ids, i64 Tn, i64 H, int32_t pad_id) override {
+    for (i64 t = 0; t < Tn; ++t) {
+      if (ids[t] == pad_id) continue;
+      for (i64 h = 0; h < H; ++h) dW[i64(ids[t]) * H + h] += A(dx[t * H + h]);
+    }
+  }
+
+  void add(T* y, const T* a, const T* b, i64 n) override {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (i64 i = 0; i < n; ++i) y[i] = T(A(a[i]) + A(b[i]));
+  }
+  void copy(T* dst, const T* src, i64 n) override { std::copy(src, src + n, dst); }
+  void fill_zero(T* dst, i64 n) override { std::fill(dst, dst + n, T(0)); }
+
+ private:
+  static T* probs(void* ws) {
+    MT_CHECK(ws != nullptr, "attention needs its workspace (attention_workspace_bytes)");
+    return static_cast<T*>(ws);
+  }
+};
+
+}  // namespace
+
+template <typename T>
+std::unique_ptr<DenseOps<T>> make_cpu_dense_ops() {
+  return std::make_unique<CpuDenseOps<T>>();
+}
+
+template std::unique_ptr<DenseOps<float>> make_cpu_dense_ops<float>();
+template std::unique_ptr<DenseOps<double>> make_cpu_dense_ops<double>();
+
+}  // namespace moe
