@@ -8,7 +8,7 @@
 
 namespace moe {
 
-// Dense ops over storage type T (float, double, or bf16); A = acc_t<T> holds statistics, logits and weight
+// Dense ops over storage type T (float, double, or bf16); A = acc_t<T> holds statistics, norm gains and weight
 // gradients (fp32 for bf16). Every pointer lives in the backend's memory space; ops are ordered on the
 // backend's stream (the CPU runs them in call order). Shapes use the letters of core/dims.h; all row-major.
 // bf16 rounding points are the contract of docs/DESIGN.md "bf16": every T output is rounded to nearest-even
