@@ -103,7 +103,6 @@ struct Model<T>::Impl {
   T* mlp_out;  // [T,H] scratch for the MLP/MoE output
   A* cos_t;    // [L, D/2]
   A* sin_t;
-  T* dlogits;  // [T,V] aliases the logits when T == A
   // Backward scratch.
   T *dres, *dtmp, *dln, *dq, *dk, *dv, *datt, *dg, *du, *da;
   std::byte* ws = nullptr;  // op workspace (largest query of the ops this model calls)
@@ -194,7 +193,6 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
   arena_.reserve(&S.cos_t, L * D / 2);
   arena_.reserve(&S.sin_t, L * D / 2);
   arena_.reserve(&logits_, Tn * V);
-  if constexpr (!std::is_same<T, A>::value) arena_.reserve(&S.dlogits, Tn * V);
   arena_.reserve(&S.dres, Tn * H);
   arena_.reserve(&S.dtmp, Tn * H);
   arena_.reserve(&S.dln, Tn * H);
@@ -226,13 +224,19 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
                    [&](auto& p, auto& sp, ActGroup g, i64) {
                      if (!kept(g, rc)) p = sp;
                    });
-  if constexpr (std::is_same<T, A>::value) S.dlogits = logits_;
   if (arena_.allocated()) ops_.rope_table(S.cos_t, S.sin_t, L, D, m.rope_theta);
   S.aux_dp.assign(num_moe_, std::vector<double>(E, 0.0));
 }
 
 template <typename T>
 Model<T>::~Model() = default;
+
+// An RMSNorm gain (1-D, read as A: fp32 for bf16, see DESIGN §8) at offset off of a unit's parameters.
+template <typename T>
+static const acc_t<T>* gain(const T* P, i64 off) {
+  static_assert(std::is_same<T, acc_t<T>>::value, "bf16: norm gains come from the fp32 copy (not wired yet)");
+  return P + off;
+}
 
 template <typename T>
 static ExpertWeights<T> expert_weights(const T* P, const LayerOffsets& o) {
@@ -268,8 +272,8 @@ void Model<T>::attention_core(const T* P, int l) {
   ops_.linear_forward(a.k, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
   ops_.linear_forward(a.v, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
   if (o.q_norm >= 0) {
-    ops_.rmsnorm_forward(a.qr, a.rstdq, a.q, P + o.q_norm, Tn * NH, D, eps);
-    ops_.rmsnorm_forward(a.kr, a.rstdk, a.k, P + o.k_norm, Tn * NKV, D, eps);
+    ops_.rmsnorm_forward(a.qr, a.rstdq, a.q, gain(P, o.q_norm), Tn * NH, D, eps);
+    ops_.rmsnorm_forward(a.kr, a.rstdk, a.k, gain(P, o.k_norm), Tn * NKV, D, eps);
   } else {
     ops_.copy(a.qr, a.q, Tn * NH * D);
     ops_.copy(a.kr, a.k, Tn * NKV * D);
@@ -312,11 +316,11 @@ void Model<T>::layer_forward(const T* P, int l, Mode mode, MicroStats* st) {
   const i64 Tn = B_ * L_, H = m_.hidden_size, D = m_.resolved_head_dim(), NH = m_.num_heads;
   const double eps = m_.rms_norm_eps;
   T* x_next = st == nullptr ? nullptr : l + 1 < m_.num_layers ? S.acts[l + 1].x : S.xf;
-  ops_.rmsnorm_forward(a.ln1, a.rstd1, a.x, P + o.in_norm, Tn, H, eps);
+  ops_.rmsnorm_forward(a.ln1, a.rstd1, a.x, gain(P, o.in_norm), Tn, H, eps);
   attention_core(P, l);
   ops_.linear_forward(a.h, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
   ops_.add(a.h, a.h, a.x, Tn * H);
-  ops_.rmsnorm_forward(a.ln2, a.rstd2, a.h, P + o.post_norm, Tn, H, eps);
+  ops_.rmsnorm_forward(a.ln2, a.rstd2, a.h, gain(P, o.post_norm), Tn, H, eps);
   mlp_forward(P, l, x_next ? S.mlp_out : nullptr, mode, st);
   if (x_next) ops_.add(x_next, a.h, S.mlp_out, Tn * H);
 }
@@ -359,9 +363,9 @@ MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, cons
     access.release(l + 1);
   }
   const T* PF = access.params(final_unit, Dir::Forward);
-  ops_.rmsnorm_forward(S.lnf, S.rstdf, S.xf, PF + S.final_norm, Tn, H, eps);
+  ops_.rmsnorm_forward(S.lnf, S.rstdf, S.xf, gain(PF, S.final_norm), Tn, H, eps);
   const T* PH = m_.tie_word_embeddings ? access.params(0, Dir::Forward) : PF;
-  ops_.logits_forward(logits_, S.lnf, PH + S.lm_head, Tn, H, V);
+  ops_.linear_forward(logits_, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite, S.ws);
   access.release(final_unit);
   if (m_.tie_word_embeddings) access.release(0);
   st.ce_sum = ops_.cross_entropy_forward(logits_, targets, Tn, V);
@@ -439,15 +443,15 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
   const double z_scale = Lm ? sc.z / double(Lm) : 0.0;
 
   // Loss → logits → final norm.
-  ops_.cross_entropy_backward(S.dlogits, logits_, targets, Tn, V, sc.ce);
+  ops_.cross_entropy_backward_inplace(logits_, targets, Tn, V, sc.ce);
   {
     const T* PF = access.params(final_unit, Dir::Backward);
     A* GF = access.grads(final_unit);
     const T* PH = tied ? access.params(0, Dir::Backward) : PF;
     A* GH = tied ? access.grads(0) : GF;  // tied: unit 0's gradients stay open until the embedding
-    ops_.linear_backward(S.dln, GH + S.lm_head, S.dlogits, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite,
+    ops_.linear_backward(S.dln, GH + S.lm_head, logits_, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite,
                          S.ws);
-    ops_.rmsnorm_backward(S.dres, GF + S.final_norm, S.dln, S.xf, PF + S.final_norm, S.rstdf, Tn, H);
+    ops_.rmsnorm_backward(S.dres, GF + S.final_norm, S.dln, S.xf, gain(PF, S.final_norm), S.rstdf, Tn, H);
     access.grads_done(final_unit);
     access.release(final_unit);
     if (tied) access.release(0);
@@ -471,7 +475,7 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
       ops_.linear_backward(S.dln, G + o.dg, S.dg, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
       ops_.linear_backward(S.dln, G + o.du, S.du, a.ln2, P + o.du, Tn, H, ID, Accumulate::Add, S.ws);
     }
-    ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, P + o.post_norm, a.rstd2, Tn, H);
+    ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, gain(P, o.post_norm), a.rstd2, Tn, H);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     // Attention block: dres is now d(h).
     ops_.linear_backward(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
@@ -481,15 +485,15 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     ops_.rope_apply(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
     if (o.q_norm >= 0) {
       // q_norm/k_norm backward: reuse datt as the [T, NH·D] destination, then copy back.
-      ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, P + o.q_norm, a.rstdq, Tn * NH, D);
+      ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, gain(P, o.q_norm), a.rstdq, Tn * NH, D);
       ops_.copy(S.dq, S.datt, Tn * NH * D);
-      ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, P + o.k_norm, a.rstdk, Tn * NKV, D);
+      ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, gain(P, o.k_norm), a.rstdk, Tn * NKV, D);
       ops_.copy(S.dk, S.datt, Tn * NKV * D);
     }
     ops_.linear_backward(S.dln, G + o.q, S.dq, a.ln1, P + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
     ops_.linear_backward(S.dln, G + o.k, S.dk, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Add, S.ws);
     ops_.linear_backward(S.dln, G + o.v, S.dv, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Add, S.ws);
-    ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, P + o.in_norm, a.rstd1, Tn, H);
+    ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, gain(P, o.in_norm), a.rstd1, Tn, H);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     access.grads_done(l + 1);
     access.release(l + 1);

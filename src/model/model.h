@@ -57,7 +57,7 @@ struct ModelOptions {
 template <typename T>
 class Model {
  public:
-  using A = acc_t<T>;  // gradients, logits, norm statistics
+  using A = acc_t<T>;  // gradients, norm statistics and gains
   // Plans every activation buffer for micro-batches of B sequences of L tokens (allocated here, once).
   // The backend must outlive the model.
   Model(Backend<T>& backend, const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, const ModelOptions& opt = {});
@@ -91,7 +91,7 @@ class Model {
     backward(a, inputs, targets, sc, form, global);
   }
 
-  const A* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it)
+  const T* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it)
   i64 tokens() const { return B_ * L_; }
 
  private:
@@ -117,7 +117,7 @@ class Model {
   // One per MoE layer; with recompute one layer object serves every MoE layer (its buffers are shared).
   std::vector<std::unique_ptr<MoeLayer<T>>> moe_layers_;
   std::unique_ptr<Impl> impl_;
-  A* logits_ = nullptr;
+  T* logits_ = nullptr;
   MicroStats last_;
   // What backward's recomputation needs of the last forward (recompute ≠ None).
   RngCtx rng_{};

@@ -30,9 +30,6 @@ struct Gemm {
   static void forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc, void*) {
     linear_forward_ref<T>(y, x, W, N, in, out, beta(acc));
   }
-  static void logits(T* logits, const T* x, const T* W, i64 N, i64 H, i64 V) {
-    linear_forward_ref<T>(logits, x, W, N, H, V);
-  }
   static void backward(T* dx, T* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc,
                        void*) {
     linear_backward_ref<T>(dx, dW, dy, x, W, N, in, out, beta(acc));
@@ -53,18 +50,15 @@ class CpuDenseOps final : public DenseOps<T> {
   void linear_forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc, void* ws) override {
     Gemm<T>::forward(y, x, W, N, in, out, acc, ws);
   }
-  void logits_forward(A* logits, const T* x, const T* W, i64 N, i64 H, i64 V) override {
-    Gemm<T>::logits(logits, x, W, N, H, V);
-  }
   void linear_backward(T* dx, A* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate dx_acc,
                        void* ws) override {
     Gemm<T>::backward(dx, dW, dy, x, W, N, in, out, dx_acc, ws);
   }
 
-  void rmsnorm_forward(T* y, A* rstd, const T* x, const T* w, i64 N, i64 C, double eps) override {
+  void rmsnorm_forward(T* y, A* rstd, const T* x, const A* w, i64 N, i64 C, double eps) override {
     rmsnorm_forward_ref<T>(y, rstd, x, w, N, C, eps);
   }
-  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const T* w, const A* rstd, i64 N, i64 C) override {
+  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C) override {
     rmsnorm_backward_ref<T>(dx, dw, dy, x, w, rstd, N, C);
   }
 
@@ -103,14 +97,11 @@ class CpuDenseOps final : public DenseOps<T> {
     swiglu_backward_ref<T>(da, db, dh, a, b, n);
   }
 
-  double cross_entropy_forward(const A* logits, const int32_t* targets, i64 N, i64 V) override {
-    return cross_entropy_forward_ref<A>(nullptr, logits, targets, N, V);
+  double cross_entropy_forward(const T* logits, const int32_t* targets, i64 N, i64 V) override {
+    return cross_entropy_forward_ref<T>(nullptr, logits, targets, N, V);
   }
-  // T == A here (float, double): the kernel works in place, so a distinct destination gets a copy first.
-  void cross_entropy_backward(T* dlogits, const A* logits, const int32_t* targets, i64 N, i64 V,
-                              double scale) override {
-    if (dlogits != logits) std::copy(logits, logits + N * V, dlogits);
-    cross_entropy_backward_inplace_ref<T>(dlogits, targets, N, V, scale);
+  void cross_entropy_backward_inplace(T* logits, const int32_t* targets, i64 N, i64 V, double scale) override {
+    cross_entropy_backward_inplace_ref<T>(logits, targets, N, V, scale);
   }
 
   void embedding_forward(T* x, const T* W, const int32_t* ids, i64 Tn, i64 H) override {
