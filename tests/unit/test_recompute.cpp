@@ -107,7 +107,8 @@ TEST(Recompute, C6_recompute_activation_bytes_shrink) {
     Config c = base;
     c.train.recompute = rc;
     const i64 bytes = plan_memory(c, 8).activation_bytes;
-    std::printf("mixtral.yaml, 8 ranks, recompute %d: activations %.2f GiB\n", int(rc), double(bytes) / (1 << 30));
+    std::printf("mixtral.yaml, 8 ranks, recompute %d: activations %lld bytes (%.2f GiB)\n", int(rc), (long long)bytes,
+                double(bytes) / (1 << 30));
     if (prev > 0) {
       EXPECT_LT(bytes, prev);
     }

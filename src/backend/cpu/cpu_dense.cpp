@@ -19,8 +19,7 @@ constexpr i64 kAlign = 64;
 inline i64 align_up(i64 bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // The GEMM-backed ops by storage type. float/double: cblas through gemm_ref (beta 1 = Accumulate::Add), no
-// workspace. A bf16 specialization (oneDNN, fp32 workspace of the GEMM output) is the only other piece a new
-// storage type needs here.
+// workspace. A storage type adds its specialization (bf16 below) and instantiates CpuDenseOps<T> at the end.
 template <typename T>
 struct Gemm {
   static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "Gemm<T>: float or double");
@@ -33,6 +32,21 @@ struct Gemm {
   static void backward(T* dx, T* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc,
                        void*) {
     linear_backward_ref<T>(dx, dW, dy, x, W, N, in, out, beta(acc));
+  }
+};
+
+// bf16 (DESIGN §8): oneDNN GEMM with bf16 inputs and fp32 accumulation into an fp32 workspace, each bf16 output
+// rounded once; weight gradients accumulate in fp32. Instantiated with CpuDenseOps<bf16>.
+template <>
+struct Gemm<bf16> {
+  static i64 forward_workspace_bytes(i64 N, i64, i64 out) { return N * out * i64(sizeof(float)); }
+  static i64 backward_workspace_bytes(i64 N, i64 in, i64) { return N * in * i64(sizeof(float)); }
+  static void forward(bf16* y, const bf16* x, const bf16* W, i64 N, i64 in, i64 out, Accumulate acc, void* ws) {
+    linear_forward_bf16(y, x, W, N, in, out, acc, static_cast<float*>(ws));
+  }
+  static void backward(bf16* dx, float* dW, const bf16* dy, const bf16* x, const bf16* W, i64 N, i64 in, i64 out,
+                       Accumulate acc, void* ws) {
+    linear_backward_bf16(dx, dW, dy, x, W, N, in, out, acc, static_cast<float*>(ws));
   }
 };
 
