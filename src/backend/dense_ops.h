@@ -40,7 +40,7 @@ class DenseOps {
   virtual void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) = 0;
 
   // Scratch bytes of attention_forward / attention_backward for these dims (one layer at a time).
-  virtual i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D) const = 0;
+  virtual i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window) const = 0;
   // Causal (optionally sliding-window) GQA attention, scale 1/√D. out [B·L, NH·D]; lse [B, NH, L] in A is all that
   // is saved besides out (flash-style: no [B, NH, L, L] probabilities are kept). q [B·L,NH·D], k/v [B·L,NKV·D].
   virtual void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV,

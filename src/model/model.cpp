@@ -208,7 +208,7 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
   if (!moe_layers_.empty())
     MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, MoeLayer<T>::max_expert_rows(Tn, K, shard));
   // One workspace for every op of a step (ops run one at a time): the largest query.
-  i64 ws = ops_.attention_workspace_bytes(B, L, NH, NKV, D);
+  i64 ws = ops_.attention_workspace_bytes(B, L, NH, NKV, D, m.sliding_window);
   std::vector<std::pair<i64, i64>> gemms = {{H, NH * D}, {H, NKV * D}, {NH * D, H}, {H, V}};
   if (any_dense) {
     gemms.push_back({H, ID});

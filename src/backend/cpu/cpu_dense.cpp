@@ -87,8 +87,9 @@ class CpuDenseOps final : public DenseOps<T> {
   // keeps [B, NH, L, L] probabilities: they live in the workspace (one layer at a time, not per layer), and
   // backward recomputes them with the same forward kernel (same bits) into it; lse is not written. Workspace:
   // probabilities [B, NH, L, L], then an output scratch [B·L, NH·D] for the recomputation.
-  i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D) const override {
+  i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window) const override {
     (void)NKV;
+    (void)window;
     return align_up(B * NH * L * L * i64(sizeof(T))) + align_up(B * L * NH * D * i64(sizeof(T)));
   }
   void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D,
