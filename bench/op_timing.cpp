@@ -299,6 +299,18 @@ int main(int argc, char** argv) {
   add("linear bwd k|v (dx+dW)", 2 * NL, 2 * lin_gf * NKV / NH, [&] {
     linear_backward_ref<float>(dxs.data(), dW.data(), kk.data(), x.data(), Wk.data(), Tn, H, NKV * D, 1.f);
   });
+  {
+    // bf16 GEMMs (oneDNN gemm_bf16bf16f32, fp32 accumulation) on the same shapes as the fp32 rows above.
+    std::vector<bf16> xb(x.begin(), x.end()), Wqb(Wq.begin(), Wq.end()), qb(q.size()), dxb(x.size());
+    std::vector<float> wsb(static_cast<size_t>(Tn * std::max(H, NH * D))), dWf(static_cast<size_t>(NH * D * H));
+    add("[bf16] linear fwd q|o (T x H x H)", 2 * NL, lin_gf, [&] {
+      linear_forward_bf16(qb.data(), xb.data(), Wqb.data(), Tn, H, NH * D, Accumulate::Overwrite, wsb.data());
+    });
+    add("[bf16] linear bwd q|o (dx+dW)", 2 * NL, 2 * lin_gf, [&] {
+      linear_backward_bf16(dxb.data(), dWf.data(), qb.data(), xb.data(), Wqb.data(), Tn, H, NH * D,
+                           Accumulate::Overwrite, wsb.data());
+    });
+  }
   add("rope fwd (q and k)", 2 * NL, 0, [&] {
     rope_apply_ref<float>(q.data(), cs.data(), sn.data(), B, L, NH, D, RopeDirection::Forward);
   });
