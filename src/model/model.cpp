@@ -38,7 +38,7 @@ struct Model<T>::Impl {
     T* rstdk;   // [T·NKV] (Qwen3)
     T* qr;      // [T,NH·D] after q_norm and RoPE
     T* kr;      // [T,NKV·D]
-    T* probs;   // [B,NH,L,L]
+    acc_t<T>* lse;  // [B,NH,L] attention log-sum-exp (flash-style: no probabilities kept)
     T* att;     // [T,NH·D]
     T* h;       // [T,H] after the attention residual
     T* ln2;     // [T,H]
@@ -56,6 +56,7 @@ struct Model<T>::Impl {
   T* mlp_out;  // [T,H] scratch for the MLP/MoE output
   T* cos_t;    // [L, D/2]
   T* sin_t;
+  acc_t<T>* attn_ws;  // attention workspace (attention_workspace_elems)
   // Backward scratch.
   T *dres, *dtmp, *dln, *dq, *dk, *dv, *datt, *dg, *du, *da;
   MoeScratch<T> ms{};
@@ -130,7 +131,7 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
     }
     arena_.reserve(&a.qr, Tn * NH * D);
     arena_.reserve(&a.kr, Tn * NKV * D);
-    arena_.reserve(&a.probs, B * NH * L * L);
+    arena_.reserve(&a.lse, B * NH * L);
     arena_.reserve(&a.att, Tn * NH * D);
     arena_.reserve(&a.h, Tn * H);
     arena_.reserve(&a.ln2, Tn * H);
@@ -147,6 +148,7 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
   arena_.reserve(&S.mlp_out, Tn * H);
   arena_.reserve(&S.cos_t, L * D / 2);
   arena_.reserve(&S.sin_t, L * D / 2);
+  arena_.reserve(&S.attn_ws, attention_workspace_elems<T>(L, D, m.sliding_window));
   arena_.reserve(&logits_, Tn * V);
   arena_.reserve(&S.dres, Tn * H);
   arena_.reserve(&S.dtmp, Tn * H);
@@ -232,7 +234,7 @@ MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, cons
     }
     rope_apply_ref<T>(a.qr, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Forward);
     rope_apply_ref<T>(a.kr, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Forward);
-    attention_forward_ref<T>(a.att, a.probs, a.qr, a.kr, a.v, B_, L_, NH, NKV, D, m_.sliding_window);
+    attention_forward_ref<T>(a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D, m_.sliding_window, S.attn_ws);
     linear_forward_ref<T>(a.h, a.att, P + o.o, Tn, NH * D, H);
     for (i64 i = 0; i < Tn * H; ++i) a.h[i] += a.x[i];
     // MLP block: out = h + MLP(norm(h)).
@@ -367,8 +369,8 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     for (i64 i = 0; i < Tn * H; ++i) S.dres[i] += S.dtmp[i];
     // Attention block: dres is now d(h).
     linear_backward_ref<T>(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H);
-    attention_backward_ref<T>(S.dq, S.dk, S.dv, S.datt, a.qr, a.kr, a.v, a.probs, B_, L_, NH, NKV, D,
-                              m_.sliding_window);
+    attention_backward_ref<T>(S.dq, S.dk, S.dv, S.datt, a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D,
+                              m_.sliding_window, S.attn_ws);
     rope_apply_ref<T>(S.dq, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Inverse);
     rope_apply_ref<T>(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
     if (o.q_norm >= 0) {
