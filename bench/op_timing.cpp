@@ -169,7 +169,7 @@ static void swiglu_bwd_scalar(float* da, float* db, const float* dh, const float
   }
 }
 
-// attention_ref vs the loops on one shape: max |diff| / max |ref| of out, probs, dq, dk, dv (T = float or double).
+// attention_ref vs the loops on one shape: max |diff| / max |ref| of out, dq, dk, dv (T = float or double).
 template <typename T>
 static double attn_check(i64 B, i64 L, i64 NH, i64 NKV, i64 D) {
   std::mt19937 g(3);
@@ -181,23 +181,24 @@ static double attn_check(i64 B, i64 L, i64 NH, i64 NKV, i64 D) {
   };
   const i64 T_ = B * L;
   auto q = mk(T_ * NH * D), k = mk(T_ * NKV * D), v = mk(T_ * NKV * D), dO = mk(T_ * NH * D);
-  std::vector<T> o1(q.size()), o2(q.size()), p1(static_cast<size_t>(B * NH * L * L), T(7)), p2(p1);
+  std::vector<T> o1(q.size()), o2(q.size()), p1(static_cast<size_t>(B * NH * L * L), T(7)), lse(size_t(B * NH * L));
+  std::vector<T> ws(static_cast<size_t>(attention_workspace_elems<T>(L, D, 0)));
   std::vector<T> dq1(q.size(), T(7)), dq2(dq1), dk1(k.size(), T(7)), dk2(dk1), dv1(v.size(), T(7)), dv2(dv1);
   attn_fwd_loops<T>(o1.data(), p1.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D);
-  attention_forward_ref<T>(o2.data(), p2.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D);
+  attention_forward_ref<T>(o2.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0, ws.data());
   attn_bwd_loops<T>(dq1.data(), dk1.data(), dv1.data(), dO.data(), q.data(), k.data(), v.data(), p1.data(), B, L, NH, NKV, D);
-  attention_backward_ref<T>(dq2.data(), dk2.data(), dv2.data(), dO.data(), q.data(), k.data(), v.data(), p2.data(), B, L,
-                            NH, NKV, D);
+  attention_backward_ref<T>(dq2.data(), dk2.data(), dv2.data(), dO.data(), o2.data(), lse.data(), q.data(), k.data(),
+                            v.data(), B, L, NH, NKV, D, 0, ws.data());
   auto rel = [](const std::vector<T>& a, const std::vector<T>& b) {
     double m = 0, s = 0;
     for (size_t i = 0; i < a.size(); ++i) m = std::max(m, double(std::fabs(a[i] - b[i]))), s = std::max(s, double(std::fabs(a[i])));
     return m / (s > 0 ? s : 1);
   };
-  const double r = std::max({rel(o1, o2), rel(p1, p2), rel(dq1, dq2), rel(dk1, dk2), rel(dv1, dv2)});
+  const double r = std::max({rel(o1, o2), rel(dq1, dq2), rel(dk1, dk2), rel(dv1, dv2)});
   std::printf("attention_ref vs loops (%s, B %lld L %lld NH %lld NKV %lld D %lld): max rel diff %.2e"
-              " (out %.1e probs %.1e dq %.1e dk %.1e dv %.1e)\n",
+              " (out %.1e dq %.1e dk %.1e dv %.1e)\n",
               sizeof(T) == 4 ? "float" : "double", (long long)B, (long long)L, (long long)NH, (long long)NKV,
-              (long long)D, r, rel(o1, o2), rel(p1, p2), rel(dq1, dq2), rel(dk1, dk2), rel(dv1, dv2));
+              (long long)D, r, rel(o1, o2), rel(dq1, dq2), rel(dk1, dk2), rel(dv1, dv2));
   return r;
 }
 
@@ -281,7 +282,7 @@ int main(int argc, char** argv) {
   auto Wq = rnd(NH * D * H, 0.02f, 6), Wk = rnd(NKV * D * H, 0.02f, 7), Wo = rnd(H * NH * D, 0.02f, 8);
   auto q = rnd(Tn * NH * D, 1.f, 9), kk = rnd(Tn * NKV * D, 1.f, 10), v = rnd(Tn * NKV * D, 1.f, 11);
   std::vector<float> dq(q.size()), dk(kk.size()), dv(v.size()), att(q.size()), dW(static_cast<size_t>(H * H * 4));
-  std::vector<float> probs(static_cast<size_t>(B * NH * L * L)), cs(static_cast<size_t>(L * D / 2)), sn(static_cast<size_t>(L * D / 2));
+  std::vector<float> lse(static_cast<size_t>(B * NH * L)), cs(static_cast<size_t>(L * D / 2)), sn(static_cast<size_t>(L * D / 2));
   rope_table_ref<float>(cs.data(), sn.data(), L, D, 1e6);
   std::vector<float> dxs(static_cast<size_t>(Tn * H));
   const double lin_gf = 2.0 * Tn * H * H * 1e-9;
@@ -298,6 +299,18 @@ int main(int argc, char** argv) {
   add("linear bwd k|v (dx+dW)", 2 * NL, 2 * lin_gf * NKV / NH, [&] {
     linear_backward_ref<float>(dxs.data(), dW.data(), kk.data(), x.data(), Wk.data(), Tn, H, NKV * D, 1.f);
   });
+  {
+    // bf16 GEMMs (oneDNN gemm_bf16bf16f32, fp32 accumulation) on the same shapes as the fp32 rows above.
+    std::vector<bf16> xb(x.begin(), x.end()), Wqb(Wq.begin(), Wq.end()), qb(q.size()), dxb(x.size());
+    std::vector<float> wsb(static_cast<size_t>(Tn * std::max(H, NH * D))), dWf(static_cast<size_t>(NH * D * H));
+    add("[bf16] linear fwd q|o (T x H x H)", 2 * NL, lin_gf, [&] {
+      linear_forward_bf16(qb.data(), xb.data(), Wqb.data(), Tn, H, NH * D, Accumulate::Overwrite, wsb.data());
+    });
+    add("[bf16] linear bwd q|o (dx+dW)", 2 * NL, 2 * lin_gf, [&] {
+      linear_backward_bf16(dxb.data(), dWf.data(), qb.data(), xb.data(), Wqb.data(), Tn, H, NH * D,
+                           Accumulate::Overwrite, wsb.data());
+    });
+  }
   add("rope fwd (q and k)", 2 * NL, 0, [&] {
     rope_apply_ref<float>(q.data(), cs.data(), sn.data(), B, L, NH, D, RopeDirection::Forward);
   });
@@ -305,12 +318,13 @@ int main(int argc, char** argv) {
     rope_apply_ref<float>(dq.data(), cs.data(), sn.data(), B, L, NH, D, RopeDirection::Inverse);
   });
   const double att_gf = 2.0 * B * NH * (L * (L + 1) / 2.0) * D * 2 * 1e-9;  // QKᵀ + PV, causal half
+  std::vector<float> aws(static_cast<size_t>(attention_workspace_elems<float>(L, D, 0)));
   add("attention fwd", NL, att_gf, [&] {
-    attention_forward_ref<float>(att.data(), probs.data(), q.data(), kk.data(), v.data(), B, L, NH, NKV, D);
+    attention_forward_ref<float>(att.data(), lse.data(), q.data(), kk.data(), v.data(), B, L, NH, NKV, D, 0, aws.data());
   });
   add("attention bwd", NL, 2 * att_gf, [&] {
-    attention_backward_ref<float>(dq.data(), dk.data(), dv.data(), att.data(), q.data(), kk.data(), v.data(),
-                                  probs.data(), B, L, NH, NKV, D);
+    attention_backward_ref<float>(dq.data(), dk.data(), dv.data(), att.data(), att.data(), lse.data(), q.data(),
+                                  kk.data(), v.data(), B, L, NH, NKV, D, 0, aws.data());
   });
   {
     // The previous loop-based attention on the same inputs (the "before" rows); attention_ref is checked against it.
@@ -318,7 +332,7 @@ int main(int argc, char** argv) {
     attn_check<double>(1, 64, 2, 2, 8);
     attn_check<float>(2, 200, 4, 1, 32);
     attn_check<float>(B, L, NH, NKV, D);
-    std::vector<float> att2(att.size()), probs2(probs.size()), dq2(dq.size()), dk2(dk.size()), dv2(dv.size());
+    std::vector<float> att2(att.size()), probs2(static_cast<size_t>(B * NH * L * L)), dq2(dq.size()), dk2(dk.size()), dv2(dv.size());
     add("[before] attention fwd (loops)", NL, att_gf, [&] {
       attn_fwd_loops<float>(att2.data(), probs2.data(), q.data(), kk.data(), v.data(), B, L, NH, NKV, D);
     });

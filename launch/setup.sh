@@ -13,7 +13,7 @@ SUDO=""
 # and the demo corpus (fortunes: real English text in /usr/share/games/fortunes).
 debs=(
   build-essential cmake pkg-config git
-  libopenblas-dev libopenblas-openmp-dev
+  libopenblas-dev libopenblas-openmp-dev libdnnl-dev
   libopenmpi-dev openmpi-bin libpmix-dev
   libhdf5-openmpi-dev hdf5-tools
   libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev

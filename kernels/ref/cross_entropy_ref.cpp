@@ -1,6 +1,7 @@
 // Owns the CPU cross-entropy: max-shifted logsumexp in double per row.
 #include "kernels/ref/cross_entropy_ref.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -25,7 +26,7 @@ double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targ
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
     const T* x = logits + n * V;
-    rv[n] = logsumexp_row(x, V) - double(x[targets[n]]);
+    rv[n] = targets[n] == kIgnoreTarget ? 0.0 : logsumexp_row(x, V) - double(x[targets[n]]);
     if (losses) losses[n] = T(rv[n]);
   }
   double total = 0;
@@ -33,21 +34,31 @@ double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targ
   return total;
 }
 
-// softmax = exp(x − max) / Σ exp(x − max): one exp per logit (the row's exps kept in a per-thread buffer).
+// softmax = exp(x − max) / Σ exp(x − max): one exp per logit (the row's exps kept in a per-thread buffer, so the row
+// is read whole before dlogits is written: in-place use is safe).
+// contract: C4.objective, B9
 template <typename T>
-void cross_entropy_backward_inplace_ref(T* logits, const int32_t* targets, i64 N, i64 V, double scale) {
+void cross_entropy_backward_ref(T* dlogits, const acc_t<T>* logits, const int32_t* targets, i64 N, i64 V,
+                                double scale) {
+  using A = acc_t<T>;
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
     thread_local std::vector<double> ex;  // grown once per thread
     if (ex.size() < size_t(V)) ex.resize(size_t(V));
-    T* x = logits + n * V;
+    const A* x = logits + n * V;
+    T* dx = dlogits + n * V;
+    const int32_t tgt = targets[n];
+    if (tgt == kIgnoreTarget) {
+      std::fill(dx, dx + V, T(0));
+      continue;
+    }
     double mx = x[0];
     for (i64 v = 1; v < V; ++v) mx = x[v] > mx ? double(x[v]) : mx;
     double s = 0;
     for (i64 v = 0; v < V; ++v) s += (ex[v] = std::exp(double(x[v]) - mx));
     const double k = scale / s;
-    for (i64 v = 0; v < V; ++v) x[v] = T(k * ex[v]);
-    x[targets[n]] -= T(scale);
+    // The target's dlogit is A(k·ex) − A(scale) in A, rounded to T once.
+    for (i64 v = 0; v < V; ++v) dx[v] = T(v == tgt ? A(A(k * ex[v]) - A(scale)) : A(k * ex[v]));
   }
 }
 
@@ -55,7 +66,8 @@ template double logsumexp_row<float>(const float*, i64);
 template double logsumexp_row<double>(const double*, i64);
 template double cross_entropy_forward_ref<float>(float*, const float*, const int32_t*, i64, i64);
 template double cross_entropy_forward_ref<double>(double*, const double*, const int32_t*, i64, i64);
-template void cross_entropy_backward_inplace_ref<float>(float*, const int32_t*, i64, i64, double);
-template void cross_entropy_backward_inplace_ref<double>(double*, const int32_t*, i64, i64, double);
+template void cross_entropy_backward_ref<float>(float*, const float*, const int32_t*, i64, i64, double);
+template void cross_entropy_backward_ref<double>(double*, const double*, const int32_t*, i64, i64, double);
+template void cross_entropy_backward_ref<bf16>(bf16*, const float*, const int32_t*, i64, i64, double);
 
 }  // namespace moe

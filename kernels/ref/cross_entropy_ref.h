@@ -1,21 +1,34 @@
-// Owns token cross-entropy over the vocabulary (forward + in-place backward) on the CPU [C4.objective].
+// Owns token cross-entropy over the vocabulary (forward + backward) on the CPU [C4.objective].
 #pragma once
 #include <cstdint>
 
+#include "core/bf16.h"
 #include "core/dims.h"
 
 namespace moe {
+
+// A target of this value marks a row that is ignored: loss 0, gradient row 0 (PyTorch's ignore_index default).
+constexpr int32_t kIgnoreTarget = -100;
 
 // log Σ_v exp(x_v) of one row of n values, max-shifted, accumulated in double (also used by the router's z-loss).
 template <typename T>
 double logsumexp_row(const T* x, i64 n);
 
-// Returns Σ_t CE_t over N rows of logits [N, V] with targets [N]; per-row losses to `losses` if non-null.
+// Returns Σ_t CE_t over N rows of logits [N, V] with targets [N] (kIgnoreTarget rows: 0); per-row losses to `losses`
+// if non-null. T = float or double (bf16 models pass their fp32 logits: B9).
 template <typename T>
 double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targets, i64 N, i64 V);
 
-// In place: logits [N, V] → dlogits = scale · (softmax − onehot(target)).
+// dlogits [N, V] (T) = scale · (softmax(logits) − onehot(target)) from logits [N, V] in acc_t<T> (fp32 for bf16:
+// B9, each dlogit rounded once); sums in double. dlogits may alias logits when T == acc_t<T>. Ignored rows: 0.
 template <typename T>
-void cross_entropy_backward_inplace_ref(T* logits, const int32_t* targets, i64 N, i64 V, double scale);
+void cross_entropy_backward_ref(T* dlogits, const acc_t<T>* logits, const int32_t* targets, i64 N, i64 V,
+                                double scale);
+
+// In place: logits [N, V] → dlogits (cross_entropy_backward_ref with dlogits = logits).
+template <typename T>
+void cross_entropy_backward_inplace_ref(T* logits, const int32_t* targets, i64 N, i64 V, double scale) {
+  cross_entropy_backward_ref<T>(logits, logits, targets, N, V, scale);
+}
 
 }  // namespace moe

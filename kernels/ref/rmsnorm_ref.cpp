@@ -24,22 +24,25 @@ static inline double row_sum(i64 C, F f) {
   return (a0 + a1) + (a2 + a3);
 }
 
-// contract: C4.rmsnorm
+// contract: C4.rmsnorm, B4
 template <typename T>
-void rmsnorm_forward_ref(T* y, T* rstd, const T* x, const T* w, i64 N, i64 C, double eps) {
+void rmsnorm_forward_ref(T* y, acc_t<T>* rstd, const T* x, const T* w, i64 N, i64 C, double eps) {
+  using A = acc_t<T>;
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
     const T* xr = x + n * C;
     const double ss = row_sum(C, [&](i64 c) { return double(xr[c]) * double(xr[c]); });
-    const T r = T(1.0 / std::sqrt(ss / double(C) + eps));
+    const A r = A(1.0 / std::sqrt(ss / double(C) + eps));
     rstd[n] = r;
     T* yr = y + n * C;
-    for (i64 c = 0; c < C; ++c) yr[c] = w[c] * (xr[c] * r);
+    for (i64 c = 0; c < C; ++c) yr[c] = T(A(w[c]) * (A(xr[c]) * r));
   }
 }
 
 template <typename T>
-void rmsnorm_backward_ref(T* dx, T* dw, const T* dy, const T* x, const T* w, const T* rstd, i64 N, i64 C) {
+void rmsnorm_backward_ref(T* dx, acc_t<T>* dw, const T* dy, const T* x, const T* w, const acc_t<T>* rstd, i64 N,
+                          i64 C) {
+  using A = acc_t<T>;
   // dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)), dx̂ = dy · w, x̂ = x · r.
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
@@ -49,7 +52,7 @@ void rmsnorm_backward_ref(T* dx, T* dw, const T* dy, const T* x, const T* w, con
     const double dot = row_sum(C, [&](i64 c) { return double(dyr[c]) * double(w[c]) * double(xr[c]) * r; });
     const double m = dot / double(C);
     T* dxr = dx + n * C;
-    for (i64 c = 0; c < C; ++c) dxr[c] = T(r * (double(dyr[c]) * double(w[c]) - double(xr[c]) * r * m));
+    for (i64 c = 0; c < C; ++c) dxr[c] = T(A(r * (double(dyr[c]) * double(w[c]) - double(xr[c]) * r * m)));
   }
   // Weight gradient: column sums, a separate pass so rows can run in parallel above. Threads take column
   // blocks and each column is summed over the rows in order: the same bits at any thread count.
@@ -65,15 +68,16 @@ void rmsnorm_backward_ref(T* dx, T* dw, const T* dy, const T* x, const T* w, con
       const double r = rstd[n];
       for (i64 c = c0; c < c1; ++c) acc[c - c0] += double(dyr[c]) * double(xr[c]) * r;
     }
-    for (i64 c = c0; c < c1; ++c) dw[c] += T(acc[c - c0]);
+    for (i64 c = c0; c < c1; ++c) dw[c] += A(acc[c - c0]);
   }
 }
 
-template void rmsnorm_forward_ref<float>(float*, float*, const float*, const float*, i64, i64, double);
-template void rmsnorm_forward_ref<double>(double*, double*, const double*, const double*, i64, i64, double);
-template void rmsnorm_backward_ref<float>(float*, float*, const float*, const float*, const float*,
-                                          const float*, i64, i64);
-template void rmsnorm_backward_ref<double>(double*, double*, const double*, const double*, const double*,
-                                           const double*, i64, i64);
+#define MT_RMSNORM(T)                                                                                            \
+  template void rmsnorm_forward_ref<T>(T*, acc_t<T>*, const T*, const T*, i64, i64, double);                     \
+  template void rmsnorm_backward_ref<T>(T*, acc_t<T>*, const T*, const T*, const T*, const acc_t<T>*, i64, i64);
+MT_RMSNORM(float)
+MT_RMSNORM(double)
+MT_RMSNORM(bf16)
+#undef MT_RMSNORM
 
 }  // namespace moe

@@ -5,9 +5,10 @@
 
 namespace moe {
 
-// contract: C4.attention
+// contract: C4.attention, B5
 template <typename T>
-void rope_table_ref(T* cos_t, T* sin_t, i64 L, i64 D, double theta) {
+void rope_table_ref(acc_t<T>* cos_t, acc_t<T>* sin_t, i64 L, i64 D, double theta) {
+  using A = acc_t<T>;
   const i64 half = D / 2;
   for (i64 i = 0; i < half; ++i) {
     // HF: inv_freq = 1 / base ** (arange(0, D, 2).float() / D), then (pos · inv_freq) in fp32.
@@ -15,36 +16,41 @@ void rope_table_ref(T* cos_t, T* sin_t, i64 L, i64 D, double theta) {
     const float inv_freq = 1.0f / std::pow(float(theta), expo);
     for (i64 p = 0; p < L; ++p) {
       const float ang = float(p) * inv_freq;
-      cos_t[p * half + i] = T(std::cos(ang));
-      sin_t[p * half + i] = T(std::sin(ang));
+      cos_t[p * half + i] = A(std::cos(ang));
+      sin_t[p * half + i] = A(std::sin(ang));
     }
   }
 }
 
 template <typename T>
-void rope_apply_ref(T* x, const T* cos_t, const T* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) {
+void rope_apply_ref(T* x, const acc_t<T>* cos_t, const acc_t<T>* sin_t, i64 B, i64 L, i64 NHx, i64 D,
+                    RopeDirection dir) {
+  using A = acc_t<T>;
   const i64 half = D / 2;
-  const T sgn = dir == RopeDirection::Forward ? T(1) : T(-1);
+  const A sgn = dir == RopeDirection::Forward ? A(1) : A(-1);
 #pragma omp parallel for schedule(static)
   for (i64 row = 0; row < B * L; ++row) {
     const i64 pos = row % L;
-    const T* c = cos_t + pos * half;
-    const T* s = sin_t + pos * half;
+    const A* c = cos_t + pos * half;
+    const A* s = sin_t + pos * half;
     for (i64 h = 0; h < NHx; ++h) {
       T* v = x + row * NHx * D + h * D;
       for (i64 i = 0; i < half; ++i) {
-        const T x1 = v[i], x2 = v[i + half];
-        const T si = sgn * s[i];
-        v[i] = x1 * c[i] - x2 * si;
-        v[i + half] = x2 * c[i] + x1 * si;
+        const A x1 = v[i], x2 = v[i + half];
+        const A si = sgn * s[i];
+        v[i] = T(x1 * c[i] - x2 * si);
+        v[i + half] = T(x2 * c[i] + x1 * si);
       }
     }
   }
 }
 
-template void rope_table_ref<float>(float*, float*, i64, i64, double);
-template void rope_table_ref<double>(double*, double*, i64, i64, double);
-template void rope_apply_ref<float>(float*, const float*, const float*, i64, i64, i64, i64, RopeDirection);
-template void rope_apply_ref<double>(double*, const double*, const double*, i64, i64, i64, i64, RopeDirection);
+#define MT_ROPE(T)                                                                                               \
+  template void rope_table_ref<T>(acc_t<T>*, acc_t<T>*, i64, i64, double);                                       \
+  template void rope_apply_ref<T>(T*, const acc_t<T>*, const acc_t<T>*, i64, i64, i64, i64, RopeDirection);
+MT_ROPE(float)
+MT_ROPE(double)
+MT_ROPE(bf16)
+#undef MT_ROPE
 
 }  // namespace moe

@@ -141,6 +141,38 @@ void swiglu_backward_ref<float>(float* da, float* db, const float* dh, const flo
   }
 }
 
+// bf16: spans of kChunk elements widened to fp32 on the stack, run through the fp32 code, rounded once.
+// contract: B8
+constexpr i64 kChunk = 256;  // a multiple of every W
+
+template <>
+void swiglu_forward_ref<bf16>(bf16* h, const bf16* a, const bf16* b, i64 N) {
+  const FwdFn f = fwd_fn();
+  const i64 nb = (N + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+  for (i64 k = 0; k < nb; ++k) {
+    const i64 o = k * kChunk, n = N - o < kChunk ? N - o : kChunk;
+    float af[kChunk], bf[kChunk], hf[kChunk];
+    for (i64 i = 0; i < n; ++i) af[i] = a[o + i], bf[i] = b[o + i];
+    f(hf, af, bf, n);
+    for (i64 i = 0; i < n; ++i) h[o + i] = bf16(hf[i]);
+  }
+}
+
+template <>
+void swiglu_backward_ref<bf16>(bf16* da, bf16* db, const bf16* dh, const bf16* a, const bf16* b, i64 N) {
+  const BwdFn f = bwd_fn();
+  const i64 nb = (N + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+  for (i64 k = 0; k < nb; ++k) {
+    const i64 o = k * kChunk, n = N - o < kChunk ? N - o : kChunk;
+    float af[kChunk], bf[kChunk], dhf[kChunk], daf[kChunk], dbf[kChunk];
+    for (i64 i = 0; i < n; ++i) af[i] = a[o + i], bf[i] = b[o + i], dhf[i] = dh[o + i];
+    f(daf, dbf, dhf, af, bf, n);
+    for (i64 i = 0; i < n; ++i) da[o + i] = bf16(daf[i]), db[o + i] = bf16(dbf[i]);
+  }
+}
+
 template void swiglu_forward_ref<double>(double*, const double*, const double*, i64);
 template void swiglu_backward_ref<double>(double*, double*, const double*, const double*, const double*, i64);
 

@@ -205,15 +205,16 @@ TEST(Gradcheck, C4_attention_gqa) {
   std::mt19937_64 g(4);
   const i64 B = 2, L = 5, NH = 4, NKV = 2, D = 3;
   Vec q = randn(B * L * NH * D, g), k = randn(B * L * NKV * D, g), v = randn(B * L * NKV * D, g);
-  Vec R = randn(q.size(), g), out(q.size()), probs(B * NH * L * L);
+  Vec R = randn(q.size(), g), out(q.size()), lse(B * NH * L), ws(attention_workspace_elems<double>(L, D, 0));
   auto f = [&] {
-    attention_forward_ref<double>(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D);
+    attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0,
+                                  ws.data());
     return dot(R, out.data());
   };
   f();
   Vec dq(q.size()), dk(k.size()), dv(v.size());
-  attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(),
-                                 probs.data(), B, L, NH, NKV, D);
+  attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
+                                 k.data(), v.data(), B, L, NH, NKV, D, 0, ws.data());
   EXPECT_GRAD(fd(q.data(), dq.data(), all_idx(q.size()), f), 1e-7, "dq");
   EXPECT_GRAD(fd(k.data(), dk.data(), all_idx(k.size()), f), 1e-7, "dk");
   EXPECT_GRAD(fd(v.data(), dv.data(), all_idx(v.size()), f), 1e-7, "dv");
@@ -234,30 +235,33 @@ TEST(Gradcheck, C4_attention_sliding_window) {
   {
     const i64 B = 2, L = 6, NH = 4, NKV = 2, D = 3, W = 2;
     Vec q = randn(B * L * NH * D, g), k = randn(B * L * NKV * D, g), v = randn(B * L * NKV * D, g);
-    Vec R = randn(q.size(), g), out(q.size()), probs(B * NH * L * L);
+    Vec R = randn(q.size(), g), out(q.size()), lse(B * NH * L), ws(attention_workspace_elems<double>(L, D, W));
     auto f = [&] {
-      attention_forward_ref<double>(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W);
+      attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W,
+                                    ws.data());
       return dot(R, out.data());
     };
     f();
     Vec dq(q.size()), dk(k.size()), dv(v.size());
-    attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(),
-                                   probs.data(), B, L, NH, NKV, D, W);
+    attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
+                                   k.data(), v.data(), B, L, NH, NKV, D, W, ws.data());
     EXPECT_GRAD(fd(q.data(), dq.data(), all_idx(q.size()), f), 1e-7, "dq");
     EXPECT_GRAD(fd(k.data(), dk.data(), all_idx(k.size()), f), 1e-7, "dk");
     EXPECT_GRAD(fd(v.data(), dv.data(), all_idx(v.size()), f), 1e-7, "dv");
   }
   const i64 B = 1, L = 150, NH = 2, NKV = 1, D = 4;
   Vec q = randn(B * L * NH * D, g), k = randn(B * L * NKV * D, g), v = randn(B * L * NKV * D, g);
-  Vec R = randn(q.size(), g), out(q.size()), probs(B * NH * L * L);
+  Vec R = randn(q.size(), g), out(q.size()), lse(B * NH * L), ws(attention_workspace_elems<double>(L, D, 0));
   Vec dq(q.size()), dk(k.size()), dv(v.size());
-  attention_forward_ref<double>(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0);
-  attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(),
-                                 probs.data(), B, L, NH, NKV, D, 0);
+  attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0, ws.data());
+  attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
+                                 k.data(), v.data(), B, L, NH, NKV, D, 0, ws.data());
   for (const i64 W : {1, 4, 70, 200}) {
-    attention_forward_ref<double>(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W);
-    attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), q.data(), k.data(), v.data(),
-                                   probs.data(), B, L, NH, NKV, D, W);
+    // The full-causal workspace is the largest: reused for every window (left-over values must not leak).
+    attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W,
+                                  ws.data());
+    attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
+                                   k.data(), v.data(), B, L, NH, NKV, D, W, ws.data());
     // Direct: p_ij = softmax_j over i−W < j ≤ i of q_i·k_j/√D; out_i = Σ_j p_ij v_j; and its gradients.
     Vec wo(out.size(), 0.0), wq(q.size(), 0.0), wk(k.size(), 0.0), wv(v.size(), 0.0);
     double worst = 0;
@@ -274,9 +278,9 @@ TEST(Gradcheck, C4_attention_sliding_window) {
         for (i64 j = lo; j <= i; ++j) sum += (s[size_t(j)] = std::exp(s[size_t(j)] - mx));
         for (i64 j = 0; j < L; ++j) {
           const double p = j >= lo && j <= i ? s[size_t(j)] / sum : 0.0;
-          worst = std::max(worst, std::abs(probs[size_t((h * L + i) * L + j)] - p));
           s[size_t(j)] = p;
         }
+        worst = std::max(worst, std::abs(lse[size_t(h * L + i)] - (mx + std::log(sum))));
         for (i64 j = lo; j <= i; ++j)
           for (i64 d = 0; d < D; ++d) {
             wo[size_t((i * NH + h) * D + d)] += s[size_t(j)] * v[size_t(j * D + d)];
@@ -297,7 +301,7 @@ TEST(Gradcheck, C4_attention_sliding_window) {
       for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
       return m;
     };
-    EXPECT_LE(worst, 1e-12) << "probs, window " << W;
+    EXPECT_LE(worst, 1e-12) << "lse, window " << W;
     EXPECT_LE(maxdiff(out, wo), 1e-11) << "out, window " << W;
     EXPECT_LE(maxdiff(dq, wq), 1e-11) << "dq, window " << W;
     EXPECT_LE(maxdiff(dk, wk), 1e-11) << "dk, window " << W;

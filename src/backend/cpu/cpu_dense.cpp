@@ -15,9 +15,6 @@ namespace moe {
 
 namespace {
 
-constexpr i64 kAlign = 64;
-inline i64 align_up(i64 bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
-
 // The GEMM-backed ops by storage type. float/double: cblas through gemm_ref (beta 1 = Accumulate::Add), no
 // workspace. A storage type adds its specialization (bf16 below) and instantiates CpuDenseOps<T> at the end.
 template <typename T>
@@ -77,34 +74,27 @@ class CpuDenseOps final : public DenseOps<T> {
   }
 
   void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) override {
-    rope_table_ref<A>(cos_t, sin_t, L, D, theta);
+    rope_table_ref<T>(cos_t, sin_t, L, D, theta);
   }
   void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) override {
     rope_apply_ref<T>(x, cos_t, sin_t, B, L, NHx, D, dir);
   }
 
-  // Until kernels/ref has the flash-style kernel (lse saved, probabilities recomputed in backward), the kernel
-  // keeps [B, NH, L, L] probabilities: they live in the workspace (one layer at a time, not per layer), and
-  // backward recomputes them with the same forward kernel (same bits) into it; lse is not written. Workspace:
-  // probabilities [B, NH, L, L], then an output scratch [B·L, NH·D] for the recomputation.
+  // Flash-style: lse [B, NH, L] is saved, backward recomputes P = exp(s − lse). Workspace: the kernel's
+  // per-thread slots of acc_t<T> (attention_workspace_elems: sized by the thread count the ops run with).
   i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window) const override {
+    (void)B;
+    (void)NH;
     (void)NKV;
-    (void)window;
-    return align_up(B * NH * L * L * i64(sizeof(T))) + align_up(B * L * NH * D * i64(sizeof(T)));
+    return attention_workspace_elems<T>(L, D, window) * i64(sizeof(A));
   }
   void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D,
                          i64 window, void* ws) override {
-    (void)lse;
-    attention_forward_ref<T>(out, probs(ws), q, k, v, B, L, NH, NKV, D, window);
+    attention_forward_ref<T>(out, lse, q, k, v, B, L, NH, NKV, D, window, static_cast<A*>(ws));
   }
   void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q, const T* k,
                           const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, void* ws) override {
-    (void)out;
-    (void)lse;
-    T* P = probs(ws);
-    T* out_again = reinterpret_cast<T*>(static_cast<std::byte*>(ws) + align_up(B * NH * L * L * i64(sizeof(T))));
-    attention_forward_ref<T>(out_again, P, q, k, v, B, L, NH, NKV, D, window);
-    attention_backward_ref<T>(dq, dk, dv, dout, q, k, v, P, B, L, NH, NKV, D, window);
+    attention_backward_ref<T>(dq, dk, dv, dout, out, lse, q, k, v, B, L, NH, NKV, D, window, static_cast<A*>(ws));
   }
 
   void swiglu_forward(T* h, const T* a, const T* b, i64 n) override { swiglu_forward_ref<T>(h, a, b, n); }
@@ -139,11 +129,6 @@ class CpuDenseOps final : public DenseOps<T> {
   void copy(T* dst, const T* src, i64 n) override { std::copy(src, src + n, dst); }
   void fill_zero(T* dst, i64 n) override { std::fill(dst, dst + n, T(0)); }
 
- private:
-  static T* probs(void* ws) {
-    MT_CHECK(ws != nullptr, "attention needs its workspace (attention_workspace_bytes)");
-    return static_cast<T*>(ws);
-  }
 };
 
 }  // namespace
