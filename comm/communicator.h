@@ -1,16 +1,43 @@
-// Owns the Communicator interface (DESIGN §3): collectives over host buffers, groups by split; MPI lives behind it.
+// Owns the Communicator interface (DESIGN §3): collectives over host or device buffers, groups by split, the
+// ordering contract; MPI, NCCL and the single-process communicator live behind it.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "core/dims.h"
+#include "core/tensor.h"
 
 namespace moe {
 
-enum class CommDtype { F32, F64, I64, U8 };
+// BF16: 2-byte bfloat16 payloads (core/bf16.h), moved bit for bit. Gathers, all-to-all and broadcast accept
+// it; sums of BF16 are refused (MT_CHECK): reductions run in fp32 (weight gradients are fp32, contract B1).
+enum class CommDtype { F32, F64, I64, U8, BF16 };
 
-inline size_t comm_dtype_bytes(CommDtype t) { return t == CommDtype::F32 ? 4 : t == CommDtype::U8 ? 1 : 8; }
+inline size_t comm_dtype_bytes(CommDtype t) {
+  switch (t) {
+    case CommDtype::F32: return 4;
+    case CommDtype::F64: case CommDtype::I64: return 8;
+    case CommDtype::U8: return 1;
+    case CommDtype::BF16: return 2;
+  }
+  return 1;
+}
+
+// Ordering contract (every implementation keeps it; callers rely on nothing more):
+// - Every rank of a communicator makes the same collective calls in the same order (split included).
+// - Buffers are in buffer_space(): Host for MPI and the self communicator, Cuda (device memory of the
+//   current GPU) for NCCL. A buffer in another space is an error of the caller, not converted.
+// - Host communicators (MPI, self): a blocking call has completed when it returns (recv written, send free
+//   to reuse). A non-blocking call (i…) may proceed in the background; its buffers must not be touched until
+//   its request's wait() returns, and wait() is the completion point. Calls complete in call order as far
+//   as any rank can observe.
+// - NCCL: every call is enqueued on the communicator's own stream, which first waits on an event recorded on
+//   the compute stream at the call (so it sees every kernel queued before the call). Blocking calls return
+//   after the stream has finished the call (recv readable from the host and any stream). A request's wait()
+//   makes the host wait for the call; work queued on the compute stream after the call is not ordered after
+//   the collective unless the caller waited (or made the compute stream wait on the request's event).
+// - Sums (all_reduce_sum, reduce_scatter_sum) take F32, F64 or I64; BF16 and U8 sums are refused.
 
 // Non-blocking handle; wait() completes the operation (no-op for already-complete ones).
 class CommRequest {
@@ -24,11 +51,16 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // The memory space every buffer passed to this communicator must live in (see the ordering contract).
+  virtual MemSpace buffer_space() const = 0;
+  // The stream (cudaStream_t) compute kernels are queued on; NCCL orders each call after it. Host: ignored.
+  virtual void set_compute_stream(void* stream) { (void)stream; }
 
   // In place: buf[n] = Σ over ranks.
   virtual void all_reduce_sum(void* buf, i64 n, CommDtype t) = 0;
   virtual std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) = 0;
-  // send[size·n] → recv[n] = Σ over ranks of chunk `rank` (equal chunks).
+  // send[size·n] → recv[n] = Σ over ranks of chunk `rank` (equal chunks). In place when recv is this rank's
+  // own chunk of send (recv == send + rank·n): the other chunks of send are then clobbered.
   virtual void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) = 0;
   // send[n] → recv[size·n], chunk r from rank r.
   virtual void all_gather(void* recv, const void* send, i64 n, CommDtype t) = 0;
@@ -51,6 +83,9 @@ class Communicator {
 
 // One process, no MPI: every collective is the identity.
 std::unique_ptr<Communicator> make_self_communicator();
+
+// MT_CHECK that a sum of dtype t is supported (F32, F64, I64): shared by every implementation.
+void check_sum_dtype(CommDtype t);
 
 // World communicator from the launcher (mpirun / srun --mpi=pmix): initialises MPI.
 // Only available when built with MPI (MOE_HAVE_MPI).

@@ -6,6 +6,7 @@
 
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -25,6 +26,7 @@ static MPI_Datatype mpi_type(CommDtype t) {
     case CommDtype::F64: return MPI_DOUBLE;
     case CommDtype::I64: return MPI_INT64_T;
     case CommDtype::U8: return MPI_BYTE;
+    case CommDtype::BF16: return MPI_UINT16_T;  // moved bit for bit; sums refused before MPI sees it
   }
   return MPI_BYTE;
 }
@@ -53,17 +55,29 @@ class MpiComm final : public Communicator {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  MemSpace buffer_space() const override { return MemSpace::Host; }
 
   void all_reduce_sum(void* buf, i64 n, CommDtype t) override {
+    check_sum_dtype(t);
     if (n == 0) return;
     MT_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, as_int(n), mpi_type(t), MPI_SUM, comm_));
   }
   std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) override {
+    check_sum_dtype(t);
     auto r = std::make_unique<MpiRequest>();
     if (n > 0) MT_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n), mpi_type(t), MPI_SUM, comm_, &r->req));
     return r;
   }
   void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
+    check_sum_dtype(t);
+    const size_t bytes = comm_dtype_bytes(t) * size_t(n);
+    if (recv == static_cast<const char*>(send) + size_t(rank_) * bytes) {
+      // In place: MPI leaves the result at the start of the buffer; move it to this rank's chunk.
+      void* base = const_cast<void*>(send);
+      MT_MPI(MPI_Reduce_scatter_block(MPI_IN_PLACE, base, as_int(n), mpi_type(t), MPI_SUM, comm_));
+      if (rank_ != 0) std::memmove(recv, base, bytes);
+      return;
+    }
     MT_MPI(MPI_Reduce_scatter_block(send, recv, as_int(n), mpi_type(t), MPI_SUM, comm_));
   }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {

@@ -1,4 +1,5 @@
-// Owns the NCCL backend of the Communicator (device buffers, one stream); the only file that includes nccl.h.
+// Owns the NCCL backend of the Communicator (device buffers, its own stream ordered after the compute stream by
+// an event, see the ordering contract in communicator.h); the only file that includes nccl.h.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -26,6 +27,7 @@ static ncclDataType_t nccl_type(CommDtype t) {
     case CommDtype::F64: return ncclFloat64;
     case CommDtype::I64: return ncclInt64;
     case CommDtype::U8: return ncclUint8;
+    case CommDtype::BF16: return ncclBfloat16;  // moved only: sums are refused by check_sum_dtype
   }
   return ncclUint8;
 }
@@ -50,28 +52,37 @@ class NcclComm final : public Communicator {
     MT_NCCL(ncclCommUserRank(c, &rank_));
     MT_NCCL(ncclCommCount(c, &size_));
     MT_CUDA(cudaMalloc(&scratch_, 8));
+    MT_CUDA(cudaEventCreateWithFlags(&after_compute_, cudaEventDisableTiming));
   }
   ~NcclComm() override {
+    cudaEventDestroy(after_compute_);
     cudaFree(scratch_);
     ncclCommDestroy(comm_);
     if (owns_stream_) cudaStreamDestroy(stream_);
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  MemSpace buffer_space() const override { return MemSpace::Cuda; }
+  void set_compute_stream(void* stream) override { compute_ = static_cast<cudaStream_t>(stream); }
 
   void all_reduce_sum(void* buf, i64 n, CommDtype t) override {
     iall_reduce_sum(buf, n, t)->wait();
   }
   std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) override {
+    check_sum_dtype(t);
+    after_compute();
     MT_NCCL(ncclAllReduce(buf, buf, size_t(n), nccl_type(t), ncclSum, comm_, stream_));
     return std::make_unique<StreamRequest>(stream_);
   }
   void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
+    check_sum_dtype(t);
+    after_compute();
     MT_NCCL(ncclReduceScatter(send, recv, size_t(n), nccl_type(t), ncclSum, comm_, stream_));
     MT_CUDA(cudaStreamSynchronize(stream_));
   }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override { iall_gather(recv, send, n, t)->wait(); }
   std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+    after_compute();
     MT_NCCL(ncclAllGather(send, recv, size_t(n), nccl_type(t), comm_, stream_));
     return std::make_unique<StreamRequest>(stream_);
   }
@@ -79,6 +90,7 @@ class NcclComm final : public Communicator {
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
                     CommDtype t) override {
     const size_t b = comm_dtype_bytes(t);
+    after_compute();
     MT_NCCL(ncclGroupStart());
     for (int p = 0; p < size_; ++p) {
       if (sc[p] > 0)
@@ -90,6 +102,7 @@ class NcclComm final : public Communicator {
     MT_CUDA(cudaStreamSynchronize(stream_));
   }
   void broadcast(void* buf, i64 n, CommDtype t, int root) override {
+    after_compute();
     MT_NCCL(ncclBroadcast(buf, buf, size_t(n), nccl_type(t), root, comm_, stream_));
     MT_CUDA(cudaStreamSynchronize(stream_));
   }
@@ -100,15 +113,25 @@ class NcclComm final : public Communicator {
     MT_NCCL(ncclCommSplit(comm_, color, key, &c, &cfg));
     cudaStream_t s;
     MT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    return std::make_unique<NcclComm>(c, s, true);
+    auto sub = std::make_unique<NcclComm>(c, s, true);
+    sub->set_compute_stream(compute_);
+    return sub;
   }
 
  private:
+  // The communicator's stream waits for everything queued on the compute stream so far.
+  void after_compute() {
+    MT_CUDA(cudaEventRecord(after_compute_, compute_));
+    MT_CUDA(cudaStreamWaitEvent(stream_, after_compute_, 0));
+  }
+
   ncclComm_t comm_;
   cudaStream_t stream_;
   bool owns_stream_;
   int rank_ = 0, size_ = 1;
   void* scratch_ = nullptr;
+  cudaStream_t compute_ = nullptr;  // the legacy default stream until set_compute_stream
+  cudaEvent_t after_compute_ = nullptr;
 };
 }  // namespace
 

@@ -6,6 +6,11 @@
 
 namespace moe {
 
+void check_sum_dtype(CommDtype t) {
+  MT_CHECK(t == CommDtype::F32 || t == CommDtype::F64 || t == CommDtype::I64,
+           "collective sums take F32, F64 or I64 buffers (BF16/U8 payloads are only moved)");
+}
+
 static size_t dtype_bytes(CommDtype t) { return comm_dtype_bytes(t); }
 
 namespace {
@@ -17,9 +22,14 @@ class SelfComm final : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  void all_reduce_sum(void*, i64, CommDtype) override {}
-  std::unique_ptr<CommRequest> iall_reduce_sum(void*, i64, CommDtype) override { return std::make_unique<DoneRequest>(); }
+  MemSpace buffer_space() const override { return MemSpace::Host; }
+  void all_reduce_sum(void*, i64, CommDtype t) override { check_sum_dtype(t); }
+  std::unique_ptr<CommRequest> iall_reduce_sum(void*, i64, CommDtype t) override {
+    check_sum_dtype(t);
+    return std::make_unique<DoneRequest>();
+  }
   void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
+    check_sum_dtype(t);
     if (recv != send) std::memmove(recv, send, size_t(n) * dtype_bytes(t));
   }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {

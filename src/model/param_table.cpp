@@ -51,9 +51,32 @@ void ParamTable::add(const std::string& name, std::vector<i64> shape, bool is_no
   p.is_norm = is_norm;
   p.unit = int(units_.size()) - 1;
   p.expert = expert;
+  p.byte_offset = dtype_bytes(p.dtype, p.offset);
   total_ += p.numel;
   index_[name] = entries_.size();
   entries_.push_back(std::move(p));
+}
+
+void ParamTable::set_trainable(const std::string& name, bool trainable) {
+  auto it = index_.find(name);
+  MT_CHECK(it != index_.end(), "no parameter named ", name);
+  entries_[it->second].trainable = trainable;
+}
+
+void ParamTable::set_storage(const std::string& name, DType dtype, StorageKind kind) {
+  auto it = index_.find(name);
+  MT_CHECK(it != index_.end(), "no parameter named ", name);
+  ParamInfo& p = entries_[it->second];
+  p.dtype = dtype;
+  p.kind = kind;
+  p.byte_offset = dtype_bytes(dtype, p.offset);
+}
+
+i64 ParamTable::trainable_numel() const {
+  i64 n = 0;
+  for (const ParamInfo& p : entries_)
+    if (p.trainable) n += p.numel;
+  return n;
 }
 
 const ParamInfo* ParamTable::find(const std::string& name) const {
@@ -126,11 +149,12 @@ ParamTable build_param_table(const ModelConfig& m, ExpertRange range, i64 dense_
       t.add(n.router, {E, H});
       close_dense();
       t.mark_expert_begin();
+      // [w1_e; w3_e] adjacent per expert, all of them contiguous, then every w2 (see the header).
       for (int e = first; e < first + count; ++e) {
         t.add(n.w1[e], {I, H}, false, true);
-        t.add(n.w2[e], {H, I}, false, true);
         t.add(n.w3[e], {I, H}, false, true);
       }
+      for (int e = first; e < first + count; ++e) t.add(n.w2[e], {H, I}, false, true);
       t.pad_to(expert_pad);
     } else {
       const i64 ID = m.intermediate_size;

@@ -1,31 +1,25 @@
-// Owns the ZeRO sharding arithmetic: segment chunks, group reductions, shard-wise AdamW and the ZeRO-3 unit gatherer.
+// Owns the ZeRO sharding arithmetic: the state layout (shared with the memory plan), unit gradient slots and their
+// reductions, shard-wise AdamW, the bf16 compute copy and the ZeRO-3 unit gatherer.
 #include "parallel/zero.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
-#include "optim/adamw.h"
 
 namespace moe {
 
-// ---- ZeRO-3 access: unit gathers into slots (with prefetch), per-unit gradient reduce-scatter. ----
-class ParamState::Zero3Access final : public ParamAccess<float> {
+// ---- ZeRO-3 gatherer: unit gathers of a T shard into three T slots (with prefetch). ----
+template <typename T>
+class ParamState::Gatherer {
  public:
-  explicit Zero3Access(ParamState& s) : s_(s) {
-    i64 max_unit = 0, max_chunk = 0;
-    for (const ParamUnit& u : s.table_.units()) max_unit = std::max(max_unit, u.size());
-    for (const Segment& g : s.segs_) max_chunk = std::max(max_chunk, g.chunk);
-    for (auto& sl : pslots_) sl.buf.assign(size_t(max_unit), 0.f);
-    for (auto& sl : gslots_) sl.buf.assign(size_t(max_unit), 0.f);
-    rs_tmp_.assign(size_t(max_chunk), 0.f);
-    unit_segs_.resize(s.table_.units().size());
-    for (size_t i = 0; i < s.segs_.size(); ++i) unit_segs_[s.segs_[i].unit].push_back(int(i));
+  Gatherer(ParamState& s, const T* shard, CommDtype dtype) : s_(s), shard_(shard), dtype_(dtype) {
+    for (auto& sl : slots_) sl.buf.assign(size_t(s.lay_.max_unit), T(0.f));
   }
-  i64 working_bytes() const { return i64(4 * (3 * pslots_[0].buf.size() + 2 * gslots_[0].buf.size() + rs_tmp_.size())); }
 
-  const float* params(int u, Direction dir) override {
-    PSlot* sl = find(u);
+  const T* params(int u, typename ParamAccess<T>::Direction dir) {
+    Slot* sl = find(u);
     if (!sl) sl = start_gather(u);
     if (sl->pending) {
       for (auto& r : sl->reqs) r->wait();
@@ -33,72 +27,45 @@ class ParamState::Zero3Access final : public ParamAccess<float> {
       sl->pending = false;
     }
     sl->refs++;
-    const int next = dir == Direction::Forward ? u + 1 : u - 1;
+    const int next = dir == ParamAccess<T>::Direction::Forward ? u + 1 : u - 1;
     if (next >= 1 && next < int(s_.table_.units().size()) && !find(next)) start_gather(next, /*optional=*/true);
     return sl->buf.data();
   }
-  void release(int u) override {
-    PSlot* sl = find(u);
+  void release(int u) {
+    Slot* sl = find(u);
     MT_CHECK(sl && sl->refs > 0, "release of unit ", u, " that is not held");
     sl->refs--;
   }
-  float* grads(int u) override {
-    for (auto& g : gslots_)
-      if (g.unit == u) return g.buf.data();
-    for (auto& g : gslots_)
-      if (g.unit < 0) {
-        g.unit = u;
-        std::fill(g.buf.begin(), g.buf.begin() + s_.table_.units()[u].size(), 0.f);
-        return g.buf.data();
-      }
-    MT_CHECK(false, "no free gradient slot for unit ", u);
-    return nullptr;
-  }
-  void grads_done(int u) override {
-    for (auto& g : gslots_) {
-      if (g.unit != u) continue;
-      const i64 base = s_.table_.units()[u].begin;
-      for (int si : unit_segs_[u]) {
-        const Segment& seg = s_.segs_[si];
-        seg.group->reduce_scatter_sum(rs_tmp_.data(), g.buf.data() + (seg.begin - base), seg.chunk, CommDtype::F32);
-        float* dst = s_.gshard_.data() + seg.shard_off;
-        for (i64 i = 0; i < seg.chunk; ++i) dst[i] += rs_tmp_[i];
-      }
-      g.unit = -1;
-      return;
-    }
-    MT_CHECK(false, "grads_done for unit ", u, " without grads");
-  }
   // Drops every cached gather (parameters changed after an update).
   void invalidate() {
-    for (auto& sl : pslots_) {
+    for (auto& sl : slots_) {
       MT_CHECK(sl.refs == 0 && !sl.pending, "parameters updated while a unit is held");
       sl.unit = -1;
     }
   }
 
  private:
-  struct PSlot {
+  struct Slot {
     int unit = -1;
     int refs = 0;
     bool pending = false;
     std::vector<std::unique_ptr<CommRequest>> reqs;
-    std::vector<float> buf;
+    std::vector<T> buf;
     long last_use = 0;
   };
-  PSlot* find(int u) {
-    for (auto& sl : pslots_)
+  Slot* find(int u) {
+    for (auto& sl : slots_)
       if (sl.unit == u) return &sl;
     return nullptr;
   }
   // Every rank makes the same sequence of calls, so collectives match across ranks.
-  PSlot* start_gather(int u, bool optional = false) {
-    PSlot* victim = nullptr;
-    for (auto& sl : pslots_)
+  Slot* start_gather(int u, bool optional = false) {
+    Slot* victim = nullptr;
+    for (auto& sl : slots_)
       if (sl.refs == 0 && !sl.pending && (!victim || sl.last_use < victim->last_use)) victim = &sl;
     if (!victim && !optional) {
       // A needed unit may take the slot of an unused prefetch: finish that gather, then reuse the slot.
-      for (auto& sl : pslots_)
+      for (auto& sl : slots_)
         if (sl.refs == 0 && (!victim || sl.last_use < victim->last_use)) victim = &sl;
       MT_CHECK(victim, "no free parameter slot for unit ", u);
       for (auto& r : victim->reqs) r->wait();
@@ -110,65 +77,213 @@ class ParamState::Zero3Access final : public ParamAccess<float> {
     victim->last_use = ++clock_;
     victim->pending = true;
     const i64 base = s_.table_.units()[u].begin;
-    for (int si : unit_segs_[u]) {
-      const Segment& seg = s_.segs_[si];
-      victim->reqs.push_back(seg.group->iall_gather(victim->buf.data() + (seg.begin - base),
-                                                    s_.pshard_.data() + seg.shard_off, seg.chunk, CommDtype::F32));
+    for (int si : s_.lay_.unit_segs[u]) {
+      const Segment& seg = s_.lay_.segs[si];
+      victim->reqs.push_back(
+          seg.group->iall_gather(victim->buf.data() + (seg.begin - base), shard_ + seg.shard_off, seg.chunk, dtype_));
     }
     return victim;
   }
 
   ParamState& s_;
-  PSlot pslots_[3];
-  struct GSlot {
-    int unit = -1;
-    std::vector<float> buf;
-  } gslots_[2];
-  std::vector<float> rs_tmp_;
-  std::vector<std::vector<int>> unit_segs_;
+  const T* shard_;
+  CommDtype dtype_;
+  Slot slots_[3];
   long clock_ = 0;
 };
 
-// ---- ParamState ----
+// ---- What the model sees: weights from a flat copy or the gatherer; fp32 gradients from the state. ----
+template <typename T>
+class ParamState::Access final : public ParamAccess<T> {
+ public:
+  Access(ParamState& s, const T* flat) : s_(s), flat_(flat) {}
+  Access(ParamState& s, std::unique_ptr<Gatherer<T>> g) : s_(s), gather_(std::move(g)) {}
+  const T* params(int u, typename ParamAccess<T>::Direction dir) override {
+    return gather_ ? gather_->params(u, dir) : flat_ + s_.table_.units()[u].begin;
+  }
+  void release(int u) override {
+    if (gather_) gather_->release(u);
+  }
+  acc_t<T>* grads(int u) override { return s_.unit_grads(u); }
+  void grads_done(int u) override { s_.unit_grads_done(u); }
+  void invalidate() {
+    if (gather_) gather_->invalidate();
+  }
 
-ParamState::ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep)
-    : table_(table), stage_(stage), world_(world), edp_(edp), ep_(ep) {
+ private:
+  ParamState& s_;
+  const T* flat_ = nullptr;
+  std::unique_ptr<Gatherer<T>> gather_;
+};
+
+// ---- Layout: the one sizing function of the allocator and the memory plan. ----
+
+i64 ParamState::Segment::live(i64 a, i64 b) const {
+  i64 n = std::max<i64>(0, b - a);
+  for (const auto& f : frozen) n -= std::max<i64>(0, std::min(b, f.second) - std::max(a, f.first));
+  return n;
+}
+
+// Calls f(x, y) for each maximal subrange [x, y) of [a, b) outside the (ascending) frozen ranges.
+template <typename F>
+static void live_runs(const std::vector<std::pair<i64, i64>>& frozen, i64 a, i64 b, F&& f) {
+  i64 x = a;
+  for (const auto& fr : frozen) {
+    if (fr.second <= x) continue;
+    if (fr.first >= b) break;
+    if (fr.first > x) f(x, fr.first);
+    x = std::max(x, fr.second);
+  }
+  if (x < b) f(x, b);
+}
+
+ParamState::Layout ParamState::make_layout(const ParamTable& table, int stage, int world, int world_rank, int edp,
+                                           int edp_rank) {
+  MT_CHECK(stage >= 0 && stage <= 3, "ZeRO stage ", stage, " is not 0..3");
+  Layout L;
+  bool any_frozen = false;
+  for (const ParamInfo& e : table.entries()) {
+    MT_CHECK(e.kind == StorageKind::Dense, "parameter ", e.name,
+             ": NF4-block storage is reserved for QLoRA bases and not supported yet");
+    MT_CHECK(e.dtype == DType::F32, "parameter ", e.name, ": master weights are fp32, not ", dtype_name(e.dtype));
+    any_frozen |= !e.trainable;
+  }
+  L.mode = stage >= 2 ? GradMode::SlotReduceScatter : any_frozen ? GradMode::SlotSum : GradMode::Flat;
+  L.full = table.total_numel();
+  L.unit_segs.resize(table.units().size());
   for (const ParamUnit& u : table.units()) {
+    L.max_unit = std::max(L.max_unit, u.size());
     const int unit = int(&u - table.units().data());
     for (int part = 0; part < 2; ++part) {
-      const bool expert = part == 1;
-      const i64 b = expert ? u.expert_begin : u.begin, e = expert ? u.end : u.expert_begin;
-      if (e == b) continue;
-      Segment s{unit, expert, b, e, expert ? &edp : &world, 0, 0, 0};
-      const i64 g = stage == 0 ? 1 : s.group->size();
-      const i64 idx = stage == 0 ? 0 : s.group->rank();
-      MT_CHECK((e - b) % g == 0, "segment of unit ", unit, " not padded to the group size ", g);
-      s.chunk = (e - b) / g;
-      s.mine = b + idx * s.chunk;
-      s.shard_off = shard_total_;
-      shard_total_ += s.chunk;
-      segs_.push_back(s);
+      Segment s;
+      s.unit = unit;
+      s.expert = part == 1;
+      s.begin = s.expert ? u.expert_begin : u.begin;
+      s.end = s.expert ? u.end : u.expert_begin;
+      if (s.end == s.begin) continue;
+      s.gsize = stage == 0 ? 1 : (s.expert ? edp : world);
+      s.grank = stage == 0 ? 0 : (s.expert ? edp_rank : world_rank);
+      MT_CHECK((s.end - s.begin) % s.gsize == 0, "segment of unit ", unit, " not padded to the group size ", s.gsize);
+      s.chunk = (s.end - s.begin) / s.gsize;
+      s.mine = s.begin + s.grank * s.chunk;
+      s.shard_off = L.shard;
+      L.shard += s.chunk;
+      for (const ParamInfo& e : table.entries())
+        if (e.unit == unit && e.expert == s.expert && !e.trainable) s.frozen.push_back({e.offset, e.offset + e.numel});
+      std::sort(s.frozen.begin(), s.frozen.end());
+      s.has_frozen = !s.frozen.empty();
+      s.live_mine = s.live(s.mine, s.mine + s.chunk);
+      s.mom_off = L.moments;
+      L.moments += s.live_mine;
+      if (L.mode == GradMode::SlotSum) {
+        s.gsum_off = L.gsum;
+        s.gsum_n = s.live(s.begin, s.end);
+        L.gsum += s.gsum_n;
+        i64 k = 0;
+        live_runs(s.frozen, s.begin, s.end, [&](i64 x, i64 y) {
+          s.runs.push_back({x - s.begin, k, y - x});
+          k += y - x;
+        });
+      } else if (L.mode == GradMode::SlotReduceScatter && s.has_frozen) {
+        // Rank r's non-frozen elements packed into block r of `pack` elements (zero-padded): the reduce-scatter
+        // then moves and sums trainable gradients only.
+        for (int r = 0; r < s.gsize; ++r)
+          s.pack = std::max(s.pack, s.live(s.begin + r * s.chunk, s.begin + (r + 1) * s.chunk));
+        for (int r = 0; r < s.gsize; ++r) {
+          i64 k = 0;
+          live_runs(s.frozen, s.begin + r * s.chunk, s.begin + (r + 1) * s.chunk, [&](i64 x, i64 y) {
+            s.runs.push_back({x - s.begin, r * s.pack + k, y - x});
+            k += y - x;
+          });
+          if (k < s.pack) s.runs.push_back({-1, r * s.pack + k, s.pack - k});
+        }
+      }
+      L.unit_segs[unit].push_back(int(L.segs.size()));
+      L.segs.push_back(std::move(s));
     }
   }
-  const size_t full = size_t(table.total_numel()), shard = size_t(shard_total_);
-  if (stage_ <= 2) {
-    params_.assign(full, 0.f);
-    grads_.assign(full, 0.f);
-    flat_ = std::make_unique<FlatParamAccess<float>>(table_, params_.data(), grads_.data());
-  } else {
-    pshard_.assign(shard, 0.f);
-    z3_ = std::make_unique<Zero3Access>(*this);
+  if (L.mode != GradMode::Flat) {
+    // One slot, two when the embedding's gradients stay open across the final unit (tied lm_head).
+    const bool tied = table.find("lm_head.weight") == nullptr && table.find("model.embed_tokens.weight") != nullptr;
+    L.grad_slots = tied ? 2 : 1;
   }
-  if (stage_ >= 2) gshard_.assign(shard, 0.f);
-  exp_avg_.assign(shard, 0.f);
-  exp_avg_sq_.assign(shard, 0.f);
+  return L;
+}
+
+StateBytes ParamState::bytes_of(const Layout& L, int stage, Precision precision) {
+  StateBytes b;
+  const i64 held = stage == 3 ? L.shard : L.full;  // weights this rank keeps
+  b.params = 4 * held;
+  b.grads = 4 * (L.mode == GradMode::Flat ? L.full : L.mode == GradMode::SlotSum ? L.gsum : L.moments);
+  b.optimizer = 8 * L.moments;
+  b.compute_copy = precision == Precision::Bf16 ? 2 * held : 0;
+  b.grad_slots = 4 * i64(L.grad_slots) * L.max_unit;
+  const i64 param_slots = stage == 3 ? 3 * L.max_unit * (precision == Precision::Bf16 ? 2 : 4) : 0;
+  b.working = param_slots + b.grad_slots;
+  return b;
+}
+
+StateBytes ParamState::plan_bytes(const ParamTable& table, int stage, int world, int edp, Precision precision,
+                                  int world_rank, int edp_rank) {
+  return bytes_of(make_layout(table, stage, world, world_rank, edp, edp_rank), stage, precision);
+}
+
+// ---- ParamState ----
+
+ParamState::ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep,
+                       Precision precision)
+    : table_(table), stage_(stage), precision_(precision), world_(world), edp_(edp), ep_(ep),
+      lay_(make_layout(table, stage, world.size(), world.rank(), edp.size(), edp.rank())), mode_(lay_.mode) {
+  for (Segment& s : lay_.segs) s.group = s.expert ? &edp : &world;
+  if (stage_ <= 2)
+    params_.assign(size_t(lay_.full), 0.f);
+  else
+    pshard_.assign(size_t(lay_.shard), 0.f);
+  if (mode_ == GradMode::Flat)
+    grads_.assign(size_t(lay_.full), 0.f);
+  else
+    gacc_.assign(size_t(mode_ == GradMode::SlotSum ? lay_.gsum : lay_.moments), 0.f);
+  exp_avg_.assign(size_t(lay_.moments), 0.f);
+  exp_avg_sq_.assign(size_t(lay_.moments), 0.f);
+  gslots_.resize(size_t(lay_.grad_slots));
+  for (GSlot& g : gslots_) g.buf.assign(size_t(lay_.max_unit), 0.f);
+  const bool bf = precision_ == Precision::Bf16;
+  if (bf) copy_.assign(size_t(stage_ == 3 ? lay_.shard : lay_.full), bf16(0.f));
+  // AdamW ranges: every trainable tensor's part of this rank's chunks (padding has no tensor, stays zero).
+  for (const Segment& s : lay_.segs) {
+    const i64 c0 = s.mine, c1 = s.mine + s.chunk;
+    for (const ParamInfo& e : table_.entries()) {
+      if (e.unit != s.unit || e.expert != s.expert || !e.trainable) continue;
+      const i64 a = std::max(c0, e.offset), b = std::min(c1, e.offset + e.numel);
+      if (a >= b) continue;
+      float* p = stage_ == 3 ? pshard_.data() + s.shard_off + (a - c0) : params_.data() + a;
+      const i64 mi = s.mom_off + s.live(c0, a);
+      const float* g = mode_ == GradMode::Flat      ? grads_.data() + a
+                       : mode_ == GradMode::SlotSum ? gacc_.data() + s.gsum_off + s.live(s.begin, a)
+                                                    : gacc_.data() + mi;
+      pieces_.push_back({p, g, exp_avg_.data() + mi, exp_avg_sq_.data() + mi, b - a, e.decay});
+    }
+  }
+  if (stage_ <= 2) {
+    acc32_ = std::make_unique<Access<float>>(*this, params_.data());
+    if (bf) acc16_ = std::make_unique<Access<bf16>>(*this, copy_.data());
+  } else if (bf) {
+    acc16_ = std::make_unique<Access<bf16>>(*this, std::make_unique<Gatherer<bf16>>(*this, copy_.data(), CommDtype::BF16));
+  } else {
+    acc32_ = std::make_unique<Access<float>>(*this, std::make_unique<Gatherer<float>>(*this, pshard_.data(), CommDtype::F32));
+  }
 }
 
 ParamState::~ParamState() = default;
 
 ParamAccess<float>& ParamState::access() {
-  if (z3_) return *z3_;
-  return *flat_;
+  MT_CHECK(acc32_, "fp32 weight access under ZeRO-3 exists only with Precision::Fp32 (use access_bf16)");
+  return *acc32_;
+}
+
+ParamAccess<bf16>& ParamState::access_bf16() {
+  MT_CHECK(acc16_, "the bf16 weight copy exists only with Precision::Bf16");
+  return *acc16_;
 }
 
 std::vector<float>& ParamState::flat_params() {
@@ -177,54 +292,139 @@ std::vector<float>& ParamState::flat_params() {
 }
 
 const std::vector<float>& ParamState::flat_grads() const {
-  MT_CHECK(stage_ <= 2, "flat gradients exist only under ZeRO stages 0-2");
+  MT_CHECK(mode_ == GradMode::Flat, "flat gradients exist only under ZeRO stages 0-1 with every entry trainable");
   return grads_;
+}
+
+const std::vector<bf16>& ParamState::compute_copy() const {
+  MT_CHECK(precision_ == Precision::Bf16, "the bf16 weight copy exists only with Precision::Bf16");
+  return copy_;
+}
+
+// contract: B1 (the bf16 copy is round_bf16 of the fp32 master, every parameter)
+void ParamState::refresh_copy() {
+  if (precision_ != Precision::Bf16) return;
+  const float* src = stage_ == 3 ? pshard_.data() : params_.data();
+  bf16* dst = copy_.data();
+  const i64 n = i64(copy_.size());
+#pragma omp parallel for schedule(static)
+  for (i64 i = 0; i < n; ++i) dst[i] = bf16(src[i]);
+}
+
+void ParamState::invalidate_gathers() {
+  if (acc32_) acc32_->invalidate();
+  if (acc16_) acc16_->invalidate();
 }
 
 void ParamState::set_params(const std::vector<float>& local_full) {
   MT_CHECK(i64(local_full.size()) == table_.total_numel(), "set_params size mismatch");
   if (stage_ <= 2) {
-    params_ = local_full;
-    return;
+    std::copy(local_full.begin(), local_full.end(), params_.begin());
+  } else {
+    for (const Segment& s : lay_.segs)
+      std::copy(local_full.begin() + s.mine, local_full.begin() + s.mine + s.chunk, pshard_.begin() + s.shard_off);
   }
-  for (const Segment& s : segs_)
-    std::copy(local_full.begin() + s.mine, local_full.begin() + s.mine + s.chunk, pshard_.begin() + s.shard_off);
-  z3_->invalidate();
+  refresh_copy();
+  invalidate_gathers();
 }
 
 std::vector<float> ParamState::local_params() {
   if (stage_ <= 2) return params_;
   std::vector<float> out(size_t(table_.total_numel()), 0.f);
-  for (const Segment& s : segs_)
+  for (const Segment& s : lay_.segs)
     s.group->all_gather(out.data() + s.begin, pshard_.data() + s.shard_off, s.chunk, CommDtype::F32);
   return out;
 }
 
 void ParamState::zero_grads() {
   std::fill(grads_.begin(), grads_.end(), 0.f);
-  std::fill(gshard_.begin(), gshard_.end(), 0.f);
+  std::fill(gacc_.begin(), gacc_.end(), 0.f);
+  for (GSlot& g : gslots_) g.unit = -1;
+}
+
+float* ParamState::unit_grads(int u) {
+  if (mode_ == GradMode::Flat) return grads_.data() + table_.units()[u].begin;
+  for (GSlot& g : gslots_)
+    if (g.unit == u) return g.buf.data();
+  for (GSlot& g : gslots_)
+    if (g.unit < 0) {
+      g.unit = u;
+      std::fill(g.buf.begin(), g.buf.begin() + table_.units()[u].size(), 0.f);
+      return g.buf.data();
+    }
+  MT_CHECK(false, "no free gradient slot for unit ", u, " (", gslots_.size(), " slots)");
+  return nullptr;
+}
+
+// SlotSum: the unit's trainable gradients are added into the compact buffer (reduced in reduce_grads).
+// SlotReduceScatter: each segment is reduce-scattered in place (trainable elements only, packed per rank when
+// the segment has frozen entries) and this rank's chunk added into the gradient shard.
+void ParamState::unit_grads_done(int u) {
+  if (mode_ == GradMode::Flat) return;
+  GSlot* slot = nullptr;
+  for (GSlot& g : gslots_)
+    if (g.unit == u) slot = &g;
+  MT_CHECK(slot, "grads_done for unit ", u, " without grads");
+  const i64 base = table_.units()[u].begin;
+  for (int si : lay_.unit_segs[u]) {
+    const Segment& seg = lay_.segs[si];
+    float* src = slot->buf.data() + (seg.begin - base);
+    if (mode_ == GradMode::SlotSum) {
+      for (const Run& r : seg.runs) {
+        float* dst = gacc_.data() + seg.gsum_off + r.dst;
+        const float* x = src + r.src;
+        const i64 n = r.n;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (i64 i = 0; i < n; ++i) dst[i] += x[i];
+      }
+      continue;
+    }
+    i64 n = seg.chunk;
+    if (seg.has_frozen) {
+      // Packing moves data left only (block r starts at r·pack ≤ r·chunk), in ascending order.
+      for (const Run& r : seg.runs) {
+        if (r.src < 0)
+          std::fill(src + r.dst, src + r.dst + r.n, 0.f);
+        else if (r.src != r.dst)
+          std::memmove(src + r.dst, src + r.src, size_t(r.n) * sizeof(float));
+      }
+      n = seg.pack;
+    }
+    float* mine = src + i64(seg.grank) * n;
+    seg.group->reduce_scatter_sum(mine, src, n, CommDtype::F32);
+    float* dst = gacc_.data() + seg.mom_off;
+    const i64 m = seg.live_mine;
+#pragma omp parallel for simd schedule(static) if (m > 65536)
+    for (i64 i = 0; i < m; ++i) dst[i] += mine[i];
+  }
+  slot->unit = -1;
 }
 
 // contract: C5.clip
 double ParamState::reduce_grads() {
-  if (stage_ <= 1) {
-    for (const Segment& s : segs_) s.group->all_reduce_sum(grads_.data() + s.begin, s.end - s.begin);
+  if (mode_ == GradMode::Flat) {
+    for (const Segment& s : lay_.segs) s.group->all_reduce_sum(grads_.data() + s.begin, s.end - s.begin);
     double dense = 0, expert = 0;
-    for (const Segment& s : segs_) (s.expert ? expert : dense) += grad_sq_sum(grads_.data() + s.begin, s.end - s.begin);
+    for (const Segment& s : lay_.segs)
+      (s.expert ? expert : dense) += grad_sq_sum(grads_.data() + s.begin, s.end - s.begin);
     ep_.all_reduce_sum(&expert, 1);  // each expert lives on one rank of the EP group
     return std::sqrt(dense + expert);
   }
-  if (stage_ == 2)
-    for (const Segment& s : segs_)
-      s.group->reduce_scatter_sum(gshard_.data() + s.shard_off, grads_.data() + s.begin, s.chunk, CommDtype::F32);
-  // Shards partition every dense and expert element exactly once over the world.
-  double sq = grad_sq_sum(gshard_.data(), shard_total_);
+  if (mode_ == GradMode::SlotSum) {
+    for (const Segment& s : lay_.segs) s.group->all_reduce_sum(gacc_.data() + s.gsum_off, s.gsum_n);
+    double dense = 0, expert = 0;
+    for (const Segment& s : lay_.segs) (s.expert ? expert : dense) += grad_sq_sum(gacc_.data() + s.gsum_off, s.gsum_n);
+    ep_.all_reduce_sum(&expert, 1);
+    return std::sqrt(dense + expert);
+  }
+  // Reduced during backward; shards partition every trainable dense and expert element exactly once.
+  double sq = grad_sq_sum(gacc_.data(), i64(gacc_.size()));
   world_.all_reduce_sum(&sq, 1);
   return std::sqrt(sq);
 }
 
 void ParamState::scale_grads(float coef) {
-  std::vector<float>& g = stage_ >= 2 ? gshard_ : grads_;
+  std::vector<float>& g = mode_ == GradMode::Flat ? grads_ : gacc_;
   float* x = g.data();
   const i64 n = i64(g.size());
 #pragma omp parallel for simd schedule(static)
@@ -233,28 +433,13 @@ void ParamState::scale_grads(float coef) {
 
 // contract: C5.adamw
 void ParamState::adamw(const TrainConfig& t, double lr, long step) {
-  // Every segment chunk's tensor ranges, updated in one parallel pass.
-  std::vector<AdamWPiece> pieces;
-  for (const Segment& s : segs_) {
-    const i64 c0 = s.mine, c1 = s.mine + s.chunk;
-    float* p = stage_ == 3 ? pshard_.data() + s.shard_off - c0 : params_.data();
-    const float* g = stage_ >= 2 ? gshard_.data() + s.shard_off - c0 : grads_.data();
-    float* m = exp_avg_.data() + s.shard_off - c0;
-    float* v = exp_avg_sq_.data() + s.shard_off - c0;
-    // Tensors of this segment overlapping the chunk; padding has no tensor and stays zero.
-    for (const ParamInfo& e : table_.entries()) {
-      if (e.unit != s.unit || e.expert != s.expert) continue;
-      const i64 a = std::max(c0, e.offset), b = std::min(c1, e.offset + e.numel);
-      if (a >= b) continue;
-      pieces.push_back({p + a, g + a, m + a, v + a, b - a, e.decay});
-    }
-  }
-  adamw_update_pieces(pieces, AdamWHyper{lr, t.beta1, t.beta2, t.eps, t.weight_decay}, step);
+  adamw_update_pieces(pieces_, AdamWHyper{lr, t.beta1, t.beta2, t.eps, t.weight_decay}, step);
   if (stage_ == 1 || stage_ == 2) {
-    for (const Segment& s : segs_)
+    for (const Segment& s : lay_.segs)
       s.group->all_gather(params_.data() + s.begin, params_.data() + s.mine, s.chunk, CommDtype::F32);
   }
-  if (z3_) z3_->invalidate();
+  refresh_copy();
+  invalidate_gathers();
 }
 
 void ParamState::checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model, std::vector<TensorPiece>& exp_avg,
@@ -262,7 +447,7 @@ void ParamState::checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model
   model.clear();
   exp_avg.clear();
   exp_avg_sq.clear();
-  for (const Segment& s : segs_) {
+  for (const Segment& s : lay_.segs) {
     // Elements this rank owns for writing: its shard, or (stage 0) an even split over the segment's group.
     i64 own0 = s.mine, own1 = s.mine + s.chunk;
     if (stage_ == 0) {
@@ -279,26 +464,22 @@ void ParamState::checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model
       if (e.unit != s.unit || e.expert != s.expert) continue;
       const i64 a = std::max(p0, e.offset), b = std::min(p1, e.offset + e.numel);
       if (a < b) model.push_back({e.name, a - e.offset, b - e.offset, param_at(a)});
+      if (!e.trainable) continue;  // frozen: no moments
       const i64 c = std::max(m0, e.offset), d = std::min(m1, e.offset + e.numel);
       if (c < d) {
-        exp_avg.push_back({e.name, c - e.offset, d - e.offset, exp_avg_.data() + s.shard_off + (c - s.mine)});
-        exp_avg_sq.push_back({e.name, c - e.offset, d - e.offset, exp_avg_sq_.data() + s.shard_off + (c - s.mine)});
+        const i64 mi = s.mom_off + s.live(s.mine, c);
+        exp_avg.push_back({e.name, c - e.offset, d - e.offset, exp_avg_.data() + mi});
+        exp_avg_sq.push_back({e.name, c - e.offset, d - e.offset, exp_avg_sq_.data() + mi});
       }
     }
   }
 }
 
 void ParamState::after_load() {
-  if (z3_) z3_->invalidate();
+  refresh_copy();
+  invalidate_gathers();
 }
 
-StateBytes ParamState::bytes() const {
-  StateBytes b;
-  b.params = i64(4 * (params_.size() + pshard_.size()));
-  b.grads = i64(4 * (grads_.size() + gshard_.size()));
-  b.optimizer = i64(4 * (exp_avg_.size() + exp_avg_sq_.size()));
-  b.working = z3_ ? z3_->working_bytes() : 0;
-  return b;
-}
+StateBytes ParamState::bytes() const { return bytes_of(lay_, stage_, precision_); }
 
 }  // namespace moe

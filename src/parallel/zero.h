@@ -1,83 +1,159 @@
-// Owns parameter, gradient and AdamW state under ZeRO stages 0–3 (DESIGN §3 parallel/): sharding, reduction, update, gathering.
+// Owns parameter, gradient and AdamW state under ZeRO stages 0–3 (DESIGN §3 parallel/): sharding, reduction,
+// update, gathering, the bf16 compute copy, and the sizing function the memory plan shares with the allocator.
 #pragma once
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "comm/communicator.h"
 #include "config/config.h"
-#include "model/param_access.h"
+#include "core/bf16.h"
 #include "io/checkpoint.h"
+#include "model/param_access.h"
 #include "model/param_table.h"
+#include "optim/adamw.h"
 
 namespace moe {
 
-// Bytes held per rank, split into state that lives all run and working buffers (ZeRO-3 gathers).
+// Bytes held per rank: state that lives all run, and working buffers (unit slots).
 struct StateBytes {
-  i64 params = 0, grads = 0, optimizer = 0, working = 0;
-  i64 state() const { return params + grads + optimizer; }
+  i64 params = 0;        // fp32 master weights: the local table (stages 0–2) or the shard (3)
+  i64 grads = 0;         // fp32 gradients kept across the step: local table, trainable part, or trainable shard
+  i64 optimizer = 0;     // AdamW m and v (fp32) of this rank's trainable shard
+  i64 compute_copy = 0;  // bf16 copy of the weights (Precision::Bf16): local table (0–2) or shard (3)
+  i64 grad_slots = 0;    // unit gradient slots (fp32) the model writes into before they are reduced
+  i64 working = 0;       // every working buffer: ZeRO-3 parameter gather slots + grad_slots
+  i64 state() const { return params + grads + optimizer + compute_copy; }
 };
 
-// Stage 0: everything replicated. 1: AdamW moments sharded. 2: + gradients reduce-scattered into shards.
-// 3: + parameters sharded; each unit is all-gathered before use (next unit prefetched), freed after, and its
-// gradients reduce-scattered when its backward is done.
+// Stage 0: everything replicated. 1: AdamW moments sharded. 2: + gradients reduce-scattered into shards, unit
+// by unit during backward (grads_done), so no full gradient buffer exists. 3: + parameters sharded; each unit
+// is all-gathered before use (next unit prefetched), freed after.
 // Dense segments are sharded over the world, expert segments over the expert-data-parallel group.
+// Frozen entries (ParamInfo::trainable false) have no gradient storage and no moments, are never reduced or
+// updated, and are still gathered under ZeRO-3. Gradients of a unit the model writes land in a unit slot
+// whenever the persistent gradient buffer is not the full local table (stages 2–3, or any frozen entry).
+// Precision::Bf16 (contract B1): the master, gradients and moments stay fp32; a bf16 copy round_bf16(master)
+// of every parameter is kept for the model, refreshed after adamw(), set_params() and after_load(); under
+// ZeRO-3 it is a bf16 shard gathered as bf16 into bf16 unit slots.
 class ParamState {
  public:
-  // table: this rank's table, padded for the groups (dense: world size, experts: edp size).
-  ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep);
+  // table: this rank's table, padded for the groups (dense: world size, experts: edp size); its trainable
+  // flags are read here, once. Every entry must be dense fp32 storage (MT_CHECK).
+  ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep,
+             Precision precision = Precision::Fp32);
   ~ParamState();
+
+  // The bytes a ParamState of this table, stage, group sizes and precision holds on the rank at the given
+  // group positions (rank 0 by default), without allocating: the allocator and the memory plan both use it.
+  static StateBytes plan_bytes(const ParamTable& table, int stage, int world, int edp, Precision precision,
+                               int world_rank = 0, int edp_rank = 0);
 
   // Sets every local parameter from a buffer in table layout (each rank keeps its shard under stage 3).
   void set_params(const std::vector<float>& local_full);
   // The local parameters in table layout (stage 3 gathers every unit). Collective under stage 3.
   std::vector<float> local_params();
 
-  ParamAccess<float>& access();  // what the model reads and writes through
+  // What the model reads and writes through. access(): fp32 weights (under ZeRO-3 only with Precision::Fp32);
+  // access_bf16(): the bf16 copy (Precision::Bf16 only). Both hand out the same fp32 gradients.
+  ParamAccess<float>& access();
+  ParamAccess<bf16>& access_bf16();
   std::vector<float>& flat_params();              // stages 0–2
-  const std::vector<float>& flat_grads() const;   // stages 0–2 (full table layout, before reduction: local)
+  // Stages 0–1 with every entry trainable: the full local gradient buffer (table layout, before reduction).
+  bool has_flat_grads() const { return mode_ == GradMode::Flat; }
+  const std::vector<float>& flat_grads() const;
+  // The bf16 copy in table layout (stages 0–2) or shard layout (3); Precision::Bf16 only.
+  const std::vector<bf16>& compute_copy() const;
   void zero_grads();
-  // After all micro-batches: sums gradients over their groups; returns the global L2 norm (each shard once).
+  // After all micro-batches: sums gradients over their groups (stages 0–1; 2–3 reduced during backward);
+  // returns the global L2 norm over trainable entries (each shard once).
   double reduce_grads();
   void scale_grads(float coef);
-  // One AdamW update (t 1-based) of this rank's shard, then (stages 1–2) all-gathers the parameters.
+  // One AdamW update (t 1-based) of this rank's trainable shard, then (stages 1–2) all-gathers the
+  // parameters, then refreshes the bf16 copy.
   void adamw(const TrainConfig& t, double lr, long step);
 
   // Pieces of this rank's state for checkpoint I/O, as flat ranges of logical tensors.
   // Write: every element of every tensor belongs to exactly one rank. Read: what this rank must hold.
+  // Moments only for trainable entries.
   enum class PieceUse { Write, Read };
   void checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model, std::vector<TensorPiece>& exp_avg,
                          std::vector<TensorPiece>& exp_avg_sq);
-  // After a checkpoint read into the pieces: refresh derived copies (ZeRO-3 gather cache).
+  // After a checkpoint read into the pieces: refresh derived copies (ZeRO-3 gather cache, bf16 copy).
   void after_load();
 
   StateBytes bytes() const;
   int stage() const { return stage_; }
+  Precision precision() const { return precision_; }
 
  private:
-  struct Segment {
-    int unit;
-    bool expert;
-    i64 begin, end;      // in table coordinates (padded)
-    Communicator* group; // world (dense) or edp (experts)
-    i64 chunk;           // elements per shard
-    i64 mine;            // first element of this rank's chunk (table coordinates)
-    i64 shard_off;       // offset of this chunk in the shard buffers
+  // Flat: the model accumulates into the full local gradient buffer (stages 0–1, nothing frozen).
+  // SlotSum: unit slots, trainable elements summed into a compact buffer, all-reduced at reduce_grads (0–1).
+  // SlotReduceScatter: unit slots reduce-scattered into the trainable shard at grads_done (2–3).
+  enum class GradMode { Flat, SlotSum, SlotReduceScatter };
+  struct Run {
+    i64 src, dst, n;  // src: from the segment's start in a unit slot; dst: in the target (see Segment::runs)
   };
-  class Zero3Access;
-  friend class Zero3Access;
+  struct Segment {
+    int unit = 0;
+    bool expert = false;
+    i64 begin = 0, end = 0;        // in table coordinates (padded)
+    Communicator* group = nullptr; // world (dense) or edp (experts)
+    int gsize = 1, grank = 0;      // the group as sharding sees it (1, 0 under stage 0)
+    i64 chunk = 0;                 // elements per shard
+    i64 mine = 0;                  // first element of this rank's chunk (table coordinates)
+    i64 shard_off = 0;             // offset of this chunk in the parameter shard (stage 3)
+    i64 live_mine = 0;             // elements of this rank's chunk outside frozen entries (padding counts)
+    i64 mom_off = 0;               // offset of those in the moments (and, stages 2–3, the gradient shard)
+    i64 gsum_off = 0, gsum_n = 0;  // SlotSum: the segment's non-frozen elements in the compact gradients
+    bool has_frozen = false;
+    i64 pack = 0;                  // SlotReduceScatter with frozen entries: elements per rank block
+    std::vector<Run> runs;         // SlotSum: slot → compact gradients; SlotReduceScatter+frozen: slot packing
+                                   // (src < 0: zero-fill n elements at dst)
+    std::vector<std::pair<i64, i64>> frozen;  // frozen entries' [begin, end), ascending
+    i64 live(i64 a, i64 b) const;  // elements of [a, b) outside frozen entries
+  };
+  struct Layout {
+    GradMode mode = GradMode::Flat;
+    std::vector<Segment> segs;
+    std::vector<std::vector<int>> unit_segs;  // [unit] → indices into segs
+    i64 full = 0, shard = 0, moments = 0, gsum = 0, max_unit = 0;
+    int grad_slots = 0;
+  };
+  static Layout make_layout(const ParamTable& table, int stage, int world, int world_rank, int edp, int edp_rank);
+  static StateBytes bytes_of(const Layout& lay, int stage, Precision precision);
+
+  template <typename T>
+  class Gatherer;
+  template <typename T>
+  class Access;
+
+  float* unit_grads(int unit);
+  void unit_grads_done(int unit);
+  void refresh_copy();
+  void invalidate_gathers();
 
   const ParamTable& table_;
   int stage_;
+  Precision precision_;
   Communicator& world_;
   Communicator& edp_;
   Communicator& ep_;
-  std::vector<Segment> segs_;
-  i64 shard_total_ = 0;
-  std::vector<float> params_, grads_;       // full table layout (stages 0–2)
-  std::vector<float> pshard_, gshard_;      // shard layout (pshard: stage 3; gshard: stages 2–3)
-  std::vector<float> exp_avg_, exp_avg_sq_; // shard layout (stage 0: the whole table is "the shard")
-  std::unique_ptr<FlatParamAccess<float>> flat_;
-  std::unique_ptr<Zero3Access> z3_;
+  Layout lay_;
+  GradMode mode_;
+  std::vector<float> params_, grads_;       // full table layout (params_: stages 0–2; grads_: Flat)
+  std::vector<float> pshard_;               // stage 3
+  std::vector<float> gacc_;                 // SlotSum: compact non-frozen; SlotReduceScatter: trainable shard
+  std::vector<float> exp_avg_, exp_avg_sq_; // this rank's non-frozen chunk elements (stage 0: whole segments)
+  std::vector<bf16> copy_;                  // bf16 copy (Precision::Bf16): table layout (0–2) or shard (3)
+  struct GSlot {
+    int unit = -1;
+    std::vector<float> buf;
+  };
+  std::vector<GSlot> gslots_;
+  std::vector<AdamWPiece> pieces_;          // AdamW ranges of trainable entries in this rank's chunks
+  std::unique_ptr<Access<float>> acc32_;
+  std::unique_ptr<Access<bf16>> acc16_;
 };
 
 }  // namespace moe

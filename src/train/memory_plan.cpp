@@ -1,4 +1,5 @@
-// Owns the dry-run memory arithmetic (fp32 master weights, grads, two AdamW moments, ZeRO shards, activations).
+// Owns the dry-run memory plan: state bytes from ParamState's own sizing function, activations from the model's
+// arena plan, plus data and start-up staging.
 #include "train/memory_plan.h"
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 
 #include "core/error.h"
 #include "model/model.h"
+#include "parallel/zero.h"
 
 namespace moe {
 
@@ -15,6 +17,7 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   p.world = world;
   p.ep = cfg.parallel.ep;
   p.zero = cfg.parallel.zero;
+  MT_INPUT_CHECK(p.zero >= 0 && p.zero <= 3, "parallel.zero = ", p.zero, " must be 0..3");
   const ModelConfig& m = cfg.model;
   MT_INPUT_CHECK(world % p.ep == 0 && m.num_experts % p.ep == 0, "parallel.ep = ", p.ep,
                  " must divide the number of ranks (", world, ") and model.num_experts (", m.num_experts, ")");
@@ -34,16 +37,14 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   const i64 per_expert = 3 * i64(m.hidden_size) * m.expert_width();
   p.active_params = p.params - i64(model.num_moe_layers()) * (m.num_experts - m.top_k) * per_expert;
   const i64 full = t.total_numel();
-  i64 shard_elems = 0, max_unit = 0;
-  for (const ParamUnit& u : t.units()) {
-    shard_elems += (u.expert_begin - u.begin) / dpad + (u.end - u.expert_begin) / xpad;
-    max_unit = std::max(max_unit, u.size());
-  }
-  if (p.zero == 0) shard_elems = full;
-  p.weight_bytes = 4 * (p.zero == 3 ? shard_elems : full);
-  p.grad_bytes = 4 * (p.zero == 3 ? shard_elems : full + (p.zero == 2 ? shard_elems : 0));
-  p.optim_bytes = 8 * shard_elems;
-  p.working_bytes = p.zero == 3 ? 4 * (5 * max_unit) : 0;  // 3 parameter slots + 2 gradient slots
+  p.precision = cfg.train.precision;
+  const StateBytes sb = ParamState::plan_bytes(t, p.zero, world, edp, p.precision);
+  p.weight_bytes = sb.params;
+  p.grad_bytes = sb.grads;
+  p.optim_bytes = sb.optimizer;
+  p.copy_bytes = sb.compute_copy;
+  p.grad_slot_bytes = sb.grad_slots;
+  p.working_bytes = sb.working;
   p.activation_bytes = model.activation_bytes();
   p.data_bytes = 4 * data_tokens;
   p.staging_bytes = 4 * full;  // Trainer::init_params fills the whole local table before ParamState shards it
@@ -86,19 +87,28 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
      << " layers, hidden " << cfg.model.hidden_size << ", " << cfg.model.num_experts << " experts, top-" << cfg.model.top_k << "\n";
   os << "parameters: " << p.params << " (" << human_count(p.params) << "), active per token: " << p.active_params << " ("
      << human_count(p.active_params) << ")\n";
-  // This build computes and stores everything in fp32 (check_supported refuses train.precision: bf16).
-  os << "precision: fp32 (weights, gradients, AdamW moments, activations and compute)";
-  if (cfg.train.precision != Precision::Fp32) os << "; train.precision: bf16 is not implemented yet";
-  os << "\n";
-  const i64 logical_state = 16 * p.params;  // fp32 weights + grads + two AdamW moments of the whole model
+  const bool bf = p.precision == Precision::Bf16;
+  if (bf)
+    os << "precision: bf16 (fp32 master weights, fp32 gradients, fp32 AdamW moments; bf16 weight copy and activations)\n";
+  else
+    os << "precision: fp32 (weights, gradients, AdamW moments, activations and compute)\n";
+  // fp32 weights + grads + two AdamW moments (+ the bf16 copy) of the whole model
+  const i64 logical_state = (bf ? 18 : 16) * p.params;
   os << "memory plan per rank: world " << p.world << " = ep " << p.ep << " x expert-dp " << p.world / p.ep << ", ZeRO-"
      << p.zero << "\n";
   os << "  weights          " << human_bytes(p.weight_bytes) << "\n";
   os << "  gradients        " << human_bytes(p.grad_bytes) << "\n";
   os << "  optimizer (AdamW m, v) " << human_bytes(p.optim_bytes) << "\n";
+  if (bf) os << "  bf16 weight copy " << human_bytes(p.copy_bytes) << "  (the model's weights, refreshed after each update)\n";
   os << "  state subtotal   " << human_bytes(p.state()) << "  (" << double(p.state()) / (double(logical_state) / p.world)
      << " x whole-model state / world)\n";
-  if (p.working_bytes) os << "  ZeRO-3 working   " << human_bytes(p.working_bytes) << "  (unit gathers + gradient reduce)\n";
+  if (p.working_bytes) {
+    if (p.zero == 3)
+      os << "  ZeRO-3 working   " << human_bytes(p.working_bytes) << "  (unit gathers + " << human_bytes(p.grad_slot_bytes)
+         << " unit gradient slots)\n";
+    else
+      os << "  gradient slots   " << human_bytes(p.working_bytes) << "  (unit gradients before their reduce-scatter)\n";
+  }
   os << "  activations      " << human_bytes(p.activation_bytes) << "  (micro_batch " << cfg.train.micro_batch << " x seq_len "
      << cfg.train.seq_len << ")\n";
   if (p.data_bytes) os << "  data tokens      " << human_bytes(p.data_bytes) << "  (" << human_count(p.data_bytes / 4) << " tokens as int32)\n";

@@ -1,4 +1,5 @@
-// Owns the per-rank memory plan printed by --dry-run: weights, grads, optimizer state, ZeRO working buffers, activations.
+// Owns the per-rank memory plan printed by --dry-run: weights, grads, optimizer state, bf16 weight copy, ZeRO
+// working buffers, activations.
 #pragma once
 #include <string>
 
@@ -9,14 +10,17 @@ namespace moe {
 
 struct MemoryPlan {
   int world = 1, ep = 1, zero = 0;
+  Precision precision = Precision::Fp32;
   i64 params = 0;            // logical parameter count of the whole model
   i64 active_params = 0;     // parameters a token touches (top-k experts)
-  i64 weight_bytes = 0, grad_bytes = 0, optim_bytes = 0;  // per rank, persistent
-  i64 working_bytes = 0;     // per rank, ZeRO-3 gather/reduce buffers
+  i64 weight_bytes = 0, grad_bytes = 0, optim_bytes = 0;  // per rank, persistent (fp32)
+  i64 copy_bytes = 0;        // per rank, persistent: the bf16 weight copy (train.precision: bf16)
+  i64 grad_slot_bytes = 0;   // per rank: unit gradient slots (ZeRO-2/3) before their reduce-scatter
+  i64 working_bytes = 0;     // per rank, every working buffer: ZeRO-3 gather slots + grad_slot_bytes
   i64 activation_bytes = 0;  // per rank
   i64 data_bytes = 0;        // per rank: the token stream as int32 (every rank holds the whole file)
   i64 staging_bytes = 0;     // per rank, start-up only: the fp32 weights staged before sharding (init / HF load)
-  i64 state() const { return weight_bytes + grad_bytes + optim_bytes; }
+  i64 state() const { return weight_bytes + grad_bytes + optim_bytes + copy_bytes; }
   i64 total() const { return state() + working_bytes + activation_bytes + data_bytes + staging_bytes; }
 };
 
@@ -26,8 +30,8 @@ std::string human_count(i64 n);
 std::string human_bytes(i64 b);
 
 // Sizes everything from the config without allocating (model shape already resolved), for rank 0 of a
-// run with `world` ranks, parallel.ep and parallel.zero from the config. Mirrors ParamState's buffers;
-// data_tokens (the length of data.path, 0 if unknown) sizes the token stream every rank holds.
+// run with `world` ranks, parallel.ep, parallel.zero and train.precision from the config. State bytes come
+// from ParamState::plan_bytes, the function ParamState sizes its own buffers with; data_tokens (the length of data.path, 0 if unknown) sizes the token stream every rank holds.
 MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens = 0);
 std::string format_memory_plan(const Config& cfg, const MemoryPlan& p);
 

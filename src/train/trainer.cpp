@@ -223,7 +223,7 @@ StepResult Trainer::step(int s) {
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     // Name the first tensor (by table order) whose gradient is not finite; no update, no checkpoint.
     std::string where = "a gradient shard";
-    if (cfg_.parallel.zero <= 2)
+    if (state_->has_flat_grads())  // ZeRO 0-1: the full local gradients (2-3 hold shards only)
       for (const ParamInfo& p : model_->table().entries()) {
         const float* g = state_->flat_grads().data() + p.offset;
         if (!std::all_of(g, g + p.numel, [](float x) { return std::isfinite(x); })) {

@@ -329,11 +329,13 @@ case "$CASE" in
     done
     grep -qF "(12.9B)" <(run "$SRC/configs/mixtral.yaml" --dry-run --set train.device=cpu --set train.precision=fp32 \
       --set "data.path=$T/tok.bin"; cat all.txt) || fail "mixtral: active parameters not shown as 12.9B"
-    # As written (train.device: cuda, bf16, no data/train.bin): the plan, then exit 2 naming each reason.
+    # As written (train.device: cuda, bf16, no data/train.bin): the plan (bf16: fp32 master/grads/moments + the
+    # bf16 weight copy), then exit 2 naming each reason.
     run "$SRC/configs/mixtral.yaml" --dry-run
     expect_rc 2
     expect_has "(46.7B)" "a real run would stop" "train.device: cuda is not implemented yet" \
-      "train.precision: bf16 is not implemented yet" "data/train.bin"
+      "train.precision: bf16 is not implemented yet" "data/train.bin" "precision: bf16 (fp32 master weights" \
+      "bf16 weight copy"
     ;;
   dry_run_refuses)
     # What a real run refuses before step 1, a dry run refuses too (exit 2, the same reason).

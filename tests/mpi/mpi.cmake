@@ -6,10 +6,12 @@ add_executable(test_mpi_dispatch ${CMAKE_CURRENT_LIST_DIR}/test_mpi_dispatch.cpp
 target_link_libraries(test_mpi_dispatch PRIVATE moe_core GTest::gtest)
 add_executable(test_mpi_checkpoint ${CMAKE_CURRENT_LIST_DIR}/test_mpi_checkpoint.cpp)
 target_link_libraries(test_mpi_checkpoint PRIVATE moe_core GTest::gtest)
+add_executable(test_mpi_state ${CMAKE_CURRENT_LIST_DIR}/test_mpi_state.cpp)
+target_link_libraries(test_mpi_state PRIVATE moe_core GTest::gtest)
 set(MOE_MPIRUN ${MPIRUN_EXE} --oversubscribe --bind-to none)
 set(MOE_MPI_ENV "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1")
 foreach(np 2 4)
-  foreach(t test_mpi_layouts test_mpi_dispatch test_mpi_checkpoint)
+  foreach(t test_mpi_layouts test_mpi_dispatch test_mpi_checkpoint test_mpi_state)
     add_test(NAME mpi.${t}.np${np} COMMAND ${MOE_MPIRUN} -np ${np} $<TARGET_FILE:${t}>)
     set_tests_properties(mpi.${t}.np${np} PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}"
                          PROCESSORS ${np})
