@@ -108,6 +108,8 @@ struct Model<T>::Impl {
   std::byte* ws = nullptr;  // op workspace (largest query of the ops this model calls)
   MoeScratch<T> ms{};
   std::vector<std::vector<double>> aux_dp;  // [moe layer][E]
+  std::vector<ExpertWeights<T>> ew;         // [layer] local expert weights (MoE layers), repointed per call
+  std::vector<ExpertGrads<T>> eg;           // [layer] their gradients
 };
 
 template <typename T>
@@ -226,6 +228,19 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
                    });
   if (arena_.allocated()) ops_.rope_table(S.cos_t, S.sin_t, L, D, m.rope_theta);
   S.aux_dp.assign(num_moe_, std::vector<double>(E, 0.0));
+  // Per-forward results and per-layer expert tables, sized once (the step loop only overwrites them).
+  last_.router.assign(num_moe_, RouterStats{});
+  for (RouterStats& r : last_.router) {
+    r.routed.assign(E, 0);
+    r.prob_sum.assign(E, 0.0);
+  }
+  S.ew.resize(m.num_layers);
+  S.eg.resize(m.num_layers);
+  for (int l = 0; l < m.num_layers; ++l) {
+    const size_t n = S.off[l].w1.size();
+    S.ew[l].w1.resize(n), S.ew[l].w3.resize(n), S.ew[l].w2.resize(n);
+    S.eg[l].w1.resize(n), S.eg[l].w3.resize(n), S.eg[l].w2.resize(n);
+  }
 }
 
 template <typename T>
@@ -238,24 +253,24 @@ static const acc_t<T>* gain(const T* P, i64 off) {
   return P + off;
 }
 
+// Points the cached per-layer expert tables at this call's unit base (P, G may move between calls under ZeRO-3);
+// the tables are sized once at construction, so no step allocates here.
 template <typename T>
-static ExpertWeights<T> expert_weights(const T* P, const LayerOffsets& o) {
-  ExpertWeights<T> w;
+static ExpertWeights<T>& expert_weights(ExpertWeights<T>& w, const T* P, const LayerOffsets& o) {
   for (size_t e = 0; e < o.w1.size(); ++e) {
-    w.w1.push_back(P + o.w1[e]);
-    w.w3.push_back(P + o.w3[e]);
-    w.w2.push_back(P + o.w2[e]);
+    w.w1[e] = P + o.w1[e];
+    w.w3[e] = P + o.w3[e];
+    w.w2[e] = P + o.w2[e];
   }
   return w;
 }
 
-template <typename G>
-static ExpertGrads<G> expert_grads(G* Gr, const LayerOffsets& o) {
-  ExpertGrads<G> g;
+template <typename T, typename G>
+static ExpertGrads<T>& expert_grads(ExpertGrads<T>& g, G* Gr, const LayerOffsets& o) {
   for (size_t e = 0; e < o.w1.size(); ++e) {
-    g.w1.push_back(Gr + o.w1[e]);
-    g.w3.push_back(Gr + o.w3[e]);
-    g.w2.push_back(Gr + o.w2[e]);
+    g.w1[e] = Gr + o.w1[e];
+    g.w3[e] = Gr + o.w3[e];
+    g.w2[e] = Gr + o.w2[e];
   }
   return g;
 }
@@ -296,8 +311,8 @@ void Model<T>::mlp_forward(const T* P, int l, T* out, Mode mode, MicroStats* st)
     r.layer = l;
     const float* b = bias_.empty() || bias_[o.moe_index].empty() ? nullptr : bias_[o.moe_index].data();
     auto& layer = moe_layer(o.moe_index);
-    layer.forward(out ? out : S.mlp_out, a.ln2, P + o.router, expert_weights(P, o), b, r, mode);
-    if (st) st->router.push_back(layer.stats());
+    layer.forward(out ? out : S.mlp_out, a.ln2, P + o.router, expert_weights(S.ew[l], P, o), b, r, mode);
+    if (st) st->router[o.moe_index] = layer.stats();  // same sizes every step: no allocation
   } else {
     ops_.linear_forward(a.mlp_g, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
     ops_.linear_forward(a.mlp_u, a.ln2, P + o.du, Tn, H, ID, Accumulate::Overwrite, S.ws);
@@ -342,7 +357,7 @@ void Model<T>::recompute_layer(const T* P, int l) {
 
 // contract: C4.layer C4.attention
 template <typename T>
-MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets,
+const MicroStats& Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets,
                              const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode) {
   using Dir = typename ParamAccess<T>::Direction;
   const int final_unit = m_.num_layers + 1;
@@ -355,7 +370,7 @@ MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, cons
   // Embedding.
   ops_.embedding_forward(S.acts[0].x, access.params(0, Dir::Forward) + S.embed, inputs, Tn, H);
   access.release(0);
-  MicroStats st;
+  MicroStats& st = last_;
   st.tokens = Tn;
   for (int l = 0; l < m_.num_layers; ++l) {
     const T* P = access.params(l + 1, Dir::Forward);
@@ -369,7 +384,6 @@ MicroStats Model<T>::forward(ParamAccess<T>& access, const int32_t* inputs, cons
   access.release(final_unit);
   if (m_.tie_word_embeddings) access.release(0);
   st.ce_sum = ops_.cross_entropy_forward(logits_, targets, Tn, V);
-  last_ = st;
   return st;
 }
 
@@ -465,9 +479,9 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     recompute_layer(P, l);
     // MLP block: dres is d(out); d(h) = dres + norm2ᵀ(MLPᵀ(dres)).
     if (o.moe_index >= 0) {
-      auto g = expert_grads(G, o);
       moe_layer(o.moe_index)
-          .backward(S.dln, S.dres, P + o.router, expert_weights(P, o), G + o.router, g, S.aux_dp[o.moe_index].data(),
+          .backward(S.dln, S.dres, P + o.router, expert_weights(S.ew[l], P, o), G + o.router,
+                    expert_grads(S.eg[l], G, o), S.aux_dp[o.moe_index].data(),
                     z_scale, S.ms);
     } else {
       ops_.linear_backward(S.da, G + o.dd, S.dres, a.mlp_a, P + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);

@@ -72,16 +72,17 @@ class Model {
   Recompute recompute() const { return opt_.recompute; }
 
   // inputs/targets [B·L]. bias: per MoE layer [E] selection bias (may be empty).
-  MicroStats forward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets,
-                     const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode);
+  // The result lives in the model until the next forward (no allocation per step).
+  const MicroStats& forward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets,
+                            const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode);
   // Accumulates into the unit gradients the gradient of the objective terms of this micro-batch (after forward).
   // With recompute, backward reruns parts of the last forward (same inputs, bias, RNG context and mode).
   void backward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
                 AuxForm form, const GlobalRouting* global);
 
   // Flat-buffer conveniences: params/grads [table.total_numel()].
-  MicroStats forward(const T* params, const int32_t* inputs, const int32_t* targets,
-                     const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode) {
+  const MicroStats& forward(const T* params, const int32_t* inputs, const int32_t* targets,
+                            const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode) {
     FlatParamAccess<T> a(table_, params, nullptr);
     return forward(a, inputs, targets, bias, rng, mode);
   }
@@ -118,7 +119,7 @@ class Model {
   std::vector<std::unique_ptr<MoeLayer<T>>> moe_layers_;
   std::unique_ptr<Impl> impl_;
   T* logits_ = nullptr;
-  MicroStats last_;
+  MicroStats last_;  // the last forward's result (router [num MoE layers] sized once)
   // What backward's recomputation needs of the last forward (recompute ≠ None).
   RngCtx rng_{};
   Mode mode_ = Mode::Train;

@@ -156,7 +156,8 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
     for (int a = 0; a < t.grad_accum; ++a) {
       const i64 m = i64(a) * world_ + rank_;
       load_micro(m);
-      MicroStats st = model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
+      const MicroStats& st =
+          model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
       for (int l = 0; l < Lm; ++l)
         for (int e = 0; e < E; ++e) global.routed[l][e] += double(st.router[l].routed[e]);
     }
@@ -175,7 +176,8 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
   for (int a = 0; a < t.grad_accum; ++a) {
     const i64 m = i64(a) * world_ + rank_;
     load_micro(m);
-    MicroStats st = model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
+    const MicroStats& st =
+        model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
     if (logits_out) std::copy(model_->logits(), model_->logits() + mb * L * V, logits_out->data() + m * mb * L * V);
     ce += st.ce_sum;
     aux += aux_loss_value(st, cfg_.model, cfg_.moe.aux_loss_form, use_global ? &global : nullptr);
