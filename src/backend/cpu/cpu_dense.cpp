@@ -122,8 +122,13 @@ class CpuDenseOps final : public DenseOps<T> {
     }
   }
 
+  // Small n runs serially without entering OpenMP at all (a serialized parallel region still allocates its team).
   void add(T* y, const T* a, const T* b, i64 n) override {
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    if (n <= (i64(1) << 16)) {
+      for (i64 i = 0; i < n; ++i) y[i] = T(A(a[i]) + A(b[i]));
+      return;
+    }
+#pragma omp parallel for schedule(static)
     for (i64 i = 0; i < n; ++i) y[i] = T(A(a[i]) + A(b[i]));
   }
   void copy(T* dst, const T* src, i64 n) override { std::copy(src, src + n, dst); }
