@@ -1,4 +1,4 @@
-# Owns the torch side of bench/train_throughput.sh: transformers MixtralForCausalLM fp32 training steps, timed, on the CPU.
+# Owns the torch side of bench/train_throughput.sh: transformers MixtralForCausalLM training steps (fp32, or bf16 autocast), timed, on the CPU.
 """Train transformers' MixtralForCausalLM (fp32, torch eager mode, CPU) on the same batches as
 moe-train's bench config and print the median tokens/s of the timed steps as one JSON line.
 
@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--seq", type=int, default=None, help="override train.seq_len")
     ap.add_argument("--attn", default="eager", help="attn_implementation: eager | sdpa")
     ap.add_argument("--experts-impl", default="eager", help="experts_implementation: eager | grouped_mm | batched_mm")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: forward and loss under torch.autocast('cpu', torch.bfloat16)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     with open(a.config) as f:
@@ -87,14 +89,24 @@ def main():
     def step(s):
         inp, tgt = batch(s)
         opt.zero_grad(set_to_none=True)
-        out = model(input_ids=inp, output_router_logits=True)
-        ce = torch.nn.functional.cross_entropy(out.logits.view(-1, vocab), tgt.view(-1))
-        loss = ce + aux_coef * out.aux_loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            out = model(input_ids=inp, output_router_logits=True)
+            ce = torch.nn.functional.cross_entropy(out.logits.view(-1, vocab).float(), tgt.view(-1))
+            loss = ce + aux_coef * out.aux_loss.float()
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         return float(loss.detach())
+
+    # Model FLOPs per trained token: 6 x active non-embedding parameters (forward 2, backward 4) plus causal
+    # attention scores and P.V: 6 x layers x L x NH x D (half of the 12·layers·L·d of full attention).
+    H, I, nl = int(m["hidden_size"]), int(m["intermediate_size"]), int(m["num_layers"])
+    NH, NKV, E, K = int(m["num_heads"]), int(m["num_kv_heads"]), int(m["num_experts"]), int(m["top_k"])
+    D = H // NH
+    attn_params = H * NH * D + 2 * H * NKV * D + NH * D * H
+    active = nl * (attn_params + H * E + K * 3 * H * I) + H * vocab  # + lm_head (the embedding gather is free)
+    flops_per_token = 6 * active + 6 * nl * L * NH * D
 
     times = []
     losses = []
@@ -110,6 +122,7 @@ def main():
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "attn": attn_used, "experts": experts_used,
         "params": sum(p.numel() for p in model.parameters()), "batch": B, "seq": L,
+        "precision": a.precision, "flops_per_token": flops_per_token,
     }))
 
 

@@ -4,17 +4,21 @@
 # Usage: bench/train_throughput.sh [--threads N] [--warmup W] [--steps S] [--batch B] [--seq L] [--rounds R]
 #                                  [--config YAML] [--build DIR] [--python PY] [--torch-attn eager|sdpa]
 #                                  [--torch-experts eager|grouped_mm|batched_mm] [--our-env KEY=VAL]...
-#                                  [--quiet-wait SECONDS]
+#                                  [--quiet-wait SECONDS] [--precision fp32|bf16]
 # Both sides train the model of --config (default bench/bench_small.yaml) for W warm-up + S timed steps on the
 # same random uint32 token windows; each side's number is the median tokens/s of its S timed steps
 # (forward + backward + clip + AdamW; ours from run.dir/metrics.jsonl). With --rounds R > 1 the two sides
 # alternate R times and the best median of each side is reported (less sensitive to other load on the machine).
 # Before each run the script waits up to --quiet-wait s (default 60) for the CPUs to be idle.
+# --precision bf16: ours runs train.precision bf16 (docs/DESIGN.md §8), torch runs its forward and loss under
+# torch.autocast("cpu", bfloat16) (fp32 master weights, fp32 AdamW), its usual bf16 CPU recipe.
+# Both numbers are also given as model FLOP/s (6 · active non-embedding params + causal attention, per token)
+# and as a share of this machine's sgemm peak measured by bench/sgemm_peak.cpp in the same run.
 # Our run gets OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = N (plus any --our-env); torch gets set_num_threads(N).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-THREADS=2 WARMUP=2 STEPS=5 BATCH="" SEQ="" ROUNDS=1 QUIET_WAIT=60
+THREADS=2 WARMUP=2 STEPS=5 BATCH="" SEQ="" ROUNDS=1 QUIET_WAIT=60 PRECISION=fp32
 CONFIG="$ROOT/bench/bench_small.yaml"
 BUILD="$ROOT/build-bench"
 PY="${MOE_ORACLE_PY:-$HOME/.cache/moe-train/venv/bin/python}"
@@ -35,16 +39,23 @@ while [[ $# -gt 0 ]]; do
     --torch-attn) TORCH_ATTN="$2"; shift 2 ;;
     --torch-experts) TORCH_EXPERTS="$2"; shift 2 ;;
     --our-env) OUR_ENV+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --precision) PRECISION="$2"; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "train_throughput.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ "$PRECISION" == fp32 || "$PRECISION" == bf16 ]] || { echo "train_throughput.sh: --precision fp32|bf16, not '$PRECISION'" >&2; exit 2; }
 BIN="$BUILD/moe-train"
+PEAK_BIN="$BUILD/sgemm-peak"
 [[ -x "$PY" ]] || { echo "train_throughput.sh: no python at $PY (launch/test.sh creates the oracle venv; or --python)" >&2; exit 2; }
 if [[ ! -x "$BIN" ]]; then
   echo "building $BIN ..." >&2
   cmake -S "$ROOT" -B "$BUILD" -DMOE_NO_CUDA=ON >/dev/null
   cmake --build "$BUILD" -j"$THREADS" --target moe-train >/dev/null
+fi
+if [[ ! -x "$PEAK_BIN" ]]; then
+  cmake -S "$ROOT" -B "$BUILD" -DMOE_NO_CUDA=ON >/dev/null
+  cmake --build "$BUILD" -j"$THREADS" --target sgemm-peak >/dev/null
 fi
 
 # Shape from the YAML (after --batch/--seq), for the token file and the summary line.
@@ -67,7 +78,8 @@ ours_once() {
   local dir="$WORK/run"
   rm -rf "$dir"
   local sets=(--set "train.steps=$TOTAL" --set "data.path=$TOKENS" --set "data.format=tokens" --set "run.dir=$dir"
-              --set "train.micro_batch=$B" --set "train.seq_len=$L" --set "log.every=$TOTAL")
+              --set "train.micro_batch=$B" --set "train.seq_len=$L" --set "log.every=$TOTAL"
+              --set "train.precision=$PRECISION")
   env OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" "${OUR_ENV[@]}" \
     "$BIN" "$CONFIG" "${sets[@]}" >"$WORK/ours.log" 2>&1 || { cat "$WORK/ours.log" >&2; exit 1; }
   "$PY" - "$dir/metrics.jsonl" "$WARMUP" <<'EOF'
@@ -80,12 +92,12 @@ EOF
 torch_once() {
   env OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" "$PY" "$ROOT/bench/torch_train.py" --config "$CONFIG" \
     --tokens "$TOKENS" --threads "$THREADS" --warmup "$WARMUP" --steps "$STEPS" --batch "$B" --seq "$L" \
-    --attn "$TORCH_ATTN" --experts-impl "$TORCH_EXPERTS" >"$WORK/torch.json" 2>"$WORK/torch.log" \
+    --attn "$TORCH_ATTN" --experts-impl "$TORCH_EXPERTS" --precision "$PRECISION" >"$WORK/torch.json" 2>"$WORK/torch.log" \
     || { cat "$WORK/torch.log" >&2; exit 1; }
   "$PY" - "$WORK/torch.json" <<'EOF'
 import json, sys
 j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-print(j["transformers"], j["attn"], j["experts"], j["tok_per_s"],
+print(j["transformers"], j["attn"], j["experts"], j["flops_per_token"], j["tok_per_s"],
       " ".join(f"{j['batch'] * j['seq'] / t:.0f}" for t in j["step_times_s"]))
 EOF
 }
@@ -119,19 +131,26 @@ for ((r = 1; r <= ROUNDS; ++r)); do
   read -r o osteps < <(ours_once) || true
   [[ -n "${o:-}" ]] || { echo "train_throughput.sh: the moe-train run failed (log above)" >&2; exit 1; }
   wait_quiet torch
-  read -r tver tattn texp t tsteps < <(torch_once) || true
+  read -r tver tattn texp fpt t tsteps < <(torch_once) || true
   [[ -n "${t:-}" ]] || { echo "train_throughput.sh: the torch run failed (log above)" >&2; exit 1; }
   echo "round $r: moe-train steps tok/s [$osteps] median $(printf %.0f "$o") | torch steps tok/s [$tsteps] median $(printf %.0f "$t")" >&2
   best_ours="$(awk -v a="$best_ours" -v b="$o" 'BEGIN{print (b > a ? b : a)}')"
   best_torch="$(awk -v a="$best_torch" -v b="$t" 'BEGIN{print (b > a ? b : a)}')"
 done
 
+wait_quiet sgemm-peak
+peak="$(env OMP_NUM_THREADS="$THREADS" OPENBLAS_NUM_THREADS="$THREADS" "$PEAK_BIN" 2048 10 | "$PY" -c 'import json,sys; print(json.loads(sys.stdin.read())["gflops"])')"
+
 impl="eager"
 [[ "$tattn" != eager || "$texp" != eager ]] && impl="eager mode, attn $tattn, experts $texp"
+[[ "$PRECISION" == bf16 ]] && impl="$impl, autocast bf16"
 ratio="$(awk -v a="$best_ours" -v b="$best_torch" 'BEGIN{printf "%.2f", a / b}')"
 extra=""
 [[ ${#OUR_ENV[@]} -gt 0 ]] && extra=", ours with ${OUR_ENV[*]}"
-printf 'moe-train: %.0f tok/s | torch %s (transformers %s): %.0f tok/s | ratio %sx (threads=%s, hidden %s, %s layers, %s experts top-%s, %s/%s heads, seq %s, batch %s, %s warm-up + %s timed steps%s)\n' \
-  "$best_ours" "$impl" "$tver" "$best_torch" "$ratio" "$THREADS" "$H" "$NLAY" "$NE" "$TOPK" "$NH" "$NKV" "$L" "$B" \
+printf 'moe-train %s: %.0f tok/s | torch %s (transformers %s): %.0f tok/s | ratio %sx (threads=%s, hidden %s, %s layers, %s experts top-%s, %s/%s heads, seq %s, batch %s, %s warm-up + %s timed steps%s)\n' \
+  "$PRECISION" "$best_ours" "$impl" "$tver" "$best_torch" "$ratio" "$THREADS" "$H" "$NLAY" "$NE" "$TOPK" "$NH" "$NKV" "$L" "$B" \
   "$WARMUP" "$STEPS" "$extra"
+awk -v o="$best_ours" -v t="$best_torch" -v f="$fpt" -v p="$peak" 'BEGIN{
+  printf "model FLOP/s (%.3g FLOP/token): moe-train %.2f GFLOP/s = %.1f%% of sgemm peak | torch %.2f GFLOP/s = %.1f%% | sgemm peak %.1f GFLOP/s (OpenBLAS, same threads)\n",
+    f, o * f / 1e9, 100 * o * f / 1e9 / p, t * f / 1e9, 100 * t * f / 1e9 / p, p }'
 ((NOISY == 0)) || echo "note: some runs started while other processes used the CPUs (see warnings above)" >&2

@@ -8,7 +8,7 @@
 
 namespace moe {
 
-// Dense ops over storage type T (float, double, or bf16); A = acc_t<T> holds statistics, logits and weight
+// Dense ops over storage type T (float, double, or bf16); A = acc_t<T> holds statistics, norm gains and weight
 // gradients (fp32 for bf16). Every pointer lives in the backend's memory space; ops are ordered on the
 // backend's stream (the CPU runs them in call order). Shapes use the letters of core/dims.h; all row-major.
 // bf16 rounding points are the contract of docs/DESIGN.md "bf16": every T output is rounded to nearest-even
@@ -21,16 +21,14 @@ class DenseOps {
 
   // y[N,out] (+)= x[N,in] · W[out,in]ᵀ   (PyTorch nn.Linear layout)
   virtual void linear_forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc) = 0;
-  // logits[N,V] = x[N,H] · W[V,H]ᵀ with A outputs (lm_head: the loss reads fp32 logits).
-  virtual void logits_forward(A* logits, const T* x, const T* W, i64 N, i64 H, i64 V) = 0;
   // dx[N,in] (+)= dy[N,out] · W (dx may be null); dW[out,in] += dy[N,out]ᵀ · x[N,in] in A.
   virtual void linear_backward(T* dx, A* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out,
                                Accumulate dx_acc) = 0;
 
-  // y[N,C] = w[C] · x / sqrt(mean(x²) + eps); rstd[N] in A. [C4.rmsnorm]
-  virtual void rmsnorm_forward(T* y, A* rstd, const T* x, const T* w, i64 N, i64 C, double eps) = 0;
+  // y[N,C] = w[C] · x / sqrt(mean(x²) + eps); rstd[N] and the gain w in A (norm weights stay fp32). [C4.rmsnorm]
+  virtual void rmsnorm_forward(T* y, A* rstd, const T* x, const A* w, i64 N, i64 C, double eps) = 0;
   // dx[N,C] overwritten; dw[C] += Σ_rows dy · x̂.
-  virtual void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const T* w, const A* rstd, i64 N, i64 C) = 0;
+  virtual void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C) = 0;
 
   // cos/sin [L, D/2] in A (HF's fp32 rotary table); x [B·L, NHx·D] rotated in place. [C4.attention]
   virtual void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) = 0;
@@ -49,11 +47,10 @@ class DenseOps {
   virtual void swiglu_forward(T* h, const T* a, const T* b, i64 n) = 0;
   virtual void swiglu_backward(T* da, T* db, const T* dh, const T* a, const T* b, i64 n) = 0;
 
-  // Σ_t CE_t over N rows of fp32 logits [N,V] with targets [N] (target −100: ignored, contributes 0).
-  virtual double cross_entropy_forward(const A* logits, const int32_t* targets, i64 N, i64 V) = 0;
-  // dlogits[N,V] (T) = scale · (softmax(logits) − onehot); may alias logits when T == A.
-  virtual void cross_entropy_backward(T* dlogits, const A* logits, const int32_t* targets, i64 N, i64 V,
-                                      double scale) = 0;
+  // Σ_t CE_t over N rows of logits [N,V] (T, read in fp32 arithmetic or better) with targets [N].
+  virtual double cross_entropy_forward(const T* logits, const int32_t* targets, i64 N, i64 V) = 0;
+  // In place: logits [N,V] → dlogits = scale · (softmax(logits) − onehot), rounded to T.
+  virtual void cross_entropy_backward_inplace(T* logits, const int32_t* targets, i64 N, i64 V, double scale) = 0;
 
   // x[T,H] = W[ids[t], :]; dW[V,H] += rows of dx in token order (rows of pad_id skipped; −1: none skipped).
   virtual void embedding_forward(T* x, const T* W, const int32_t* ids, i64 Tn, i64 H) = 0;
