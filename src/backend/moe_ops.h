@@ -33,15 +33,17 @@ class MoeOps {
   using A = acc_t<T>;
   virtual ~MoeOps() = default;
 
-  // Router jitter: noise[n] = U(1−ε, 1+ε) from Philox(seed, RouterJitter) at (i, step, stream); xr = x · noise.
-  virtual void router_jitter(T* xr, T* noise, const T* x, i64 n, double eps, uint64_t seed, uint32_t step,
+  // Router jitter: noise[n] (A) = U(1−ε, 1+ε) from Philox(seed, RouterJitter) at (i, step, stream);
+  // xr = x · noise (rounded to T).
+  virtual void router_jitter(T* xr, A* noise, const T* x, i64 n, double eps, uint64_t seed, uint32_t step,
                              uint32_t stream) = 0;
-  // logits, probs [T,E], topk_idx, topk_w [T,K]: see moe/router.h router_forward. [C4.router]
-  virtual void router_forward(A* logits, A* probs, int* topk_idx, A* topk_w, const T* xr, const T* Wg,
+  // logits, probs [T,E], topk_idx, topk_w [T,K]: see moe/router.h router_forward. The router weight Wg [E,H] is
+  // A (fp32 under bf16, DESIGN §8): logits = xr · Wgᵀ in A. [C4.router]
+  virtual void router_forward(A* logits, A* probs, int* topk_idx, A* topk_w, const T* xr, const A* Wg,
                               const float* bias, const RouterDims& d, double temperature, TopkNorm norm) = 0;
   // See moe/router.h router_backward: dxr [T,H] overwritten, dWg [E,H] accumulated, dlogits scratch.
   virtual void router_backward(T* dxr, A* dWg, A* dlogits, const A* dtopk_w, const A* logits, const A* probs,
-                               const int* topk_idx, const A* topk_w, const T* xr, const T* Wg, const double* aux_dp,
+                               const int* topk_idx, const A* topk_w, const T* xr, const A* Wg, const double* aux_dp,
                                double z_scale, const RouterDims& d, double temperature, TopkNorm norm) = 0;
   // The router statistics of the plan's stats block: prob_sum [E] = Σ_t probs[t,e], lse_sq = Σ_t lse(logits_t)².
   virtual void router_stats(RoutingPlan& plan, const A* probs, const A* logits) = 0;
@@ -77,11 +79,14 @@ class MoeOps {
                                     const ExpertDropout& drop, const ExpertWeights<T>& w, i64 H, i64 I) = 0;
 
   // dx[n] += dxr[n] (· noise[n] when noise is non-null): the router's input gradient into the layer's.
-  virtual void add_router_grad(T* dx, const T* dxr, const T* noise, i64 n) = 0;
+  virtual void add_router_grad(T* dx, const T* dxr, const A* noise, i64 n) = 0;
 };
 
-// The CPU implementation (src/backend/cpu/cpu_moe.cpp): today's kernels of src/moe, OpenMP loops.
+// The CPU implementation: today's kernels of src/moe, OpenMP loops (src/backend/cpu/cpu_moe.cpp, float and double);
+// bf16 per DESIGN §8 with the oneDNN bf16 GEMMs of kernels/ref/gemm_ref.h (src/backend/cpu/cpu_moe_bf16.cpp).
 template <typename T>
 std::unique_ptr<MoeOps<T>> make_cpu_moe_ops();
+template <>
+std::unique_ptr<MoeOps<bf16>> make_cpu_moe_ops<bf16>();
 
 }  // namespace moe

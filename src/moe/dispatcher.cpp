@@ -127,5 +127,8 @@ template class AllToAllDispatcher<float>;
 template class AllToAllDispatcher<double>;
 template class GroupedMlpExperts<float>;
 template class GroupedMlpExperts<double>;
+template struct MoeScratch<bf16>;
+template class AllToAllDispatcher<bf16>;
+template class GroupedMlpExperts<bf16>;
 
 }  // namespace moe

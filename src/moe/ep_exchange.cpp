@@ -2,14 +2,20 @@
 #include "moe/ep_exchange.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/error.h"
 
 namespace moe {
 
+// Rows move bit for bit: bf16 rows travel as bytes (2 per element).
 template <typename T>
 static CommDtype comm_dtype() {
-  return sizeof(T) == 4 ? CommDtype::F32 : CommDtype::F64;
+  return std::is_same<T, bf16>::value ? CommDtype::U8 : sizeof(T) == 4 ? CommDtype::F32 : CommDtype::F64;
+}
+template <typename T>
+static constexpr i64 comm_elems() {
+  return std::is_same<T, bf16>::value ? i64(sizeof(T)) : 1;
 }
 
 template <typename T>
@@ -110,7 +116,7 @@ void EpExchange<T>::to_experts(T* recv, const T* send, i64 W) {
     return;
   }
   MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
-  element_layout(W, true);
+  element_layout(W * comm_elems<T>(), true);
   comm_->all_to_all_v(send, sc_.data(), sd_.data(), recv, rc_.data(), rd_.data(), comm_dtype<T>());
 }
 
@@ -121,7 +127,7 @@ void EpExchange<T>::from_experts(T* back, const T* at_experts, i64 W) {
     return;
   }
   MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
-  element_layout(W, false);
+  element_layout(W * comm_elems<T>(), false);
   comm_->all_to_all_v(at_experts, sc_.data(), sd_.data(), back, rc_.data(), rd_.data(), comm_dtype<T>());
 }
 
@@ -137,5 +143,6 @@ void EpExchange<T>::ids_to_experts(i64* recv, const i64* send) {
 
 template class EpExchange<float>;
 template class EpExchange<double>;
+template class EpExchange<bf16>;
 
 }  // namespace moe

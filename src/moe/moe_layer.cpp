@@ -27,7 +27,7 @@ MoeLayer<T>::MoeLayer(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, i64 I, const 
 
 // contract: C4.router C4.capacity C4.expert C4.combine
 template <typename T>
-void MoeLayer<T>::forward(T* out, const T* x, const T* Wg, const ExpertWeights<T>& w, const float* bias,
+void MoeLayer<T>::forward(T* out, const T* x, const A* Wg, const ExpertWeights<T>& w, const float* bias,
                           const RngCtx& rng, Mode mode) {
   x_ = x;
   const RouterDims d{Tn_, H_, E_, K_};
@@ -73,7 +73,7 @@ void MoeLayer<T>::forward(T* out, const T* x, const T* Wg, const ExpertWeights<T
 
 // Backward mirrors forward with the saved plan and exchange layout: combineᵀ → to experts → MLPᵀ → back → dispatchᵀ.
 template <typename T>
-void MoeLayer<T>::backward(T* dx, const T* dout, const T* Wg, const ExpertWeights<T>& w, A* dWg, ExpertGrads<T>& g,
+void MoeLayer<T>::backward(T* dx, const T* dout, const A* Wg, const ExpertWeights<T>& w, A* dWg, ExpertGrads<T>& g,
                            const double* aux_dp, double z_scale) {
   const RouterDims d{Tn_, H_, E_, K_};
   const T* xr = jitter_active_ ? xr_ : x_;
@@ -88,5 +88,6 @@ void MoeLayer<T>::backward(T* dx, const T* dout, const T* Wg, const ExpertWeight
 
 template class MoeLayer<float>;
 template class MoeLayer<double>;
+template class MoeLayer<bf16>;
 
 }  // namespace moe

@@ -44,11 +44,12 @@ class MoeLayer {
 
   // out [T,H] = MoE(x [T,H]); x must stay valid until backward. bias [E] (selection only) may be null.
   // w holds the local experts. Collective over the EP group.
-  void forward(T* out, const T* x, const T* Wg, const ExpertWeights<T>& w, const float* bias, const RngCtx& rng,
+  void forward(T* out, const T* x, const A* Wg, const ExpertWeights<T>& w, const float* bias, const RngCtx& rng,
                Mode mode);
 
+  // Wg [E,H] / dWg: the router weight and its gradient in A (fp32 under bf16, DESIGN §8).
   // dx [T,H] overwritten. aux_dp [E] = dLoss/dprobs[t,e] (same for every t); z_scale = dLoss/d(mean_t lse²).
-  void backward(T* dx, const T* dout, const T* Wg, const ExpertWeights<T>& w, A* dWg, ExpertGrads<T>& g,
+  void backward(T* dx, const T* dout, const A* Wg, const ExpertWeights<T>& w, A* dWg, ExpertGrads<T>& g,
                 const double* aux_dp, double z_scale);
 
   const RoutingPlan& plan() const { return plan_; }
@@ -69,7 +70,7 @@ class MoeLayer {
   const T* x_ = nullptr;   // layer input [T,H] (not owned)
   const T* xe_ = nullptr;  // rows at the experts [R,H] (the dispatcher's)
   T* xr_ = nullptr;        // [T,H] jittered router input (jitter > 0)
-  T* noise_ = nullptr;     // [T,H] jitter multipliers (jitter > 0)
+  A* noise_ = nullptr;     // [T,H] jitter multipliers (jitter > 0)
   A* logits_ = nullptr;    // [T,E]
   A* probs_ = nullptr;     // [T,E]
   A* topk_w_ = nullptr;    // [T,K]

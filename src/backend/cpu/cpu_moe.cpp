@@ -33,7 +33,7 @@ class CpuMoeOps final : public MoeOps<T> {
   using A = acc_t<T>;
   static_assert(std::is_same<A, T>::value, "the CPU MoE ops exist for float and double");
 
-  void router_jitter(T* xr, T* noise, const T* x, i64 n, double eps, uint64_t seed, uint32_t step,
+  void router_jitter(T* xr, A* noise, const T* x, i64 n, double eps, uint64_t seed, uint32_t step,
                      uint32_t stream) override {
     const Philox ph(seed, RngPurpose::RouterJitter);
 #pragma omp parallel for schedule(static)
@@ -42,12 +42,12 @@ class CpuMoeOps final : public MoeOps<T> {
       xr[i] = x[i] * noise[i];
     }
   }
-  void router_forward(A* logits, A* probs, int* topk_idx, A* topk_w, const T* xr, const T* Wg, const float* bias,
+  void router_forward(A* logits, A* probs, int* topk_idx, A* topk_w, const T* xr, const A* Wg, const float* bias,
                       const RouterDims& d, double temperature, TopkNorm norm) override {
     moe::router_forward<T>(logits, probs, topk_idx, topk_w, xr, Wg, bias, d, temperature, norm);
   }
   void router_backward(T* dxr, A* dWg, A* dlogits, const A* dtopk_w, const A* logits, const A* probs,
-                       const int* topk_idx, const A* topk_w, const T* xr, const T* Wg, const double* aux_dp,
+                       const int* topk_idx, const A* topk_w, const T* xr, const A* Wg, const double* aux_dp,
                        double z_scale, const RouterDims& d, double temperature, TopkNorm norm) override {
     moe::router_backward<T>(dxr, dWg, dlogits, dtopk_w, logits, probs, topk_idx, topk_w, xr, Wg, aux_dp, z_scale, d,
                             temperature, norm);
@@ -110,7 +110,7 @@ class CpuMoeOps final : public MoeOps<T> {
       linear_backward_ref<T>(dx + off * H, g.w3[j], db + off * I, x + off * H, w.w3[j], n, H, I, T(1));
     }
   }
-  void add_router_grad(T* dx, const T* dxr, const T* noise, i64 n) override {
+  void add_router_grad(T* dx, const T* dxr, const A* noise, i64 n) override {
     if (noise) {
       for (i64 i = 0; i < n; ++i) dx[i] += dxr[i] * noise[i];
     } else {
