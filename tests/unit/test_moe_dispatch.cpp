@@ -290,3 +290,86 @@ TEST(MoeDropout, RegeneratedMaskMatchesPairDraws) {
   combine_forward<double>(ref.data(), y.data(), tw.data(), plan, H);
   EXPECT_EQ(out, ref);
 }
+
+// ---------------------------------------------------------------- grouped experts, [w1;w3] stacked
+
+// With [w1;w3] stacked the gate and up projections run as one GEMM (and their weight gradients as one); every
+// value must be bitwise the one of the two-GEMM path (each element is the same dot product).
+template <typename T>
+void stacked_equals_separate(i64 H, i64 I, const std::vector<i64>& rows) {
+  const i64 E = i64(rows.size());
+  i64 R = 0;
+  for (i64 n : rows) R += n;
+  std::mt19937 g(17);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  auto rnd = [&](i64 n) {
+    std::vector<T> v;
+    v.resize(size_t(n));
+    for (T& f : v) f = T(nd(g));
+    return v;
+  };
+  const std::vector<T> x = rnd(R * H), dy = rnd(R * H), Wsep = rnd(E * 3 * I * H);
+  // The same weights in two layouts: separate (w1 | w2 | w3 per expert) and stacked ([w1;w3] | w2).
+  std::vector<T> Wstk(Wsep.size());
+  for (i64 e = 0; e < E; ++e) {
+    const T* s = Wsep.data() + e * 3 * I * H;
+    T* d = Wstk.data() + e * 3 * I * H;
+    std::copy(s, s + I * H, d);                              // w1
+    std::copy(s + 2 * I * H, s + 3 * I * H, d + I * H);      // w3
+    std::copy(s + I * H, s + 2 * I * H, d + 2 * I * H);      // w2
+  }
+  std::vector<RowBlock> blocks;
+  i64 row = 0;
+  for (i64 e = 0; e < E; ++e) {
+    blocks.push_back({e, row, rows[size_t(e)]});
+    row += rows[size_t(e)];
+  }
+  const auto ops = make_cpu_moe_ops<T>();
+  struct Out {
+    std::vector<T> y, dx, a, b, h, g1, g3, g2;
+  };
+  auto run = [&](const std::vector<T>& W, bool stacked) {
+    Out o;
+    o.y.resize(size_t(R * H));
+    o.dx.resize(size_t(R * H));
+    o.a.resize(size_t(R * I));
+    o.b.resize(o.a.size());
+    o.h.resize(o.a.size());
+    std::vector<T> G(W.size(), T(0)), dh(o.a.size()), da(o.a.size()), db(o.a.size());
+    ExpertWeights<T> w;
+    ExpertGrads<T> gr;
+    for (i64 e = 0; e < E; ++e) {
+      const i64 b0 = e * 3 * I * H, o3 = stacked ? I * H : 2 * I * H, o2 = stacked ? 2 * I * H : I * H;
+      w.w1.push_back(W.data() + b0);
+      w.w3.push_back(W.data() + b0 + o3);
+      w.w2.push_back(W.data() + b0 + o2);
+      gr.w1.push_back(G.data() + b0);
+      gr.w3.push_back(G.data() + b0 + o3);
+      gr.w2.push_back(G.data() + b0 + o2);
+    }
+    ExpertMlpActs<T> acts{o.a.data(), o.b.data(), o.h.data()};
+    ops->grouped_mlp_forward(o.y.data(), acts, x.data(), blocks, ExpertDropout{}, w, H, I);
+    ops->grouped_mlp_backward(o.dx.data(), gr, dh.data(), da.data(), db.data(), dy.data(), acts, x.data(), blocks,
+                              ExpertDropout{}, w, H, I);
+    for (i64 e = 0; e < E; ++e) {
+      o.g1.insert(o.g1.end(), gr.w1[size_t(e)], gr.w1[size_t(e)] + I * H);
+      o.g3.insert(o.g3.end(), gr.w3[size_t(e)], gr.w3[size_t(e)] + I * H);
+      o.g2.insert(o.g2.end(), gr.w2[size_t(e)], gr.w2[size_t(e)] + I * H);
+    }
+    return o;
+  };
+  const Out s = run(Wsep, false), k = run(Wstk, true);
+  EXPECT_EQ(k.a, s.a);
+  EXPECT_EQ(k.b, s.b);
+  EXPECT_EQ(k.y, s.y);
+  EXPECT_EQ(k.dx, s.dx);
+  EXPECT_EQ(k.g1, s.g1);
+  EXPECT_EQ(k.g3, s.g3);
+  EXPECT_EQ(k.g2, s.g2);
+}
+
+TEST(MoeExperts, StackedGateUpBitwiseEqualsSeparate) {
+  stacked_equals_separate<float>(64, 128, {1, 0, 17, 256, 3, 96});
+  stacked_equals_separate<float>(32, 24, {5, 64, 200});
+  stacked_equals_separate<double>(64, 128, {1, 17, 256, 96});
+}

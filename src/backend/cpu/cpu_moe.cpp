@@ -1,6 +1,7 @@
 // Owns the CPU MoE op table: today's src/moe kernels (router, plan, gather, combine, expert GEMMs) behind MoeOps, plus expert dropout regenerated from pair keys.
 #include <algorithm>
 #include <memory>
+#include <vector>
 
 #include "backend/moe_ops.h"
 #include "core/rng.h"
@@ -90,8 +91,18 @@ class CpuMoeOps final : public MoeOps<T> {
     for (const RowBlock& b : blocks) {
       const i64 n = b.rows, off = b.row, j = b.expert;
       if (n == 0) continue;
-      linear_forward_ref<T>(acts.a + off * I, x + off * H, w.w1[j], n, H, I);
-      linear_forward_ref<T>(acts.b + off * I, x + off * H, w.w3[j], n, H, I);
+      if (w.w3[j] == w.w1[j] + I * H) {
+        // [w1;w3] stacked: gate and up as one GEMM of width 2I (each element the same dot product as apart).
+        T* ab = ws(n * 2 * I);
+        gemm_ref<T>(ab, x + off * H, w.w1[j], n, 2 * I, H, Trans::No, Trans::Yes, H, H, 2 * I, T(1), T(0));
+        for (i64 r = 0; r < n; ++r) {
+          std::copy(ab + r * 2 * I, ab + r * 2 * I + I, acts.a + (off + r) * I);
+          std::copy(ab + r * 2 * I + I, ab + (r + 1) * 2 * I, acts.b + (off + r) * I);
+        }
+      } else {
+        linear_forward_ref<T>(acts.a + off * I, x + off * H, w.w1[j], n, H, I);
+        linear_forward_ref<T>(acts.b + off * I, x + off * H, w.w3[j], n, H, I);
+      }
       swiglu_forward_ref<T>(acts.hact + off * I, acts.a + off * I, acts.b + off * I, n * I);
       if (drop.keys) apply_dropout<T>(acts.hact, drop, off, n, I);
       linear_forward_ref<T>(y + off * H, acts.hact + off * I, w.w2[j], n, I, H);
@@ -106,11 +117,34 @@ class CpuMoeOps final : public MoeOps<T> {
       linear_backward_ref<T>(dh + off * I, g.w2[j], dy + off * H, acts.hact + off * I, w.w2[j], n, I, H);
       if (drop.keys) apply_dropout<T>(dh, drop, off, n, I);
       swiglu_backward_ref<T>(da + off * I, db + off * I, dh + off * I, acts.a + off * I, acts.b + off * I, n * I);
-      linear_backward_ref<T>(dx + off * H, g.w1[j], da + off * I, x + off * H, w.w1[j], n, H, I);
-      linear_backward_ref<T>(dx + off * H, g.w3[j], db + off * I, x + off * H, w.w3[j], n, H, I, T(1));
+      if (w.w3[j] == w.w1[j] + I * H && g.w3[j] == g.w1[j] + I * H) {
+        // dx = da·W1 + db·W3 as two GEMMs (the order of today's sum); d[w1;w3] += [da db]ᵀ·x as one.
+        linear_backward_ref<T>(dx + off * H, nullptr, da + off * I, x + off * H, w.w1[j], n, H, I);
+        linear_backward_ref<T>(dx + off * H, nullptr, db + off * I, x + off * H, w.w3[j], n, H, I, T(1));
+        T* dab = ws(n * 2 * I);
+        for (i64 r = 0; r < n; ++r) {
+          std::copy(da + (off + r) * I, da + (off + r + 1) * I, dab + r * 2 * I);
+          std::copy(db + (off + r) * I, db + (off + r + 1) * I, dab + r * 2 * I + I);
+        }
+        gemm_ref<T>(g.w1[j], dab, x + off * H, 2 * I, H, n, Trans::Yes, Trans::No, 2 * I, H, H, T(1), T(1));
+      } else {
+        linear_backward_ref<T>(dx + off * H, g.w1[j], da + off * I, x + off * H, w.w1[j], n, H, I);
+        linear_backward_ref<T>(dx + off * H, g.w3[j], db + off * I, x + off * H, w.w3[j], n, H, I, T(1));
+      }
     }
   }
   void add_router_grad(T* dx, const T* dxr, const A* noise, i64 n) override {
+    add_router_grad_impl(dx, dxr, noise, n);
+  }
+
+ private:
+  // Workspace for the stacked gate/up GEMM, grown to the largest block (allocation-free after the first step).
+  std::vector<T> ws_;
+  T* ws(i64 n) {
+    if (i64(ws_.size()) < n) ws_.resize(size_t(n));
+    return ws_.data();
+  }
+  void add_router_grad_impl(T* dx, const T* dxr, const A* noise, i64 n) {
     if (noise) {
       for (i64 i = 0; i < n; ++i) dx[i] += dxr[i] * noise[i];
     } else {
