@@ -40,6 +40,25 @@ i64 expert_capacity(double capacity_factor, i64 T, i64 K, i64 E) {
   return i64(std::ceil(capacity_factor * double(T) * double(K) / double(E)));
 }
 
+// Stable sort of b[0, n) by `before` (strict weak order), bottom-up merge sort through tmp[0, n): the same result
+// as std::stable_sort (a stable order is unique) without its temporary heap buffer.
+template <typename Less>
+static void stable_sort_with(i64* b, i64 n, i64* tmp, Less before) {
+  i64* src = b;
+  i64* dst = tmp;
+  for (i64 width = 1; width < n; width *= 2) {
+    for (i64 lo = 0; lo < n; lo += 2 * width) {
+      const i64 mid = std::min(lo + width, n), hi = std::min(lo + 2 * width, n);
+      i64 i = lo, j = mid, k = lo;
+      while (i < mid && j < hi) dst[k++] = before(src[j], src[i]) ? src[j++] : src[i++];
+      while (i < mid) dst[k++] = src[i++];
+      while (j < hi) dst[k++] = src[j++];
+    }
+    std::swap(src, dst);
+  }
+  if (src != b) std::copy(src, src + n, b);
+}
+
 // contract: C4.capacity
 template <typename Tp>
 void build_plan(RoutingPlan& p, const Tp* probs, double capacity_factor, DropPolicy policy) {
@@ -67,7 +86,9 @@ void build_plan(RoutingPlan& p, const Tp* probs, double capacity_factor, DropPol
       keep = p.capacity;
       if (policy == DropPolicy::Probs) {
         // Highest softmax prob first; stable sort keeps ties in token order (earlier token wins).
-        std::stable_sort(b, b + n, [&](i64 x, i64 y) { return probs[(x / K) * E + e] > probs[(y / K) * E + e]; });
+        // pair_row is free until pass 2: it is the merge buffer.
+        stable_sort_with(b, n, p.pair_row.data(),
+                         [&](i64 x, i64 y) { return probs[(x / K) * E + e] > probs[(y / K) * E + e]; });
       }  // Position: the bucket is already in flat token order b·L + t.
     }
     for (i64 j = 0; j < keep; ++j) p.kept[b[j]] = 1;
