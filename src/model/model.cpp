@@ -60,6 +60,7 @@ struct Model<T>::Impl {
   // Backward scratch.
   T *dres, *dtmp, *dln, *dq, *dk, *dv, *datt, *dg, *du, *da;
   MoeScratch<T> ms{};
+  std::unique_ptr<MoeOps<T>> moe_ops = make_cpu_moe_ops<T>();  // until the model holds a Backend
   std::vector<std::vector<double>> aux_dp;  // [moe layer][E]
 };
 
@@ -106,7 +107,8 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
         o.w2.push_back(rel(n.w2[e]));
       }
       o.moe_index = int(moe_layers_.size());
-      moe_layers_.push_back(std::make_unique<MoeLayer<T>>(Tn, H, E, K, I, moe, norm, shard, arena_));
+      moe_layers_.push_back(
+          std::make_unique<MoeLayer<T>>(*S.moe_ops, Tn, H, E, K, I, moe, norm, shard, S.ms, arena_));
     } else {
       o.dg = rel(n.dense_gate);
       o.du = rel(n.dense_up);
@@ -163,7 +165,7 @@ Model<T>::Model(const ModelConfig& m, const MoeConfig& moe, i64 B, i64 L, AllocP
     arena_.reserve(&S.da, Tn * ID);
   }
   if (!moe_layers_.empty())
-    MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, MoeLayer<T>::max_expert_rows(Tn, K, shard));
+    MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, moe, shard);
   arena_.allocate();
   if (arena_.allocated()) rope_table_ref<T>(S.cos_t, S.sin_t, L, D, m.rope_theta);
   S.aux_dp.assign(moe_layers_.size(), std::vector<double>(E, 0.0));
@@ -358,7 +360,7 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     if (o.moe_index >= 0) {
       auto g = expert_grads(G, o);
       moe_layers_[o.moe_index]->backward(S.dln, S.dres, P + o.router, expert_weights(P, o), G + o.router, g,
-                                         S.aux_dp[o.moe_index].data(), z_scale, S.ms);
+                                         S.aux_dp[o.moe_index].data(), z_scale);
     } else {
       linear_backward_ref<T>(S.da, G + o.dd, S.dres, a.mlp_a, P + o.dd, Tn, ID, H);
       swiglu_backward_ref<T>(S.dg, S.du, S.da, a.mlp_g, a.mlp_u, Tn * ID);
