@@ -361,9 +361,10 @@ int main(int argc, char** argv) {
   }
   const ExpertShardSpec shard{};
   Arena arena;
-  MoeLayer<float> layer(Tn, H, E, K, I, moec, TopkNorm::Renormalize, shard, arena);
+  const auto moe_ops = make_cpu_moe_ops<float>();
   MoeScratch<float> ms{};
-  MoeScratch<float>::reserve(ms, arena, Tn, H, E, K, I, MoeLayer<float>::max_expert_rows(Tn, K, shard));
+  MoeLayer<float> layer(*moe_ops, Tn, H, E, K, I, moec, TopkNorm::Renormalize, shard, ms, arena);
+  MoeScratch<float>::reserve(ms, arena, Tn, H, E, K, I, moec, shard);
   arena.allocate();
   std::vector<double> aux_dp(static_cast<size_t>(E), 1e-5);
   std::vector<float> mo(static_cast<size_t>(Tn * H)), dmo = rnd(Tn * H, 1e-3f, 16), dx(static_cast<size_t>(Tn * H));
@@ -371,7 +372,7 @@ int main(int argc, char** argv) {
     layer.forward(mo.data(), x.data(), Wg.data(), ew, nullptr, RngCtx{}, Mode::Train);
   });
   add("moe layer bwd (whole MoeLayer::backward)", NL, 0, [&] {
-    layer.backward(dx.data(), dmo.data(), Wg.data(), ew, gWg.data(), eg, aux_dp.data(), 0.0, ms);
+    layer.backward(dx.data(), dmo.data(), Wg.data(), ew, gWg.data(), eg, aux_dp.data(), 0.0);
   });
   // The pieces of the MoE layer (single process: the EP exchange is a copy and is not timed here).
   std::vector<float> lg(static_cast<size_t>(Tn * E)), pr(static_cast<size_t>(Tn * E)), tw(static_cast<size_t>(TK));

@@ -129,7 +129,7 @@ BenchWeights make_weights(const BenchArgs& a, int first, int E_local) {
 Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i64 T, i64 K, double cf) {
   const int ep = world.size(), rank = world.rank();
   const i64 H = a.H, I = a.I, E = a.E, E_local = E / ep, TK = T * K;
-  const i64 R_max = i64(ep) * TK;  // dropless worst case, as MoeLayer::max_expert_rows
+  const i64 R_max = i64(ep) * TK;  // dropless worst case (max_expert_rows with the default bound)
   const RouterDims d{T, H, E, K};
 
   // Inputs: token rows keyed by the global token index rank·T + t (seeded, never by rank alone).
@@ -160,7 +160,10 @@ Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i
   cfg.drop_policy = a.drop;
   Arena arena;
   ExpertShardSpec shard{&world, ep, int(rank * E_local), int(E_local)};
-  MoeLayer<float> layer(T, H, E, K, I, cfg, TopkNorm::Renormalize, shard, arena);
+  const auto moe_ops = make_cpu_moe_ops<float>();
+  MoeScratch<float> ms{};
+  MoeLayer<float> layer(*moe_ops, T, H, E, K, I, cfg, TopkNorm::Renormalize, shard, ms, arena);
+  MoeScratch<float>::reserve(ms, arena, T, H, E, K, I, cfg, shard);
   arena.allocate();
 
   std::vector<std::vector<double>> t(kPhases);

@@ -350,6 +350,7 @@ std::vector<Field> build_schema() {
       real_field("moe.router_temperature", MT_AT(moe.router_temperature), kPositive),
       real_field("moe.expert_dropout", MT_AT(moe.expert_dropout), kUnitCO),
       real_field("moe.bias_update_rate", MT_AT(moe.bias_update_rate), kNonNeg),
+      real_field("moe.dropless_buffer_factor", MT_AT(moe.dropless_buffer_factor), kNonNeg),  // 0 = ep
 
       int_field("parallel.ep", MT_AT(parallel.ep), 1),
       int_field("parallel.zero", MT_AT(parallel.zero), 0, 3),

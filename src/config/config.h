@@ -80,6 +80,9 @@ struct MoeConfig {
   double router_temperature = 1.0;
   double expert_dropout = 0.0;
   double bias_update_rate = 0.0;
+  // Dropless receive buffers hold factor·T·K rows per rank (0 = ep, the exact worst case); a rank that would
+  // receive more stops every rank with exit 2 naming this key. [C4.capacity]
+  double dropless_buffer_factor = 0.0;
 };
 
 struct ParallelConfig {

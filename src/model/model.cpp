@@ -169,7 +169,7 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
       // Every MoE layer has the same shapes: with recompute one layer object (one set of buffers) serves all,
       // its forward rerun in backward before each layer's backward.
       if (rc == Recompute::None || moe_layers_.empty())
-        moe_layers_.push_back(std::make_unique<MoeLayer<T>>(Tn, H, E, K, I, moe, norm, shard, arena_));
+        moe_layers_.push_back(std::make_unique<MoeLayer<T>>(*be_.moe, Tn, H, E, K, I, moe, norm, shard, S.ms, arena_));
     } else {
       o.dg = rel(n.dense_gate);
       o.du = rel(n.dense_up);
@@ -208,7 +208,7 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
     arena_.reserve(&S.da, Tn * ID);
   }
   if (!moe_layers_.empty())
-    MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, MoeLayer<T>::max_expert_rows(Tn, K, shard));
+    MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, moe, shard);
   // One workspace for every op of a step (ops run one at a time): the largest query.
   i64 ws = ops_.attention_workspace_bytes(B, L, NH, NKV, D, m.sliding_window);
   std::vector<std::pair<i64, i64>> gemms = {{H, NH * D}, {H, NKV * D}, {NH * D, H}, {H, V}};
@@ -481,8 +481,7 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     if (o.moe_index >= 0) {
       moe_layer(o.moe_index)
           .backward(S.dln, S.dres, P + o.router, expert_weights(S.ew[l], P, o), G + o.router,
-                    expert_grads(S.eg[l], G, o), S.aux_dp[o.moe_index].data(),
-                    z_scale, S.ms);
+                    expert_grads(S.eg[l], G, o), S.aux_dp[o.moe_index].data(), z_scale);
     } else {
       ops_.linear_backward(S.da, G + o.dd, S.dres, a.mlp_a, P + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
       ops_.swiglu_backward(S.dg, S.du, S.da, a.mlp_g, a.mlp_u, Tn * ID);

@@ -2,19 +2,26 @@
 #include "moe/ep_exchange.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/error.h"
 
 namespace moe {
 
+// Rows move bit for bit: bf16 rows travel as bytes (2 per element).
 template <typename T>
 static CommDtype comm_dtype() {
-  return sizeof(T) == 4 ? CommDtype::F32 : CommDtype::F64;
+  return std::is_same<T, bf16>::value ? CommDtype::U8 : sizeof(T) == 4 ? CommDtype::F32 : CommDtype::F64;
+}
+template <typename T>
+static constexpr i64 comm_elems() {
+  return std::is_same<T, bf16>::value ? i64(sizeof(T)) : 1;
 }
 
 template <typename T>
-EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width)
-    : comm_(comm), ep_(comm ? comm->size() : 1), E_(E), E_local_(E_local), max_rows_(max_rows), max_width_(max_width) {
+EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width, std::string bound_key)
+    : comm_(comm), ep_(comm ? comm->size() : 1), E_(E), E_local_(E_local), max_rows_(max_rows), max_width_(max_width),
+      bound_key_(std::move(bound_key)) {
   MT_CHECK(E % E_local == 0 && (!comm || E_local * ep_ == E), "experts ", E, " not split evenly over ep ", ep_);
   recv_counts_.assign(size_t(ep_ * E_local), 0);
   send_rows_.assign(ep_, 0);
@@ -26,28 +33,42 @@ EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, 
   sd_.assign(ep_, 0);
   rc_.assign(ep_, 0);
   rd_.assign(ep_, 0);
-  cnt_send_.assign(ep_, E_local);
-  cnt_sd_.assign(ep_, 0);
-  cnt_rc_.assign(ep_, E_local);
-  cnt_rd_.assign(ep_, 0);
-  for (int q = 0; q < ep_; ++q) cnt_sd_[q] = cnt_rd_[q] = q * E_local;
+  all_counts_.assign(size_t(ep_ * E), 0);
 }
 
 template <typename T>
-void EpExchange<T>::plan(const std::vector<i64>& counts) {
+void EpExchange<T>::check_bound(i64 rank, i64 rows) const {
+  if (rows <= max_rows_) return;
+  MT_CHECK(!bound_key_.empty(), "EP receive rows ", rows, " exceed the planned ", max_rows_);
+  MT_INPUT_FAIL(bound_key_, ": EP rank ", rank, " needs ", rows, " receive rows for its experts but its receive buffers hold ",
+                max_rows_, " rows; raise ", bound_key_, " (a factor equal to the EP size, ", ep_, ", always suffices)");
+}
+
+template <typename T>
+void EpExchange<T>::plan(const i64* counts) {
   if (ep_ == 1) {
-    local_ = counts;
+    local_.assign(counts, counts + E_local_);
     blocks_.resize(size_t(E_local_));
     recv_rows_ = 0;
     for (i64 j = 0; j < E_local_; ++j) {
       blocks_[j] = {j, recv_rows_, counts[j]};
       recv_rows_ += counts[j];
     }
+    check_bound(0, recv_rows_);
     return;
   }
-  // Counts for the experts of peer q are the contiguous slice [q·E_local, (q+1)·E_local).
-  comm_->all_to_all_v(counts.data(), cnt_send_.data(), cnt_sd_.data(), recv_counts_.data(), cnt_rc_.data(),
-                      cnt_rd_.data(), CommDtype::I64);
+  // Every rank learns every rank's counts: the receive rows of each rank are then known everywhere, so a bound
+  // exceeded anywhere stops all ranks here together.
+  comm_->all_gather(all_counts_.data(), counts, E_, CommDtype::I64);
+  const int me = comm_->rank();
+  for (int s = 0; s < ep_; ++s)
+    for (i64 j = 0; j < E_local_; ++j) recv_counts_[s * E_local_ + j] = all_counts_[s * E_ + me * E_local_ + j];
+  for (int q = 0; q < ep_; ++q) {
+    i64 rows = 0;
+    for (int s = 0; s < ep_; ++s)
+      for (i64 j = 0; j < E_local_; ++j) rows += all_counts_[s * E_ + q * E_local_ + j];
+    check_bound(q, rows);
+  }
   i64 off = 0;
   for (int q = 0; q < ep_; ++q) {
     send_off_[q] = off;
@@ -75,7 +96,6 @@ void EpExchange<T>::plan(const std::vector<i64>& counts) {
       row += recv_counts_[s * E_local_ + j];
     }
   }
-  MT_CHECK(recv_rows_ <= max_rows_, "EP receive rows ", recv_rows_, " exceed the planned ", max_rows_);
 }
 
 template <typename T>
@@ -96,7 +116,7 @@ void EpExchange<T>::to_experts(T* recv, const T* send, i64 W) {
     return;
   }
   MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
-  element_layout(W, true);
+  element_layout(W * comm_elems<T>(), true);
   comm_->all_to_all_v(send, sc_.data(), sd_.data(), recv, rc_.data(), rd_.data(), comm_dtype<T>());
 }
 
@@ -107,11 +127,22 @@ void EpExchange<T>::from_experts(T* back, const T* at_experts, i64 W) {
     return;
   }
   MT_CHECK(W <= max_width_, "exchange width ", W, " > planned ", max_width_);
-  element_layout(W, false);
+  element_layout(W * comm_elems<T>(), false);
   comm_->all_to_all_v(at_experts, sc_.data(), sd_.data(), back, rc_.data(), rd_.data(), comm_dtype<T>());
+}
+
+template <typename T>
+void EpExchange<T>::ids_to_experts(i64* recv, const i64* send) {
+  if (ep_ == 1) {
+    std::copy(send, send + recv_rows_, recv);
+    return;
+  }
+  element_layout(1, true);
+  comm_->all_to_all_v(send, sc_.data(), sd_.data(), recv, rc_.data(), rd_.data(), CommDtype::I64);
 }
 
 template class EpExchange<float>;
 template class EpExchange<double>;
+template class EpExchange<bf16>;
 
 }  // namespace moe

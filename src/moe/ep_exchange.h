@@ -1,5 +1,6 @@
 // Owns the expert-parallel token exchange: per-expert counts, all-to-all-v of rows straight into place, and the row blocks per (expert, source) — the "handle" reused by backward.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -13,12 +14,16 @@ template <typename T>
 class EpExchange {
  public:
   // comm == nullptr or size 1: identity (rows stay local, no copies beyond the permutation).
-  // max_rows · max_width bounds any exchanged buffer.
-  EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width);
+  // max_rows · max_width bounds any exchanged buffer. `bound_key` names what sets max_rows (the config key a user
+  // raises when a rank would receive more rows; empty: an internal bound).
+  EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width, std::string bound_key = "");
 
-  // From this rank's kept rows per global expert [E] (rows already grouped by expert): exchanges counts with
-  // every peer and builds the send/recv layout. Collective over the EP group.
-  void plan(const std::vector<i64>& counts);
+  // From this rank's kept rows per global expert [E] (rows already grouped by expert): all-gathers the [ep × E]
+  // count matrix so every rank knows every rank's receive rows, then builds the send/recv layout. Collective
+  // over the EP group. When any rank would receive more than max_rows rows, EVERY rank raises the same BadInput
+  // naming bound_key, the rows needed and the rows available (no rank is left waiting in a collective).
+  void plan(const i64* counts);
+  void plan(const std::vector<i64>& counts) { plan(counts.data()); }
 
   i64 recv_rows() const { return recv_rows_; }                   // R: rows this rank's experts process
   const std::vector<i64>& local_counts() const { return local_; }  // [E_local] rows per local expert
@@ -31,6 +36,8 @@ class EpExchange {
   void to_experts(T* recv, const T* send, i64 W);
   // Reverse: recv-layout rows [R,W] → back [P,W] in the sender's original row order.
   void from_experts(T* back, const T* at_experts, i64 W);
+  // Pair keys ride along with the rows: send [P] (grouped by global expert) → recv [R], same layout as to_experts.
+  void ids_to_experts(i64* recv, const i64* send);
 
   bool is_local() const { return ep_ == 1; }
 
@@ -44,9 +51,11 @@ class EpExchange {
   std::vector<i64> local_;                  // [E_local]
   std::vector<RowBlock> blocks_;            // [E_local · ep] expert-major
   std::vector<i64> sc_, sd_, rc_, rd_;      // element counts/displacements for one call
-  std::vector<i64> cnt_send_, cnt_sd_, cnt_rc_, cnt_rd_;
+  std::vector<i64> all_counts_;             // [ep · E] row s = rank s's counts per global expert
   i64 recv_rows_ = 0, max_rows_, max_width_;
+  std::string bound_key_;
   void element_layout(i64 W, bool forward);
+  void check_bound(i64 rank, i64 rows) const;
 };
 
 }  // namespace moe

@@ -130,5 +130,6 @@ void expert_mlp_backward(T* dx, ExpertGrads<T>& g, T* dh, T* da, T* db, const T*
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 #undef MOE_INSTANTIATE
+template void dispatch_gather<bf16>(bf16*, const bf16*, const RoutingPlan&, i64);
 
 }  // namespace moe

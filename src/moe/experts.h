@@ -2,6 +2,7 @@
 #pragma once
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/dims.h"
 #include "moe/plan.h"
 
@@ -13,7 +14,7 @@ struct ExpertWeights {
 };
 template <typename T>
 struct ExpertGrads {
-  std::vector<T*> w1, w3, w2;
+  std::vector<acc_t<T>*> w1, w3, w2;  // weight gradients in acc_t<T> (fp32 for bf16)
 };
 
 // Dispatch (local part): xg [P,H] = rows of x [T,H] in plan order (grouped by expert, token order within).

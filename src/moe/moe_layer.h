@@ -1,12 +1,14 @@
-// Owns one MoE block: route → plan → dispatch → experts → combine, with jitter, capacity and expert dropout [C4.router..C4.capacity].
+// Owns one MoE block: router → plan → dispatcher → experts → combine, with jitter, capacity and expert dropout [C4.router..C4.capacity].
 #pragma once
+#include <memory>
 #include <vector>
 
+#include "backend/moe_ops.h"
 #include "config/config.h"
 #include "core/arena.h"
 #include "core/rng.h"
 #include "comm/communicator.h"
-#include "moe/ep_exchange.h"
+#include "moe/dispatcher.h"
 #include "moe/experts.h"
 #include "moe/plan.h"
 #include "moe/router.h"
@@ -23,31 +25,7 @@ struct RngCtx {
   int global_micro = 0;
 };
 
-// Which experts this rank computes and with whom it exchanges tokens (expert parallelism).
-struct ExpertShardSpec {
-  Communicator* ep_comm = nullptr;  // null or size 1: all experts local (null with ep > 1: plan only)
-  int ep = 1;                       // EP group size (sizes the receive buffers)
-  int first = 0;                    // first local expert
-  int count = -1;                   // local experts (−1 = all)
-};
-
-// Scratch shared by every MoE layer's backward (sized for the largest layer).
-template <typename T>
-struct MoeScratch {
-  T* dy;       // [T·K, H] combine backward, local rows
-  T* dye;      // [R, H] expert-major
-  T* dh;       // [R, I]
-  T* da;       // [R, I]
-  T* db;       // [R, I]
-  T* dxe;      // [R, H] expert-major input grads
-  T* dxg;      // [T·K, H] back in local row order
-  T* dtopk_w;  // [T, K]
-  T* dlogits;  // [T, E]
-  T* dxr;      // [T, H]
-  static void reserve(MoeScratch& s, Arena& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, i64 R);
-};
-
-// Router statistics of one forward, reduced by the model into aux/z values and metrics.
+// Router statistics of one forward, reduced by the model into aux/z values and metrics (host copies).
 struct RouterStats {
   std::vector<i64> routed;        // [E] top-k assignments before dropping
   std::vector<double> prob_sum;   // [E] Σ_t probs[t, e]
@@ -58,43 +36,45 @@ struct RouterStats {
 template <typename T>
 class MoeLayer {
  public:
-  MoeLayer(i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm, const ExpertShardSpec& shard,
-           Arena& arena);
+  using A = acc_t<T>;
+  // Every op goes through `ops`; `scratch` (shared by the model's MoE layers) is reserved by the caller with
+  // MoeScratch::reserve for the same config and shard, and must outlive the layer.
+  MoeLayer(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm,
+           const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& arena);
 
   // out [T,H] = MoE(x [T,H]); x must stay valid until backward. bias [E] (selection only) may be null.
   // w holds the local experts. Collective over the EP group.
-  void forward(T* out, const T* x, const T* Wg, const ExpertWeights<T>& w, const float* bias, const RngCtx& rng,
+  void forward(T* out, const T* x, const A* Wg, const ExpertWeights<T>& w, const float* bias, const RngCtx& rng,
                Mode mode);
 
+  // Wg [E,H] / dWg: the router weight and its gradient in A (fp32 under bf16, DESIGN §8).
   // dx [T,H] overwritten. aux_dp [E] = dLoss/dprobs[t,e] (same for every t); z_scale = dLoss/d(mean_t lse²).
-  void backward(T* dx, const T* dout, const T* Wg, const ExpertWeights<T>& w, T* dWg, ExpertGrads<T>& g,
-                const double* aux_dp, double z_scale, MoeScratch<T>& s);
+  void backward(T* dx, const T* dout, const A* Wg, const ExpertWeights<T>& w, A* dWg, ExpertGrads<T>& g,
+                const double* aux_dp, double z_scale);
 
   const RoutingPlan& plan() const { return plan_; }
   const RouterStats& stats() const { return stats_; }
-  // Rows the experts of this rank may receive: T·K per EP rank (dropless worst case).
-  static i64 max_expert_rows(i64 Tn, i64 K, const ExpertShardSpec& shard);
+  const TokenDispatcher<T>& dispatcher() const { return *dispatcher_; }
 
  private:
+  MoeOps<T>& ops_;
   i64 Tn_, H_, E_, K_, I_;
   MoeConfig cfg_;
   TopkNorm norm_;
+  MoeScratch<T>& s_;
   RoutingPlan plan_;
-  EpExchange<T> exchange_;
+  std::unique_ptr<TokenDispatcher<T>> dispatcher_;
+  std::unique_ptr<Experts<T>> experts_;
   RouterStats stats_;
+  std::vector<i64> host_stats_;  // [PlanStatsLayout::words] the one host copy per forward
   const T* x_ = nullptr;   // layer input [T,H] (not owned)
+  const T* xe_ = nullptr;  // rows at the experts [R,H] (the dispatcher's)
   T* xr_ = nullptr;        // [T,H] jittered router input (jitter > 0)
-  T* noise_ = nullptr;     // [T,H] jitter multipliers (jitter > 0)
-  T* logits_ = nullptr;    // [T,E]
-  T* probs_ = nullptr;     // [T,E]
-  T* topk_w_ = nullptr;    // [T,K]
-  T* xg_ = nullptr;        // [T·K, H] dispatched rows, local order
-  T* xe_ = nullptr;        // [R, H] rows at the experts: source-major, grouped by local expert within
-  ExpertMlpActs<T> mlp_{}; // [R, I] each
-  T* ye_ = nullptr;        // [R, H] expert outputs, same layout as xe_
-  T* y_ = nullptr;         // [T·K, H] expert outputs back in local order
-  T* mask_local_ = nullptr;  // [T·K, I] dropout scale per local row (expert_dropout > 0)
-  T* mask_ = nullptr;        // [R, I] the same, at the experts
+  A* noise_ = nullptr;     // [T,H] jitter multipliers (jitter > 0)
+  A* logits_ = nullptr;    // [T,E]
+  A* probs_ = nullptr;     // [T,E]
+  A* topk_w_ = nullptr;    // [T,K]
+  ExpertDropout drop_{};   // keys non-null while dropout is active (Train, expert_dropout > 0)
   bool jitter_active_ = false;
 };
 

@@ -526,9 +526,10 @@ TEST(Gradcheck, MoeLayer_C4_capacity_jitter_dropout) {
     mc.router_temperature = lc.temp;
     Arena arena;
     const ExpertShardSpec all_local{};
-    MoeLayer<double> layer(Tn, H, E, K, I, mc, lc.norm, all_local, arena);
+    const auto ops = make_cpu_moe_ops<double>();
     MoeScratch<double> ms{};
-    MoeScratch<double>::reserve(ms, arena, Tn, H, E, K, I, MoeLayer<double>::max_expert_rows(Tn, K, all_local));
+    MoeLayer<double> layer(*ops, Tn, H, E, K, I, mc, lc.norm, all_local, ms, arena);
+    MoeScratch<double>::reserve(ms, arena, Tn, H, E, K, I, mc, all_local);
     arena.allocate();
 
     Vec x = randn(Tn * H, g), Wg = randn(E * H, g), R = randn(Tn * H, g), aux_dp = randn(E, g, 0.3), out(Tn * H);
@@ -576,7 +577,7 @@ TEST(Gradcheck, MoeLayer_C4_capacity_jitter_dropout) {
       gr.w3.push_back(G3[e].data());
       gr.w2.push_back(G2[e].data());
     }
-    layer.backward(dx.data(), R.data(), Wg.data(), w, dWg.data(), gr, aux_dp.data(), z_scale, ms);
+    layer.backward(dx.data(), R.data(), Wg.data(), w, dWg.data(), gr, aux_dp.data(), z_scale);
     EXPECT_GRAD(fd(x.data(), dx.data(), all_idx(x.size()), f, same), 1e-6, "moe dx");
     EXPECT_GRAD(fd(Wg.data(), dWg.data(), all_idx(Wg.size()), f, same), 1e-6, "moe dWg");
     for (i64 e = 0; e < E; ++e) {

@@ -1,4 +1,4 @@
-// Owns make_cpu_backend<T>: the host backend table (CPU dense ops; MoE ops once MoeOps has a CPU implementation).
+// Owns make_cpu_backend<T>: the host backend table (CPU dense ops and CPU MoE ops).
 #include "backend/backend.h"
 #include "backend/cpu/cpu_dense.h"
 
@@ -10,7 +10,7 @@ std::unique_ptr<Backend<T>> make_cpu_backend() {
   b->space = MemSpace::Host;
   b->stream = Stream{};  // the CPU runs every op synchronously in call order
   b->dense = make_cpu_dense_ops<T>();
-  // b->moe stays null: MoeLayer still calls the CPU functions of src/moe directly (see backend/moe_ops.h).
+  b->moe = make_cpu_moe_ops<T>();
   return b;
 }
 
