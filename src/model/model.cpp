@@ -342,7 +342,8 @@ void Model<T>::layer_forward(const T* P, int l, Mode mode, MicroStats* st) {
 
 // Reruns what the recompute mode did not keep of layer l, from what it kept, with the last forward's bias, RNG
 // context and mode: the same ops on the same inputs, so the same bits. Under EP the MoE forward repeats its
-// all-to-alls; every rank recomputes the same layers in the same order, so the collectives match. [C6.recompute]
+// all-to-alls; every rank recomputes the same layers in the same order, so the collectives match.
+// contract: C6.recompute
 template <typename T>
 void Model<T>::recompute_layer(const T* P, int l) {
   switch (opt_.recompute) {
