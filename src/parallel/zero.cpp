@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/parallel_for.h"
 
 namespace moe {
 
@@ -374,8 +375,7 @@ void ParamState::unit_grads_done(int u) {
         float* dst = gacc_.data() + seg.gsum_off + r.dst;
         const float* x = src + r.src;
         const i64 n = r.n;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-        for (i64 i = 0; i < n; ++i) dst[i] += x[i];
+        parallel_for_above(n, 65536, [&](i64 i) { dst[i] += x[i]; });
       }
       continue;
     }
@@ -394,8 +394,7 @@ void ParamState::unit_grads_done(int u) {
     seg.group->reduce_scatter_sum(mine, src, n, CommDtype::F32);
     float* dst = gacc_.data() + seg.mom_off;
     const i64 m = seg.live_mine;
-#pragma omp parallel for simd schedule(static) if (m > 65536)
-    for (i64 i = 0; i < m; ++i) dst[i] += mine[i];
+    parallel_for_above(m, 65536, [&](i64 i) { dst[i] += mine[i]; });
   }
   slot->unit = -1;
 }
