@@ -22,11 +22,7 @@ class ParamState::Gatherer {
   const T* params(int u, typename ParamAccess<T>::Direction dir) {
     Slot* sl = find(u);
     if (!sl) sl = start_gather(u);
-    if (sl->pending) {
-      for (auto& r : sl->reqs) r->wait();
-      sl->reqs.clear();
-      sl->pending = false;
-    }
+    if (sl->pending) wait_all(*sl);
     sl->refs++;
     const int next = dir == ParamAccess<T>::Direction::Forward ? u + 1 : u - 1;
     if (next >= 1 && next < int(s_.table_.units().size()) && !find(next)) start_gather(next, /*optional=*/true);
@@ -50,7 +46,8 @@ class ParamState::Gatherer {
     int unit = -1;
     int refs = 0;
     bool pending = false;
-    std::vector<std::unique_ptr<CommRequest>> reqs;
+    CommRequest reqs[2];          // one per segment of the unit (dense, expert)
+    Communicator* req_comm[2] = {};
     std::vector<T> buf;
     long last_use = 0;
   };
@@ -69,21 +66,29 @@ class ParamState::Gatherer {
       for (auto& sl : slots_)
         if (sl.refs == 0 && (!victim || sl.last_use < victim->last_use)) victim = &sl;
       MT_CHECK(victim, "no free parameter slot for unit ", u);
-      for (auto& r : victim->reqs) r->wait();
-      victim->reqs.clear();
-      victim->pending = false;
+      wait_all(*victim);
     }
     if (!victim) return nullptr;
     victim->unit = u;
     victim->last_use = ++clock_;
     victim->pending = true;
+    victim->req_comm[0] = victim->req_comm[1] = nullptr;
     const i64 base = s_.table_.units()[u].begin;
+    int k = 0;
     for (int si : s_.lay_.unit_segs[u]) {
       const Segment& seg = s_.lay_.segs[si];
-      victim->reqs.push_back(
-          seg.group->iall_gather(victim->buf.data() + (seg.begin - base), shard_ + seg.shard_off, seg.chunk, dtype_));
+      MT_CHECK(k < 2, "a unit has at most two segments");
+      victim->req_comm[k] = seg.group;
+      seg.group->iall_gather(victim->buf.data() + (seg.begin - base), shard_ + seg.shard_off, seg.chunk, dtype_,
+                             victim->reqs[k]);
+      ++k;
     }
     return victim;
+  }
+  static void wait_all(Slot& sl) {
+    for (int k = 0; k < 2; ++k)
+      if (sl.req_comm[k]) sl.req_comm[k]->wait(sl.reqs[k]);
+    sl.pending = false;
   }
 
   ParamState& s_;
