@@ -98,7 +98,7 @@ Trainer::~Trainer() = default;
 // Start-up staging one table unit at a time (memory: one fp32 unit buffer, see plan_memory's staging_bytes):
 // each unit is filled, handed to ParamState (which keeps its shard), and the buffer reused for the next.
 void Trainer::init_params() {
-  const ParamTable& table = model_->table();
+  const ParamTable& table = this->table();  // the model of either precision
   i64 max_unit = 0;
   for (const ParamUnit& u : table.units()) max_unit = std::max(max_unit, u.size());
   std::vector<float> buf(size_t(max_unit), 0.f);
