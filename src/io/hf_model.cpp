@@ -358,9 +358,11 @@ void copy_side_files(const HfExportMeta& meta, const std::string& dir) {
 
 // ---------------------------------------------------------------- weights
 
-void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTable& table, float* params) {
-  WeightSource src;
+HfWeightReader::HfWeightReader(const std::string& dir, const ModelConfig& m, const ParamTable& table)
+    : table_(table) {
+  WeightSource& src = src_;
   open_weights(dir, src);
+  copies_.resize(table.units().size());
   const bool mix = m.arch == Arch::Mixtral;
   const i64 E = m.num_experts, I = m.expert_width(), H = m.hidden_size;
 
@@ -392,22 +394,16 @@ void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTa
     return nullptr;
   };
 
-  struct Copy {
-    TensorEntry src;
-    float* dst;
-    const std::string* param;  // the table entry it fills
-  };
-  std::vector<Copy> copies;
   std::vector<std::string> missing;
-  const std::string* cur = nullptr;
-  auto add = [&](const TensorEntry& t, float* dst) {
+  const ParamInfo* cur = nullptr;
+  auto add = [&](const TensorEntry& t, i64 offset) {
     MT_INPUT_CHECK(convertible_to_f32(t.dtype), src.file_of.at(t.name)->path(), ": tensor ", t.name, " has dtype ",
                    t.dtype, "; allowed: F32, BF16, F16, F64");
-    copies.push_back({t, dst, cur});
+    copies_[size_t(cur->unit)].push_back({t, offset, &cur->name});
   };
   for (const ParamInfo& p : table.entries()) {
-    cur = &p.name;
-    float* dst = params + p.offset;
+    cur = &p;
+    const i64 dst = p.offset;
     const TensorEntry* t = src.find(p.name);
     std::string found_as = p.name;
     if (!t && mix && p.name.find(".block_sparse_moe.") != std::string::npos) {  // v5 renames the block "mlp"
@@ -446,24 +442,38 @@ void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTa
                        "tie_word_embeddings: true"
                      : "");
   }
+}
+
+void HfWeightReader::read_unit(int unit, float* dst) const {
+  MT_CHECK(unit >= 0 && size_t(unit) < copies_.size(), "HfWeightReader: unit ", unit, " out of range");
+  const WeightSource& src = src_;
+  const std::vector<Copy>& copies = copies_[size_t(unit)];
+  const i64 begin = table_.units()[size_t(unit)].begin;  // dst[0] is table element `begin`
   std::vector<i64> bad(copies.size(), -1);  // first non-finite element of each copy
 #pragma omp parallel for schedule(dynamic)
   for (long i = 0; i < long(copies.size()); ++i) {
     const Copy& c = copies[size_t(i)];
-    convert_to_f32(c.src, c.dst);
-    bad[size_t(i)] = first_non_finite(c.dst, c.src.numel());
+    float* out = dst + (c.offset - begin);
+    convert_to_f32(c.src, out);
+    bad[size_t(i)] = first_non_finite(out, c.src.numel());
   }
   for (size_t i = 0; i < copies.size(); ++i) {
     if (bad[i] < 0) continue;
     const Copy& c = copies[i];
     const i64 n = c.src.numel(), at = bad[i];
     i64 count = 0;
-    for (i64 e = 0; e < n; ++e) count += std::isfinite(c.dst[e]) ? 0 : 1;
+    const float* out = dst + (c.offset - begin);
+    for (i64 e = 0; e < n; ++e) count += std::isfinite(out[e]) ? 0 : 1;
     MT_INPUT_FAIL(src.file_of.at(c.src.name)->path(), ": tensor ", c.src.name,
                   c.src.name == *c.param ? std::string() : " (part for " + *c.param + ")", " holds ", count,
-                  " non-finite value(s) (first at flat index ", at, ": ", c.dst[at],
+                  " non-finite value(s) (first at flat index ", at, ": ", out[at],
                   "); training would carry them into the weights — fix or re-export the model");
   }
+}
+
+void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTable& table, float* params) {
+  const HfWeightReader reader(dir, m, table);
+  for (const ParamUnit& u : table.units()) reader.read_unit(int(&u - table.units().data()), params + u.begin);
 }
 
 void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTable& table, const float* params,

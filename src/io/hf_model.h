@@ -4,6 +4,7 @@
 #include <deque>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "config/config.h"
 #include "io/safetensors.h"
@@ -32,6 +33,7 @@ HfExtras read_hf_extras(const std::string& dir);
 // accepts per-expert (v4) and fused (v5: mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I],
 // with or without ".weight"; Mixtral router/experts under "mlp." instead of "block_sparse_moe.") layouts.
 // Extra tensors in the files are ignored. Missing tensors → BadInput listing up to 5 names.
+// (HfWeightReader over every unit.)
 void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTable& table, float* params);
 
 // Where each tensor of an HF model directory lives: model.safetensors, or the index and its shards (the
@@ -49,6 +51,28 @@ struct WeightSource {
 };
 // BadInput naming the directory when neither layout is there or the index is inconsistent.
 void open_weights(const std::string& dir, WeightSource& src);
+
+// load_hf_weights staged one table unit at a time (start-up memory: one unit buffer, not the whole table).
+// The constructor opens DIR once, matches every entry of `table` to its tensor and runs every name, shape,
+// dtype and missing-tensor check, with load_hf_weights's messages; read_unit then converts the tensors of one
+// unit. Files stay mapped and `table` must stay alive while this lives.
+class HfWeightReader {
+ public:
+  HfWeightReader(const std::string& dir, const ModelConfig& m, const ParamTable& table);
+  // Fills the entries of table.units()[unit] in dst [that unit's size()], table layout relative to the unit's
+  // begin (padding left as is). A tensor holding a non-finite value → BadInput naming its file and name.
+  void read_unit(int unit, float* dst) const;
+
+ private:
+  struct Copy {
+    TensorEntry src;
+    i64 offset;                // of the table entry it fills
+    const std::string* param;  // that entry's name
+  };
+  const ParamTable& table_;
+  WeightSource src_;
+  std::vector<std::vector<Copy>> copies_;  // [unit], in table entry order
+};
 
 // Where an exported config.json takes the keys that are not the architecture (token ids, max_position_embeddings,
 // rope_scaling, output_router_logits, ...) and which side files it copies (generation_config.json, tokenizer files).

@@ -126,8 +126,8 @@ ModelConfig upcycled_config(const UpcycleConfig& u, double init_std) {
 
 // ---------------------------------------------------------------- weights
 
-void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m, const ParamTable& table,
-                     float* params) {
+UpcycleReader::UpcycleReader(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m, const ParamTable& table)
+    : table_(table), noise_(u.noise), init_std_(m.init_std), seed_(seed) {
   const ModelConfig want = upcycled_config(u, m.init_std);
   MT_INPUT_CHECK(want.arch == m.arch && want.num_layers == m.num_layers && want.hidden_size == m.hidden_size &&
                      want.vocab_size == m.vocab_size && want.expert_width() == m.expert_width() &&
@@ -172,10 +172,10 @@ void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m
   }
 
   // Group this table's entries by dense source, so each dense tensor is converted once.
-  WeightSource dense;
+  WeightSource& dense = dense_;
   open_weights(u.from, dense);
   std::map<std::string, std::vector<const ParamInfo*>> by_source;
-  std::vector<const ParamInfo*> routers;
+  std::vector<const ParamInfo*>& routers = routers_;
   std::vector<std::string> missing;
   for (const ParamInfo& p : table.entries()) {
     auto it = recipe.find(p.name);
@@ -207,9 +207,20 @@ void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m
                      : "");
   }
 
-  const Philox ph(seed, RngPurpose::Upcycle);
+  for (const auto& [name, targets] : by_source)
+    sources_.push_back({name, recipe.at(targets.front()->name).expert && u.noise > 0, targets});
+}
+
+void UpcycleReader::read_unit(int unit, float* dst) const {
+  MT_CHECK(unit >= 0 && size_t(unit) < table_.units().size(), "UpcycleReader: unit ", unit, " out of range");
+  const i64 begin = table_.units()[size_t(unit)].begin;  // dst[0] is table element `begin`
+  const WeightSource& dense = dense_;
+  const Philox ph(seed_, RngPurpose::Upcycle);
   std::vector<float> buf;
-  for (const auto& [name, targets] : by_source) {
+  for (const Source& s : sources_) {
+    const std::string& name = s.name;
+    if (std::none_of(s.targets.begin(), s.targets.end(), [&](const ParamInfo* p) { return p->unit == unit; }))
+      continue;
     const TensorEntry& t = *dense.find(name);
     const i64 n = t.numel();
     buf.resize(size_t(n));
@@ -221,34 +232,42 @@ void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m
                     " non-finite value(s) (first at flat index ", at, ": ", buf[size_t(at)],
                     "); they would be copied into the MoE model — fix the dense model first");
     }
-    const bool noisy = recipe.at(targets.front()->name).expert && u.noise > 0;
+    const bool noisy = s.noisy;
     double scale = 0;
     if (noisy) {  // noise · std(W), std over the whole dense tensor (population)
       double mean = 0, var = 0;
       for (i64 i = 0; i < n; ++i) mean += buf[size_t(i)];
       mean /= double(std::max<i64>(n, 1));
       for (i64 i = 0; i < n; ++i) var += (buf[size_t(i)] - mean) * (buf[size_t(i)] - mean);
-      scale = u.noise * std::sqrt(var / double(std::max<i64>(n, 1)));
+      scale = noise_ * std::sqrt(var / double(std::max<i64>(n, 1)));
     }
-    for (const ParamInfo* p : targets) {
-      float* dst = params + p->offset;
+    for (const ParamInfo* p : s.targets) {
+      if (p->unit != unit) continue;
+      float* out = dst + (p->offset - begin);
       if (!noisy || scale == 0) {
-        std::copy(buf.begin(), buf.end(), dst);
+        std::copy(buf.begin(), buf.end(), out);
         continue;
       }
       const uint32_t stream = name_stream(p->name);
 #pragma omp parallel for schedule(static)
       for (i64 i = 0; i < n; ++i)
-        dst[i] = float(double(buf[size_t(i)]) + scale * ph.normal(uint64_t(i), stream, 0));
+        out[i] = float(double(buf[size_t(i)]) + scale * ph.normal(uint64_t(i), stream, 0));
     }
   }
   // Fresh router: N(0, init_std), sub-stream 1.
-  for (const ParamInfo* p : routers) {
-    float* dst = params + p->offset;
+  for (const ParamInfo* p : routers_) {
+    if (p->unit != unit) continue;
+    float* out = dst + (p->offset - begin);
     const uint32_t stream = name_stream(p->name);
 #pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < p->numel; ++i) dst[i] = float(m.init_std * ph.normal(uint64_t(i), stream, 1));
+    for (i64 i = 0; i < p->numel; ++i) out[i] = float(init_std_ * ph.normal(uint64_t(i), stream, 1));
   }
+}
+
+void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m, const ParamTable& table,
+                     float* params) {
+  const UpcycleReader reader(u, seed, m, table);
+  for (const ParamUnit& pu : table.units()) reader.read_unit(int(&pu - table.units().data()), params + pu.begin);
 }
 
 UpcycledModel upcycle_dense(const UpcycleConfig& u, uint64_t seed, double init_std) {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "io/hf_model.h"
 #include "model/param_table.h"
 
 namespace moe {
@@ -46,8 +47,34 @@ std::vector<int> dus_source_layers(int dense_layers, double depth_pct);
 // index = flat index; noise uses sub-stream 0, the router sub-stream 1. Every rank draws identical values.
 // With noise 0 and depth_pct 0 the MoE computes the dense model exactly (in math): all experts are equal and
 // the renormalised top-k weights sum to 1.
+// (UpcycleReader over every unit.)
 void upcycle_weights(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m, const ParamTable& table,
                      float* params);
+
+// upcycle_weights staged one table unit at a time (start-up memory: one unit buffer plus one dense tensor).
+// The constructor opens u.from once and runs every shape, dtype and missing-tensor check, with upcycle_weights's
+// messages; read_unit fills the entries of table.units()[unit] in dst [that unit's size()] (table layout
+// relative to the unit's begin, padding left as is), converting each dense source it needs (a dense tensor
+// copied into several units is converted once per unit; its noise scale is the same each time). A dense
+// tensor holding a non-finite value → BadInput naming it. `table` must stay alive while this lives.
+class UpcycleReader {
+ public:
+  UpcycleReader(const UpcycleConfig& u, uint64_t seed, const ModelConfig& m, const ParamTable& table);
+  void read_unit(int unit, float* dst) const;
+
+ private:
+  struct Source {
+    std::string name;                       // dense tensor
+    bool noisy = false;                     // expert copies with u.noise > 0
+    std::vector<const ParamInfo*> targets;  // table entries it fills, in name order
+  };
+  const ParamTable& table_;
+  double noise_ = 0, init_std_ = 0;
+  uint64_t seed_ = 0;
+  WeightSource dense_;
+  std::vector<Source> sources_;             // by dense name
+  std::vector<const ParamInfo*> routers_;   // fresh routers
+};
 
 // upcycled_config + upcycle_weights into the full logical table (build_param_table(model)).
 UpcycledModel upcycle_dense(const UpcycleConfig& u, uint64_t seed, double init_std);

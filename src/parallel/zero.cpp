@@ -324,12 +324,27 @@ void ParamState::invalidate_gathers() {
 
 void ParamState::set_params(const std::vector<float>& local_full) {
   MT_CHECK(i64(local_full.size()) == table_.total_numel(), "set_params size mismatch");
+  const std::vector<ParamUnit>& units = table_.units();
+  for (size_t u = 0; u < units.size(); ++u) set_unit_params(int(u), local_full.data() + units[u].begin);
+  finish_set_params();
+}
+
+void ParamState::set_unit_params(int unit, const float* values) {
+  const std::vector<ParamUnit>& units = table_.units();
+  MT_CHECK(unit >= 0 && size_t(unit) < units.size(), "set_unit_params: unit ", unit, " out of range");
+  const ParamUnit& pu = units[size_t(unit)];
   if (stage_ <= 2) {
-    std::copy(local_full.begin(), local_full.end(), params_.begin());
-  } else {
-    for (const Segment& s : lay_.segs)
-      std::copy(local_full.begin() + s.mine, local_full.begin() + s.mine + s.chunk, pshard_.begin() + s.shard_off);
+    std::copy(values, values + pu.size(), params_.begin() + pu.begin);
+    return;
   }
+  for (int k : lay_.unit_segs[size_t(unit)]) {
+    const Segment& s = lay_.segs[size_t(k)];
+    const float* src = values + (s.mine - pu.begin);
+    std::copy(src, src + s.chunk, pshard_.begin() + s.shard_off);
+  }
+}
+
+void ParamState::finish_set_params() {
   refresh_copy();
   invalidate_gathers();
 }

@@ -49,8 +49,15 @@ class ParamState {
   static StateBytes plan_bytes(const ParamTable& table, int stage, int world, int edp, Precision precision,
                                int world_rank = 0, int edp_rank = 0);
 
-  // Sets every local parameter from a buffer in table layout (each rank keeps its shard under stage 3).
+  // Sets every local parameter from a buffer in table layout (each rank keeps its shard under stage 3):
+  // set_unit_params for every unit, then finish_set_params.
   void set_params(const std::vector<float>& local_full);
+  // Start-up staging one unit at a time: stores what this rank keeps of table unit `unit` (all of it under
+  // stages 0–2, its shard under 3) from values [units()[unit].size()] in table layout relative to the unit's
+  // begin (padding included). After the last unit, finish_set_params() refreshes the bf16 copy and drops
+  // stale gathers; the parameters are not to be read before.
+  void set_unit_params(int unit, const float* values);
+  void finish_set_params();
   // The local parameters in table layout (stage 3 gathers every unit). Collective under stage 3.
   std::vector<float> local_params();
 

@@ -36,7 +36,6 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   p.params = build_param_table(m).tensor_numel();
   const i64 per_expert = 3 * i64(m.hidden_size) * m.expert_width();
   p.active_params = p.params - i64(model.num_moe_layers()) * (m.num_experts - m.top_k) * per_expert;
-  const i64 full = t.total_numel();
   p.precision = cfg.train.precision;
   const StateBytes sb = ParamState::plan_bytes(t, p.zero, world, edp, p.precision);
   p.weight_bytes = sb.params;
@@ -47,7 +46,12 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   p.working_bytes = sb.working;
   p.activation_bytes = model.activation_bytes();
   p.data_bytes = 4 * data_tokens;
-  p.staging_bytes = 4 * full;  // Trainer::init_params fills the whole local table before ParamState shards it
+  // Trainer::init_params stages one unit at a time in one fp32 buffer of the largest unit; upcycling also
+  // converts one dense tensor at a time (the same shape as the entries it fills).
+  i64 max_unit = 0, max_entry = 0;
+  for (const ParamUnit& u : t.units()) max_unit = std::max(max_unit, u.size());
+  for (const ParamInfo& e : t.entries()) max_entry = std::max(max_entry, e.numel);
+  p.staging_bytes = 4 * (max_unit + (cfg.upcycle.from.empty() ? 0 : max_entry));
   return p;
 }
 
@@ -112,7 +116,7 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
   os << "  activations      " << human_bytes(p.activation_bytes) << "  (micro_batch " << cfg.train.micro_batch << " x seq_len "
      << cfg.train.seq_len << ")\n";
   if (p.data_bytes) os << "  data tokens      " << human_bytes(p.data_bytes) << "  (" << human_count(p.data_bytes / 4) << " tokens as int32)\n";
-  os << "  start-up staging " << human_bytes(p.staging_bytes) << "  (fp32 weights before sharding; freed before step 1)\n";
+  os << "  start-up staging " << human_bytes(p.staging_bytes) << "  (fp32, one parameter unit at a time before sharding; freed before step 1)\n";
   os << "  total            " << human_bytes(p.total()) << "\n";
   return os.str();
 }

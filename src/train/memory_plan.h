@@ -19,7 +19,7 @@ struct MemoryPlan {
   i64 working_bytes = 0;     // per rank, every working buffer: ZeRO-3 gather slots + grad_slot_bytes
   i64 activation_bytes = 0;  // per rank
   i64 data_bytes = 0;        // per rank: the token stream as int32 (every rank holds the whole file)
-  i64 staging_bytes = 0;     // per rank, start-up only: the fp32 weights staged before sharding (init / HF load)
+  i64 staging_bytes = 0;     // per rank, start-up only: the fp32 unit buffer init / HF load / upcycling stage each unit in
   i64 state() const { return weight_bytes + grad_bytes + optim_bytes + copy_bytes; }
   i64 total() const { return state() + working_bytes + activation_bytes + data_bytes + staging_bytes; }
 };

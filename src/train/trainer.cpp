@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -93,33 +95,50 @@ Trainer::Trainer(const Config& in, Communicator& world)
 
 Trainer::~Trainer() = default;
 
+// Start-up staging one table unit at a time (memory: one fp32 unit buffer, see plan_memory's staging_bytes):
+// each unit is filled, handed to ParamState (which keeps its shard), and the buffer reused for the next.
 void Trainer::init_params() {
-  std::vector<float> local(size_t(model_->table().total_numel()), 0.f);
+  const ParamTable& table = this->table();  // the model of either precision
+  i64 max_unit = 0;
+  for (const ParamUnit& u : table.units()) max_unit = std::max(max_unit, u.size());
+  std::vector<float> buf(size_t(max_unit), 0.f);
+  std::function<void(int, float*)> fill;
+  std::unique_ptr<HfWeightReader> hf;
+  std::unique_ptr<UpcycleReader> up;
   if (!cfg_.model_init_from.empty()) {
-    load_hf_weights(cfg_.model_init_from, cfg_.model, model_->table(), local.data());
-    state_->set_params(local);
-    return;
-  }
-  if (!cfg_.upcycle.from.empty()) {
+    hf = std::make_unique<HfWeightReader>(cfg_.model_init_from, cfg_.model, table);
+    fill = [&](int unit, float* dst) { hf->read_unit(unit, dst); };
+  } else if (!cfg_.upcycle.from.empty()) {
     // Dense → MoE: expert copies of the dense MLP (+ noise), fresh routers, optional depth up-scaling.
-    upcycle_weights(cfg_.upcycle, cfg_.train.seed, cfg_.model, model_->table(), local.data());
-    state_->set_params(local);
-    return;
-  }
-  // Seeded init: N(0, init_std) for matrices, ones for norms. The stream is a hash of the HF name, so
-  // every layout (rank count, ep) draws the same values for the same tensor.
-  const Philox ph(cfg_.train.seed, RngPurpose::Init);
-  for (const ParamInfo& p : model_->table().entries()) {
-    const uint32_t stream = name_stream(p.name);
-    float* dst = local.data() + p.offset;
-    if (p.is_norm) {
-      std::fill(dst, dst + p.numel, 1.f);
-      continue;
-    }
+    up = std::make_unique<UpcycleReader>(cfg_.upcycle, cfg_.train.seed, cfg_.model, table);
+    fill = [&](int unit, float* dst) { up->read_unit(unit, dst); };
+  } else {
+    // Seeded init: N(0, init_std) for matrices, ones for norms. The stream is a hash of the HF name and the
+    // element index the tensor's own flat index, so every layout (rank count, ep, one unit at a time) draws
+    // the same values for the same tensor.
+    fill = [&](int unit, float* dst) {
+      const Philox ph(cfg_.train.seed, RngPurpose::Init);
+      const i64 begin = table.units()[size_t(unit)].begin;
+      for (const ParamInfo& p : table.entries()) {
+        if (p.unit != unit) continue;
+        float* out = dst + (p.offset - begin);
+        if (p.is_norm) {
+          std::fill(out, out + p.numel, 1.f);
+          continue;
+        }
+        const uint32_t stream = name_stream(p.name);
 #pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < p.numel; ++i) dst[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), stream, 0));
+        for (i64 i = 0; i < p.numel; ++i) out[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), stream, 0));
+      }
+    };
   }
-  state_->set_params(local);
+  for (const ParamUnit& u : table.units()) {
+    const int unit = int(&u - table.units().data());
+    std::fill(buf.begin(), buf.begin() + u.size(), 0.f);  // padding stays zero
+    fill(unit, buf.data());
+    state_->set_unit_params(unit, buf.data());
+  }
+  state_->finish_set_params();
 }
 
 // contract: C5.order C4.objective

@@ -5,11 +5,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
 
 #include "config/config.h"
+#include "core/rng.h"
 #include "train/runtime.h"
 #include "train/trainer.h"
 
@@ -160,6 +162,32 @@ TEST(Zero3, MemoryShareMeasured) {
                   world.size(), (long long)b.state(), share, (long long)b.working);
     EXPECT_LE(share, 1.1);
     EXPECT_GE(share, 0.9);  // every element is held somewhere exactly once
+  }
+  std::remove(data.c_str());
+}
+
+// Start-up staging one unit at a time (Trainer::init_params → ParamState::set_unit_params): the gathered
+// weights equal a whole-table Philox(seed, Init) draw over the logical model bitwise, at every ZeRO stage and ep.
+TEST(StartupStaging, SeededInitBitwiseWholeTable) {
+  Communicator& world = *g_rt->world;
+  const std::string data = write_tokens(world.rank());
+  for (int zero : {0, 3}) {
+    for (int ep : {1, 2}) {
+      if (world.size() % ep) continue;
+      Config cfg = parse_config(tiny_yaml(data), {"parallel.zero=" + std::to_string(zero),
+                                                  "parallel.ep=" + std::to_string(ep)}, "mpi-test");
+      Trainer tr(cfg, world);
+      const std::vector<float> got = tr.gather_full_params();
+      const ParamTable t = build_param_table(cfg.model);
+      std::vector<float> want(size_t(t.total_numel()), 0.f);
+      const Philox ph(cfg.train.seed, RngPurpose::Init);
+      for (const ParamInfo& p : t.entries())
+        for (i64 i = 0; i < p.numel; ++i)
+          want[size_t(p.offset + i)] =
+              p.is_norm ? 1.f : float(cfg.model.init_std * ph.normal(uint64_t(i), name_stream(p.name), 0));
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_EQ(std::memcmp(got.data(), want.data(), 4 * want.size()), 0) << "zero " << zero << " ep " << ep;
+    }
   }
   std::remove(data.c_str());
 }
