@@ -122,13 +122,16 @@ TEST(TrainerBf16, ModelReadsRouterAndNormGainsInFp32) {
   EXPECT_GE(touched, 2 * 5 + 1);  // per layer: 2 norms, q/k norms, router; + the final norm
   const std::vector<float> same = run(bad, master);
   EXPECT_EQ(std::memcmp(base.data(), same.data(), base.size() * 4), 0) << "the bf16 copy's gains/router were read";
-  // The fp32 values of the gains and router, rounded to bf16: the result moves (they are read unrounded).
-  std::vector<float> rounded = master;
-  for (const ParamInfo& e : t.entries())
-    if (e.is_norm || e.name.find("mlp.gate.weight") != std::string::npos)
-      for (i64 i = 0; i < e.numel; ++i) rounded[size_t(e.offset + i)] = round_bf16(rounded[size_t(e.offset + i)]);
-  const std::vector<float> moved = run(copy, rounded);
-  EXPECT_NE(std::memcmp(base.data(), moved.data(), base.size() * 4), 0) << "fp32 gains/router were not used";
+  // The fp32 values of the norm gains (then of the router weight) rounded to bf16: the result moves, so each is
+  // read unrounded.
+  for (const char* what : {"norm gains", "router weight"}) {
+    std::vector<float> rounded = master;
+    for (const ParamInfo& e : t.entries())
+      if (what[0] == 'n' ? e.is_norm : e.name.find("mlp.gate.weight") != std::string::npos)
+        for (i64 i = 0; i < e.numel; ++i) rounded[size_t(e.offset + i)] = round_bf16(rounded[size_t(e.offset + i)]);
+    const std::vector<float> moved = run(copy, rounded);
+    EXPECT_NE(std::memcmp(base.data(), moved.data(), base.size() * 4), 0) << "fp32 " << what << " not used";
+  }
 }
 
 // A bf16 run of 6 steps == 3 steps, checkpoint, resume, 3 steps: metrics and fp32 masters bitwise (the checkpoint
