@@ -39,11 +39,12 @@ inline size_t comm_dtype_bytes(CommDtype t) {
 //   the collective unless the caller waited (or made the compute stream wait on the request's event).
 // - Sums (all_reduce_sum, reduce_scatter_sum) take F32, F64 or I64; BF16 and U8 sums are refused.
 
-// Non-blocking handle; wait() completes the operation (no-op for already-complete ones).
-class CommRequest {
- public:
-  virtual ~CommRequest() = default;
-  virtual void wait() = 0;
+// A non-blocking operation's handle: a plain value the caller owns and reuses, so starting an operation allocates
+// nothing. `handle` is the backend's own (an MPI_Request, an index into the NCCL communicator's event ring); only
+// the communicator that started the operation may wait on it. wait() on an idle request returns at once.
+struct CommRequest {
+  uint64_t handle = 0;
+  bool pending = false;
 };
 
 class Communicator {
@@ -58,13 +59,15 @@ class Communicator {
 
   // In place: buf[n] = Σ over ranks.
   virtual void all_reduce_sum(void* buf, i64 n, CommDtype t) = 0;
-  virtual std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) = 0;
+  virtual void iall_reduce_sum(void* buf, i64 n, CommDtype t, CommRequest& req) = 0;
   // send[size·n] → recv[n] = Σ over ranks of chunk `rank` (equal chunks). In place when recv is this rank's
   // own chunk of send (recv == send + rank·n): the other chunks of send are then clobbered.
   virtual void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) = 0;
   // send[n] → recv[size·n], chunk r from rank r.
   virtual void all_gather(void* recv, const void* send, i64 n, CommDtype t) = 0;
-  virtual std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) = 0;
+  virtual void iall_gather(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) = 0;
+  // Completes a request this communicator started (no-op when it is not pending).
+  virtual void wait(CommRequest& req) = 0;
   // Variable all-to-all in elements: send_counts/send_displs/recv_counts/recv_displs have size() entries.
   virtual void all_to_all_v(const void* send, const i64* send_counts, const i64* send_displs, void* recv,
                             const i64* recv_counts, const i64* recv_displs, CommDtype t) = 0;

@@ -37,10 +37,13 @@ static int as_int(i64 v) {
 }
 
 namespace {
-struct MpiRequest final : CommRequest {
-  MPI_Request req = MPI_REQUEST_NULL;
-  void wait() override { MT_MPI(MPI_Wait(&req, MPI_STATUS_IGNORE)); }
-};
+// MPI_Request travels in CommRequest::handle (a handle in every MPI implementation: an int or a pointer).
+static_assert(sizeof(MPI_Request) <= sizeof(uint64_t), "MPI_Request must fit CommRequest::handle");
+void store(CommRequest& r, MPI_Request m) {
+  r.handle = 0;
+  std::memcpy(&r.handle, &m, sizeof(m));
+  r.pending = true;
+}
 
 class MpiComm final : public Communicator {
  public:
@@ -62,11 +65,12 @@ class MpiComm final : public Communicator {
     if (n == 0) return;
     MT_MPI(MPI_Allreduce(MPI_IN_PLACE, buf, as_int(n), mpi_type(t), MPI_SUM, comm_));
   }
-  std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) override {
+  void iall_reduce_sum(void* buf, i64 n, CommDtype t, CommRequest& req) override {
     check_sum_dtype(t);
-    auto r = std::make_unique<MpiRequest>();
-    if (n > 0) MT_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n), mpi_type(t), MPI_SUM, comm_, &r->req));
-    return r;
+    MT_CHECK(!req.pending, "request reused before wait()");
+    MPI_Request m = MPI_REQUEST_NULL;
+    if (n > 0) MT_MPI(MPI_Iallreduce(MPI_IN_PLACE, buf, as_int(n), mpi_type(t), MPI_SUM, comm_, &m));
+    store(req, m);
   }
   void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
     check_sum_dtype(t);
@@ -86,10 +90,18 @@ class MpiComm final : public Communicator {
     const bool in_place = send == static_cast<const char*>(recv) + size_t(rank_) * size_t(n) * bytes;
     MT_MPI(MPI_Allgather(in_place ? MPI_IN_PLACE : send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_));
   }
-  std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) override {
-    auto r = std::make_unique<MpiRequest>();
-    MT_MPI(MPI_Iallgather(send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_, &r->req));
-    return r;
+  void iall_gather(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) override {
+    MT_CHECK(!req.pending, "request reused before wait()");
+    MPI_Request m = MPI_REQUEST_NULL;
+    MT_MPI(MPI_Iallgather(send, as_int(n), mpi_type(t), recv, as_int(n), mpi_type(t), comm_, &m));
+    store(req, m);
+  }
+  void wait(CommRequest& req) override {
+    if (!req.pending) return;
+    MPI_Request m;
+    std::memcpy(&m, &req.handle, sizeof(m));
+    MT_MPI(MPI_Wait(&m, MPI_STATUS_IGNORE));
+    req.pending = false;
   }
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
                     CommDtype t) override {

@@ -33,18 +33,8 @@ static ncclDataType_t nccl_type(CommDtype t) {
 }
 
 namespace {
-// Completion of work queued on the communicator's stream.
-struct StreamRequest final : CommRequest {
-  cudaEvent_t ev = nullptr;
-  explicit StreamRequest(cudaStream_t s) {
-    MT_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-    MT_CUDA(cudaEventRecord(ev, s));
-  }
-  ~StreamRequest() override {
-    if (ev) cudaEventDestroy(ev);
-  }
-  void wait() override { MT_CUDA(cudaEventSynchronize(ev)); }
-};
+// Requests are events of a ring created once: handle = index of the event recorded after the call.
+constexpr int kRequestEvents = 16;
 
 class NcclComm final : public Communicator {
  public:
@@ -53,9 +43,11 @@ class NcclComm final : public Communicator {
     MT_NCCL(ncclCommCount(c, &size_));
     MT_CUDA(cudaMalloc(&scratch_, 8));
     MT_CUDA(cudaEventCreateWithFlags(&after_compute_, cudaEventDisableTiming));
+    for (auto& e : req_events_) MT_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   }
   ~NcclComm() override {
     cudaEventDestroy(after_compute_);
+    for (auto& e : req_events_) cudaEventDestroy(e);
     cudaFree(scratch_);
     ncclCommDestroy(comm_);
     if (owns_stream_) cudaStreamDestroy(stream_);
@@ -66,13 +58,15 @@ class NcclComm final : public Communicator {
   void set_compute_stream(void* stream) override { compute_ = static_cast<cudaStream_t>(stream); }
 
   void all_reduce_sum(void* buf, i64 n, CommDtype t) override {
-    iall_reduce_sum(buf, n, t)->wait();
+    CommRequest r;
+    iall_reduce_sum(buf, n, t, r);
+    wait(r);
   }
-  std::unique_ptr<CommRequest> iall_reduce_sum(void* buf, i64 n, CommDtype t) override {
+  void iall_reduce_sum(void* buf, i64 n, CommDtype t, CommRequest& req) override {
     check_sum_dtype(t);
     after_compute();
     MT_NCCL(ncclAllReduce(buf, buf, size_t(n), nccl_type(t), ncclSum, comm_, stream_));
-    return std::make_unique<StreamRequest>(stream_);
+    record(req);
   }
   void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
     check_sum_dtype(t);
@@ -80,11 +74,21 @@ class NcclComm final : public Communicator {
     MT_NCCL(ncclReduceScatter(send, recv, size_t(n), nccl_type(t), ncclSum, comm_, stream_));
     MT_CUDA(cudaStreamSynchronize(stream_));
   }
-  void all_gather(void* recv, const void* send, i64 n, CommDtype t) override { iall_gather(recv, send, n, t)->wait(); }
-  std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+  void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+    CommRequest r;
+    iall_gather(recv, send, n, t, r);
+    wait(r);
+  }
+  void iall_gather(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) override {
     after_compute();
     MT_NCCL(ncclAllGather(send, recv, size_t(n), nccl_type(t), comm_, stream_));
-    return std::make_unique<StreamRequest>(stream_);
+    record(req);
+  }
+  void wait(CommRequest& req) override {
+    if (!req.pending) return;
+    MT_CUDA(cudaEventSynchronize(req_events_[req.handle]));
+    req_busy_[req.handle] = false;
+    req.pending = false;
   }
   // Counts were exchanged beforehand; paired send/recv inside one group.
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
@@ -124,6 +128,19 @@ class NcclComm final : public Communicator {
     MT_CUDA(cudaEventRecord(after_compute_, compute_));
     MT_CUDA(cudaStreamWaitEvent(stream_, after_compute_, 0));
   }
+  // Records the completion of the call just queued into a free event of the ring.
+  void record(CommRequest& req) {
+    MT_CHECK(!req.pending, "request reused before wait()");
+    int k = -1;
+    for (int i = 0; i < kRequestEvents && k < 0; ++i)
+      if (!req_busy_[(next_ + i) % kRequestEvents]) k = (next_ + i) % kRequestEvents;
+    MT_CHECK(k >= 0, "more than ", kRequestEvents, " NCCL requests outstanding");
+    next_ = (k + 1) % kRequestEvents;
+    MT_CUDA(cudaEventRecord(req_events_[k], stream_));
+    req_busy_[k] = true;
+    req.handle = uint64_t(k);
+    req.pending = true;
+  }
 
   ncclComm_t comm_;
   cudaStream_t stream_;
@@ -132,6 +149,9 @@ class NcclComm final : public Communicator {
   void* scratch_ = nullptr;
   cudaStream_t compute_ = nullptr;  // the legacy default stream until set_compute_stream
   cudaEvent_t after_compute_ = nullptr;
+  cudaEvent_t req_events_[kRequestEvents] = {};
+  bool req_busy_[kRequestEvents] = {};
+  int next_ = 0;
 };
 }  // namespace
 

@@ -14,19 +14,15 @@ void check_sum_dtype(CommDtype t) {
 static size_t dtype_bytes(CommDtype t) { return comm_dtype_bytes(t); }
 
 namespace {
-struct DoneRequest final : CommRequest {
-  void wait() override {}
-};
-
 class SelfComm final : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
   MemSpace buffer_space() const override { return MemSpace::Host; }
   void all_reduce_sum(void*, i64, CommDtype t) override { check_sum_dtype(t); }
-  std::unique_ptr<CommRequest> iall_reduce_sum(void*, i64, CommDtype t) override {
+  void iall_reduce_sum(void*, i64, CommDtype t, CommRequest& req) override {
     check_sum_dtype(t);
-    return std::make_unique<DoneRequest>();
+    req.pending = false;
   }
   void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) override {
     check_sum_dtype(t);
@@ -35,10 +31,11 @@ class SelfComm final : public Communicator {
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
     if (recv != send) std::memmove(recv, send, size_t(n) * dtype_bytes(t));
   }
-  std::unique_ptr<CommRequest> iall_gather(void* recv, const void* send, i64 n, CommDtype t) override {
+  void iall_gather(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) override {
     all_gather(recv, send, n, t);
-    return std::make_unique<DoneRequest>();
+    req.pending = false;
   }
+  void wait(CommRequest& req) override { req.pending = false; }
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
                     CommDtype t) override {
     MT_CHECK(sc[0] == rc[0], "self all_to_all_v count mismatch");

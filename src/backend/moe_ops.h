@@ -67,6 +67,10 @@ class MoeOps {
   virtual void combine_backward(T* dy, A* dtopk_w, const T* dout, const T* y, const A* topk_w,
                                 const RoutingPlan& plan, i64 H) = 0;
 
+  // Sizes the ops' own scratch for layers of Tn tokens, width H, expert width I and at most R expert rows, once
+  // before step 0 (a table serving several layers keeps the largest). Ops never allocate after this.
+  virtual void reserve_workspace(i64 Tn, i64 H, i64 I, i64 R) = 0;
+
   // All local experts in one grouped call: y [R,H] = W2_j (silu(W1_j x) ⊙ W3_j x ⊙ mask) for every row block
   // (expert j); acts a, b, hact [R,I] saved. Gate and up run as one GEMM per block when w3_j == w1_j + I·H
   // ([w1;w3] stacked), else as two. [C4.expert]

@@ -11,6 +11,7 @@ MoeLayer<T>::MoeLayer(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, i64 I, const 
                       const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& a)
     : ops_(ops), Tn_(Tn), H_(H), E_(E), K_(K), I_(I), cfg_(cfg), norm_(norm), s_(scratch), plan_(Tn, E, K, a) {
   const i64 R = max_expert_rows(Tn, K, E, cfg, shard);
+  if (!a.plan_only()) ops.reserve_workspace(Tn, H, I, R);
   dispatcher_ = std::make_unique<AllToAllDispatcher<T>>(ops, Tn, H, E, K, cfg, shard, scratch, a);
   experts_ = std::make_unique<GroupedMlpExperts<T>>(ops, H, I, R, a);
   stats_.routed.assign(E, 0);

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/parallel_for.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define MOE_ADAMW_X86 1
@@ -110,11 +112,10 @@ constexpr i64 kAdamBlock = 16384;
 void adamw_update(float* p, const float* g, float* m, float* v, i64 n, const AdamWHyper& hp, long t) {
   const AdamWConsts c(hp, t);
   const i64 nb = (n + kAdamBlock - 1) / kAdamBlock;
-#pragma omp parallel for schedule(static) if (nb > 1)
-  for (i64 b = 0; b < nb; ++b) {
+  parallel_for_above(nb, 1, [&](i64 b) {
     const i64 i0 = b * kAdamBlock, k = std::min(n - i0, kAdamBlock);
     adamw_kernel(p + i0, g + i0, m + i0, v + i0, k, c.decay, 1.f, c);
-  }
+  });
 }
 
 void adamw_update_pieces(const std::vector<AdamWPiece>& pieces, const AdamWHyper& hp, long t, float grad_scale) {

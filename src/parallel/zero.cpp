@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/parallel_for.h"
 
 namespace moe {
 
@@ -22,11 +23,7 @@ class ParamState::Gatherer {
   const T* params(int u, typename ParamAccess<T>::Direction dir) {
     Slot* sl = find(u);
     if (!sl) sl = start_gather(u);
-    if (sl->pending) {
-      for (auto& r : sl->reqs) r->wait();
-      sl->reqs.clear();
-      sl->pending = false;
-    }
+    if (sl->pending) wait_all(*sl);
     sl->refs++;
     const int next = dir == ParamAccess<T>::Direction::Forward ? u + 1 : u - 1;
     if (next >= 1 && next < int(s_.table_.units().size()) && !find(next)) start_gather(next, /*optional=*/true);
@@ -50,7 +47,8 @@ class ParamState::Gatherer {
     int unit = -1;
     int refs = 0;
     bool pending = false;
-    std::vector<std::unique_ptr<CommRequest>> reqs;
+    CommRequest reqs[2];          // one per segment of the unit (dense, expert)
+    Communicator* req_comm[2] = {};
     std::vector<T> buf;
     long last_use = 0;
   };
@@ -69,21 +67,29 @@ class ParamState::Gatherer {
       for (auto& sl : slots_)
         if (sl.refs == 0 && (!victim || sl.last_use < victim->last_use)) victim = &sl;
       MT_CHECK(victim, "no free parameter slot for unit ", u);
-      for (auto& r : victim->reqs) r->wait();
-      victim->reqs.clear();
-      victim->pending = false;
+      wait_all(*victim);
     }
     if (!victim) return nullptr;
     victim->unit = u;
     victim->last_use = ++clock_;
     victim->pending = true;
+    victim->req_comm[0] = victim->req_comm[1] = nullptr;
     const i64 base = s_.table_.units()[u].begin;
+    int k = 0;
     for (int si : s_.lay_.unit_segs[u]) {
       const Segment& seg = s_.lay_.segs[si];
-      victim->reqs.push_back(
-          seg.group->iall_gather(victim->buf.data() + (seg.begin - base), shard_ + seg.shard_off, seg.chunk, dtype_));
+      MT_CHECK(k < 2, "a unit has at most two segments");
+      victim->req_comm[k] = seg.group;
+      seg.group->iall_gather(victim->buf.data() + (seg.begin - base), shard_ + seg.shard_off, seg.chunk, dtype_,
+                             victim->reqs[k]);
+      ++k;
     }
     return victim;
+  }
+  static void wait_all(Slot& sl) {
+    for (int k = 0; k < 2; ++k)
+      if (sl.req_comm[k]) sl.req_comm[k]->wait(sl.reqs[k]);
+    sl.pending = false;
   }
 
   ParamState& s_;
@@ -445,8 +451,7 @@ void ParamState::unit_grads_done(int u) {
         float* dst = gacc_.data() + seg.gsum_off + r.dst;
         const float* x = src + r.src;
         const i64 n = r.n;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-        for (i64 i = 0; i < n; ++i) dst[i] += x[i];
+        parallel_for_above(n, 65536, [&](i64 i) { dst[i] += x[i]; });
       }
       continue;
     }
@@ -465,8 +470,7 @@ void ParamState::unit_grads_done(int u) {
     seg.group->reduce_scatter_sum(mine, src, n, CommDtype::F32);
     float* dst = gacc_.data() + seg.mom_off;
     const i64 m = seg.live_mine;
-#pragma omp parallel for simd schedule(static) if (m > 65536)
-    for (i64 i = 0; i < m; ++i) dst[i] += mine[i];
+    parallel_for_above(m, 65536, [&](i64 i) { dst[i] += mine[i]; });
   }
   slot->unit = -1;
 }

@@ -155,7 +155,7 @@ void Trainer::init_params() {
 }
 
 // contract: C5.order C4.objective
-StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
+const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) {
   const auto& t = cfg_.train;
   const i64 mb = t.micro_batch, L = t.seq_len, V = cfg_.model.vocab_size;
   const i64 B = mb * t.grad_accum * world_;
@@ -179,10 +179,11 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
   };
 
   // aux_loss_scope global: a routing pre-pass over the whole global batch gives f_e before any backward. [C4.aux]
-  GlobalRouting global;
+  GlobalRouting& global = global_;
   const bool use_global = cfg_.moe.aux_loss_scope == AuxScope::Global && Lm > 0;
   if (use_global) {
-    global.routed.assign(Lm, std::vector<double>(E, 0.0));
+    global.routed.resize(size_t(Lm));
+    for (auto& l : global.routed) l.assign(size_t(E), 0.0);  // sized on the first step, then only refilled
     global.tokens = double(B * L);
     for (int a = 0; a < t.grad_accum; ++a) {
       const i64 m = i64(a) * world_ + rank_;
@@ -194,10 +195,13 @@ StepResult Trainer::compute_grads(int s, std::vector<float>* logits_out) {
     for (auto& l : global.routed) world_comm_.all_reduce_sum(l.data(), i64(l.size()));
   }
 
-  StepResult r;
+  StepResult& r = result_;
   r.step = s + 1;
   r.tokens = B * L;
-  r.expert_load.assign(Lm, std::vector<i64>(E, 0));
+  r.dropped = r.pairs = 0;
+  r.step_time_s = 0;
+  r.expert_load.resize(size_t(Lm));
+  for (auto& l : r.expert_load) l.assign(size_t(E), 0);
   double ce = 0, aux = 0, z = 0;
   LossScales sc;
   sc.ce = 1.0 / N;
@@ -234,7 +238,8 @@ void Trainer::reduce_stats(StepResult& r, double& ce, double& aux, double& z) {
   ce = sums[0];
   aux = sums[1];
   z = sums[2];
-  std::vector<int64_t> counts;
+  std::vector<int64_t>& counts = stat_counts_;
+  counts.clear();  // keeps its capacity: allocated on the first step only
   for (const auto& l : r.expert_load) counts.insert(counts.end(), l.begin(), l.end());
   counts.push_back(r.dropped);
   counts.push_back(r.pairs);
@@ -247,9 +252,10 @@ void Trainer::reduce_stats(StepResult& r, double& ce, double& aux, double& z) {
 }
 
 // contract: C5.clip C5.adamw C4.biasbalance
-StepResult Trainer::step(int s) {
+const StepResult& Trainer::step(int s) {
   const auto t0 = std::chrono::steady_clock::now();
-  StepResult r = compute_grads(s);
+  StepResult& r = result_;
+  compute_grads(s);
   const auto& t = cfg_.train;
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     // Name the first tensor (by table order) whose gradient is not finite; no update, no checkpoint.
@@ -364,7 +370,7 @@ void Trainer::run() {
     return;
   }
   for (int s = start_step_; s < t.steps; ++s) {
-    StepResult r = step(s);
+    const StepResult& r = step(s);
     steps_done_ = s + 1;
     const bool log_now = (r.step % cfg_.log.every == 0) || r.step == t.steps || r.step == 1;
     if (rank_ == 0) {

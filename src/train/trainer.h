@@ -54,9 +54,10 @@ class Trainer {
 
   // Forward + backward of every micro-batch of step s into grads() (no update). If `logits` is given,
   // it receives the logits of the global batch [B, L, V] in window order (as float; bf16 logits widened).
-  StepResult compute_grads(int s, std::vector<float>* logits = nullptr);
+  // The result lives in the trainer (reused every step: nothing is allocated in the step loop) until the next call.
+  const StepResult& compute_grads(int s, std::vector<float>* logits = nullptr);
   // compute_grads + clipping + AdamW + bias update.
-  StepResult step(int s);
+  const StepResult& step(int s);
 
   const ParamTable& table() const { return model_ ? model_->table() : model16_->table(); }
   const ModelConfig& model_config() const { return cfg_.model; }
@@ -81,6 +82,9 @@ class Trainer {
   void backward_micro(const LossScales& sc, const GlobalRouting* global);
   void copy_logits(float* dst, i64 n) const;  // the last forward's logits (bf16: widened)
   void reduce_stats(StepResult& r, double& ce, double& aux, double& z);
+  StepResult result_;                  // the last step's result, sized once ([moe layer][E] loads)
+  GlobalRouting global_;               // aux_loss_scope global: the pre-pass counts, sized once
+  std::vector<int64_t> stat_counts_;   // [Lm·E + 2] router counts reduced over the world
   void write_metrics(const StepResult& r, bool with_load);
 
   Config cfg_;

@@ -327,6 +327,7 @@ void stacked_equals_separate(i64 H, i64 I, const std::vector<i64>& rows) {
     row += rows[size_t(e)];
   }
   const auto ops = make_cpu_moe_ops<T>();
+  ops->reserve_workspace(R, H, I, R);  // before step 0, as MoeLayer does
   struct Out {
     std::vector<T> y, dx, a, b, h, g1, g3, g2;
   };

@@ -133,15 +133,20 @@ class CpuMoeOps final : public MoeOps<T> {
       }
     }
   }
+  void reserve_workspace(i64 Tn, i64 H, i64 I, i64 R) override {
+    (void)Tn;
+    (void)H;
+    if (i64(ws_.size()) < R * 2 * I) ws_.resize(size_t(R * 2 * I));
+  }
   void add_router_grad(T* dx, const T* dxr, const A* noise, i64 n) override {
     add_router_grad_impl(dx, dxr, noise, n);
   }
 
  private:
-  // Workspace for the stacked gate/up GEMM, grown to the largest block (allocation-free after the first step).
+  // Workspace for the stacked gate/up GEMM: [R, 2I], sized by reserve_workspace before step 0.
   std::vector<T> ws_;
   T* ws(i64 n) {
-    if (i64(ws_.size()) < n) ws_.resize(size_t(n));
+    MT_CHECK(i64(ws_.size()) >= n, "MoE op workspace of ", ws_.size(), " elements, ", n, " needed (reserve_workspace)");
     return ws_.data();
   }
   void add_router_grad_impl(T* dx, const T* dxr, const A* noise, i64 n) {

@@ -215,16 +215,21 @@ class CpuMoeOpsBf16 final : public MoeOps<bf16> {
       gemm_bf16_f32(g.w3[j], dbb, xb, I, H, n, Trans::Yes, Trans::No, I, H, H, 1.f, 1.f);
     }
   }
+  void reserve_workspace(i64 Tn, i64 H, i64 I, i64 R) override {
+    const i64 need = std::max(2 * Tn * H, R * (5 * I + H));
+    if (i64(ws_.size()) < need) ws_.resize(size_t(need));
+  }
   // dx = round(dx + dxr · noise) in fp32 (B10).
   void add_router_grad(T* dx, const T* dxr, const A* noise, i64 n) override {
     for (i64 i = 0; i < n; ++i) dx[i] = bf16(float(dx[i]) + (noise ? float(dxr[i]) * noise[i] : float(dxr[i])));
   }
 
  private:
-  // fp32 workspace, grown to the largest request (allocation-free once the first step has run).
+  // fp32 workspace sized by reserve_workspace before step 0: the widened router input [2·T, H] or one expert
+  // block's [R, 5I + H] (gate|up, h and their gradients), whichever is larger.
   std::vector<float> ws_;
   float* ws(i64 n) {
-    if (i64(ws_.size()) < n) ws_.resize(size_t(n));
+    MT_CHECK(i64(ws_.size()) >= n, "MoE op workspace of ", ws_.size(), " floats, ", n, " needed (reserve_workspace)");
     return ws_.data();
   }
   float* ws_at(i64 off, i64 n) { return ws(off + n) + off; }
