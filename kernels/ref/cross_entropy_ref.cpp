@@ -38,14 +38,13 @@ double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targ
 // is read whole before dlogits is written: in-place use is safe).
 // contract: C4.objective, B9
 template <typename T>
-void cross_entropy_backward_ref(T* dlogits, const acc_t<T>* logits, const int32_t* targets, i64 N, i64 V,
-                                double scale) {
+void cross_entropy_backward_ref(T* dlogits, const T* logits, const int32_t* targets, i64 N, i64 V, double scale) {
   using A = acc_t<T>;
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
     thread_local std::vector<double> ex;  // grown once per thread
     if (ex.size() < size_t(V)) ex.resize(size_t(V));
-    const A* x = logits + n * V;
+    const T* x = logits + n * V;
     T* dx = dlogits + n * V;
     const int32_t tgt = targets[n];
     if (tgt == kIgnoreTarget) {
@@ -68,6 +67,8 @@ template double cross_entropy_forward_ref<float>(float*, const float*, const int
 template double cross_entropy_forward_ref<double>(double*, const double*, const int32_t*, i64, i64);
 template void cross_entropy_backward_ref<float>(float*, const float*, const int32_t*, i64, i64, double);
 template void cross_entropy_backward_ref<double>(double*, const double*, const int32_t*, i64, i64, double);
-template void cross_entropy_backward_ref<bf16>(bf16*, const float*, const int32_t*, i64, i64, double);
+template double logsumexp_row<bf16>(const bf16*, i64);
+template double cross_entropy_forward_ref<bf16>(bf16*, const bf16*, const int32_t*, i64, i64);
+template void cross_entropy_backward_ref<bf16>(bf16*, const bf16*, const int32_t*, i64, i64, double);
 
 }  // namespace moe

@@ -15,15 +15,15 @@ template <typename T>
 double logsumexp_row(const T* x, i64 n);
 
 // Returns Σ_t CE_t over N rows of logits [N, V] with targets [N] (kIgnoreTarget rows: 0); per-row losses to `losses`
-// if non-null. T = float or double (bf16 models pass their fp32 logits: B9).
+// if non-null. T = float, double or bf16 (bf16 logits read widened, fp32-or-better arithmetic, DESIGN §8).
 template <typename T>
 double cross_entropy_forward_ref(T* losses, const T* logits, const int32_t* targets, i64 N, i64 V);
 
-// dlogits [N, V] (T) = scale · (softmax(logits) − onehot(target)) from logits [N, V] in acc_t<T> (fp32 for bf16:
-// B9, each dlogit rounded once); sums in double. dlogits may alias logits when T == acc_t<T>. Ignored rows: 0.
+// dlogits [N, V] (T) = scale · (softmax(logits) − onehot(target)) from logits [N, V] in T (bf16: read widened,
+// each dlogit rounded once from its fp32 value, DESIGN §8); sums in double. dlogits may alias logits (each row is
+// read whole before it is written). Ignored rows: 0.
 template <typename T>
-void cross_entropy_backward_ref(T* dlogits, const acc_t<T>* logits, const int32_t* targets, i64 N, i64 V,
-                                double scale);
+void cross_entropy_backward_ref(T* dlogits, const T* logits, const int32_t* targets, i64 N, i64 V, double scale);
 
 // In place: logits [N, V] → dlogits (cross_entropy_backward_ref with dlogits = logits).
 template <typename T>

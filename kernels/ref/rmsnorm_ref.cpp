@@ -26,7 +26,7 @@ static inline double row_sum(i64 C, F f) {
 
 // contract: C4.rmsnorm, B4
 template <typename T>
-void rmsnorm_forward_ref(T* y, acc_t<T>* rstd, const T* x, const T* w, i64 N, i64 C, double eps) {
+void rmsnorm_forward_ref(T* y, acc_t<T>* rstd, const T* x, const acc_t<T>* w, i64 N, i64 C, double eps) {
   using A = acc_t<T>;
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
@@ -40,8 +40,8 @@ void rmsnorm_forward_ref(T* y, acc_t<T>* rstd, const T* x, const T* w, i64 N, i6
 }
 
 template <typename T>
-void rmsnorm_backward_ref(T* dx, acc_t<T>* dw, const T* dy, const T* x, const T* w, const acc_t<T>* rstd, i64 N,
-                          i64 C) {
+void rmsnorm_backward_ref(T* dx, acc_t<T>* dw, const T* dy, const T* x, const acc_t<T>* w, const acc_t<T>* rstd,
+                          i64 N, i64 C) {
   using A = acc_t<T>;
   // dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)), dx̂ = dy · w, x̂ = x · r.
 #pragma omp parallel for schedule(static)
@@ -73,8 +73,8 @@ void rmsnorm_backward_ref(T* dx, acc_t<T>* dw, const T* dy, const T* x, const T*
 }
 
 #define MT_RMSNORM(T)                                                                                            \
-  template void rmsnorm_forward_ref<T>(T*, acc_t<T>*, const T*, const T*, i64, i64, double);                     \
-  template void rmsnorm_backward_ref<T>(T*, acc_t<T>*, const T*, const T*, const T*, const acc_t<T>*, i64, i64);
+  template void rmsnorm_forward_ref<T>(T*, acc_t<T>*, const T*, const acc_t<T>*, i64, i64, double);             \
+  template void rmsnorm_backward_ref<T>(T*, acc_t<T>*, const T*, const T*, const acc_t<T>*, const acc_t<T>*, i64, i64);
 MT_RMSNORM(float)
 MT_RMSNORM(double)
 MT_RMSNORM(bf16)

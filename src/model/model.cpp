@@ -246,11 +246,11 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
 template <typename T>
 Model<T>::~Model() = default;
 
-// An RMSNorm gain (1-D, read as A: fp32 for bf16, see DESIGN §8) at offset off of a unit's parameters.
-template <typename T>
-static const acc_t<T>* gain(const T* P, i64 off) {
-  static_assert(std::is_same<T, acc_t<T>>::value, "bf16: norm gains come from the fp32 copy (not wired yet)");
-  return P + off;
+// An RMSNorm gain (1-D, read as A: fp32 for bf16, DESIGN §8) at offset off of a unit's acc_t<T> values
+// (ParamAccess::params_acc: for float/double the weights themselves).
+template <typename A>
+static const A* gain(const A* PA, i64 off) {
+  return PA + off;
 }
 
 // Points the cached per-layer expert tables at this call's unit base (P, G may move between calls under ZeRO-3);
@@ -277,7 +277,7 @@ static ExpertGrads<T>& expert_grads(ExpertGrads<T>& g, G* Gr, const LayerOffsets
 
 // q, k, v from norm1(x) (acts.ln1) → q_norm/k_norm (Qwen3) → RoPE → attention output and lse. [C4.attention]
 template <typename T>
-void Model<T>::attention_core(const T* P, int l) {
+void Model<T>::attention_core(const T* P, const A* PA, int l) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   auto& a = S.acts[l];
@@ -287,8 +287,8 @@ void Model<T>::attention_core(const T* P, int l) {
   ops_.linear_forward(a.k, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
   ops_.linear_forward(a.v, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
   if (o.q_norm >= 0) {
-    ops_.rmsnorm_forward(a.qr, a.rstdq, a.q, gain(P, o.q_norm), Tn * NH, D, eps);
-    ops_.rmsnorm_forward(a.kr, a.rstdk, a.k, gain(P, o.k_norm), Tn * NKV, D, eps);
+    ops_.rmsnorm_forward(a.qr, a.rstdq, a.q, gain(PA, o.q_norm), Tn * NH, D, eps);
+    ops_.rmsnorm_forward(a.kr, a.rstdk, a.k, gain(PA, o.k_norm), Tn * NKV, D, eps);
   } else {
     ops_.copy(a.qr, a.q, Tn * NH * D);
     ops_.copy(a.kr, a.k, Tn * NKV * D);
@@ -301,7 +301,7 @@ void Model<T>::attention_core(const T* P, int l) {
 // MLP block body from norm2(h) (acts.ln2): the MoE layer (router statistics appended to st when given) or the
 // dense SwiGLU MLP. out [T,H]; null skips the dense down projection (a recomputation needs only the activations).
 template <typename T>
-void Model<T>::mlp_forward(const T* P, int l, T* out, Mode mode, MicroStats* st) {
+void Model<T>::mlp_forward(const T* P, const A* PA, int l, T* out, Mode mode, MicroStats* st) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   auto& a = S.acts[l];
@@ -311,7 +311,7 @@ void Model<T>::mlp_forward(const T* P, int l, T* out, Mode mode, MicroStats* st)
     r.layer = l;
     const float* b = bias_.empty() || bias_[o.moe_index].empty() ? nullptr : bias_[o.moe_index].data();
     auto& layer = moe_layer(o.moe_index);
-    layer.forward(out ? out : S.mlp_out, a.ln2, P + o.router, expert_weights(S.ew[l], P, o), b, r, mode);
+    layer.forward(out ? out : S.mlp_out, a.ln2, PA + o.router, expert_weights(S.ew[l], P, o), b, r, mode);
     if (st) st->router[o.moe_index] = layer.stats();  // same sizes every step: no allocation
   } else {
     ops_.linear_forward(a.mlp_g, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
@@ -324,19 +324,19 @@ void Model<T>::mlp_forward(const T* P, int l, T* out, Mode mode, MicroStats* st)
 // One decoder layer from its input acts[l].x: h = x + o_proj(attn(...)); x_next = h + MLP(norm2(h)).
 // x_next null: stop after the MLP activations (the recomputation of Recompute::Full).
 template <typename T>
-void Model<T>::layer_forward(const T* P, int l, Mode mode, MicroStats* st) {
+void Model<T>::layer_forward(const T* P, const A* PA, int l, Mode mode, MicroStats* st) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   auto& a = S.acts[l];
   const i64 Tn = B_ * L_, H = m_.hidden_size, D = m_.resolved_head_dim(), NH = m_.num_heads;
   const double eps = m_.rms_norm_eps;
   T* x_next = st == nullptr ? nullptr : l + 1 < m_.num_layers ? S.acts[l + 1].x : S.xf;
-  ops_.rmsnorm_forward(a.ln1, a.rstd1, a.x, gain(P, o.in_norm), Tn, H, eps);
-  attention_core(P, l);
+  ops_.rmsnorm_forward(a.ln1, a.rstd1, a.x, gain(PA, o.in_norm), Tn, H, eps);
+  attention_core(P, PA, l);
   ops_.linear_forward(a.h, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
   ops_.add(a.h, a.h, a.x, Tn * H);
-  ops_.rmsnorm_forward(a.ln2, a.rstd2, a.h, gain(P, o.post_norm), Tn, H, eps);
-  mlp_forward(P, l, x_next ? S.mlp_out : nullptr, mode, st);
+  ops_.rmsnorm_forward(a.ln2, a.rstd2, a.h, gain(PA, o.post_norm), Tn, H, eps);
+  mlp_forward(P, PA, l, x_next ? S.mlp_out : nullptr, mode, st);
   if (x_next) ops_.add(x_next, a.h, S.mlp_out, Tn * H);
 }
 
@@ -345,14 +345,14 @@ void Model<T>::layer_forward(const T* P, int l, Mode mode, MicroStats* st) {
 // all-to-alls; every rank recomputes the same layers in the same order, so the collectives match.
 // contract: C6.recompute
 template <typename T>
-void Model<T>::recompute_layer(const T* P, int l) {
+void Model<T>::recompute_layer(const T* P, const A* PA, int l) {
   switch (opt_.recompute) {
     case Recompute::None: return;
     case Recompute::Selective:
-      mlp_forward(P, l, nullptr, mode_, nullptr);
-      attention_core(P, l);
+      mlp_forward(P, PA, l, nullptr, mode_, nullptr);
+      attention_core(P, PA, l);
       return;
-    case Recompute::Full: layer_forward(P, l, mode_, nullptr); return;
+    case Recompute::Full: layer_forward(P, PA, l, mode_, nullptr); return;
   }
 }
 
@@ -375,11 +375,11 @@ const MicroStats& Model<T>::forward(ParamAccess<T>& access, const int32_t* input
   st.tokens = Tn;
   for (int l = 0; l < m_.num_layers; ++l) {
     const T* P = access.params(l + 1, Dir::Forward);
-    layer_forward(P, l, mode, &st);
+    layer_forward(P, access.params_acc(l + 1), l, mode, &st);
     access.release(l + 1);
   }
   const T* PF = access.params(final_unit, Dir::Forward);
-  ops_.rmsnorm_forward(S.lnf, S.rstdf, S.xf, gain(PF, S.final_norm), Tn, H, eps);
+  ops_.rmsnorm_forward(S.lnf, S.rstdf, S.xf, gain(access.params_acc(final_unit), S.final_norm), Tn, H, eps);
   const T* PH = m_.tie_word_embeddings ? access.params(0, Dir::Forward) : PF;
   ops_.linear_forward(logits_, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite, S.ws);
   access.release(final_unit);
@@ -466,7 +466,8 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     A* GH = tied ? access.grads(0) : GF;  // tied: unit 0's gradients stay open until the embedding
     ops_.linear_backward(S.dln, GH + S.lm_head, logits_, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite,
                          S.ws);
-    ops_.rmsnorm_backward(S.dres, GF + S.final_norm, S.dln, S.xf, gain(PF, S.final_norm), S.rstdf, Tn, H);
+    ops_.rmsnorm_backward(S.dres, GF + S.final_norm, S.dln, S.xf, gain(access.params_acc(final_unit), S.final_norm),
+                          S.rstdf, Tn, H);
     access.grads_done(final_unit);
     access.release(final_unit);
     if (tied) access.release(0);
@@ -476,12 +477,13 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     const LayerOffsets& o = S.off[l];
     auto& a = S.acts[l];
     const T* P = access.params(l + 1, Dir::Backward);
+    const A* PA = access.params_acc(l + 1);
     A* G = access.grads(l + 1);
-    recompute_layer(P, l);
+    recompute_layer(P, PA, l);
     // MLP block: dres is d(out); d(h) = dres + norm2ᵀ(MLPᵀ(dres)).
     if (o.moe_index >= 0) {
       moe_layer(o.moe_index)
-          .backward(S.dln, S.dres, P + o.router, expert_weights(S.ew[l], P, o), G + o.router,
+          .backward(S.dln, S.dres, PA + o.router, expert_weights(S.ew[l], P, o), G + o.router,
                     expert_grads(S.eg[l], G, o), S.aux_dp[o.moe_index].data(), z_scale);
     } else {
       ops_.linear_backward(S.da, G + o.dd, S.dres, a.mlp_a, P + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
@@ -489,7 +491,7 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
       ops_.linear_backward(S.dln, G + o.dg, S.dg, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
       ops_.linear_backward(S.dln, G + o.du, S.du, a.ln2, P + o.du, Tn, H, ID, Accumulate::Add, S.ws);
     }
-    ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, gain(P, o.post_norm), a.rstd2, Tn, H);
+    ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, gain(PA, o.post_norm), a.rstd2, Tn, H);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     // Attention block: dres is now d(h).
     ops_.linear_backward(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
@@ -499,15 +501,15 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     ops_.rope_apply(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
     if (o.q_norm >= 0) {
       // q_norm/k_norm backward: reuse datt as the [T, NH·D] destination, then copy back.
-      ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, gain(P, o.q_norm), a.rstdq, Tn * NH, D);
+      ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, gain(PA, o.q_norm), a.rstdq, Tn * NH, D);
       ops_.copy(S.dq, S.datt, Tn * NH * D);
-      ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, gain(P, o.k_norm), a.rstdk, Tn * NKV, D);
+      ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, gain(PA, o.k_norm), a.rstdk, Tn * NKV, D);
       ops_.copy(S.dk, S.datt, Tn * NKV * D);
     }
     ops_.linear_backward(S.dln, G + o.q, S.dq, a.ln1, P + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
     ops_.linear_backward(S.dln, G + o.k, S.dk, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Add, S.ws);
     ops_.linear_backward(S.dln, G + o.v, S.dv, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Add, S.ws);
-    ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, gain(P, o.in_norm), a.rstd1, Tn, H);
+    ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, gain(PA, o.in_norm), a.rstd1, Tn, H);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     access.grads_done(l + 1);
     access.release(l + 1);
@@ -519,5 +521,6 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
 
 template class Model<float>;
 template class Model<double>;
+template class Model<bf16>;
 
 }  // namespace moe

@@ -80,19 +80,21 @@ class Model {
   void backward(ParamAccess<T>& access, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
                 AuxForm form, const GlobalRouting* global);
 
-  // Flat-buffer conveniences: params/grads [table.total_numel()].
+  // Flat-buffer conveniences: params/grads [table.total_numel()]; params_acc: the fp32 values (bf16 only; null
+  // for float/double, where they are the params).
   const MicroStats& forward(const T* params, const int32_t* inputs, const int32_t* targets,
-                            const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode) {
-    FlatParamAccess<T> a(table_, params, nullptr);
+                            const std::vector<std::vector<float>>& bias, const RngCtx& rng, Mode mode,
+                            const A* params_acc = nullptr) {
+    FlatParamAccess<T> a(table_, params, nullptr, params_acc);
     return forward(a, inputs, targets, bias, rng, mode);
   }
   void backward(const T* params, A* grads, const int32_t* inputs, const int32_t* targets, const LossScales& sc,
-                AuxForm form, const GlobalRouting* global) {
-    FlatParamAccess<T> a(table_, params, grads);
+                AuxForm form, const GlobalRouting* global, const A* params_acc = nullptr) {
+    FlatParamAccess<T> a(table_, params, grads, params_acc);
     backward(a, inputs, targets, sc, form, global);
   }
 
-  const T* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it)
+  const T* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it); T (bf16: rounded)
   i64 tokens() const { return B_ * L_; }
 
  private:
@@ -100,10 +102,11 @@ class Model {
   Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const ModelConfig& m, const MoeConfig& moe, i64 B,
         i64 L, const ModelOptions& opt);
   MoeLayer<T>& moe_layer(int moe_index) { return *moe_layers_[moe_layers_.size() == 1 ? 0 : moe_index]; }
-  void layer_forward(const T* P, int l, Mode mode, MicroStats* st);
-  void attention_core(const T* P, int l);
-  void mlp_forward(const T* P, int l, T* out, Mode mode, MicroStats* st);
-  void recompute_layer(const T* P, int l);
+  // P: the unit's T weights; PA: its acc_t<T> values (router weight and norm gains, DESIGN §8).
+  void layer_forward(const T* P, const A* PA, int l, Mode mode, MicroStats* st);
+  void attention_core(const T* P, const A* PA, int l);
+  void mlp_forward(const T* P, const A* PA, int l, T* out, Mode mode, MicroStats* st);
+  void recompute_layer(const T* P, const A* PA, int l);
 
   std::unique_ptr<Backend<T>> owned_backend_;  // set by the CPU convenience constructor
   Backend<T>& be_;

@@ -1,6 +1,9 @@
 // Owns how the model reaches parameters and gradients unit by unit (flat buffers, or ZeRO-3 gathered shards).
 #pragma once
+#include <type_traits>
+
 #include "core/bf16.h"
+#include "core/error.h"
 #include "model/param_table.h"
 
 namespace moe {
@@ -16,6 +19,10 @@ class ParamAccess {
   virtual ~ParamAccess() = default;
   enum class Direction { Forward, Backward };  // which unit comes next (for prefetch)
   virtual const T* params(int unit, Direction dir) = 0;
+  // The unit's values in acc_t<T> (valid between params() and release() of the unit): for float/double the same
+  // pointer as params(); for bf16 the fp32 master values, which the model reads for the router weight and the
+  // norm gains (DESIGN §8: those are not rounded).
+  virtual const G* params_acc(int unit) = 0;
   virtual void release(int unit) { (void)unit; }
   virtual G* grads(int unit) = 0;
   virtual void grads_done(int unit) { (void)unit; }
@@ -26,14 +33,25 @@ template <typename T>
 class FlatParamAccess final : public ParamAccess<T> {
  public:
   using G = acc_t<T>;
-  FlatParamAccess(const ParamTable& t, const T* params, G* grads) : t_(t), p_(params), g_(grads) {}
+  // params_acc: the acc_t<T> values in table layout (null: the params themselves, float/double only).
+  FlatParamAccess(const ParamTable& t, const T* params, G* grads, const G* params_acc = nullptr)
+      : t_(t), p_(params), g_(grads), pa_(params_acc ? params_acc : same(params)) {}
   const T* params(int u, typename ParamAccess<T>::Direction) override { return p_ + t_.units()[u].begin; }
+  const G* params_acc(int u) override {
+    MT_CHECK(pa_, "FlatParamAccess<bf16> needs the fp32 values (params_acc)");
+    return pa_ + t_.units()[u].begin;
+  }
   G* grads(int u) override { return g_ + t_.units()[u].begin; }
 
  private:
   const ParamTable& t_;
+  static const G* same(const T* p) {
+    if constexpr (std::is_same<T, G>::value) return p;
+    else return nullptr;
+  }
   const T* p_;
   G* g_;
+  const G* pa_;
 };
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/parallel_for.h"
@@ -99,27 +100,95 @@ class ParamState::Gatherer {
 };
 
 // ---- What the model sees: weights from a flat copy or the gatherer; fp32 gradients from the state. ----
+// Stages 0–2: T weights from a flat buffer (the master, or the bf16 copy), acc_t<T> values from the fp32 master.
+// Stage 3: every unit is gathered as fp32 master shards (Gatherer<float>); T = bf16 then rounds the gathered unit
+// into one of three bf16 slots (cached until the next update). The bf16 copy could instead be sharded and
+// gathered as bf16 (half the traffic): an optimisation left for later, this keeps one gather path.
 template <typename T>
 class ParamState::Access final : public ParamAccess<T> {
  public:
-  Access(ParamState& s, const T* flat) : s_(s), flat_(flat) {}
-  Access(ParamState& s, std::unique_ptr<Gatherer<T>> g) : s_(s), gather_(std::move(g)) {}
-  const T* params(int u, typename ParamAccess<T>::Direction dir) override {
-    return gather_ ? gather_->params(u, dir) : flat_ + s_.table_.units()[u].begin;
+  using Dir = typename ParamAccess<T>::Direction;
+  Access(ParamState& s, const T* flat, const float* master) : s_(s), flat_(flat), master_(master) {}
+  Access(ParamState& s, std::unique_ptr<Gatherer<float>> g) : s_(s), gather_(std::move(g)) {
+    if constexpr (!std::is_same<T, float>::value)
+      for (Held& h : held_) h.copy.assign(size_t(s.lay_.max_unit), T(0.f));
+  }
+  const T* params(int u, Dir dir) override {
+    if (!gather_) return flat_ + s_.table_.units()[u].begin;
+    const float* f = gather_->params(u, static_cast<typename ParamAccess<float>::Direction>(int(dir)));
+    Held& h = hold(u);
+    h.f32 = f;
+    h.refs++;
+    if constexpr (std::is_same<T, float>::value) {
+      return f;
+    } else {
+      if (!h.rounded) {
+        // contract: DESIGN §8 (compute copy = round_bf16(master))
+        const i64 n = s_.table_.units()[u].size();
+        T* dst = h.copy.data();
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (i64 i = 0; i < n; ++i) dst[i] = T(f[i]);
+        h.rounded = true;
+      }
+      return h.copy.data();
+    }
+  }
+  const acc_t<T>* params_acc(int u) override {
+    if (!gather_) return master_ + s_.table_.units()[u].begin;
+    for (Held& h : held_)
+      if (h.unit == u && h.refs > 0) return h.f32;
+    MT_CHECK(false, "params_acc of unit ", u, " that is not held");
+    return nullptr;
   }
   void release(int u) override {
-    if (gather_) gather_->release(u);
+    if (!gather_) return;
+    gather_->release(u);
+    for (Held& h : held_)
+      if (h.unit == u && h.refs > 0) {
+        h.refs--;
+        return;
+      }
   }
   acc_t<T>* grads(int u) override { return s_.unit_grads(u); }
   void grads_done(int u) override { s_.unit_grads_done(u); }
   void invalidate() {
-    if (gather_) gather_->invalidate();
+    if (!gather_) return;
+    gather_->invalidate();
+    for (Held& h : held_) h.unit = -1, h.rounded = false;
   }
 
  private:
+  // A held (or recently held) unit under stage 3: its gathered fp32 values and (bf16) the rounded copy.
+  struct Held {
+    int unit = -1;
+    int refs = 0;
+    const float* f32 = nullptr;
+    bool rounded = false;
+    std::vector<T> copy;  // bf16 only: [max unit]
+    long last_use = 0;
+  };
+  Held& hold(int u) {
+    Held* victim = nullptr;
+    for (Held& h : held_)
+      if (h.unit == u) {
+        h.last_use = ++clock_;
+        return h;
+      }
+    for (Held& h : held_)
+      if (h.refs == 0 && (!victim || h.last_use < victim->last_use)) victim = &h;
+    MT_CHECK(victim, "no free compute-copy slot for unit ", u);
+    victim->unit = u;
+    victim->rounded = false;
+    victim->last_use = ++clock_;
+    return *victim;
+  }
+
   ParamState& s_;
   const T* flat_ = nullptr;
-  std::unique_ptr<Gatherer<T>> gather_;
+  const float* master_ = nullptr;
+  std::unique_ptr<Gatherer<float>> gather_;
+  Held held_[3];
+  long clock_ = 0;
 };
 
 // ---- Layout: the one sizing function of the allocator and the memory plan. ----
@@ -222,9 +291,11 @@ StateBytes ParamState::bytes_of(const Layout& L, int stage, Precision precision)
   b.params = 4 * held;
   b.grads = 4 * (L.mode == GradMode::Flat ? L.full : L.mode == GradMode::SlotSum ? L.gsum : L.moments);
   b.optimizer = 8 * L.moments;
-  b.compute_copy = precision == Precision::Bf16 ? 2 * held : 0;
+  const bool bf = precision == Precision::Bf16;
+  b.compute_copy = bf && stage <= 2 ? 2 * held : 0;  // stage 3: the bf16 slots below instead
   b.grad_slots = 4 * i64(L.grad_slots) * L.max_unit;
-  const i64 param_slots = stage == 3 ? 3 * L.max_unit * (precision == Precision::Bf16 ? 2 : 4) : 0;
+  // Stage 3: three fp32 gather slots, and with bf16 three bf16 slots the gathered units are rounded into.
+  const i64 param_slots = stage == 3 ? 3 * L.max_unit * (bf ? 4 + 2 : 4) : 0;
   b.working = param_slots + b.grad_slots;
   return b;
 }
@@ -254,7 +325,7 @@ ParamState::ParamState(const ParamTable& table, int stage, Communicator& world, 
   gslots_.resize(size_t(lay_.grad_slots));
   for (GSlot& g : gslots_) g.buf.assign(size_t(lay_.max_unit), 0.f);
   const bool bf = precision_ == Precision::Bf16;
-  if (bf) copy_.assign(size_t(stage_ == 3 ? lay_.shard : lay_.full), bf16(0.f));
+  if (bf && stage_ <= 2) copy_.assign(size_t(lay_.full), bf16(0.f));  // stage 3: rounded per gathered unit
   // AdamW ranges: every trainable tensor's part of this rank's chunks (padding has no tensor, stays zero).
   for (const Segment& s : lay_.segs) {
     const i64 c0 = s.mine, c1 = s.mine + s.chunk;
@@ -271,10 +342,10 @@ ParamState::ParamState(const ParamTable& table, int stage, Communicator& world, 
     }
   }
   if (stage_ <= 2) {
-    acc32_ = std::make_unique<Access<float>>(*this, params_.data());
-    if (bf) acc16_ = std::make_unique<Access<bf16>>(*this, copy_.data());
+    acc32_ = std::make_unique<Access<float>>(*this, params_.data(), params_.data());
+    if (bf) acc16_ = std::make_unique<Access<bf16>>(*this, copy_.data(), params_.data());
   } else if (bf) {
-    acc16_ = std::make_unique<Access<bf16>>(*this, std::make_unique<Gatherer<bf16>>(*this, copy_.data(), CommDtype::BF16));
+    acc16_ = std::make_unique<Access<bf16>>(*this, std::make_unique<Gatherer<float>>(*this, pshard_.data(), CommDtype::F32));
   } else {
     acc32_ = std::make_unique<Access<float>>(*this, std::make_unique<Gatherer<float>>(*this, pshard_.data(), CommDtype::F32));
   }
@@ -309,8 +380,8 @@ const std::vector<bf16>& ParamState::compute_copy() const {
 
 // contract: B1 (the bf16 copy is round_bf16 of the fp32 master, every parameter)
 void ParamState::refresh_copy() {
-  if (precision_ != Precision::Bf16) return;
-  const float* src = stage_ == 3 ? pshard_.data() : params_.data();
+  if (precision_ != Precision::Bf16 || stage_ == 3) return;  // stage 3: rounded per unit after the gather
+  const float* src = params_.data();
   bf16* dst = copy_.data();
   const i64 n = i64(copy_.size());
 #pragma omp parallel for schedule(static)

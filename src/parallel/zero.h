@@ -20,9 +20,9 @@ struct StateBytes {
   i64 params = 0;        // fp32 master weights: the local table (stages 0–2) or the shard (3)
   i64 grads = 0;         // fp32 gradients kept across the step: local table, trainable part, or trainable shard
   i64 optimizer = 0;     // AdamW m and v (fp32) of this rank's trainable shard
-  i64 compute_copy = 0;  // bf16 copy of the weights (Precision::Bf16): local table (0–2) or shard (3)
+  i64 compute_copy = 0;  // bf16 copy of the weights (Precision::Bf16, stages 0–2: the local table; 3: none)
   i64 grad_slots = 0;    // unit gradient slots (fp32) the model writes into before they are reduced
-  i64 working = 0;       // every working buffer: ZeRO-3 parameter gather slots + grad_slots
+  i64 working = 0;       // every working buffer: ZeRO-3 fp32 gather slots (+ bf16 slots) + grad_slots
   i64 state() const { return params + grads + optimizer + compute_copy; }
 };
 
@@ -33,9 +33,10 @@ struct StateBytes {
 // Frozen entries (ParamInfo::trainable false) have no gradient storage and no moments, are never reduced or
 // updated, and are still gathered under ZeRO-3. Gradients of a unit the model writes land in a unit slot
 // whenever the persistent gradient buffer is not the full local table (stages 2–3, or any frozen entry).
-// Precision::Bf16 (contract B1): the master, gradients and moments stay fp32; a bf16 copy round_bf16(master)
-// of every parameter is kept for the model, refreshed after adamw(), set_params() and after_load(); under
-// ZeRO-3 it is a bf16 shard gathered as bf16 into bf16 unit slots.
+// Precision::Bf16 (DESIGN §8): the master, gradients and moments stay fp32; the model reads a bf16 copy
+// round_bf16(master) of every parameter, plus the fp32 master values of each unit (params_acc: router weight and
+// norm gains). Stages 0–2: the copy is a flat table refreshed after adamw(), set_params() and after_load();
+// ZeRO-3: each unit's fp32 shards are gathered (as for fp32) and rounded into a bf16 unit slot.
 class ParamState {
  public:
   // table: this rank's table, padded for the groups (dense: world size, experts: edp size); its trainable
@@ -62,14 +63,16 @@ class ParamState {
   std::vector<float> local_params();
 
   // What the model reads and writes through. access(): fp32 weights (under ZeRO-3 only with Precision::Fp32);
-  // access_bf16(): the bf16 copy (Precision::Bf16 only). Both hand out the same fp32 gradients.
+  // access_bf16(): the bf16 copy, params_acc the fp32 master (Precision::Bf16 only). Both hand out the same
+  // fp32 gradients.
   ParamAccess<float>& access();
   ParamAccess<bf16>& access_bf16();
   std::vector<float>& flat_params();              // stages 0–2
   // Stages 0–1 with every entry trainable: the full local gradient buffer (table layout, before reduction).
   bool has_flat_grads() const { return mode_ == GradMode::Flat; }
   const std::vector<float>& flat_grads() const;
-  // The bf16 copy in table layout (stages 0–2) or shard layout (3); Precision::Bf16 only.
+  // The bf16 copy in table layout (stages 0–2; empty under 3, where units are rounded after their gather);
+  // Precision::Bf16 only.
   const std::vector<bf16>& compute_copy() const;
   void zero_grads();
   // After all micro-batches: sums gradients over their groups (stages 0–1; 2–3 reduced during backward);
@@ -152,7 +155,7 @@ class ParamState {
   std::vector<float> pshard_;               // stage 3
   std::vector<float> gacc_;                 // SlotSum: compact non-frozen; SlotReduceScatter: trainable shard
   std::vector<float> exp_avg_, exp_avg_sq_; // this rank's non-frozen chunk elements (stage 0: whole segments)
-  std::vector<bf16> copy_;                  // bf16 copy (Precision::Bf16): table layout (0–2) or shard (3)
+  std::vector<bf16> copy_;                  // bf16 copy (Precision::Bf16): table layout (stages 0–2)
   struct GSlot {
     int unit = -1;
     std::vector<float> buf;

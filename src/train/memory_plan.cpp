@@ -12,6 +12,19 @@
 
 namespace moe {
 
+// What a plan-only model of storage type T says: its padded table (copied out), MoE layer count, activation bytes.
+struct PlannedModel {
+  ParamTable table;
+  int num_moe = 0;
+  i64 activation_bytes = 0;
+};
+template <typename T>
+static PlannedModel planned_model(const Config& cfg, const ExpertShardSpec& shard, i64 dpad, i64 xpad) {
+  Model<T> model(cfg.model, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len,
+                 ModelOptions{AllocPolicy::PlanOnly, shard, dpad, xpad, cfg.train.recompute});
+  return PlannedModel{model.table(), model.num_moe_layers(), model.activation_bytes()};
+}
+
 MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   MemoryPlan p;
   p.world = world;
@@ -29,13 +42,14 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
     shard.ep = p.ep;
   }
   const i64 dpad = p.zero >= 1 ? world : 1, xpad = p.zero >= 1 ? edp : 1;
-  // Plan-only model: sizes the activation arena and builds rank 0's (padded) parameter table.
-  Model<float> model(m, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len,
-                     ModelOptions{AllocPolicy::PlanOnly, shard, dpad, xpad, cfg.train.recompute});
-  const ParamTable& t = model.table();
+  // Plan-only model of the run's storage type (bf16 activations under train.precision: bf16): sizes the
+  // activation arena as the trainer's model allocates it, and builds rank 0's (padded) parameter table.
+  const PlannedModel model = cfg.train.precision == Precision::Bf16 ? planned_model<bf16>(cfg, shard, dpad, xpad)
+                                                                     : planned_model<float>(cfg, shard, dpad, xpad);
+  const ParamTable& t = model.table;
   p.params = build_param_table(m).tensor_numel();
   const i64 per_expert = 3 * i64(m.hidden_size) * m.expert_width();
-  p.active_params = p.params - i64(model.num_moe_layers()) * (m.num_experts - m.top_k) * per_expert;
+  p.active_params = p.params - i64(model.num_moe) * (m.num_experts - m.top_k) * per_expert;
   p.precision = cfg.train.precision;
   const StateBytes sb = ParamState::plan_bytes(t, p.zero, world, edp, p.precision);
   p.weight_bytes = sb.params;
@@ -44,7 +58,7 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   p.copy_bytes = sb.compute_copy;
   p.grad_slot_bytes = sb.grad_slots;
   p.working_bytes = sb.working;
-  p.activation_bytes = model.activation_bytes();
+  p.activation_bytes = model.activation_bytes;
   p.data_bytes = 4 * data_tokens;
   // Trainer::init_params stages one unit at a time in one fp32 buffer of the largest unit; upcycling also
   // converts one dense tensor at a time (the same shape as the entries it fills).
@@ -93,7 +107,8 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
      << human_count(p.active_params) << ")\n";
   const bool bf = p.precision == Precision::Bf16;
   if (bf)
-    os << "precision: bf16 (fp32 master weights, fp32 gradients, fp32 AdamW moments; bf16 weight copy and activations)\n";
+    os << "precision: bf16 (fp32 master weights, fp32 gradients, fp32 AdamW moments; bf16 weight copy and activations; "
+          "router weight, norm gains, router/norm/softmax statistics and losses in fp32)\n";
   else
     os << "precision: fp32 (weights, gradients, AdamW moments, activations and compute)\n";
   // fp32 weights + grads + two AdamW moments (+ the bf16 copy) of the whole model
@@ -103,13 +118,17 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
   os << "  weights          " << human_bytes(p.weight_bytes) << "\n";
   os << "  gradients        " << human_bytes(p.grad_bytes) << "\n";
   os << "  optimizer (AdamW m, v) " << human_bytes(p.optim_bytes) << "\n";
-  if (bf) os << "  bf16 weight copy " << human_bytes(p.copy_bytes) << "  (the model's weights, refreshed after each update)\n";
+  if (bf && p.zero == 3)
+    os << "  bf16 weight copy " << human_bytes(p.copy_bytes) << "  (ZeRO-3: each gathered unit is rounded into a bf16 "
+          "working slot)\n";
+  else if (bf)
+    os << "  bf16 weight copy " << human_bytes(p.copy_bytes) << "  (the model's weights, refreshed after each update)\n";
   os << "  state subtotal   " << human_bytes(p.state()) << "  (" << double(p.state()) / (double(logical_state) / p.world)
      << " x whole-model state / world)\n";
   if (p.working_bytes) {
     if (p.zero == 3)
       os << "  ZeRO-3 working   " << human_bytes(p.working_bytes) << "  (unit gathers + " << human_bytes(p.grad_slot_bytes)
-         << " unit gradient slots)\n";
+         << " unit gradient slots" << (bf ? "; fp32 gathers + bf16 rounded copies" : "") << ")\n";
     else
       os << "  gradient slots   " << human_bytes(p.working_bytes) << "  (unit gradients before their reduce-scatter)\n";
   }

@@ -16,8 +16,6 @@ std::vector<std::string> unsupported_options(const Config& c) {
   std::vector<std::string> out;
   if (c.train.device == Device::Cuda)
     out.push_back("train.device: cuda is not implemented yet (this build trains on the CPU only); use train.device: cpu");
-  if (c.train.precision != Precision::Fp32)
-    out.push_back("train.precision: bf16 is not implemented yet (training is fp32); use train.precision: fp32");
   if (c.parallel.backend == CommBackend::Nccl)
     out.push_back("parallel.backend: nccl is not implemented yet (it needs train.device: cuda); use auto or mpi");
   if (c.peft.method != PeftMethod::Full)

@@ -81,19 +81,51 @@ Trainer::Trainer(const Config& in, Communicator& world)
   // ZeRO ≥ 1 shards dense segments over the world and expert segments over the expert-DP group: pad for them.
   const int zero = cfg_.parallel.zero;
   const i64 dense_pad = zero >= 1 ? world_ : 1, expert_pad = zero >= 1 ? edp_comm_->size() : 1;
-  backend_ = make_cpu_backend<float>();
-  model_ = std::make_unique<Model<float>>(*backend_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len,
-                                          ModelOptions{AllocPolicy::Allocate, shard, dense_pad, expert_pad,
-                                                       t.recompute});
+  const ModelOptions mo{AllocPolicy::Allocate, shard, dense_pad, expert_pad, t.recompute};
+  if (t.precision == Precision::Bf16) {
+    // DESIGN §8: bf16 weight copy and activations, fp32 master/gradients/moments in ParamState.
+    backend16_ = make_cpu_backend<bf16>();
+    model16_ = std::make_unique<Model<bf16>>(*backend16_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
+  } else {
+    backend_ = make_cpu_backend<float>();
+    model_ = std::make_unique<Model<float>>(*backend_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
+  }
   data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
-  state_ = std::make_unique<ParamState>(model_->table(), zero, world_comm_, *edp_comm_, *ep_comm_);
-  select_bias_.assign(model_->num_moe_layers(), std::vector<float>(cfg_.model.num_experts, 0.f));
+  state_ = std::make_unique<ParamState>(table(), zero, world_comm_, *edp_comm_, *ep_comm_, t.precision);
+  select_bias_.assign(num_moe_layers(), std::vector<float>(cfg_.model.num_experts, 0.f));
   inputs_.resize(size_t(t.micro_batch) * t.seq_len);
   targets_.resize(inputs_.size());
   init_params();
 }
 
 Trainer::~Trainer() = default;
+
+const Model<float>& Trainer::model() const {
+  MT_CHECK(model_, "Trainer::model(): the fp32 model exists only with train.precision: fp32");
+  return *model_;
+}
+
+const MicroStats& Trainer::forward_micro(const RngCtx& rng) {
+  if (model16_)
+    return model16_->forward(state_->access_bf16(), inputs_.data(), targets_.data(), select_bias_, rng, Mode::Train);
+  return model_->forward(state_->access(), inputs_.data(), targets_.data(), select_bias_, rng, Mode::Train);
+}
+
+void Trainer::backward_micro(const LossScales& sc, const GlobalRouting* global) {
+  if (model16_)
+    model16_->backward(state_->access_bf16(), inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form, global);
+  else
+    model_->backward(state_->access(), inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form, global);
+}
+
+void Trainer::copy_logits(float* dst, i64 n) const {
+  if (model16_) {
+    const bf16* l = model16_->logits();
+    for (i64 i = 0; i < n; ++i) dst[i] = float(l[i]);
+  } else {
+    std::copy(model_->logits(), model_->logits() + n, dst);
+  }
+}
 
 // Start-up staging one table unit at a time (memory: one fp32 unit buffer, see plan_memory's staging_bytes):
 // each unit is filled, handed to ParamState (which keeps its shard), and the buffer reused for the next.
@@ -148,10 +180,9 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   const i64 B = mb * t.grad_accum * world_;
   const i64 M = i64(t.grad_accum) * world_;
   const double N = double(B * L);  // loss tokens: every target of every window
-  const int Lm = model_->num_moe_layers();
+  const int Lm = num_moe_layers();
   const int E = cfg_.model.num_experts;
   state_->zero_grads();
-  ParamAccess<float>& access = state_->access();
   if (logits_out) logits_out->assign(size_t(B * L * V), 0.f);
 
   auto load_micro = [&](i64 m) {
@@ -176,8 +207,7 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
     for (int a = 0; a < t.grad_accum; ++a) {
       const i64 m = i64(a) * world_ + rank_;
       load_micro(m);
-      const MicroStats& st =
-          model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
+      const MicroStats& st = forward_micro(rng_for(m));
       for (int l = 0; l < Lm; ++l)
         for (int e = 0; e < E; ++e) global.routed[l][e] += double(st.router[l].routed[e]);
     }
@@ -199,9 +229,8 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   for (int a = 0; a < t.grad_accum; ++a) {
     const i64 m = i64(a) * world_ + rank_;
     load_micro(m);
-    const MicroStats& st =
-        model_->forward(access, inputs_.data(), targets_.data(), select_bias_, rng_for(m), Mode::Train);
-    if (logits_out) std::copy(model_->logits(), model_->logits() + mb * L * V, logits_out->data() + m * mb * L * V);
+    const MicroStats& st = forward_micro(rng_for(m));
+    if (logits_out) copy_logits(logits_out->data() + m * mb * L * V, mb * L * V);
     ce += st.ce_sum;
     aux += aux_loss_value(st, cfg_.model, cfg_.moe.aux_loss_form, use_global ? &global : nullptr);
     z += z_loss_value(st);
@@ -210,7 +239,7 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
       r.dropped += st.router[l].dropped;
       r.pairs += st.router[l].pairs;
     }
-    model_->backward(access, inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form, use_global ? &global : nullptr);
+    backward_micro(sc, use_global ? &global : nullptr);
   }
   r.grad_norm = state_->reduce_grads();
   reduce_stats(r, ce, aux, z);
@@ -251,7 +280,7 @@ const StepResult& Trainer::step(int s) {
     // Name the first tensor (by table order) whose gradient is not finite; no update, no checkpoint.
     std::string where = "a gradient shard";
     if (state_->has_flat_grads())  // ZeRO 0-1: the full local gradients (2-3 hold shards only)
-      for (const ParamInfo& p : model_->table().entries()) {
+      for (const ParamInfo& p : table().entries()) {
         const float* g = state_->flat_grads().data() + p.offset;
         if (!std::all_of(g, g + p.numel, [](float x) { return std::isfinite(x); })) {
           where = p.name;
@@ -291,7 +320,7 @@ const StepResult& Trainer::step(int s) {
 std::vector<float> Trainer::gather_full_params() {
   const ParamTable full = build_param_table(cfg_.model);
   std::vector<float> out(size_t(full.total_numel()), 0.f);
-  const ParamTable& local = model_->table();
+  const ParamTable& local = table();
   const std::vector<float> mine = state_->local_params();
   const int edp_rank = rank_ / ep_;
   // Dense tensors from rank 0, each expert from the first rank of its expert-DP group: the sum is exact.
@@ -343,7 +372,7 @@ void Trainer::run() {
   }
   if (rank_ == 0)
     spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",
-                 build_param_table(cfg_.model).total_numel(), model_->num_moe_layers(), world_, ep_, world_ / ep_,
+                 build_param_table(cfg_.model).total_numel(), num_moe_layers(), world_, ep_, world_ / ep_,
                  i64(t.micro_batch) * t.grad_accum * world_, t.seq_len, t.steps, dir.string());
   if (cfg_.checkpoint.on_signal) install_stop_handlers();  // no-op when main() installed them at start
   keep_stop_handlers(cfg_.checkpoint.on_signal);

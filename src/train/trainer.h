@@ -53,13 +53,13 @@ class Trainer {
   bool stopped_by_signal() const { return stopped_by_signal_; }
 
   // Forward + backward of every micro-batch of step s into grads() (no update). If `logits` is given,
-  // it receives the logits of the global batch [B, L, V] in window order.
+  // it receives the logits of the global batch [B, L, V] in window order (as float; bf16 logits widened).
   // The result lives in the trainer (reused every step: nothing is allocated in the step loop) until the next call.
   const StepResult& compute_grads(int s, std::vector<float>* logits = nullptr);
   // compute_grads + clipping + AdamW + bias update.
   const StepResult& step(int s);
 
-  const ParamTable& table() const { return model_->table(); }
+  const ParamTable& table() const { return model_ ? model_->table() : model16_->table(); }
   const ModelConfig& model_config() const { return cfg_.model; }
   int rank() const { return rank_; }
   const Config& config() const { return cfg_; }
@@ -70,10 +70,17 @@ class Trainer {
   std::vector<float> gather_full_params();
   const std::vector<float>& grads() const { return state_->flat_grads(); }
   const ParamState& state() const { return *state_; }
-  const Model<float>& model() const { return *model_; }
+  // The fp32 model (train.precision: fp32 only; MT_CHECK otherwise).
+  const Model<float>& model() const;
+  i64 activation_bytes() const { return model_ ? model_->activation_bytes() : model16_->activation_bytes(); }
 
  private:
   void init_params();
+  int num_moe_layers() const { return model_ ? model_->num_moe_layers() : model16_->num_moe_layers(); }
+  // One micro-batch (inputs_/targets_) through the model of train.precision, weights from state_.
+  const MicroStats& forward_micro(const RngCtx& rng);
+  void backward_micro(const LossScales& sc, const GlobalRouting* global);
+  void copy_logits(float* dst, i64 n) const;  // the last forward's logits (bf16: widened)
   void reduce_stats(StepResult& r, double& ce, double& aux, double& z);
   StepResult result_;                  // the last step's result, sized once ([moe layer][E] loads)
   GlobalRouting global_;               // aux_loss_scope global: the pre-pass counts, sized once
@@ -84,8 +91,11 @@ class Trainer {
   Communicator& world_comm_;
   std::unique_ptr<Communicator> ep_comm_, edp_comm_;  // expert-parallel and expert-data-parallel groups
   int rank_ = 0, world_ = 1, ep_ = 1;
-  std::unique_ptr<Backend<float>> backend_;                   // the ops the model runs on (CPU today)
-  std::unique_ptr<Model<float>> model_;
+  // The model of train.precision (one of the two), on its backend (CPU today).
+  std::unique_ptr<Backend<float>> backend_;
+  std::unique_ptr<Model<float>> model_;                        // fp32
+  std::unique_ptr<Backend<bf16>> backend16_;
+  std::unique_ptr<Model<bf16>> model16_;                       // bf16 (DESIGN §8)
   std::unique_ptr<TokenData> data_;
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias

@@ -5,7 +5,7 @@ set(MOE_CLI_CASES
     init_from_not_a_dir dry_run unsupported_device diverged demo_ok dry_run_refuses unimplemented_keys
     world_without_dry_run memory_plan_exceeds loss_spike run_dir_lock run_dir_overwrite signal_during_startup
     ckpt_unchecksummed_format run_dir_claims deep_json_safetensors deep_json_config odd_head_dim data_not_regular
-    metrics_resume_hostile recompute_key)
+    metrics_resume_hostile recompute_key bf16_cpu)
 foreach(case ${MOE_CLI_CASES})
   add_test(NAME cli.${case}
            COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/run_cli_tests.sh ${case} $<TARGET_FILE:moe-train>)

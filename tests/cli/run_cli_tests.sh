@@ -330,12 +330,36 @@ case "$CASE" in
     grep -qF "(12.9B)" <(run "$SRC/configs/mixtral.yaml" --dry-run --set train.device=cpu --set train.precision=fp32 \
       --set "data.path=$T/tok.bin"; cat all.txt) || fail "mixtral: active parameters not shown as 12.9B"
     # As written (train.device: cuda, bf16, no data/train.bin): the plan (bf16: fp32 master/grads/moments + the
-    # bf16 weight copy), then exit 2 naming each reason.
+    # bf16 weight copy), then exit 2 naming each reason (bf16 itself trains on the CPU: not a reason).
     run "$SRC/configs/mixtral.yaml" --dry-run
     expect_rc 2
     expect_has "(46.7B)" "a real run would stop" "train.device: cuda is not implemented yet" \
-      "train.precision: bf16 is not implemented yet" "data/train.bin" "precision: bf16 (fp32 master weights" \
-      "bf16 weight copy"
+      "data/train.bin" "precision: bf16 (fp32 master weights" "bf16 weight copy"
+    grep -qF "train.precision: bf16 is not implemented" all.txt && fail "bf16 still refused"
+    ;;
+  bf16_cpu)
+    # train.precision: bf16 trains on the CPU (DESIGN §8); the dry-run plan sizes bf16 activations, below fp32's.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set train.precision=bf16
+    expect_rc 0
+    grep -q '"loss"' run/metrics.jsonl 2>/dev/null || fail "bf16: no metrics.jsonl with a loss"
+    run c.yaml --set train.precision=bf16 --set train.device=cuda
+    expect_bad_input "train.device: cuda"
+    head -c 20000 /dev/zero >tok.bin
+    declare -A act
+    for prec in fp32 bf16; do
+      run "$SRC/configs/mixtral.yaml" --dry-run --world 8 --set train.device=cpu --set train.precision=$prec \
+        --set "data.path=$T/tok.bin"
+      expect_rc 0
+      expect_has "precision: $prec ("
+      act[$prec]=$(sed -n 's/^  activations *\([0-9.]*\) GiB.*/\1/p' out.txt | head -1)
+      [ -n "${act[$prec]}" ] || fail "$prec: no 'activations N GiB' line"
+    done
+    if [ -n "${act[fp32]}" ] && [ -n "${act[bf16]}" ] &&
+      ! awk -v a="${act[bf16]}" -v b="${act[fp32]}" 'BEGIN { exit !(a < b) }'; then
+      fail "bf16 activations ${act[bf16]} GiB not below fp32's ${act[fp32]} GiB"
+    fi
     ;;
   dry_run_refuses)
     # What a real run refuses before step 1, a dry run refuses too (exit 2, the same reason).

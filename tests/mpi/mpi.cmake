@@ -52,3 +52,8 @@ foreach(np 2 4)
   set_tests_properties(mpi.test_mpi_recompute.np${np} PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}"
                        PROCESSORS ${np})
 endforeach()
+# train.precision: bf16 under ZeRO-3 and expert parallelism (DESIGN §8): close to fp32, fp32 masters.
+add_executable(test_mpi_bf16 ${CMAKE_CURRENT_LIST_DIR}/test_mpi_bf16.cpp)
+target_link_libraries(test_mpi_bf16 PRIVATE moe_core GTest::gtest)
+add_test(NAME mpi.test_mpi_bf16.np2 COMMAND ${MOE_MPIRUN} -np 2 $<TARGET_FILE:test_mpi_bf16>)
+set_tests_properties(mpi.test_mpi_bf16.np2 PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS 2)

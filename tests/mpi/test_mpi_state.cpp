@@ -134,14 +134,18 @@ static void check_against_reference(bool freeze) {
               << e.name << " (frozen) changed";
       }
       if (std::is_same_v<T, bf16>) {
-        // What the model reads through access_bf16 is round_bf16 of the master, every element, every unit.
-        std::vector<float> seen;
+        // What the model reads through access_bf16 is round_bf16 of the master, every element, every unit;
+        // params_acc is the fp32 master itself.
+        std::vector<float> seen, seen_acc;
         st.zero_grads();
-        fake_micro_batch<bf16>(st.access_bf16(), L.table, 0, w.rank(), &seen, ep);
+        fake_micro_batch<bf16>(st.access_bf16(), L.table, 0, w.rank(), &seen, ep, &seen_acc);
         st.zero_grads();
         for (const ParamInfo& e : L.table.entries())
-          for (i64 i = 0; i < e.numel; ++i)
-            ASSERT_EQ(seen[size_t(e.offset + i)], round_bf16(got[size_t(e.offset + i)])) << e.name << "[" << i << "]";
+          for (i64 i = 0; i < e.numel; ++i) {
+            const size_t k = size_t(e.offset + i);
+            ASSERT_EQ(seen[k], round_bf16(got[k])) << e.name << "[" << i << "]";
+            ASSERT_EQ(std::memcmp(&seen_acc[k], &got[k], 4), 0) << e.name << "[" << i << "] (params_acc)";
+          }
       }
       // The sizing function at this rank's position is what the state holds.
       const StateBytes a = st.bytes();

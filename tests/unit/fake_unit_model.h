@@ -26,11 +26,12 @@ inline float fake_grad(const std::string& name, i64 i, int micro, int rank) {
 
 // One micro-batch: forward reads every unit in order, backward writes every unit's gradients in reverse order
 // (the tied embedding's unit 0 is opened at the final unit and stays open, as Model does). `seen` (optional)
-// receives the weights as read in the backward pass, in table layout, as fp32. Under expert parallelism an
+// receives the weights as read in the backward pass, in table layout, as fp32; `seen_acc` (optional) the unit's
+// acc_t<T> values (ParamAccess::params_acc) likewise. Under expert parallelism an
 // expert's gradient holds the tokens of its whole EP group: ep_ranks consecutive ranks from rank's group start.
 template <typename T>
 void fake_micro_batch(ParamAccess<T>& a, const ParamTable& t, int micro, int rank, std::vector<float>* seen = nullptr,
-                      int ep_ranks = 1) {
+                      int ep_ranks = 1, std::vector<float>* seen_acc = nullptr) {
   using Dir = typename ParamAccess<T>::Direction;
   const int U = int(t.units().size());
   const bool tied = t.find("lm_head.weight") == nullptr;
@@ -41,12 +42,14 @@ void fake_micro_batch(ParamAccess<T>& a, const ParamTable& t, int micro, int ran
     a.release(u);
   }
   if (seen) seen->assign(size_t(t.total_numel()), 0.f);
+  if (seen_acc) seen_acc->assign(size_t(t.total_numel()), 0.f);
   std::vector<int> order;
   for (int u = U - 1; u >= 0; --u) order.push_back(u);
   if (tied) (void)a.grads(0);
   for (int u : order) {
     const i64 base = t.units()[u].begin;
     const T* p = a.params(u, Dir::Backward);
+    const acc_t<T>* pa = a.params_acc(u);
     acc_t<T>* g = a.grads(u);
     for (const ParamInfo& e : t.entries()) {
       if (e.unit != u) continue;
@@ -54,6 +57,7 @@ void fake_micro_batch(ParamAccess<T>& a, const ParamTable& t, int micro, int ran
       for (i64 i = 0; i < e.numel; ++i) {
         for (int r = r0; r < r1; ++r) g[e.offset - base + i] += fake_grad(e.name, i, micro, r);
         if (seen) (*seen)[size_t(e.offset + i)] = float(p[e.offset - base + i]);
+        if (seen_acc) (*seen_acc)[size_t(e.offset + i)] = float(pa[e.offset - base + i]);
       }
     }
     a.release(u);

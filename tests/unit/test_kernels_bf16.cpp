@@ -238,8 +238,9 @@ TEST(Bf16Kernels, RmsNorm) {
   const Vec xd = to_d(x), wd = to_d(w), dyd = to_d(dy);
   std::vector<bf16> y(xd.size()), dx(xd.size());
   std::vector<float> rstd(static_cast<size_t>(N)), dw(static_cast<size_t>(C), 0.25f);
-  rmsnorm_forward_ref<bf16>(y.data(), rstd.data(), x.data(), w.data(), N, C, eps);
-  rmsnorm_backward_ref<bf16>(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
+  const std::vector<float> wf(w.begin(), w.end());  // the gain is fp32 (DESIGN §8)
+  rmsnorm_forward_ref<bf16>(y.data(), rstd.data(), x.data(), wf.data(), N, C, eps);
+  rmsnorm_backward_ref<bf16>(dx.data(), dw.data(), dy.data(), x.data(), wf.data(), rstd.data(), N, C);
   Vec yref(xd.size()), ymag(xd.size()), dxref(xd.size()), dxmag(xd.size()), dwref(static_cast<size_t>(C), 0.25), dwmag(static_cast<size_t>(C));
   for (i64 n = 0; n < N; ++n) {
     double ss = 0;
@@ -322,22 +323,24 @@ TEST(Bf16Kernels, Swiglu) {
 
 // ---------------------------------------------------------------- cross-entropy (B9)
 
-TEST(Bf16Kernels, CrossEntropyBackwardFromFp32Logits) {
+TEST(Bf16Kernels, CrossEntropyOnBf16Logits) {
   std::mt19937_64 g(6);
   const i64 N = 7, V = 301;
-  std::vector<float> logits(static_cast<size_t>(N * V));
+  std::vector<bf16> logits(static_cast<size_t>(N * V));
   std::normal_distribution<float> nd(0.f, 3.f);
-  for (auto& l : logits) l = nd(g);
+  for (auto& l : logits) l = bf16(nd(g));
   std::vector<int32_t> tgt{5, 0, 300, kIgnoreTarget, 17, 17, 299};
   const double scale = 1.0 / 6;
-  std::vector<bf16> dl(logits.size(), bf16(9.f));
-  cross_entropy_backward_ref<bf16>(dl.data(), logits.data(), tgt.data(), N, V, scale);
+  // Forward reads the bf16 logits widened (fp32/double arithmetic); ignored rows add nothing.
+  const double total = cross_entropy_forward_ref<bf16>(nullptr, logits.data(), tgt.data(), N, V);
+  double want = 0;
   Vec ref(logits.size(), 0.0), slack(logits.size(), 0.0);
   for (i64 n = 0; n < N; ++n) {
     if (tgt[static_cast<size_t>(n)] == kIgnoreTarget) continue;
     double mx = -1e300, s = 0;
     for (i64 v = 0; v < V; ++v) mx = std::max(mx, double(logits[static_cast<size_t>(n * V + v)]));
     for (i64 v = 0; v < V; ++v) s += std::exp(double(logits[static_cast<size_t>(n * V + v)]) - mx);
+    want += mx + std::log(s) - double(logits[static_cast<size_t>(n * V + tgt[static_cast<size_t>(n)])]);
     for (i64 v = 0; v < V; ++v) {
       const size_t i = static_cast<size_t>(n * V + v);
       const double p = std::exp(double(logits[i]) - mx) / s;
@@ -345,18 +348,20 @@ TEST(Bf16Kernels, CrossEntropyBackwardFromFp32Logits) {
       slack[i] = 1e-6 * scale;  // fp32 rounding of scale·p and of scale before the target's subtraction
     }
   }
+  EXPECT_NEAR(total, want, 1e-12 * std::abs(want));
+  // Backward in place on the bf16 logits: each dlogit rounded once.
+  std::vector<bf16> dl = logits;
+  cross_entropy_backward_inplace_ref<bf16>(dl.data(), tgt.data(), N, V, scale);
   EXPECT_TRUE(one_rounding(dl, ref, slack));
   for (i64 v = 0; v < V; ++v) EXPECT_EQ(dl[static_cast<size_t>(3 * V + v)].bits, 0) << "ignored row";
-  // Forward on the same fp32 logits: ignored rows add nothing.
-  const double total = cross_entropy_forward_ref<float>(nullptr, logits.data(), tgt.data(), N, V);
-  double want = 0;
-  for (i64 n = 0; n < N; ++n)
-    if (tgt[static_cast<size_t>(n)] != kIgnoreTarget)
-      want += logsumexp_row<float>(logits.data() + n * V, V) - double(logits[static_cast<size_t>(n * V + tgt[static_cast<size_t>(n)])]);
-  EXPECT_NEAR(total, want, 1e-12 * std::abs(want));
+  // Out of place gives the same bits.
+  std::vector<bf16> dl2(logits.size(), bf16(9.f));
+  cross_entropy_backward_ref<bf16>(dl2.data(), logits.data(), tgt.data(), N, V, scale);
+  EXPECT_EQ(0, std::memcmp(dl.data(), dl2.data(), dl.size() * 2));
   // T = float: the out-of-place backward is the in-place one, bit for bit.
-  std::vector<float> a(logits.size()), b = logits;
-  cross_entropy_backward_ref<float>(a.data(), logits.data(), tgt.data(), N, V, scale);
+  std::vector<float> lf(logits.begin(), logits.end());
+  std::vector<float> a(lf.size()), b = lf;
+  cross_entropy_backward_ref<float>(a.data(), lf.data(), tgt.data(), N, V, scale);
   cross_entropy_backward_inplace_ref<float>(b.data(), tgt.data(), N, V, scale);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
 }

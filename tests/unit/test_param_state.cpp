@@ -163,21 +163,31 @@ TEST(ParamState, Bf16CopyIsRoundedMaster) {
       const std::vector<float> w32 = fake_train<float>(s32, t, 2, 2, 0);
       const std::vector<float> w16 = fake_train<bf16>(s16, t, 2, 2, 0);
       EXPECT_EQ(std::memcmp(w32.data(), w16.data(), w32.size() * 4), 0) << "fp32 masters differ";
-      std::vector<float> seen;
+      std::vector<float> seen, seen_acc;
       s16.zero_grads();
-      fake_micro_batch<bf16>(s16.access_bf16(), t, 0, 0, &seen);
+      fake_micro_batch<bf16>(s16.access_bf16(), t, 0, 0, &seen, 1, &seen_acc);
       const std::vector<float> master = s16.local_params();
       i64 inexact = 0;
       for (const ParamInfo& e : t.entries())
         for (i64 i = 0; i < e.numel; ++i) {
           const size_t k = size_t(e.offset + i);
           ASSERT_EQ(seen[k], round_bf16(master[k])) << e.name << "[" << i << "]";
+          // params_acc: the fp32 master itself (router weight and norm gains are read from it, DESIGN §8).
+          ASSERT_EQ(std::memcmp(&seen_acc[k], &master[k], 4), 0) << e.name << "[" << i << "] (params_acc)";
           inexact += seen[k] != master[k];
         }
       EXPECT_GT(inexact, 0);  // the copy really is bf16
       const StateBytes b = s16.bytes();
-      EXPECT_EQ(b.compute_copy, 2 * (stage == 3 ? b.params / 4 : t.total_numel()));
-      if (stage == 3) EXPECT_THROW(s16.access(), Error);
+      // Stages 0–2 keep a flat bf16 copy; stage 3 rounds each gathered fp32 unit into bf16 working slots.
+      EXPECT_EQ(b.compute_copy, stage == 3 ? 0 : 2 * t.total_numel());
+      i64 max_unit = 0;
+      for (const ParamUnit& u : t.units()) max_unit = std::max(max_unit, u.size());
+      if (stage == 3) {
+        EXPECT_EQ(b.working - b.grad_slots, 3 * max_unit * (4 + 2));
+      }
+      if (stage == 3) {
+        EXPECT_THROW(s16.access(), Error);
+      }
     }
   }
 }

@@ -145,5 +145,6 @@ std::unique_ptr<DenseOps<T>> make_cpu_dense_ops() {
 
 template std::unique_ptr<DenseOps<float>> make_cpu_dense_ops<float>();
 template std::unique_ptr<DenseOps<double>> make_cpu_dense_ops<double>();
+template std::unique_ptr<DenseOps<bf16>> make_cpu_dense_ops<bf16>();
 
 }  // namespace moe
