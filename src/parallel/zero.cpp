@@ -126,8 +126,7 @@ class ParamState::Access final : public ParamAccess<T> {
         // contract: DESIGN §8 (compute copy = round_bf16(master))
         const i64 n = s_.table_.units()[u].size();
         T* dst = h.copy.data();
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (i64 i = 0; i < n; ++i) dst[i] = T(f[i]);
+        parallel_for_above(n, 65536, [&](i64 i) { dst[i] = T(f[i]); });
         h.rounded = true;
       }
       return h.copy.data();

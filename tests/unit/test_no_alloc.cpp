@@ -25,13 +25,14 @@
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_allocs{0};
-// OpenBLAS's AVX-512 small-matrix GEMM kernels (SkylakeX/Cooperlake core types) malloc a packing buffer on every
-// call; that is the library's, outside what this project controls, so it is counted apart and reported. With the
-// Haswell core type this image uses (OPENBLAS_CORETYPE) there are none.
+// The GEMM libraries allocate their own packing buffers inside some calls: OpenBLAS's AVX-512 small-matrix kernels
+// (SkylakeX/Cooperlake core types; none with the Haswell core type) and oneDNN's gemm_bf16bf16f32 (every call).
+// Those are the libraries' (their C GEMM APIs take no workspace), so they are counted apart and reported.
 std::atomic<long> g_blas_allocs{0};
-bool from_openblas(void* caller) {
+bool from_gemm_library(void* caller) {
   Dl_info info;
-  return caller && dladdr(caller, &info) && info.dli_fname && std::strstr(info.dli_fname, "libopenblas");
+  return caller && dladdr(caller, &info) && info.dli_fname &&
+         (std::strstr(info.dli_fname, "libopenblas") || std::strstr(info.dli_fname, "libdnnl"));
 }
 // MOE_NOALLOC_TRACE=N prints the call stacks of the first N counted allocations (to find them).
 long g_trace = -1;
@@ -56,31 +57,35 @@ void* __libc_malloc(size_t);
 void* __libc_calloc(size_t, size_t);
 void* __libc_realloc(void*, size_t);
 void* __libc_memalign(size_t, size_t);
-void* malloc(size_t n) {
-  if (g_counting.load(std::memory_order_relaxed) && from_openblas(__builtin_return_address(0)))
+// Counts one malloc-family call made from `caller` (library allocations apart).
+static void count_c(void* caller) {
+  if (g_counting.load(std::memory_order_relaxed) && from_gemm_library(caller))
     g_blas_allocs.fetch_add(1, std::memory_order_relaxed);
   else
     count();
+}
+void* malloc(size_t n) {
+  count_c(__builtin_return_address(0));
   return __libc_malloc(n);
 }
 void* calloc(size_t a, size_t b) {
-  count();
+  count_c(__builtin_return_address(0));
   return __libc_calloc(a, b);
 }
 void* realloc(void* p, size_t n) {
-  count();
+  count_c(__builtin_return_address(0));
   return __libc_realloc(p, n);
 }
 void* aligned_alloc(size_t al, size_t n) {
-  count();
+  count_c(__builtin_return_address(0));
   return __libc_memalign(al, n);
 }
 void* memalign(size_t al, size_t n) {
-  count();
+  count_c(__builtin_return_address(0));
   return __libc_memalign(al, n);
 }
 int posix_memalign(void** out, size_t al, size_t n) {
-  count();
+  count_c(__builtin_return_address(0));
   *out = __libc_memalign(al, n);
   return *out || n == 0 ? 0 : ENOMEM;
 }
@@ -185,7 +190,8 @@ long allocs_in_steps(const std::vector<std::string>& extra) {
   for (int s = 1; s < 6; ++s) tr.step(s);
   g_counting = false;
   if (g_blas_allocs > 0)
-    std::printf("note: %ld allocations inside OpenBLAS's small-matrix GEMM kernels (not counted)\n", g_blas_allocs.load());
+    std::printf("note: %ld allocations inside the GEMM libraries (OpenBLAS / oneDNN; not counted)\n",
+                g_blas_allocs.load());
   return g_allocs.load();
 }
 
@@ -221,7 +227,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"recompute_full_zero3", {"train.recompute=full", "parallel.zero=3"}},
                       Case{"capacity_jitter_dropout", {"moe.capacity_factor=1.25", "moe.router_jitter=0.1",
                                                        "moe.expert_dropout=0.1", "moe.z_loss_coef=0.001"}},
-                      Case{"aux_global", {"moe.aux_loss_scope=global"}}),
+                      Case{"aux_global", {"moe.aux_loss_scope=global"}},
+                      Case{"bf16_zero0", {"train.precision=bf16"}},
+                      Case{"bf16_zero3_recompute", {"train.precision=bf16", "parallel.zero=3", "train.recompute=selective"}}),
     [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 
 }  // namespace
