@@ -46,7 +46,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$PRECISION" == fp32 || "$PRECISION" == bf16 ]] || { echo "train_throughput.sh: --precision fp32|bf16, not '$PRECISION'" >&2; exit 2; }
 BIN="$BUILD/moe-train"
-PEAK_BIN="$BUILD/sgemm-peak"
+PEAK_BIN="$BUILD/bench/sgemm-peak"
 [[ -x "$PY" ]] || { echo "train_throughput.sh: no python at $PY (launch/test.sh creates the oracle venv; or --python)" >&2; exit 2; }
 if [[ ! -x "$BIN" ]]; then
   echo "building $BIN ..." >&2
