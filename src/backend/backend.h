@@ -4,6 +4,7 @@
 
 #include "backend/dense_ops.h"
 #include "backend/moe_ops.h"
+#include "backend/optim_ops.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -23,6 +24,7 @@ struct Backend {
   Stream stream;
   std::unique_ptr<DenseOps<T>> dense;
   std::unique_ptr<MoeOps<T>> moe;
+  std::unique_ptr<OptimOps> optim;  // fp32 state passes (ParamState); independent of T
 };
 
 // The CPU backend: OpenBLAS for fp32/fp64 GEMMs, oneDNN's bf16 GEMM (AVX512-BF16 dot products where the CPU has

@@ -1,6 +1,7 @@
 // Owns the one-allocation arena: typed buffers are reserved by size, then allocated once before step 0 (STYLE habit 4).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -17,7 +18,7 @@ enum class AllocPolicy { Allocate, PlanOnly };
 
 // Buffers of any element type in one block. Each reservation starts on a 64-byte boundary, so the byte size
 // of a plan is exactly Σ round_up(bytes, 64): the same number whether it is allocated or only planned.
-// Host memory today; a device backend supplies its own block (allocate(void*) below).
+// allocate() takes host memory; a device backend allocates bytes() itself and hands the block to allocate_in().
 class Arena {
  public:
   static constexpr i64 kAlign = 64;
@@ -43,6 +44,14 @@ class Arena {
       std::memset(host_.get(), 0, size_t(total_));
     }
     place(host_.get());
+  }
+  // Points every slot into an external block of at least bytes() bytes (e.g. device memory), aligned to kAlign.
+  void allocate_in(void* block) {
+    MT_CHECK(!allocated_, "arena allocated twice");
+    MT_CHECK(reinterpret_cast<uintptr_t>(block) % kAlign == 0, "arena block not aligned to ", kAlign, " bytes");
+    allocated_ = true;
+    if (policy_ == AllocPolicy::PlanOnly) return;
+    place(static_cast<std::byte*>(block));
   }
   i64 bytes() const { return total_; }
 

@@ -126,7 +126,7 @@ class ParamState::Access final : public ParamAccess<T> {
         // contract: DESIGN §8 (compute copy = round_bf16(master))
         const i64 n = s_.table_.units()[u].size();
         T* dst = h.copy.data();
-        parallel_for_above(n, 65536, [&](i64 i) { dst[i] = T(f[i]); });
+        s_.ops_->round_to_bf16(dst, f, n);
         h.rounded = true;
       }
       return h.copy.data();
@@ -307,9 +307,10 @@ StateBytes ParamState::plan_bytes(const ParamTable& table, int stage, int world,
 // ---- ParamState ----
 
 ParamState::ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep,
-                       Precision precision)
+                       Precision precision, std::unique_ptr<OptimOps> ops)
     : table_(table), stage_(stage), precision_(precision), world_(world), edp_(edp), ep_(ep),
       lay_(make_layout(table, stage, world.size(), world.rank(), edp.size(), edp.rank())), mode_(lay_.mode) {
+  ops_ = ops ? std::move(ops) : make_cpu_optim_ops();
   for (Segment& s : lay_.segs) s.group = s.expert ? &edp : &world;
   if (stage_ <= 2)
     params_.assign(size_t(lay_.full), 0.f);
@@ -380,11 +381,7 @@ const std::vector<bf16>& ParamState::compute_copy() const {
 // contract: B1 (the bf16 copy is round_bf16 of the fp32 master, every parameter)
 void ParamState::refresh_copy() {
   if (precision_ != Precision::Bf16 || stage_ == 3) return;  // stage 3: rounded per unit after the gather
-  const float* src = params_.data();
-  bf16* dst = copy_.data();
-  const i64 n = i64(copy_.size());
-#pragma omp parallel for schedule(static)
-  for (i64 i = 0; i < n; ++i) dst[i] = bf16(src[i]);
+  ops_->round_to_bf16(copy_.data(), params_.data(), i64(copy_.size()));
 }
 
 void ParamState::invalidate_gathers() {
@@ -495,34 +492,31 @@ double ParamState::reduce_grads() {
     for (const Segment& s : lay_.segs) s.group->all_reduce_sum(grads_.data() + s.begin, s.end - s.begin);
     double dense = 0, expert = 0;
     for (const Segment& s : lay_.segs)
-      (s.expert ? expert : dense) += grad_sq_sum(grads_.data() + s.begin, s.end - s.begin);
+      (s.expert ? expert : dense) += ops_->grad_sq_sum(grads_.data() + s.begin, s.end - s.begin);
     ep_.all_reduce_sum(&expert, 1);  // each expert lives on one rank of the EP group
     return std::sqrt(dense + expert);
   }
   if (mode_ == GradMode::SlotSum) {
     for (const Segment& s : lay_.segs) s.group->all_reduce_sum(gacc_.data() + s.gsum_off, s.gsum_n);
     double dense = 0, expert = 0;
-    for (const Segment& s : lay_.segs) (s.expert ? expert : dense) += grad_sq_sum(gacc_.data() + s.gsum_off, s.gsum_n);
+    for (const Segment& s : lay_.segs) (s.expert ? expert : dense) += ops_->grad_sq_sum(gacc_.data() + s.gsum_off, s.gsum_n);
     ep_.all_reduce_sum(&expert, 1);
     return std::sqrt(dense + expert);
   }
   // Reduced during backward; shards partition every trainable dense and expert element exactly once.
-  double sq = grad_sq_sum(gacc_.data(), i64(gacc_.size()));
+  double sq = ops_->grad_sq_sum(gacc_.data(), i64(gacc_.size()));
   world_.all_reduce_sum(&sq, 1);
   return std::sqrt(sq);
 }
 
 void ParamState::scale_grads(float coef) {
   std::vector<float>& g = mode_ == GradMode::Flat ? grads_ : gacc_;
-  float* x = g.data();
-  const i64 n = i64(g.size());
-#pragma omp parallel for simd schedule(static)
-  for (i64 i = 0; i < n; ++i) x[i] *= coef;
+  ops_->scale(g.data(), i64(g.size()), coef);
 }
 
 // contract: C5.adamw
 void ParamState::adamw(const TrainConfig& t, double lr, long step) {
-  adamw_update_pieces(pieces_, AdamWHyper{lr, t.beta1, t.beta2, t.eps, t.weight_decay}, step);
+  ops_->adamw(pieces_, AdamWHyper{lr, t.beta1, t.beta2, t.eps, t.weight_decay}, step, 1.f);
   if (stage_ == 1 || stage_ == 2) {
     for (const Segment& s : lay_.segs)
       s.group->all_gather(params_.data() + s.begin, params_.data() + s.mine, s.chunk, CommDtype::F32);

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/optim_ops.h"
 #include "comm/communicator.h"
 #include "config/config.h"
 #include "core/bf16.h"
@@ -41,8 +42,9 @@ class ParamState {
  public:
   // table: this rank's table, padded for the groups (dense: world size, experts: edp size); its trainable
   // flags are read here, once. Every entry must be dense fp32 storage (MT_CHECK).
+  // ops: the backend's optimizer table (AdamW, Σg², scaling, bf16 rounding); null = the CPU table.
   ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep,
-             Precision precision = Precision::Fp32);
+             Precision precision = Precision::Fp32, std::unique_ptr<OptimOps> ops = nullptr);
   ~ParamState();
 
   // The bytes a ParamState of this table, stage, group sizes and precision holds on the rank at the given
@@ -140,6 +142,7 @@ class ParamState {
 
   float* unit_grads(int unit);
   void unit_grads_done(int unit);
+  std::unique_ptr<OptimOps> ops_;  // every element-wise pass over the state goes through the backend
   void refresh_copy();
   void invalidate_gathers();
 

@@ -1,4 +1,4 @@
-// Owns make_cpu_backend<T>: the host backend table (CPU dense ops and CPU MoE ops).
+// Owns make_cpu_backend<T>: the host backend table (CPU dense, MoE and optimizer ops).
 #include "backend/backend.h"
 #include "backend/cpu/cpu_dense.h"
 
@@ -11,6 +11,7 @@ std::unique_ptr<Backend<T>> make_cpu_backend() {
   b->stream = Stream{};  // the CPU runs every op synchronously in call order
   b->dense = make_cpu_dense_ops<T>();
   b->moe = make_cpu_moe_ops<T>();
+  b->optim = make_cpu_optim_ops();
   return b;
 }
 

@@ -1,0 +1,30 @@
+// Owns the optimizer group of the backend op table: AdamW over shard pieces, Σg² for the global norm, gradient scaling, and the bf16 compute-copy rounding.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/dims.h"
+#include "optim/adamw.h"
+
+namespace moe {
+
+// Ops over fp32 state buffers in the backend's memory space (master weights, gradients, moments), ordered on
+// the backend's stream. ParamState calls these for every element-wise pass over its shards.
+class OptimOps {
+ public:
+  virtual ~OptimOps() = default;
+  // One AdamW update of every piece (torch.optim.AdamW semantics), each gradient read × grad_scale. [C5.adamw]
+  virtual void adamw(const std::vector<AdamWPiece>& pieces, const AdamWHyper& hp, long t, float grad_scale) = 0;
+  // Σ g[i]² over n elements, accumulated in double (shards are combined before the sqrt). [C5.clip]
+  virtual double grad_sq_sum(const float* g, i64 n) = 0;
+  // x[i] *= coef (the clipping coefficient). [C5.clip]
+  virtual void scale(float* x, i64 n, float coef) = 0;
+  // dst[i] = round_bf16(src[i]): the compute copy of the fp32 master (docs/DESIGN.md §8).
+  virtual void round_to_bf16(bf16* dst, const float* src, i64 n) = 0;
+};
+
+// The CPU table: optim/adamw.cpp's OpenMP passes.
+std::unique_ptr<OptimOps> make_cpu_optim_ops();
+
+}  // namespace moe
