@@ -551,6 +551,14 @@ void apply_override(Config& cfg, const std::string& item) {
 // Checks between keys, after every override is in. [DESIGN §6]
 void check_cross(const Config& c, const std::string& origin) {
   check_model_dims(c.model, origin, ModelKeys::Yaml);
+  // The dropless receive bound: 0 (= ep, the worst case) or ≥ 1 (the ranks together receive ep·T·k rows, so some
+  // rank always receives ≥ T·k); it sizes nothing when a capacity factor bounds the buffers instead.
+  const double f = c.moe.dropless_buffer_factor;
+  MT_INPUT_CHECK(f == 0 || f >= 1, origin, ": key 'moe.dropless_buffer_factor' must be 0 (= parallel.ep, no bound "
+                 "below the worst case) or >= 1 (some rank always receives at least T·k rows), got ", f);
+  MT_INPUT_CHECK(f == 0 || c.moe.capacity_factor == 0, origin, ": key 'moe.dropless_buffer_factor' bounds dropless "
+                 "routing only; with moe.capacity_factor ", c.moe.capacity_factor, " > 0 the capacity bounds the "
+                 "receive buffers: remove the key or set moe.capacity_factor: 0");
   MT_INPUT_CHECK(c.upcycle.top_k <= c.upcycle.num_experts, origin,
                  ": key 'upcycle.top_k' must be <= upcycle.num_experts (", c.upcycle.num_experts, "), got ",
                  c.upcycle.top_k);

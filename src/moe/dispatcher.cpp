@@ -14,7 +14,9 @@ i64 max_expert_rows(i64 Tn, i64 K, i64 E, const MoeConfig& cfg, const ExpertShar
   const i64 C = expert_capacity(cfg.capacity_factor, Tn, K, E);
   if (C >= 0) return std::min(worst, E * C);
   if (cfg.dropless_buffer_factor <= 0) return worst;
-  return std::min(worst, i64(std::ceil(cfg.dropless_buffer_factor * double(Tn * K))));
+  // In double first: a factor ≥ ep (even 1e300) means the worst case, never an overflowed integer.
+  const double rows = std::ceil(cfg.dropless_buffer_factor * double(Tn * K));
+  return rows >= double(worst) ? worst : i64(rows);
 }
 
 std::string expert_rows_bound_key(const MoeConfig& cfg) {

@@ -17,10 +17,11 @@ make_text "$tmp/text.txt" 50000
 common=(--set data.path="$tmp/text.txt" --set train.steps=2 --set train.micro_batch=2 --set parallel.ep=2
         --set moe.capacity_factor=0)
 
-# 1. A quarter of T·K rows per rank: the init routing sends each rank about T·K rows, so the first layer overflows.
-launch "$SRC/configs/tiny.yaml" "${common[@]}" --set run.dir="$tmp/run1" --set moe.dropless_buffer_factor=0.25
+# 1. T·K rows per rank (factor 1, the smallest allowed): the two ranks receive 2·T·K rows together, so unless the
+#    init routing splits them exactly evenly one rank overflows in the first layer.
+launch "$SRC/configs/tiny.yaml" "${common[@]}" --set run.dir="$tmp/run1" --set moe.dropless_buffer_factor=1
 [ "$RC" -eq 2 ] || fail "overflow: exit $RC, expected 2"
-n=$(grep -c "moe.dropless_buffer_factor: EP rank [01] needs [0-9]* receive rows for its experts but its receive buffers hold 64 rows" "$tmp/log")
+n=$(grep -c "moe.dropless_buffer_factor: EP rank [01] needs [0-9]* receive rows for its experts but its receive buffers hold 256 rows" "$tmp/log")
 [ "$n" -eq 1 ] || fail "overflow: the message naming the key, rows needed and rows available appears $n times, expected once"
 grep -q "Segmentation\|core dumped\|internal error" "$tmp/log" && fail "overflow: crashed"
 [ -e "$tmp/run1/metrics.jsonl" ] && grep -q '"step"' "$tmp/run1/metrics.jsonl" && fail "overflow: a step was logged"
@@ -29,12 +30,22 @@ grep -q "Segmentation\|core dumped\|internal error" "$tmp/log" && fail "overflow
 launch "$SRC/configs/tiny.yaml" "${common[@]}" --set run.dir="$tmp/run2"
 [ "$RC" -eq 0 ] || fail "default bound: exit $RC, expected 0"
 
-# 3. Negative or non-numeric factors are refused before training.
-for bad in -1 lots; do
+# 3. Negative, non-numeric and below-one factors are refused before training.
+for bad in -1 lots 0.5; do
   launch "$SRC/configs/tiny.yaml" "${common[@]}" --set run.dir="$tmp/run3" --set moe.dropless_buffer_factor=$bad
   [ "$RC" -eq 2 ] || fail "factor $bad: exit $RC, expected 2"
   grep -q "moe.dropless_buffer_factor" "$tmp/log" || fail "factor $bad: the message does not name the key"
 done
+
+# 4. With a capacity factor the key would size nothing: refused, not ignored.
+launch "$SRC/configs/tiny.yaml" "${common[@]}" --set run.dir="$tmp/run4" --set moe.capacity_factor=1.25 \
+  --set moe.dropless_buffer_factor=2
+[ "$RC" -eq 2 ] || fail "factor with capacity: exit $RC, expected 2"
+grep -q "moe.dropless_buffer_factor' bounds dropless routing only" "$tmp/log" || fail "factor with capacity: no message"
+
+# 5. A factor far above ep is the worst case, not an overflowed row count: training runs.
+launch "$SRC/configs/tiny.yaml" "${common[@]}" --set run.dir="$tmp/run5" --set moe.dropless_buffer_factor=1e300
+[ "$RC" -eq 0 ] || fail "factor 1e300: exit $RC, expected 0"
 
 [ "$FAILED" -eq 0 ] || { sed 's/^/  | /' "$tmp/log" | head -40; exit 1; }
 echo PASS
