@@ -112,7 +112,8 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
   else
     os << "precision: fp32 (weights, gradients, AdamW moments, activations and compute)\n";
   // fp32 weights + grads + two AdamW moments (+ the bf16 copy) of the whole model
-  const i64 logical_state = (bf ? 18 : 16) * p.params;
+  // fp32 weights + grads + two moments (+ the bf16 copy where it is state: ZeRO 0-2; ZeRO-3 rounds into working slots).
+  const i64 logical_state = (bf && p.zero < 3 ? 18 : 16) * p.params;
   os << "memory plan per rank: world " << p.world << " = ep " << p.ep << " x expert-dp " << p.world / p.ep << ", ZeRO-"
      << p.zero << "\n";
   os << "  weights          " << human_bytes(p.weight_bytes) << "\n";
@@ -132,8 +133,9 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
     else
       os << "  gradient slots   " << human_bytes(p.working_bytes) << "  (unit gradients before their reduce-scatter)\n";
   }
+  static const char* recompute_names[] = {"none", "selective", "full"};
   os << "  activations      " << human_bytes(p.activation_bytes) << "  (micro_batch " << cfg.train.micro_batch << " x seq_len "
-     << cfg.train.seq_len << ")\n";
+     << cfg.train.seq_len << ", train.recompute: " << recompute_names[int(cfg.train.recompute)] << ")\n";
   if (p.data_bytes) os << "  data tokens      " << human_bytes(p.data_bytes) << "  (" << human_count(p.data_bytes / 4) << " tokens as int32)\n";
   os << "  start-up staging " << human_bytes(p.staging_bytes) << "  (fp32, one parameter unit at a time before sharding; freed before step 1)\n";
   os << "  total            " << human_bytes(p.total()) << "\n";
