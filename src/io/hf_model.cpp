@@ -476,11 +476,30 @@ void load_hf_weights(const std::string& dir, const ModelConfig& m, const ParamTa
   for (const ParamUnit& u : table.units()) reader.read_unit(int(&u - table.units().data()), params + u.begin);
 }
 
+// The weight files an earlier export may have left in dir (model.safetensors, model-NNNNN-of-NNNNN.safetensors and
+// the index): a loader would read a stale single file beside new shards, or stale shards through an old index.
+// Nothing else in dir is touched.
+static void remove_stale_weights(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    const bool shard = n.rfind("model-", 0) == 0 && n.find("-of-") != std::string::npos && n.size() > 12 &&
+                       n.compare(n.size() - 12, 12, ".safetensors") == 0;
+    if (n == "model.safetensors" || n == "model.safetensors.index.json" || shard) {
+      std::error_code rm;
+      fs::remove(e.path(), rm);
+      MT_INPUT_CHECK(!rm, "cannot remove the earlier export's ", e.path().string(), ": ", rm.message());
+    }
+  }
+  MT_INPUT_CHECK(!ec, "cannot list model directory ", dir, ": ", ec.message());
+}
+
 void save_hf_model(const std::string& dir, const ModelConfig& m, const ParamTable& table, const float* params,
                    const HfSaveOptions& opt) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   MT_INPUT_CHECK(!ec && fs::is_directory(dir), "cannot create model directory ", dir, ": ", ec.message());
+  remove_stale_weights(dir);
 
   const std::string cfg = dir + "/config.json", tmp = cfg + ".tmp";
   {

@@ -439,6 +439,29 @@ case "$CASE" in
     expect_rc 3
     expect_has "training diverged at step" "first non-finite gradient" "weight"
     ;;
+  export_replaces_weights)
+    # A second moe-export into the same --out replaces the weight files of the first (a stale model.safetensors
+    # beside new shards would be loaded instead of them), and leaves other files alone.
+    EXPORT="$(dirname "$BIN")/moe-export"
+    write_text corpus.txt
+    run "$SRC/configs/tiny.yaml" --set train.steps=2 --set checkpoint.every=2 --set "data.path=$T/corpus.txt" \
+      --set "run.dir=$T/run"
+    expect_rc 0
+    ck=$(ls run/checkpoints/step_2.h5 2>/dev/null)
+    [ -n "$ck" ] || fail "no checkpoint written"
+    mkdir -p out && echo keep >out/README.md
+    "$EXPORT" "$ck" --out out >/dev/null 2>&1 || fail "first export failed"
+    [ -f out/model.safetensors ] || fail "unsharded export wrote no model.safetensors"
+    "$EXPORT" "$ck" --out out --max-shard-size 0.0002 >/dev/null 2>&1 || fail "sharded export failed"
+    [ -f out/model.safetensors ] && fail "the unsharded file of the first export is still there beside the shards"
+    [ -f out/model.safetensors.index.json ] || fail "sharded export wrote no index"
+    n=$(ls out | grep -c '^model-.*-of-.*\.safetensors$')
+    [ "$n" -ge 2 ] || fail "expected several shards, found $n"
+    "$EXPORT" "$ck" --out out >/dev/null 2>&1 || fail "third export failed"
+    [ -f out/model.safetensors.index.json ] && fail "the index of the sharded export is still there"
+    [ "$(ls out | grep -c '^model-.*-of-.*\.safetensors$')" -eq 0 ] || fail "shards of the sharded export are still there"
+    [ -f out/README.md ] || fail "an unrelated file in --out was removed"
+    ;;
   demo_ok)
     write_text corpus.txt
     run "$SRC/configs/tiny.yaml" --set train.steps=5 --set "data.path=$T/corpus.txt" --set "run.dir=$T/run"
