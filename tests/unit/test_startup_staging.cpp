@@ -22,20 +22,12 @@ using moe::test::TmpDir;
 namespace {
 
 std::string config_text(const fs::path& dir) {
-  const fs::path data = dir / "tokens.bin";
-  if (!fs::exists(data)) {
-    std::mt19937 rng(5);
-    std::ofstream f(data, std::ios::binary);
-    for (int i = 0; i < 3000; ++i) {
-      const uint32_t v = rng() % 64;
-      f.write(reinterpret_cast<const char*>(&v), 4);
-    }
-  }
+  const std::string data = moe::test::random_token_file(dir);
   return "run: {dir: " + (dir / "run").string() + "}\n"
          "model: {arch: mixtral, vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_layers: 3,\n"
          "        num_heads: 4, num_kv_heads: 2, num_experts: 4, top_k: 2, init_std: 0.2}\n"
          "train: {seq_len: 8, micro_batch: 2, grad_accum: 1, steps: 1, lr: 0.01, seed: 11}\n"
-         "data: {format: tokens, path: " + data.string() + "}\n";
+         "data: {format: tokens, path: " + data + "}\n";
 }
 
 // The whole logical model drawn in one go: N(0, init_std) from Philox(seed, Init), stream FNV-1a of the HF

@@ -20,15 +20,7 @@ using moe::test::TmpDir;
 namespace {
 
 std::string config_text(const fs::path& dir) {
-  const fs::path data = dir / "tokens.bin";
-  if (!fs::exists(data)) {
-    std::mt19937 rng(5);
-    std::ofstream f(data, std::ios::binary);
-    for (int i = 0; i < 3000; ++i) {
-      const uint32_t v = rng() % 64;
-      f.write(reinterpret_cast<const char*>(&v), 4);
-    }
-  }
+  const std::string data = moe::test::random_token_file(dir);
   return "run: {dir: " + (dir / "run").string() + "}\n"
          "model: {arch: qwen3_moe, vocab_size: 64, hidden_size: 32, intermediate_size: 48, moe_intermediate_size: 24,\n"
          "        num_layers: 2, num_heads: 4, num_kv_heads: 2, head_dim: 8, num_experts: 4, top_k: 2, init_std: 0.2}\n"
@@ -38,7 +30,7 @@ std::string config_text(const fs::path& dir) {
          "        precision: bf16}\n"
          "checkpoint: {keep: 2}\n"
          "log: {every: 100}\n"
-         "data: {format: tokens, path: " + data.string() + "}\n";
+         "data: {format: tokens, path: " + data + "}\n";
 }
 
 double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-30); }

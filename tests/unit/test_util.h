@@ -1,12 +1,15 @@
-// Owns the scaffolding shared by the unit tests: a self-removing temp directory and the BadInput-error expectations.
+// Owns the scaffolding shared by the unit tests: a self-removing temp directory, a random token file and the BadInput-error expectations.
 #pragma once
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <initializer_list>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -14,6 +17,22 @@
 #include "core/error.h"
 
 namespace moe::test {
+
+// dir/tokens.bin: n little-endian uint32 ids, uniform below vocab from mt19937(seed); written once, then reused.
+// Returns its path.
+inline std::string random_token_file(const std::filesystem::path& dir, int n = 3000, uint32_t vocab = 64,
+                                     uint32_t seed = 5) {
+  const std::filesystem::path data = dir / "tokens.bin";
+  if (!std::filesystem::exists(data)) {
+    std::mt19937 rng(seed);
+    std::ofstream f(data, std::ios::binary);
+    for (int i = 0; i < n; ++i) {
+      const uint32_t v = rng() % vocab;
+      f.write(reinterpret_cast<const char*>(&v), 4);
+    }
+  }
+  return data.string();
+}
 
 // A fresh directory /tmp/moe_test_XXXXXX (mkdtemp) removed with its contents on destruction.
 // Throws std::runtime_error when it cannot be made.
