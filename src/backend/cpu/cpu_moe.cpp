@@ -3,6 +3,7 @@
 #include <memory>
 #include <vector>
 
+#include "backend/cpu/cpu_moe_common.h"
 #include "backend/moe_ops.h"
 #include "core/rng.h"
 #include "kernels/ref/gemm_ref.h"
@@ -54,20 +55,13 @@ class CpuMoeOps final : public MoeOps<T> {
                             temperature, norm);
   }
   void router_stats(RoutingPlan& plan, const A* probs, const A* logits) override {
-    const PlanStatsLayout L = plan.layout();
-    const i64 E = plan.E;
-    double* ps = reinterpret_cast<double*>(plan.stats.data() + L.prob_sum());
-    std::fill(ps, ps + E, 0.0);
-    for (i64 t = 0; t < plan.T; ++t)
-      for (i64 e = 0; e < E; ++e) ps[e] += double(probs[t * E + e]);
-    *reinterpret_cast<double*>(plan.stats.data() + L.lse_sq()) = router_lse_sq_sum<T>(logits, plan.T, E);
+    fill_router_stats<A>(plan, probs, logits);
   }
   void build_plan(RoutingPlan& plan, const A* probs, double cf, DropPolicy policy) override {
     moe::build_plan<A>(plan, probs, cf, policy);
   }
-  // contract: one device→host copy of the counts per layer forward (a memcpy on the CPU).
   void copy_expert_counts_to_host(i64* host, const RoutingPlan& plan) override {
-    std::copy(plan.stats.begin(), plan.stats.end(), host);
+    copy_plan_stats_to_host(host, plan);
   }
   void permute(T* xg, const T* x, const RoutingPlan& plan, i64 H) override { dispatch_gather<T>(xg, x, plan, H); }
   void unpermute(T* dx, const T* dxg, const RoutingPlan& plan, i64 H) override {
