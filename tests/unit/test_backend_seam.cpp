@@ -10,6 +10,7 @@
 #include "comm/communicator.h"
 #include "core/arena.h"
 #include "core/error.h"
+#include "core/tensor.h"
 #include "model/param_table.h"
 #include "parallel/zero.h"
 
@@ -37,6 +38,22 @@ TEST(BackendSeam, ArenaPlacesSlotsInAnExternalBlock) {
   b.reserve(&g, 1);
   EXPECT_THROW(b.allocate_in(static_cast<char*>(block) + 4), Error);  // misaligned block
   std::free(block);
+}
+
+TEST(BackendSeam, TensorViewSizesAndTypedAccess) {
+  std::vector<bf16> h(24);
+  const TensorView v = TensorView::of(h.data(), {2, 3, 4});
+  EXPECT_EQ(v.dtype, DType::BF16);
+  EXPECT_EQ(v.space, MemSpace::Host);
+  EXPECT_EQ(v.ndim, 3);
+  EXPECT_EQ(v.numel(), 24);
+  EXPECT_EQ(v.bytes(), 48);
+  EXPECT_EQ(v.as<bf16>(), h.data());
+  EXPECT_THROW(v.as<float>(), Error);  // a bf16 buffer is never read as fp32 by mistake
+  const TensorView q(nullptr, DType::NF4, {3, 5}, MemSpace::Cuda);  // 15 four-bit codes: 8 bytes
+  EXPECT_EQ(q.bytes(), 8);
+  EXPECT_EQ(dtype_bytes(DType::F64, 3), 24);
+  EXPECT_THROW(TensorView(nullptr, DType::F32, {1, 2, 3, 4, 5}), Error);
 }
 
 // An optimizer table that counts calls and forwards to the CPU one.
