@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "backend/dense_ops.h"
+#include "backend/mem_ops.h"
 #include "backend/moe_ops.h"
 #include "backend/optim_ops.h"
 #include "core/tensor.h"
@@ -18,10 +19,18 @@ struct Stream {
 // A backend is a table of op groups (like ggml's backend interface): a CPU default, a CUDA one beside it.
 // T is the storage type of activations and weight copies: float (fp32 training), double (gradient checks),
 // bf16 (mixed precision: fp32 master weights, moments and statistics live elsewhere, see DenseOps).
+// What a backend's op tables share (a device backend: its stream, library handles, the GPU). Declared first in
+// Backend so it is destroyed after the tables that use it.
+struct BackendContext {
+  virtual ~BackendContext() = default;
+};
+
 template <typename T>
 struct Backend {
+  std::unique_ptr<BackendContext> context;  // null on the CPU
   MemSpace space = MemSpace::Host;
   Stream stream;
+  std::unique_ptr<MemOps> mem;  // allocation and copies in `space`
   std::unique_ptr<DenseOps<T>> dense;
   std::unique_ptr<MoeOps<T>> moe;
   std::unique_ptr<OptimOps> optim;  // fp32 state passes (ParamState); independent of T
@@ -31,5 +40,10 @@ struct Backend {
 // them) for bf16, OpenMP loops for the rest.
 template <typename T>
 std::unique_ptr<Backend<T>> make_cpu_backend();
+
+// The backend of train.device (backend_registry.cpp): Cpu → make_cpu_backend; Cuda → the CUDA backend on GPU
+// `gpu` (T = float or bf16), or BadInput when this build has no CUDA or the machine no GPU.
+template <typename T>
+std::unique_ptr<Backend<T>> make_backend(Device device, int gpu = 0);
 
 }  // namespace moe

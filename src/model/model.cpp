@@ -220,7 +220,12 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
     ws = std::max({ws, ops_.linear_forward_workspace_bytes(Tn, g.first, g.second),
                    ops_.linear_backward_workspace_bytes(Tn, g.first, g.second)});
   if (ws > 0) arena_.reserve(&S.ws, ws);
-  arena_.allocate();
+  if (be_.space == MemSpace::Host || arena_.plan_only()) {
+    arena_.allocate();
+  } else {  // device backend: one block of its memory, planned once (STYLE habit 4)
+    arena_block_ = Buffer<std::byte>(*be_.mem, arena_.bytes(), "the activation arena");
+    arena_.allocate_in(arena_block_.data());
+  }
   for (int l = 0; l < m.num_layers; ++l)
     Impl::each_act(S.acts[l], S.shared, dims, S.off[l].q_norm >= 0, S.off[l].moe_index < 0,
                    [&](auto& p, auto& sp, ActGroup g, i64) {

@@ -116,6 +116,7 @@ class Model {
   i64 B_, L_;
   ModelOptions opt_;
   ParamTable table_;
+  Buffer<std::byte> arena_block_;  // the arena's memory on a device backend (host: the arena owns it)
   Arena arena_;
   int num_moe_ = 0;
   // One per MoE layer; with recompute one layer object serves every MoE layer (its buffers are shared).

@@ -9,6 +9,7 @@ std::unique_ptr<Backend<T>> make_cpu_backend() {
   auto b = std::make_unique<Backend<T>>();
   b->space = MemSpace::Host;
   b->stream = Stream{};  // the CPU runs every op synchronously in call order
+  b->mem = make_cpu_mem_ops();
   b->dense = make_cpu_dense_ops<T>();
   b->moe = make_cpu_moe_ops<T>();
   b->optim = make_cpu_optim_ops();
