@@ -17,6 +17,7 @@
 #include <omp.h>
 #endif
 
+#include "kernels/math/attention.h"
 #include "kernels/ref/gemm_ref.h"
 
 namespace moe {
@@ -76,7 +77,7 @@ __attribute__((always_inline)) inline float softmax_span(float* Pi, i64 i, i64 L
   const float inv = 1.f / sum;
   for (i64 j = 0; j < n; ++j) Pi[j] *= inv;
   std::fill(Pi + n, Pi + L, 0.f);
-  return mx + std::log(sum);
+  return math::attn_lse(mx, sum);
 }
 
 // x[j] ← exp(x[j] − sub) for j < n (the probabilities recomputed from the log-sum-exp).
@@ -150,7 +151,11 @@ inline void probs_row(double* Si, i64 lo, i64 i, i64 n, double lse) {
 }
 
 // First key position query i sees: i − window + 1 with a sliding window, else 0.
-inline i64 first_key(i64 i, i64 window) { return window > 0 ? std::max<i64>(0, i - window + 1) : 0; }
+inline i64 first_key(i64 i, i64 window) { return math::attn_first_key(i, window); }
+
+// dS = P (dP − D_i) scale: the shared fp32 formula; double (gradient checks) the same in double.
+inline float dscore(float p, float dp, float Di, float scale) { return math::attn_dscore(p, dp, Di, scale); }
+inline double dscore(double p, double dp, double Di, double scale) { return p * (dp - Di) * scale; }
 
 // Columns of a score block (its leading dimension): a row block of kBlock rows sees at most kBlock + window − 1 keys.
 inline i64 block_cols(i64 L, i64 window) { return window > 0 ? std::min(L, kBlock + window - 1) : L; }
@@ -299,7 +304,7 @@ void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* out, co
             for (i64 d = 0; d < D; ++d) Di += C(dO[i * qs + d]) * C(O[i * qs + d]);
             probs_row(Si, lo, hi, nk, lrow[i]);
 #pragma omp simd
-            for (i64 j = lo; j <= hi; ++j) dSi[j] = Si[j] * (dSi[j] - Di) * scale;
+            for (i64 j = lo; j <= hi; ++j) dSi[j] = dscore(Si[j], dSi[j], Di, scale);
             std::fill(dSi, dSi + lo, C(0));
             std::fill(dSi + hi + 1, dSi + nk, C(0));
           }

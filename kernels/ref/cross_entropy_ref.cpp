@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/math/cross_entropy.h"
+
 namespace moe {
 
 template <typename T>
@@ -13,7 +15,7 @@ double logsumexp_row(const T* x, i64 V) {
   for (i64 v = 1; v < V; ++v) mx = x[v] > mx ? double(x[v]) : mx;
   double s = 0;
   for (i64 v = 0; v < V; ++v) s += std::exp(double(x[v]) - mx);
-  return mx + std::log(s);
+  return math::ce_row_loss(mx, s, 0.0);
 }
 
 // contract: C4.objective
@@ -57,7 +59,7 @@ void cross_entropy_backward_ref(T* dlogits, const T* logits, const int32_t* targ
     for (i64 v = 0; v < V; ++v) s += (ex[v] = std::exp(double(x[v]) - mx));
     const double k = scale / s;
     // The target's dlogit is A(k·ex) − A(scale) in A, rounded to T once.
-    for (i64 v = 0; v < V; ++v) dx[v] = T(v == tgt ? A(A(k * ex[v]) - A(scale)) : A(k * ex[v]));
+    for (i64 v = 0; v < V; ++v) dx[v] = T(math::ce_dlogit<A>(k * ex[v], scale, v, tgt));
   }
 }
 

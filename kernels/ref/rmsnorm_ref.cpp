@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/math/rmsnorm.h"
+
 namespace moe {
 
 // Σ_c f(c) over c < C in double with four interleaved partial sums (c mod 4) added in a fixed order:
@@ -32,10 +34,10 @@ void rmsnorm_forward_ref(T* y, acc_t<T>* rstd, const T* x, const acc_t<T>* w, i6
   for (i64 n = 0; n < N; ++n) {
     const T* xr = x + n * C;
     const double ss = row_sum(C, [&](i64 c) { return double(xr[c]) * double(xr[c]); });
-    const A r = A(1.0 / std::sqrt(ss / double(C) + eps));
+    const A r = math::rmsnorm_rstd<A>(ss, C, eps);
     rstd[n] = r;
     T* yr = y + n * C;
-    for (i64 c = 0; c < C; ++c) yr[c] = T(A(w[c]) * (A(xr[c]) * r));
+    for (i64 c = 0; c < C; ++c) yr[c] = T(math::rmsnorm_y<A>(A(xr[c]), A(w[c]), r));
   }
 }
 
@@ -49,10 +51,11 @@ void rmsnorm_backward_ref(T* dx, acc_t<T>* dw, const T* dy, const T* x, const ac
     const T* xr = x + n * C;
     const T* dyr = dy + n * C;
     const double r = rstd[n];
-    const double dot = row_sum(C, [&](i64 c) { return double(dyr[c]) * double(w[c]) * double(xr[c]) * r; });
+    const double dot =
+        row_sum(C, [&](i64 c) { return math::rmsnorm_dot_term(double(dyr[c]), double(w[c]), double(xr[c]), r); });
     const double m = dot / double(C);
     T* dxr = dx + n * C;
-    for (i64 c = 0; c < C; ++c) dxr[c] = T(A(r * (double(dyr[c]) * double(w[c]) - double(xr[c]) * r * m)));
+    for (i64 c = 0; c < C; ++c) dxr[c] = T(A(math::rmsnorm_dx(double(dyr[c]), double(w[c]), double(xr[c]), r, m)));
   }
   // Weight gradient: column sums, a separate pass so rows can run in parallel above. Threads take column
   // blocks and each column is summed over the rows in order: the same bits at any thread count.
@@ -66,7 +69,7 @@ void rmsnorm_backward_ref(T* dx, acc_t<T>* dw, const T* dy, const T* x, const ac
       const T* xr = x + n * C;
       const T* dyr = dy + n * C;
       const double r = rstd[n];
-      for (i64 c = c0; c < c1; ++c) acc[c - c0] += double(dyr[c]) * double(xr[c]) * r;
+      for (i64 c = c0; c < c1; ++c) acc[c - c0] += math::rmsnorm_dw_term(double(dyr[c]), double(xr[c]), r);
     }
     for (i64 c = c0; c < c1; ++c) dw[c] += A(acc[c - c0]);
   }

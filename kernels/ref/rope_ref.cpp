@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "kernels/math/rope.h"
+
 namespace moe {
 
 // contract: C4.attention, B5
@@ -12,10 +14,8 @@ void rope_table_ref(acc_t<T>* cos_t, acc_t<T>* sin_t, i64 L, i64 D, double theta
   const i64 half = D / 2;
   for (i64 i = 0; i < half; ++i) {
     // HF: inv_freq = 1 / base ** (arange(0, D, 2).float() / D), then (pos · inv_freq) in fp32.
-    const float expo = float(2 * i) / float(D);
-    const float inv_freq = 1.0f / std::pow(float(theta), expo);
     for (i64 p = 0; p < L; ++p) {
-      const float ang = float(p) * inv_freq;
+      const float ang = math::rope_angle(p, i, D, theta);
       cos_t[p * half + i] = A(std::cos(ang));
       sin_t[p * half + i] = A(std::sin(ang));
     }
@@ -37,9 +37,10 @@ void rope_apply_ref(T* x, const acc_t<T>* cos_t, const acc_t<T>* sin_t, i64 B, i
       T* v = x + row * NHx * D + h * D;
       for (i64 i = 0; i < half; ++i) {
         const A x1 = v[i], x2 = v[i + half];
-        const A si = sgn * s[i];
-        v[i] = T(x1 * c[i] - x2 * si);
-        v[i + half] = T(x2 * c[i] + x1 * si);
+        A o1, o2;
+        math::rope_rotate<A>(x1, x2, c[i], sgn * s[i], o1, o2);
+        v[i] = T(o1);
+        v[i + half] = T(o2);
       }
     }
   }

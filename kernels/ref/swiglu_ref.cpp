@@ -2,6 +2,10 @@
 // 8 (AVX2) or 4 (SSE) by the CPU at run time; fp64 (gradient checks) stays scalar with std::exp.
 #include "kernels/ref/swiglu_ref.h"
 #include "kernels/ref/vec_exp.h"
+// The shared math functions take and return W-lane vectors by value; they are always inlined, so no call ABI is
+// involved and GCC's note about the AVX vector-return ABI does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#include "kernels/math/swiglu.h"
 
 #include <cmath>
 #include <cstdint>
@@ -40,8 +44,8 @@ __attribute__((always_inline)) inline void fwd_span(float* h, const float* a, co
     load<W>(bv, b, i, n);
     F e = -av;
     vexp<W>(e);
-    const F s = 1.f / (1.f + e);
-    store<W>(h, i, n, av * s * bv);
+    const F s = math::sigmoid_from_exp_neg(e);
+    store<W>(h, i, n, math::swiglu_h(av, bv, s));
   }
 }
 
@@ -56,10 +60,9 @@ __attribute__((always_inline)) inline void bwd_span(float* da, float* db, const 
     load<W>(dhv, dh, i, n);
     F e = -av;
     vexp<W>(e);
-    const F s = 1.f / (1.f + e);
-    const F silu = av * s;
-    store<W>(db, i, n, dhv * silu);
-    store<W>(da, i, n, dhv * bv * (s + av * s * (1.f - s)));
+    const F s = math::sigmoid_from_exp_neg(e);
+    store<W>(db, i, n, math::swiglu_db(dhv, av, s));
+    store<W>(da, i, n, math::swiglu_da(dhv, av, bv, s));
   }
 }
 
@@ -103,8 +106,8 @@ template <typename T>
 void swiglu_forward_ref(T* h, const T* a, const T* b, i64 N) {
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
-    const T s = T(1) / (T(1) + std::exp(-a[n]));
-    h[n] = a[n] * s * b[n];
+    const T s = math::sigmoid_from_exp_neg<T>(std::exp(-a[n]));
+    h[n] = math::swiglu_h<T>(a[n], b[n], s);
   }
 }
 
@@ -123,10 +126,9 @@ template <typename T>
 void swiglu_backward_ref(T* da, T* db, const T* dh, const T* a, const T* b, i64 N) {
 #pragma omp parallel for schedule(static)
   for (i64 n = 0; n < N; ++n) {
-    const T s = T(1) / (T(1) + std::exp(-a[n]));
-    const T silu = a[n] * s;
-    db[n] = dh[n] * silu;
-    da[n] = dh[n] * b[n] * (s + a[n] * s * (T(1) - s));
+    const T s = math::sigmoid_from_exp_neg<T>(std::exp(-a[n]));
+    db[n] = math::swiglu_db<T>(dh[n], a[n], s);
+    da[n] = math::swiglu_da<T>(dh[n], a[n], b[n], s);
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include "backend/cpu/cpu_dense.h"
 #include "core/error.h"
+#include "kernels/math/elementwise.h"
 #include "kernels/ref/attention_ref.h"
 #include "kernels/ref/cross_entropy_ref.h"
 #include "kernels/ref/gemm_ref.h"
@@ -118,18 +119,21 @@ class CpuDenseOps final : public DenseOps<T> {
   void embedding_backward(A* dW, const T* dx, const int32_t* ids, i64 Tn, i64 H, int32_t pad_id) override {
     for (i64 t = 0; t < Tn; ++t) {
       if (ids[t] == pad_id) continue;
-      for (i64 h = 0; h < H; ++h) dW[i64(ids[t]) * H + h] += A(dx[t * H + h]);
+      for (i64 h = 0; h < H; ++h) {
+        A& w = dW[i64(ids[t]) * H + h];
+        w = math::embed_grad_add<T>(w, dx[t * H + h]);
+      }
     }
   }
 
   // Small n runs serially without entering OpenMP at all (a serialized parallel region still allocates its team).
   void add(T* y, const T* a, const T* b, i64 n) override {
     if (n <= (i64(1) << 16)) {
-      for (i64 i = 0; i < n; ++i) y[i] = T(A(a[i]) + A(b[i]));
+      for (i64 i = 0; i < n; ++i) y[i] = math::add_round<T>(a[i], b[i]);
       return;
     }
 #pragma omp parallel for schedule(static)
-    for (i64 i = 0; i < n; ++i) y[i] = T(A(a[i]) + A(b[i]));
+    for (i64 i = 0; i < n; ++i) y[i] = math::add_round<T>(a[i], b[i]);
   }
   void copy(T* dst, const T* src, i64 n) override { std::copy(src, src + n, dst); }
   void fill_zero(T* dst, i64 n) override { std::fill(dst, dst + n, T(0)); }
