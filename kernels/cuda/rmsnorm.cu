@@ -44,7 +44,8 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_backward_dx_kernel(T* dx, co
     dxr[c] = T(float(math::rmsnorm_dx(double(ld(dyr + c)), double(w[c]), double(ld(xr + c)), r, m)));
 }
 
-// One thread per column c, rows summed in order in double, then added to dw[c] in fp32: the CPU's arithmetic.
+// One thread per column c, rows summed in order in double, then added to dw[c] in fp32: the CPU's arithmetic, bit for
+// bit (__dadd_rn keeps nvcc from fusing the sum into an FMA, which the CPU build does not do).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     rmsnorm_backward_dw_kernel(float* dw, const T* dy, const T* x, const float* rstd, i64 N, i64 C) {
@@ -52,7 +53,8 @@ __global__ void __launch_bounds__(kThreads)
   if (c >= C) return;
   double acc = 0;
   for (i64 n = 0; n < N; ++n)
-    acc += math::rmsnorm_dw_term(double(ld(dy + n * C + c)), double(ld(x + n * C + c)), double(rstd[n]));
+    acc = __dadd_rn(acc,
+                    math::rmsnorm_dw_term(double(ld(dy + n * C + c)), double(ld(x + n * C + c)), double(rstd[n])));
   dw[c] += float(acc);
 }
 
