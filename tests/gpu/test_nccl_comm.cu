@@ -37,11 +37,13 @@ T* dev(size_t n) {
   T* d = nullptr;
   if (cudaMalloc(&d, n * sizeof(T) + 8) != cudaSuccess) std::abort();
   cudaMemset(d, 0, n * sizeof(T) + 8);
+  cudaDeviceSynchronize();  // the collectives run on other streams: the fill must be done before they start
   return d;
 }
 template <typename T>
 void put(T* d, const std::vector<T>& h) {
   cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+  cudaDeviceSynchronize();  // a pageable copy may return before its DMA lands; other streams read d next
 }
 template <typename T>
 std::vector<T> get(const T* d, size_t n) {

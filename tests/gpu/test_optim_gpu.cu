@@ -37,6 +37,7 @@ T* to_dev(const std::vector<T>& h) {
   T* d = nullptr;
   if (cudaMalloc(&d, h.size() * sizeof(T) + 1) != cudaSuccess) std::abort();
   cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
+  cudaDeviceSynchronize();  // a pageable copy may return before its DMA lands; the ops run on another stream
   return d;
 }
 template <typename T>
