@@ -697,4 +697,9 @@ std::string config_to_yaml(const Config& cfg) {
   return std::string(e.c_str()) + "\n";
 }
 
+CommBackend resolve_comm_backend(const Config& cfg) {
+  if (cfg.parallel.backend != CommBackend::Auto) return cfg.parallel.backend;
+  return cfg.train.device == Device::Cuda ? CommBackend::Nccl : CommBackend::Mpi;
+}
+
 }  // namespace moe

@@ -191,6 +191,10 @@ enum class ModelKeys { Yaml, HfConfig };
 // BadInput naming `origin` and the key (spelled as `keys` says).
 void check_model_dims(const ModelConfig& m, const std::string& origin, ModelKeys keys);
 
+// parallel.backend as run: auto is nccl when train.device is cuda (GPU buffers), mpi when it is cpu (host buffers);
+// mpi and nccl are returned as given (unsupported_options refuses a backend that does not match the device).
+CommBackend resolve_comm_backend(const Config& cfg);
+
 // The resolved configuration as YAML text (every key, defaults filled) — logged and later checkpointed.
 std::string config_to_yaml(const Config& cfg);
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/parallel_for.h"
+#include "kernels/math/adamw.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -16,36 +17,16 @@ namespace moe {
 
 namespace {
 
-// The per-step constants of adamw_update, in fp32 like torch.
-struct AdamWConsts {
-  float decay, nodecay, b1c, b2, b2c, step_size, bias2_sqrt, eps;
-  AdamWConsts(const AdamWHyper& hp, long t) {
-    decay = float(1.0 - hp.lr * hp.weight_decay);
-    nodecay = 1.f;
-    b1c = float(1.0 - hp.beta1);  // lerp weight
-    b2 = float(hp.beta2);
-    b2c = float(1.0 - hp.beta2);
-    const double bias1 = 1.0 - std::pow(hp.beta1, double(t));
-    const double bias2 = 1.0 - std::pow(hp.beta2, double(t));
-    step_size = float(hp.lr / bias1);
-    bias2_sqrt = float(std::sqrt(bias2));
-    eps = float(hp.eps);
-  }
+// The per-step constants of adamw_update, in fp32 like torch (kernels/math/adamw.h).
+struct AdamWConsts : AdamWStep {
+  AdamWConsts(const AdamWHyper& hp, long t) : AdamWStep(adamw_step_consts(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, t)) {}
 };
 
-// n elements: p ← p·decay; m ← m + b1c·(g − m) (torch lerp_ for weight < 0.5); v ← v·β2 + (1−β2)·g·g;
-// p ← p + (−step_size)·(m / (√v / √bias2 + eps)); g read as g·gs. The vector lanes (SSE, or AVX2 without FMA)
+// n elements of adamw_element (kernels/math/adamw.h, shared with the CUDA kernel). The vector lanes (SSE, or AVX2 without FMA)
 // do the same IEEE operations in the same order as the scalar tail, so every element gets the same bits.
 void adamw_scalar(float* p, const float* g, float* m, float* v, i64 i, i64 n, float decay, float gs,
                   const AdamWConsts& c) {
-  for (; i < n; ++i) {
-    const float gi = g[i] * gs;
-    p[i] *= decay;
-    m[i] = m[i] + c.b1c * (gi - m[i]);
-    v[i] = v[i] * c.b2 + c.b2c * gi * gi;
-    const float denom = std::sqrt(v[i]) / c.bias2_sqrt + c.eps;
-    p[i] += -c.step_size * (m[i] / denom);
-  }
+  for (; i < n; ++i) adamw_element(p[i], g[i], m[i], v[i], decay, gs, c);
 }
 
 #if defined(MOE_ADAMW_X86)
@@ -140,10 +121,10 @@ void adamw_update_pieces(const std::vector<AdamWPiece>& pieces, const AdamWHyper
 }
 
 // contract: C5.clip
-// Fixed 4096-element blocks summed in parallel, then the block sums serially: the same bits at any thread count.
-// Within a block, eight interleaved double partial sums (element i into lane i mod 8) added in lane order.
+// The reduction order of kernels/math/adamw.h (kSqBlock blocks of kSqLanes interleaved double lanes, partials added
+// serially): the same bits at any thread count and on the CUDA backend.
 double grad_sq_sum(const float* g, i64 n) {
-  constexpr i64 kBlock = 4096;
+  constexpr i64 kBlock = kSqBlock;
   const i64 nb = (n + kBlock - 1) / kBlock;
   thread_local std::vector<double> part;
   part.resize(size_t(nb));
@@ -151,12 +132,12 @@ double grad_sq_sum(const float* g, i64 n) {
 #pragma omp parallel for schedule(static)
   for (i64 b = 0; b < nb; ++b) {
     const i64 i0 = b * kBlock, i1 = std::min(n, (b + 1) * kBlock);
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double acc[kSqLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
     i64 i = i0;
-    for (; i + 8 <= i1; i += 8)
-      for (int u = 0; u < 8; ++u) acc[u] += double(g[i + u]) * double(g[i + u]);
-    for (int u = 0; i < i1; ++i, ++u) acc[u] += double(g[i]) * double(g[i]);
-    pv[b] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i + kSqLanes <= i1; i += kSqLanes)
+      for (int u = 0; u < kSqLanes; ++u) acc[u] = sq_lane_add(acc[u], g[i + u]);
+    for (int u = 0; i < i1; ++i, ++u) acc[u] = sq_lane_add(acc[u], g[i]);
+    pv[b] = sq_lanes_combine(acc);
   }
   double s = 0;
   for (i64 b = 0; b < nb; ++b) s += part[b];

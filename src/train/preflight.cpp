@@ -16,8 +16,10 @@ std::vector<std::string> unsupported_options(const Config& c) {
   std::vector<std::string> out;
   if (c.train.device == Device::Cuda)
     out.push_back("train.device: cuda is not implemented yet (this build trains on the CPU only); use train.device: cpu");
-  if (c.parallel.backend == CommBackend::Nccl)
-    out.push_back("parallel.backend: nccl is not implemented yet (it needs train.device: cuda); use auto or mpi");
+  if (c.parallel.backend == CommBackend::Nccl && c.train.device != Device::Cuda)
+    out.push_back("parallel.backend: nccl moves GPU buffers and needs train.device: cuda; use auto or mpi");
+  if (c.parallel.backend == CommBackend::Mpi && c.train.device == Device::Cuda)
+    out.push_back("parallel.backend: mpi moves host buffers, but train.device: cuda keeps them on the GPU; use auto or nccl");
   if (c.peft.method != PeftMethod::Full)
     out.push_back("peft.method: LoRA/QLoRA is not implemented yet; use peft.method: full");
   if (c.data.format == DataFormat::Jsonl)

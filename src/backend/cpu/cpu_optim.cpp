@@ -1,5 +1,6 @@
 // Owns the CPU optimizer op table: AdamW, Σg², scaling and bf16 rounding as OpenMP passes over host buffers.
 #include "backend/optim_ops.h"
+#include "kernels/math/adamw.h"
 
 namespace moe {
 
@@ -12,7 +13,7 @@ class CpuOptimOps final : public OptimOps {
   double grad_sq_sum(const float* g, i64 n) override { return moe::grad_sq_sum(g, n); }
   void scale(float* x, i64 n, float coef) override {
 #pragma omp parallel for simd schedule(static)
-    for (i64 i = 0; i < n; ++i) x[i] *= coef;
+    for (i64 i = 0; i < n; ++i) x[i] = scale_element(x[i], coef);
   }
   void round_to_bf16(bf16* dst, const float* src, i64 n) override {
 #pragma omp parallel for schedule(static)

@@ -25,3 +25,12 @@
     const cublasStatus_t mt_s_ = (call);                                                     \
     MT_CHECK(mt_s_ == CUBLAS_STATUS_SUCCESS, #call " failed: ", cublasGetStatusString(mt_s_)); \
   } while (0)
+
+// Every NCCL call whose result is final when it returns (queries, ncclGetUniqueId; files that include <nccl.h>
+// only). Calls on a non-blocking communicator, which may answer ncclInProgress, go through the communicator's own
+// wait (comm/nccl_comm.cpp) so that an error or a dead peer aborts every rank instead of hanging.
+#define MT_NCCL(call)                                                                        \
+  do {                                                                                       \
+    const ncclResult_t mt_r_ = (call);                                                       \
+    MT_CHECK(mt_r_ == ncclSuccess, #call " failed: ", ncclGetErrorString(mt_r_));            \
+  } while (0)
