@@ -30,7 +30,15 @@ constexpr double kBf16Ulp = 1.0 / 256;              // bf16 outputs: 1 ulp of re
 constexpr double kGemmRel = 1.0 / 128, kGemmMax = 1e-3;  // GEMM-fed: 2^-7 |ref| + 1e-3 max|ref|
 
 int failures = 0;
-cudaStream_t g_stream = nullptr;
+cudaStream_t g_stream = nullptr;  // the backend's (non-blocking) stream: the test's copies order themselves around it
+
+// Host → device outside the backend's stream: wait for the stream's readers first, and for the copy's DMA after
+// (a pageable cudaMemcpy may return before it lands; the non-blocking stream would not wait for it).
+void h2d(void* dst, const void* src, size_t bytes) {
+  cudaStreamSynchronize(g_stream);
+  cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+  cudaDeviceSynchronize();
+}
 
 template <typename U>
 struct Dev {
@@ -42,14 +50,12 @@ struct Dev {
       std::exit(1);
     }
     cudaMemset(p, 0, std::max<size_t>(n, 1) * sizeof(U));
+    cudaDeviceSynchronize();
   }
   explicit Dev(const std::vector<U>& v) : Dev(v.size()) { up(v); }
   ~Dev() { cudaFree(p); }
   Dev(const Dev&) = delete;
-  void up(const std::vector<U>& v) {
-    cudaStreamSynchronize(g_stream);
-    cudaMemcpy(p, v.data(), v.size() * sizeof(U), cudaMemcpyHostToDevice);
-  }
+  void up(const std::vector<U>& v) { h2d(p, v.data(), v.size() * sizeof(U)); }
   std::vector<U> down() const {
     std::vector<U> v(n);
     cudaStreamSynchronize(g_stream);
@@ -120,6 +126,7 @@ struct DevicePlan {
   DevicePlan(i64 T, i64 E, i64 K) : plan(T, E, K, arena) {
     cudaMalloc(&block, size_t(std::max<i64>(arena.bytes(), 64)));
     cudaMemset(block, 0, size_t(std::max<i64>(arena.bytes(), 64)));
+    cudaDeviceSynchronize();
     arena.allocate_in(block);
     plan.bind_views();
   }
@@ -199,7 +206,7 @@ void run_bf16_case(CudaContext& ctx, const Case& c) {
   d_logits.up(logits);
   d_probs.up(probs);
   d_topk_w.up(topk_w);
-  cudaMemcpy(dp.topk_idx.data(), hp.topk_idx.data(), size_t(TK) * sizeof(int), cudaMemcpyHostToDevice);
+  h2d(dp.topk_idx.data(), hp.topk_idx.data(), size_t(TK) * sizeof(int));
 
   // 3. Plan, statistics and THE host copy.
   cops->build_plan(hp, probs.data(), c.cf, c.policy);
@@ -415,7 +422,7 @@ void run_float_case(CudaContext& ctx) {
                std::vector<int>(hp.topk_idx));
   d_probs.up(probs);
   d_tw.up(tw);
-  cudaMemcpy(dp.topk_idx.data(), hp.topk_idx.data(), size_t(TK) * sizeof(int), cudaMemcpyHostToDevice);
+  h2d(dp.topk_idx.data(), hp.topk_idx.data(), size_t(TK) * sizeof(int));
   cops->build_plan(hp, probs.data(), 0.8, DropPolicy::Probs);
   gops->build_plan(dp, d_probs.p, 0.8, DropPolicy::Probs);
   std::vector<i64> hs(size_t(hp.layout().words())), gs(hs.size());
