@@ -4,18 +4,22 @@
 #include <cstdint>
 #include <string>
 
+#include "core/bf16.h"  // MT_HD
+
 namespace moe {
 
 enum class RngPurpose : uint32_t { Init = 1, RouterJitter = 2, ExpertDropout = 3, Shuffle = 4, Upcycle = 5 };
 
+// Host and device alike (MT_HD): CUDA kernels draw the same numbers as the CPU ops, bit for bit (integer rounds, one
+// exact scaling to double for uniform; normal uses libm/CUDA sqrt, log, cos, correctly rounded to within 1 ulp).
 struct Philox {
   uint32_t k0, k1;
 
-  Philox(uint64_t seed, RngPurpose purpose)
+  MT_HD Philox(uint64_t seed, RngPurpose purpose)
       : k0(uint32_t(seed)), k1(uint32_t(seed >> 32) ^ (uint32_t(purpose) * 0x9E3779B9u)) {}
 
   // Four 32-bit words for counter (c0..c3).
-  void block(uint32_t c[4]) const {
+  MT_HD void block(uint32_t c[4]) const {
     uint32_t a = k0, b = k1;
     for (int r = 0; r < 10; ++r) {
       const uint64_t p0 = uint64_t(0xD2511F53u) * c[0];
@@ -32,7 +36,7 @@ struct Philox {
   }
 
   // Uniform in [0, 1) for element `index` of stream (s1, s2).
-  double uniform(uint64_t index, uint32_t s1, uint32_t s2) const {
+  MT_HD double uniform(uint64_t index, uint32_t s1, uint32_t s2) const {
     uint32_t c[4] = {uint32_t(index), uint32_t(index >> 32), s1, s2};
     block(c);
     const uint64_t bits = (uint64_t(c[0]) << 21) ^ uint64_t(c[1] >> 11);  // 53 bits
@@ -40,12 +44,12 @@ struct Philox {
   }
 
   // Standard normal (Box–Muller on two uniforms of the same counter block).
-  double normal(uint64_t index, uint32_t s1, uint32_t s2) const {
+  MT_HD double normal(uint64_t index, uint32_t s1, uint32_t s2) const {
     uint32_t c[4] = {uint32_t(index), uint32_t(index >> 32), s1, s2};
     block(c);
     const double u1 = (double(c[0]) + 1.0) * (1.0 / 4294967297.0);  // (0, 1)
     const double u2 = double(c[1]) * (1.0 / 4294967296.0);
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+    return ::sqrt(-2.0 * ::log(u1)) * ::cos(6.283185307179586 * u2);  // :: so device code finds them
   }
 };
 

@@ -6,6 +6,7 @@
 #include "backend/cpu/cpu_moe_common.h"
 #include "backend/moe_ops.h"
 #include "core/rng.h"
+#include "kernels/math/moe.h"
 #include "kernels/ref/gemm_ref.h"
 #include "kernels/ref/swiglu_ref.h"
 
@@ -20,12 +21,8 @@ void apply_dropout(T* x, const ExpertDropout& d, i64 row0, i64 n, i64 I) {
   const T keep_scale = T(1.0 / (1.0 - d.p));
 #pragma omp parallel for schedule(static)
   for (i64 r = row0; r < row0 + n; ++r) {
-    const uint64_t key = uint64_t(d.keys[r]);
-    const uint64_t pair = key & 0xffffffffu;
-    const uint32_t stream = uint32_t(key >> 32);
     T* xr = x + r * I;
-    for (i64 i = 0; i < I; ++i)
-      xr[i] *= ph.uniform(pair * uint64_t(I) + uint64_t(i), d.step, stream) < d.p ? T(0) : keep_scale;
+    for (i64 i = 0; i < I; ++i) xr[i] *= moe_math::dropout_factor<T>(ph, d.keys[r], i, I, d.step, d.p, keep_scale);
   }
 }
 
@@ -40,7 +37,7 @@ class CpuMoeOps final : public MoeOps<T> {
     const Philox ph(seed, RngPurpose::RouterJitter);
 #pragma omp parallel for schedule(static)
     for (i64 i = 0; i < n; ++i) {
-      noise[i] = T(1.0 - eps + 2.0 * eps * ph.uniform(uint64_t(i), step, stream));
+      noise[i] = T(moe_math::jitter_factor(ph.uniform(uint64_t(i), step, stream), eps));
       xr[i] = x[i] * noise[i];
     }
   }
@@ -70,7 +67,7 @@ class CpuMoeOps final : public MoeOps<T> {
   }
   void pair_keys(i64* keys, const RoutingPlan& plan, uint32_t stream) override {
     MT_CHECK(plan.T * plan.K <= (i64(1) << 32), "pair ids need 32 bits, T·K = ", plan.T * plan.K);
-    for (i64 r = 0; r < plan.P; ++r) keys[r] = i64((uint64_t(stream) << 32) | uint64_t(plan.row_pair[r]));
+    for (i64 r = 0; r < plan.P; ++r) keys[r] = moe_math::pair_key(stream, plan.row_pair[r]);
   }
   void combine_forward(T* out, const T* y, const A* topk_w, const RoutingPlan& plan, i64 H) override {
     moe::combine_forward<T>(out, y, topk_w, plan, H);

@@ -6,6 +6,7 @@
 #include "backend/cpu/cpu_moe_common.h"
 #include "backend/moe_ops.h"
 #include "core/rng.h"
+#include "kernels/math/moe.h"
 #include "kernels/ref/gemm_ref.h"
 #include "kernels/ref/swiglu_ref.h"
 
@@ -21,9 +22,7 @@ struct DropoutDraw {
   explicit DropoutDraw(const ExpertDropout& drop)
       : d(drop), ph(drop.seed, RngPurpose::ExpertDropout), keep(float(1.0 / (1.0 - drop.p))) {}
   float operator()(i64 key, i64 i, i64 I) const {
-    const uint64_t pair = uint64_t(key) & 0xffffffffu;
-    const uint32_t stream = uint32_t(uint64_t(key) >> 32);
-    return ph.uniform(pair * uint64_t(I) + uint64_t(i), d.step, stream) < d.p ? 0.f : keep;
+    return moe_math::dropout_factor<float>(ph, key, i, I, d.step, d.p, keep);
   }
 };
 
@@ -44,7 +43,7 @@ class CpuMoeOpsBf16 final : public MoeOps<bf16> {
     const Philox ph(seed, RngPurpose::RouterJitter);
 #pragma omp parallel for schedule(static)
     for (i64 i = 0; i < n; ++i) {
-      noise[i] = float(1.0 - eps + 2.0 * eps * ph.uniform(uint64_t(i), step, stream));
+      noise[i] = float(moe_math::jitter_factor(ph.uniform(uint64_t(i), step, stream), eps));
       xr[i] = bf16(float(x[i]) * noise[i]);
     }
   }
@@ -79,35 +78,21 @@ class CpuMoeOpsBf16 final : public MoeOps<bf16> {
   void unpermute(T* dx, const T* dxg, const RoutingPlan& plan, i64 H) override {
     const i64 K = plan.K;
 #pragma omp parallel for schedule(static)
-    for (i64 t = 0; t < plan.T; ++t) {
-      for (i64 h = 0; h < H; ++h) {
-        float acc = 0.f;
-        for (i64 k = 0; k < K; ++k) {
-          const i64 r = plan.pair_row[t * K + k];
-          if (r >= 0) acc += float(dxg[r * H + h]);
-        }
-        dx[t * H + h] = bf16(acc);
-      }
-    }
+    for (i64 t = 0; t < plan.T; ++t)
+      for (i64 h = 0; h < H; ++h)
+        dx[t * H + h] = bf16(moe_math::unpermute_elem<bf16>(dxg, plan.pair_row.data() + t * K, K, H, h));
   }
   void pair_keys(i64* keys, const RoutingPlan& plan, uint32_t stream) override {
     MT_CHECK(plan.T * plan.K <= (i64(1) << 32), "pair ids need 32 bits, T·K = ", plan.T * plan.K);
-    for (i64 r = 0; r < plan.P; ++r) keys[r] = i64((uint64_t(stream) << 32) | uint64_t(plan.row_pair[r]));
+    for (i64 r = 0; r < plan.P; ++r) keys[r] = moe_math::pair_key(stream, plan.row_pair[r]);
   }
   // contract: B7 — out = round(Σ_k w · y) accumulated in fp32.
   void combine_forward(T* out, const T* y, const A* topk_w, const RoutingPlan& plan, i64 H) override {
     const i64 K = plan.K;
 #pragma omp parallel for schedule(static)
-    for (i64 t = 0; t < plan.T; ++t) {
-      for (i64 h = 0; h < H; ++h) {
-        float acc = 0.f;
-        for (i64 k = 0; k < K; ++k) {
-          const i64 r = plan.pair_row[t * K + k];
-          if (r >= 0) acc += topk_w[t * K + k] * float(y[r * H + h]);
-        }
-        out[t * H + h] = bf16(acc);
-      }
-    }
+    for (i64 t = 0; t < plan.T; ++t)
+      for (i64 h = 0; h < H; ++h)
+        out[t * H + h] = bf16(moe_math::combine_elem<bf16>(y, topk_w + t * K, plan.pair_row.data() + t * K, K, H, h));
   }
   void combine_backward(T* dy, A* dtopk_w, const T* dout, const T* y, const A* topk_w, const RoutingPlan& plan,
                         i64 H) override {
