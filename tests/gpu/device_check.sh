@@ -247,7 +247,7 @@ libs_fig=""
 for name in "${!lib_from[@]}"; do libs_fig+="${name%%.so*} ← ${lib_from[$name]}; "; done
 if ((${#all_bins[@]} == 0)); then add_row cuda_libraries "skip: no binaries"
 elif ((${#unresolved[@]})); then add_row cuda_libraries "fail: not found: ${unresolved[*]}" "$libs_fig"
-else add_row cuda_libraries pass "${libs_fig:-every library resolved by the loader's defaults}"; fi
+else add_row cuda_libraries pass "${libs_fig:-every library found on the default loader paths}"; fi
 
 # ---- (c) the GPU tests ----
 for n in "${GPU_TESTS[@]}"; do
