@@ -289,6 +289,13 @@ else
   missing_rows cublas_bf16_peak grouped_gemm_vs_dense
   PEAK="$(grep -m1 '^PEAK_TFLOPS=' "$STEP_OUT" | cut -d= -f2)"
 fi
+b="$(find_bin gpu-moe-layer)"
+if [[ -z "$b" ]]; then add_row moe_routing_fraction "fail: gpu-moe-layer not built"
+else
+  run_step gpu-moe-layer 90 env LD_LIBRARY_PATH="$OUR_LD" "$b"
+  rows_from_output
+  missing_rows moe_routing_fraction
+fi
 mt="$(find_bin moe-train)"
 if [[ -z "$mt" ]]; then
   for n in train_tok_s.moe-train train_tok_s.torch train_tok_s.ratio; do add_row "$n" "fail: moe-train not built"; done
@@ -296,13 +303,6 @@ else
   run_step gpu_train_throughput 240 bash "$ROOT/bench/gpu_train_throughput.sh" --moe-train "$mt" ${PEAK:+--peak-tflops "$PEAK"}
   rows_from_output
   missing_rows train_tok_s.moe-train train_tok_s.torch train_tok_s.ratio
-fi
-b="$(find_bin gpu-moe-layer)"
-if [[ -z "$b" ]]; then add_row moe_routing_fraction "fail: gpu-moe-layer not built"
-else
-  run_step gpu-moe-layer 90 env LD_LIBRARY_PATH="$OUR_LD" "$b"
-  rows_from_output
-  missing_rows moe_routing_fraction
 fi
 if ((NGPU < 2)); then add_row nccl_dispatch_a2a "skip: needs ≥ 2 GPUs (this machine has $NGPU)"
 else add_row nccl_dispatch_a2a "skip: not implemented yet (no NCCL dispatch benchmark in bench/)"; fi
