@@ -32,8 +32,9 @@ OUTB="$ROOT/.gpubundle" PACK="$ROOT/.gpubundle.pack"
 # ---- 1. configure + build ----
 launch=()
 command -v ccache >/dev/null && launch=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA_ARCHS="$ARCHS" "${launch[@]}" >"$BUILD.configure.log" 2>&1 ||
-  { cat "$BUILD.configure.log" >&2; exit 1; }
+mkdir -p "$BUILD"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA_ARCHS="$ARCHS" "${launch[@]}" >"$BUILD/make_bundle.configure.log" 2>&1 ||
+  { cat "$BUILD/make_bundle.configure.log" >&2; exit 1; }
 grep -qs -- '-DMOE_HAVE_CUDA' "$BUILD/CMakeFiles/moe_core.dir/flags.make" "$BUILD/build.ninja" ||
   { echo "make_bundle.sh: $BUILD was configured without CUDA (MOE_NO_CUDA set, or nvcc not found by CMake)" >&2; exit 1; }
 # The executables: moe-train, one per tests/gpu/test_*.{cu,cpp}, and every gpu-* benchmark target the project has.
@@ -45,7 +46,7 @@ mapfile -t benches < <(cmake --build "$BUILD" --target help 2>/dev/null | grep -
 targets+=("${benches[@]}")
 echo "make_bundle.sh: building ${targets[*]} in $BUILD (CUDA archs $ARCHS, -j$JOBS)"
 CCACHE_BASEDIR="${CCACHE_BASEDIR:-$(dirname "$ROOT")}" cmake --build "$BUILD" -j"$JOBS" --target "${targets[@]}" \
-  >"$BUILD.build.log" 2>&1 || { tail -40 "$BUILD.build.log" >&2; echo "make_bundle.sh: build failed (full log: $BUILD.build.log)" >&2; exit 1; }
+  >"$BUILD/make_bundle.build.log" 2>&1 || { tail -40 "$BUILD/make_bundle.build.log" >&2; echo "make_bundle.sh: build failed (full log: $BUILD/make_bundle.build.log)" >&2; exit 1; }
 
 # ---- 2. collect binaries and libraries ----
 rm -rf "$OUTB"
