@@ -1,6 +1,10 @@
-# Owns the torch side of bench/train_throughput.sh: transformers MixtralForCausalLM training steps (fp32, or bf16 autocast), timed, on the CPU.
-"""Train transformers' MixtralForCausalLM (fp32, torch eager mode, CPU) on the same batches as
+# Owns the torch side of bench/train_throughput.sh and bench/gpu_train_throughput.sh: transformers MixtralForCausalLM training steps (fp32, bf16 autocast, or bf16 parameters), timed, on the CPU or one GPU.
+"""Train transformers' MixtralForCausalLM (torch eager mode, CPU or --device cuda) on the same batches as
 moe-train's bench config and print the median tokens/s of the timed steps as one JSON line.
+Precisions: fp32; bf16 = forward and loss under torch.autocast (fp32 weights and AdamW); bf16-params = the model's
+parameters, gradients and AdamW moments in bf16 (no fp32 master: less work than moe-train's bf16, which keeps fp32
+masters and moments; on CUDA it is the recipe under which transformers' grouped_mm experts run bf16 GEMMs, since
+grouped_mm is not autocast-enabled and would run fp32 GEMMs with fp32 weights).
 
 The model shape, optimizer and loss are read from the moe-train YAML (--config, default bench/bench_small.yaml):
   loss = CE(logits, targets) + router_aux_loss_coef * load_balancing_loss_func(...)
@@ -32,8 +36,10 @@ def main():
     ap.add_argument("--seq", type=int, default=None, help="override train.seq_len")
     ap.add_argument("--attn", default="eager", help="attn_implementation: eager | sdpa")
     ap.add_argument("--experts-impl", default="eager", help="experts_implementation: eager | grouped_mm | batched_mm")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                    help="bf16: forward and loss under torch.autocast('cpu', torch.bfloat16)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "bf16-params"],
+                    help="bf16: forward and loss under torch.autocast(device, torch.bfloat16); "
+                         "bf16-params: bf16 parameters and AdamW states")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: GPU 0 (timed with synchronize)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     with open(a.config) as f:
@@ -51,6 +57,7 @@ def main():
     L = a.seq or int(tr["seq_len"])
 
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     import transformers
     from transformers import MixtralConfig, MixtralForCausalLM
@@ -67,7 +74,9 @@ def main():
         router_aux_loss_coef=aux_coef, use_cache=False)
     cfg._attn_implementation = a.attn
     cfg._experts_implementation = a.experts_impl
-    model = MixtralForCausalLM(cfg).float()
+    with dev:  # parameters are created (and initialised) on the device
+        model = MixtralForCausalLM(cfg)
+    model = model.to(torch.bfloat16) if a.precision == "bf16-params" else model.float()
     model.train()
     attn_used = model.config._attn_implementation
     experts_used = getattr(model.config, "_experts_implementation", a.experts_impl)
@@ -76,7 +85,7 @@ def main():
                             eps=float(tr.get("eps", 1e-8)), weight_decay=float(tr.get("weight_decay", 0.0)))
     grad_clip = float(tr.get("grad_clip", 1.0))
 
-    tok = torch.from_numpy(np.fromfile(a.tokens, dtype=np.uint32).astype(np.int64))
+    tok = torch.from_numpy(np.fromfile(a.tokens, dtype=np.uint32).astype(np.int64)).to(dev)
     n_windows = (tok.numel() - 1) // L
     if n_windows < 1:
         sys.exit(f"{a.tokens}: fewer than seq+1 = {L + 1} tokens")
@@ -89,7 +98,7 @@ def main():
     def step(s):
         inp, tgt = batch(s)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
             out = model(input_ids=inp, output_router_logits=True)
             ce = torch.nn.functional.cross_entropy(out.logits.view(-1, vocab).float(), tgt.view(-1))
             loss = ce + aux_coef * out.aux_loss.float()
@@ -110,9 +119,12 @@ def main():
 
     times = []
     losses = []
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     for s in range(a.warmup + a.steps):
+        sync()
         t0 = time.perf_counter()
         losses.append(step(s))
+        sync()
         dt = time.perf_counter() - t0
         if s >= a.warmup:
             times.append(dt)
@@ -122,7 +134,8 @@ def main():
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "attn": attn_used, "experts": experts_used,
         "params": sum(p.numel() for p in model.parameters()), "batch": B, "seq": L,
-        "precision": a.precision, "flops_per_token": flops_per_token,
+        "precision": a.precision, "flops_per_token": flops_per_token, "device": a.device,
+        "active_params": active, "gpu": torch.cuda.get_device_name(0) if a.device == "cuda" else None,
     }))
 
 
