@@ -93,7 +93,8 @@ TEST(DeviceSeam, GuardTrapsHostAccess) {
 }
 
 // contract: the device seam (train.device: cuda's memory discipline). Every layout the Trainer has — fp32 and bf16,
-// ZeRO 0..3, capacity and dropless, grad_accum 2, tied embeddings (two gradient slots) — on the guarded backend:
+// ZeRO 0..3, capacity and dropless, grad_accum 2, tied embeddings (two gradient slots), recompute none/selective/
+// full, the global aux-loss pre-pass — on the guarded backend:
 // losses, gradient norms, router statistics and weights bitwise those of the CPU backend.
 TEST(DeviceSeam, TrainerBitwiseOnGuardedBackend) {
   TmpDir d;
@@ -101,9 +102,14 @@ TEST(DeviceSeam, TrainerBitwiseOnGuardedBackend) {
   for (const char* precision : {"fp32", "bf16"})
     for (int zero = 0; zero <= 3; ++zero)
       for (const char* cf : {"1.25", "0"}) {
+        // Recompute modes and the global aux-loss pre-pass ride along with the ZeRO stages.
+        static const char* recompute[4] = {"none", "selective", "full", "selective"};
         const std::vector<std::string> sets = {std::string("train.precision=") + precision,
-                                               "parallel.zero=" + std::to_string(zero), std::string("moe.capacity_factor=") + cf};
-        const std::string what = std::string(precision) + " zero " + std::to_string(zero) + " capacity_factor " + cf;
+                                               "parallel.zero=" + std::to_string(zero), std::string("moe.capacity_factor=") + cf,
+                                               std::string("train.recompute=") + recompute[zero],
+                                               std::string("moe.aux_loss_scope=") + (zero == 2 ? "global" : "micro")};
+        const std::string what = std::string(precision) + " zero " + std::to_string(zero) + " capacity_factor " + cf +
+                                 " recompute " + recompute[zero];
         auto self = make_self_communicator();
         Trace cpu, dev;
         {
@@ -225,4 +231,26 @@ TEST(DeviceSeam, ParamStateFrozenEntriesOnGuardedMemory) {
     }
     dev.release_checkpoint_staging();
   }
+}
+
+// A diverged run names the first non-finite gradient from a host copy of device gradients (ZeRO 0): the same
+// message as the CPU backend's, where a direct host read of the state would fault.
+TEST(DeviceSeam, DivergenceNamesTensorOnGuardedBackend) {
+  TmpDir d;
+  const std::string yaml = config_text(d.path(), d.path() / "run");
+  const std::vector<std::string> sets = {"train.lr=1e30", "train.grad_clip=0", "train.steps=50"};
+  auto self = make_self_communicator();
+  auto diverge = [&](const TrainerDevice& dev) -> std::string {
+    Trainer tr(parse_config(yaml, sets, "t"), *self, dev);
+    try {
+      for (int s = 0; s < 50; ++s) tr.step(s);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Diverged);
+      return e.what();
+    }
+    return "";
+  };
+  const std::string cpu = diverge({}), dev = diverge(guarded_device());
+  ASSERT_NE(cpu.find("first non-finite gradient: model."), std::string::npos) << cpu;
+  EXPECT_EQ(dev, cpu);
 }
