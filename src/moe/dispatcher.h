@@ -17,10 +17,10 @@ namespace moe {
 // Which experts this rank computes and with whom it exchanges tokens (expert parallelism).
 struct ExpertShardSpec {
   Communicator* ep_comm = nullptr;  // null or size 1: all experts local (null with ep > 1: plan only)
-  Communicator* ep_counts = nullptr;  // the EP group over host memory (row counts); null: ep_comm (host memory)
   int ep = 1;                       // EP group size (sizes the receive buffers)
   int first = 0;                    // first local expert
   int count = -1;                   // local experts (−1 = all)
+  Communicator* ep_counts = nullptr;  // the EP group over host memory (row counts); null: ep_comm (host memory)
 };
 
 // Rows the experts of one rank may receive per micro-batch and layer [C4.capacity]:
