@@ -67,6 +67,11 @@ __global__ void scale_kernel(float* x, i64 n, float coef) {
     x[i] = scale_element(x[i], coef);
 }
 
+__global__ void accumulate_kernel(float* __restrict__ dst, const float* __restrict__ src, i64 n) {
+  for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += i64(gridDim.x) * blockDim.x)
+    dst[i] = __fadd_rn(dst[i], src[i]);
+}
+
 __global__ void round_to_bf16_kernel(bf16* __restrict__ dst, const float* __restrict__ src, i64 n) {
   for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += i64(gridDim.x) * blockDim.x)
     dst[i] = bf16(src[i]);
@@ -99,6 +104,12 @@ void scale_cuda(float* x, i64 n, float coef, cudaStream_t stream) {
   if (n <= 0) return;
   scale_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, coef);
   MT_CUDA_LAUNCH("scale_kernel");
+}
+
+void accumulate_cuda(float* dst, const float* src, i64 n, cudaStream_t stream) {
+  if (n <= 0) return;
+  accumulate_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, src, n);
+  MT_CUDA_LAUNCH("accumulate_kernel");
 }
 
 void round_to_bf16_cuda(bf16* dst, const float* src, i64 n, cudaStream_t stream) {

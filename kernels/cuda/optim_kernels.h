@@ -36,6 +36,8 @@ void grad_sq_sum_cuda(double* out, const float* g, i64 n, double* scratch, cudaS
 
 // x[i] = scale_element(x[i], coef) for i < n. [C5.clip]
 void scale_cuda(float* x, i64 n, float coef, cudaStream_t stream);
+// dst[i] += src[i] for i < n (a unit's gradients into the kept ones; twin: CpuOptimOps::accumulate).
+void accumulate_cuda(float* dst, const float* src, i64 n, cudaStream_t stream);
 // dst[i] = bf16(src[i]) (round to nearest even, docs/DESIGN.md §8) for i < n.
 void round_to_bf16_cuda(bf16* dst, const float* src, i64 n, cudaStream_t stream);
 

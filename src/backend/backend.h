@@ -1,6 +1,7 @@
 // Owns the backend table: one object per (device, storage type) that the model, the MoE layer and the optimizer call for every op.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "backend/dense_ops.h"
 #include "backend/mem_ops.h"
@@ -45,5 +46,7 @@ std::unique_ptr<Backend<T>> make_cpu_backend();
 // `gpu` (T = float or bf16), or BadInput when this build has no CUDA or the machine no GPU.
 template <typename T>
 std::unique_ptr<Backend<T>> make_backend(Device device, int gpu = 0);
+// Why this build cannot train on `device` (the BadInput message make_backend raises); "" when it can.
+std::string backend_unavailable(Device device);
 
 }  // namespace moe

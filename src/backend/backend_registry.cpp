@@ -9,6 +9,17 @@
 
 namespace moe {
 
+std::string backend_unavailable(Device device) {
+#ifdef MOE_HAVE_CUDA
+  (void)device;
+  return "";
+#else
+  if (device == Device::Cpu) return "";
+  return "train.device: cuda: this moe-train was built without CUDA (nvcc was not found when CMake configured the "
+         "build); rebuild on a machine with the CUDA toolkit, or use train.device: cpu";
+#endif
+}
+
 template <typename T>
 std::unique_ptr<Backend<T>> make_backend(Device device, int gpu) {
   if (device == Device::Cpu) return make_cpu_backend<T>();
@@ -20,8 +31,7 @@ std::unique_ptr<Backend<T>> make_backend(Device device, int gpu) {
   }
 #else
   (void)gpu;
-  MT_INPUT_FAIL("train.device: cuda: this moe-train was built without CUDA (nvcc was not found when CMake "
-                "configured the build); rebuild on a machine with the CUDA toolkit, or use train.device: cpu");
+  MT_INPUT_FAIL(backend_unavailable(device));
 #endif
 }
 

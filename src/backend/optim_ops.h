@@ -1,4 +1,4 @@
-// Owns the optimizer group of the backend op table: AdamW over shard pieces, Σg² for the global norm, gradient scaling, and the bf16 compute-copy rounding.
+// Owns the optimizer group of the backend op table: AdamW over shard pieces, Σg² for the global norm, gradient scaling and accumulation, and the bf16 compute-copy rounding.
 #pragma once
 #include <memory>
 #include <vector>
@@ -22,6 +22,8 @@ class OptimOps {
   virtual void scale(float* x, i64 n, float coef) = 0;
   // dst[i] = round_bf16(src[i]): the compute copy of the fp32 master (docs/DESIGN.md §8).
   virtual void round_to_bf16(bf16* dst, const float* src, i64 n) = 0;
+  // dst[i] += src[i] (fp32; dst and src do not overlap): unit gradients summed into the kept gradients.
+  virtual void accumulate(float* dst, const float* src, i64 n) = 0;
 };
 
 // The CPU table: optim/adamw.cpp's OpenMP passes.

@@ -49,7 +49,7 @@ AllToAllDispatcher<T>::AllToAllDispatcher(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, 
                                           const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& a)
     : ops_(ops), s_(scratch), H_(H), layout_(shard.ep > 1 ? DispatchLayout::Exchange : DispatchLayout::Alias),
       exchange_(shard.ep_comm, E, shard.count < 0 ? E : shard.count, max_expert_rows(Tn, K, E, cfg, shard), H,
-                expert_rows_bound_key(cfg)) {
+                expert_rows_bound_key(cfg), shard.ep_counts) {
   const i64 TK = Tn * K, R = max_expert_rows(Tn, K, E, cfg, shard);
   a.reserve(&xe_, R * H);
   a.reserve(&y_, (layout_ == DispatchLayout::Alias ? R : TK) * H);

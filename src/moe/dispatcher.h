@@ -20,6 +20,7 @@ struct ExpertShardSpec {
   int ep = 1;                       // EP group size (sizes the receive buffers)
   int first = 0;                    // first local expert
   int count = -1;                   // local experts (−1 = all)
+  Communicator* ep_counts = nullptr;  // the EP group over host memory (row counts); null: ep_comm (host memory)
 };
 
 // Rows the experts of one rank may receive per micro-batch and layer [C4.capacity]:

@@ -19,10 +19,14 @@ static constexpr i64 comm_elems() {
 }
 
 template <typename T>
-EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width, std::string bound_key)
-    : comm_(comm), ep_(comm ? comm->size() : 1), E_(E), E_local_(E_local), max_rows_(max_rows), max_width_(max_width),
-      bound_key_(std::move(bound_key)) {
+EpExchange<T>::EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width, std::string bound_key,
+                          Communicator* counts_comm)
+    : comm_(comm), counts_comm_(counts_comm ? counts_comm : comm), ep_(comm ? comm->size() : 1), E_(E),
+      E_local_(E_local), max_rows_(max_rows), max_width_(max_width), bound_key_(std::move(bound_key)) {
   MT_CHECK(E % E_local == 0 && (!comm || E_local * ep_ == E), "experts ", E, " not split evenly over ep ", ep_);
+  MT_CHECK(!comm || (counts_comm_->size() == ep_ && counts_comm_->rank() == comm->rank() &&
+                     counts_comm_->buffer_space() == MemSpace::Host),
+           "the EP counts communicator must be the EP group over host memory");
   recv_counts_.assign(size_t(ep_ * E_local), 0);
   send_rows_.assign(ep_, 0);
   send_off_.assign(ep_, 0);
@@ -59,7 +63,7 @@ void EpExchange<T>::plan(const i64* counts) {
   }
   // Every rank learns every rank's counts: the receive rows of each rank are then known everywhere, so a bound
   // exceeded anywhere stops all ranks here together.
-  comm_->all_gather(all_counts_.data(), counts, E_, CommDtype::I64);
+  counts_comm_->all_gather(all_counts_.data(), counts, E_, CommDtype::I64);
   const int me = comm_->rank();
   for (int s = 0; s < ep_; ++s)
     for (i64 j = 0; j < E_local_; ++j) recv_counts_[s * E_local_ + j] = all_counts_[s * E_ + me * E_local_ + j];

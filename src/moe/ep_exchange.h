@@ -16,7 +16,10 @@ class EpExchange {
   // comm == nullptr or size 1: identity (rows stay local, no copies beyond the permutation).
   // max_rows · max_width bounds any exchanged buffer. `bound_key` names what sets max_rows (the config key a user
   // raises when a rank would receive more rows; empty: an internal bound).
-  EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width, std::string bound_key = "");
+  // comm moves the rows (backend memory: NCCL on a GPU); counts_comm, the same group over host memory, moves the
+  // host count matrix of plan() (null: comm itself, when it moves host memory).
+  EpExchange(Communicator* comm, i64 E, i64 E_local, i64 max_rows, i64 max_width, std::string bound_key = "",
+             Communicator* counts_comm = nullptr);
 
   // From this rank's kept rows per global expert [E] (rows already grouped by expert): all-gathers the [ep × E]
   // count matrix so every rank knows every rank's receive rows, then builds the send/recv layout. Collective
@@ -43,6 +46,7 @@ class EpExchange {
 
  private:
   Communicator* comm_;
+  Communicator* counts_comm_;  // host-memory twin of comm_ for plan()'s counts
   int ep_ = 1;
   i64 E_, E_local_;
   std::vector<i64> recv_counts_;            // [ep · E_local] rows from src for local expert j

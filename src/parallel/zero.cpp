@@ -8,7 +8,6 @@
 #include <type_traits>
 
 #include "core/error.h"
-#include "core/parallel_for.h"
 
 namespace moe {
 
@@ -17,7 +16,7 @@ template <typename T>
 class ParamState::Gatherer {
  public:
   Gatherer(ParamState& s, const T* shard, CommDtype dtype) : s_(s), shard_(shard), dtype_(dtype) {
-    for (auto& sl : slots_) sl.buf.assign(size_t(s.lay_.max_unit), T(0.f));
+    for (auto& sl : slots_) sl.buf = Buffer<T>(*s.mem_, s.lay_.max_unit, "ZeRO-3 parameter gather slot");
   }
 
   const T* params(int u, typename ParamAccess<T>::Direction dir) {
@@ -49,7 +48,7 @@ class ParamState::Gatherer {
     bool pending = false;
     CommRequest reqs[2];          // one per segment of the unit (dense, expert)
     Communicator* req_comm[2] = {};
-    std::vector<T> buf;
+    Buffer<T> buf;
     long last_use = 0;
   };
   Slot* find(int u) {
@@ -111,7 +110,7 @@ class ParamState::Access final : public ParamAccess<T> {
   Access(ParamState& s, const T* flat, const float* master) : s_(s), flat_(flat), master_(master) {}
   Access(ParamState& s, std::unique_ptr<Gatherer<float>> g) : s_(s), gather_(std::move(g)) {
     if constexpr (!std::is_same<T, float>::value)
-      for (Held& h : held_) h.copy.assign(size_t(s.lay_.max_unit), T(0.f));
+      for (Held& h : held_) h.copy = Buffer<T>(*s.mem_, s.lay_.max_unit, "ZeRO-3 bf16 unit slot");
   }
   const T* params(int u, Dir dir) override {
     if (!gather_) return flat_ + s_.table_.units()[u].begin;
@@ -163,7 +162,7 @@ class ParamState::Access final : public ParamAccess<T> {
     int refs = 0;
     const float* f32 = nullptr;
     bool rounded = false;
-    std::vector<T> copy;  // bf16 only: [max unit]
+    Buffer<T> copy;       // bf16 only: [max unit]
     long last_use = 0;
   };
   Held& hold(int u) {
@@ -271,6 +270,7 @@ ParamState::Layout ParamState::make_layout(const ParamTable& table, int stage, i
           });
           if (k < s.pack) s.runs.push_back({-1, r * s.pack + k, s.pack - k});
         }
+        L.pack_slot = std::max(L.pack_slot, s.gsize * s.pack);
       }
       L.unit_segs[unit].push_back(int(L.segs.size()));
       L.segs.push_back(std::move(s));
@@ -295,7 +295,9 @@ StateBytes ParamState::bytes_of(const Layout& L, int stage, Precision precision)
   b.grad_slots = 4 * i64(L.grad_slots) * L.max_unit;
   // Stage 3: three fp32 gather slots, and with bf16 three bf16 slots the gathered units are rounded into.
   const i64 param_slots = stage == 3 ? 3 * L.max_unit * (bf ? 4 + 2 : 4) : 0;
-  b.working = param_slots + b.grad_slots;
+  // Frozen entries under stages 2–3: the trainable gradients packed per rank block (a copy between buffers:
+  // device copies may not overlap), small when little is trainable.
+  b.working = param_slots + b.grad_slots + 4 * L.pack_slot;
   return b;
 }
 
@@ -310,22 +312,45 @@ ParamState::ParamState(const ParamTable& table, int stage, Communicator& world, 
                        Precision precision, std::unique_ptr<OptimOps> ops)
     : table_(table), stage_(stage), precision_(precision), world_(world), edp_(edp), ep_(ep),
       lay_(make_layout(table, stage, world.size(), world.rank(), edp.size(), edp.rank())), mode_(lay_.mode) {
-  ops_ = ops ? std::move(ops) : make_cpu_optim_ops();
-  for (Segment& s : lay_.segs) s.group = s.expert ? &edp : &world;
+  own_ops_ = ops ? std::move(ops) : make_cpu_optim_ops();
+  own_mem_ = make_cpu_mem_ops();
+  ops_ = own_ops_.get();
+  mem_ = own_mem_.get();
+  allocate();
+}
+
+ParamState::ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep,
+                       Precision precision, OptimOps& ops, MemOps& mem)
+    : table_(table), stage_(stage), precision_(precision), world_(world), edp_(edp), ep_(ep),
+      lay_(make_layout(table, stage, world.size(), world.rank(), edp.size(), edp.rank())), mode_(lay_.mode) {
+  ops_ = &ops;
+  mem_ = &mem;
+  allocate();
+}
+
+// Every state buffer, once (zero-filled by MemOps::alloc); then the AdamW pieces and the model's access.
+void ParamState::allocate() {
+  for (Communicator* c : {&world_, &edp_, &ep_})
+    MT_CHECK(c->buffer_space() == mem_->space(), "ParamState: a communicator moves memory of another space than "
+             "the backend's (device state needs the device communicators)");
+  for (Segment& s : lay_.segs) s.group = s.expert ? &edp_ : &world_;
+  MemOps& m = *mem_;
   if (stage_ <= 2)
-    params_.assign(size_t(lay_.full), 0.f);
+    params_ = Buffer<float>(m, lay_.full, "fp32 master weights");
   else
-    pshard_.assign(size_t(lay_.shard), 0.f);
+    pshard_ = Buffer<float>(m, lay_.shard, "fp32 master weight shard");
   if (mode_ == GradMode::Flat)
-    grads_.assign(size_t(lay_.full), 0.f);
+    grads_ = Buffer<float>(m, lay_.full, "fp32 gradients");
   else
-    gacc_.assign(size_t(mode_ == GradMode::SlotSum ? lay_.gsum : lay_.moments), 0.f);
-  exp_avg_.assign(size_t(lay_.moments), 0.f);
-  exp_avg_sq_.assign(size_t(lay_.moments), 0.f);
+    gacc_ = Buffer<float>(m, mode_ == GradMode::SlotSum ? lay_.gsum : lay_.moments, "fp32 gradient shard");
+  exp_avg_ = Buffer<float>(m, lay_.moments, "AdamW exp_avg");
+  exp_avg_sq_ = Buffer<float>(m, lay_.moments, "AdamW exp_avg_sq");
   gslots_.resize(size_t(lay_.grad_slots));
-  for (GSlot& g : gslots_) g.buf.assign(size_t(lay_.max_unit), 0.f);
+  for (GSlot& g : gslots_) g.buf = Buffer<float>(m, lay_.max_unit, "unit gradient slot");
+  if (lay_.pack_slot > 0) pack_ = Buffer<float>(m, lay_.pack_slot, "packed gradient reduce-scatter buffer");
+  if (mem_->space() != MemSpace::Host) scalar_ = Buffer<double>(m, 1, "reduced scalar");
   const bool bf = precision_ == Precision::Bf16;
-  if (bf && stage_ <= 2) copy_.assign(size_t(lay_.full), bf16(0.f));  // stage 3: rounded per gathered unit
+  if (bf && stage_ <= 2) copy_ = Buffer<bf16>(m, lay_.full, "bf16 weight copy");  // stage 3: rounded per gathered unit
   // AdamW ranges: every trainable tensor's part of this rank's chunks (padding has no tensor, stays zero).
   for (const Segment& s : lay_.segs) {
     const i64 c0 = s.mine, c1 = s.mine + s.chunk;
@@ -363,25 +388,39 @@ ParamAccess<bf16>& ParamState::access_bf16() {
   return *acc16_;
 }
 
-std::vector<float>& ParamState::flat_params() {
-  MT_CHECK(stage_ <= 2, "flat parameters exist only under ZeRO stages 0-2");
-  return params_;
-}
-
-const std::vector<float>& ParamState::flat_grads() const {
+void ParamState::flat_grads_to_host(float* dst, i64 begin, i64 n) const {
   MT_CHECK(mode_ == GradMode::Flat, "flat gradients exist only under ZeRO stages 0-1 with every entry trainable");
-  return grads_;
+  MT_CHECK(begin >= 0 && n >= 0 && begin + n <= grads_.size(), "flat_grads_to_host: range out of the table");
+  mem_->to_host(dst, grads_.data() + begin, n * i64(sizeof(float)));
 }
 
-const std::vector<bf16>& ParamState::compute_copy() const {
+std::vector<float> ParamState::flat_grads() const {
+  std::vector<float> out(size_t(lay_.full));
+  flat_grads_to_host(out.data(), 0, lay_.full);
+  return out;
+}
+
+std::vector<bf16> ParamState::compute_copy() const {
   MT_CHECK(precision_ == Precision::Bf16, "the bf16 weight copy exists only with Precision::Bf16");
-  return copy_;
+  std::vector<bf16> out(size_t(copy_.size()));
+  mem_->to_host(out.data(), copy_.data(), copy_.size() * i64(sizeof(bf16)));
+  return out;
+}
+
+void ParamState::reduce_scalar(Communicator& c, double& v) {
+  if (c.buffer_space() == MemSpace::Host) {
+    c.all_reduce_sum(&v, 1);
+    return;
+  }
+  mem_->to_backend(scalar_.data(), &v, sizeof v);
+  c.all_reduce_sum(scalar_.data(), 1);
+  mem_->to_host(&v, scalar_.data(), sizeof v);
 }
 
 // contract: B1 (the bf16 copy is round_bf16 of the fp32 master, every parameter)
 void ParamState::refresh_copy() {
   if (precision_ != Precision::Bf16 || stage_ == 3) return;  // stage 3: rounded per unit after the gather
-  ops_->round_to_bf16(copy_.data(), params_.data(), i64(copy_.size()));
+  ops_->round_to_bf16(copy_.data(), params_.data(), copy_.size());
 }
 
 void ParamState::invalidate_gathers() {
@@ -401,13 +440,12 @@ void ParamState::set_unit_params(int unit, const float* values) {
   MT_CHECK(unit >= 0 && size_t(unit) < units.size(), "set_unit_params: unit ", unit, " out of range");
   const ParamUnit& pu = units[size_t(unit)];
   if (stage_ <= 2) {
-    std::copy(values, values + pu.size(), params_.begin() + pu.begin);
+    mem_->to_backend(params_.data() + pu.begin, values, pu.size() * i64(sizeof(float)));
     return;
   }
   for (int k : lay_.unit_segs[size_t(unit)]) {
     const Segment& s = lay_.segs[size_t(k)];
-    const float* src = values + (s.mine - pu.begin);
-    std::copy(src, src + s.chunk, pshard_.begin() + s.shard_off);
+    mem_->to_backend(pshard_.data() + s.shard_off, values + (s.mine - pu.begin), s.chunk * i64(sizeof(float)));
   }
 }
 
@@ -417,16 +455,30 @@ void ParamState::finish_set_params() {
 }
 
 std::vector<float> ParamState::local_params() {
-  if (stage_ <= 2) return params_;
   std::vector<float> out(size_t(table_.total_numel()), 0.f);
-  for (const Segment& s : lay_.segs)
-    s.group->all_gather(out.data() + s.begin, pshard_.data() + s.shard_off, s.chunk, CommDtype::F32);
+  if (stage_ <= 2) {
+    mem_->to_host(out.data(), params_.data(), lay_.full * i64(sizeof(float)));
+    return out;
+  }
+  if (mem_->space() == MemSpace::Host) {
+    for (const Segment& s : lay_.segs)
+      s.group->all_gather(out.data() + s.begin, pshard_.data() + s.shard_off, s.chunk, CommDtype::F32);
+    return out;
+  }
+  // Device memory: each segment gathered into a backend buffer (outside the step loop), then copied out.
+  i64 longest = 0;
+  for (const Segment& s : lay_.segs) longest = std::max(longest, s.end - s.begin);
+  Buffer<float> seg_buf(*mem_, longest, "local_params gather");
+  for (const Segment& s : lay_.segs) {
+    s.group->all_gather(seg_buf.data(), pshard_.data() + s.shard_off, s.chunk, CommDtype::F32);
+    mem_->to_host(out.data() + s.begin, seg_buf.data(), (s.end - s.begin) * i64(sizeof(float)));
+  }
   return out;
 }
 
 void ParamState::zero_grads() {
-  std::fill(grads_.begin(), grads_.end(), 0.f);
-  std::fill(gacc_.begin(), gacc_.end(), 0.f);
+  mem_->zero(grads_.data(), grads_.size() * i64(sizeof(float)));
+  mem_->zero(gacc_.data(), gacc_.size() * i64(sizeof(float)));
   for (GSlot& g : gslots_) g.unit = -1;
 }
 
@@ -437,7 +489,7 @@ float* ParamState::unit_grads(int u) {
   for (GSlot& g : gslots_)
     if (g.unit < 0) {
       g.unit = u;
-      std::fill(g.buf.begin(), g.buf.begin() + table_.units()[u].size(), 0.f);
+      mem_->zero(g.buf.data(), table_.units()[u].size() * i64(sizeof(float)));
       return g.buf.data();
     }
   MT_CHECK(false, "no free gradient slot for unit ", u, " (", gslots_.size(), " slots)");
@@ -458,30 +510,25 @@ void ParamState::unit_grads_done(int u) {
     const Segment& seg = lay_.segs[si];
     float* src = slot->buf.data() + (seg.begin - base);
     if (mode_ == GradMode::SlotSum) {
-      for (const Run& r : seg.runs) {
-        float* dst = gacc_.data() + seg.gsum_off + r.dst;
-        const float* x = src + r.src;
-        const i64 n = r.n;
-        parallel_for_above(n, 65536, [&](i64 i) { dst[i] += x[i]; });
-      }
+      for (const Run& r : seg.runs) ops_->accumulate(gacc_.data() + seg.gsum_off + r.dst, src + r.src, r.n);
       continue;
     }
     i64 n = seg.chunk;
     if (seg.has_frozen) {
-      // Packing moves data left only (block r starts at r·pack ≤ r·chunk), in ascending order.
+      // Rank blocks of trainable elements packed into their own buffer (copies between buffers never overlap).
+      constexpr i64 F = sizeof(float);
       for (const Run& r : seg.runs) {
         if (r.src < 0)
-          std::fill(src + r.dst, src + r.dst + r.n, 0.f);
-        else if (r.src != r.dst)
-          std::memmove(src + r.dst, src + r.src, size_t(r.n) * sizeof(float));
+          mem_->zero(pack_.data() + r.dst, r.n * F);
+        else
+          mem_->copy(pack_.data() + r.dst, src + r.src, r.n * F);
       }
+      src = pack_.data();
       n = seg.pack;
     }
     float* mine = src + i64(seg.grank) * n;
     seg.group->reduce_scatter_sum(mine, src, n, CommDtype::F32);
-    float* dst = gacc_.data() + seg.mom_off;
-    const i64 m = seg.live_mine;
-    parallel_for_above(m, 65536, [&](i64 i) { dst[i] += mine[i]; });
+    ops_->accumulate(gacc_.data() + seg.mom_off, mine, seg.live_mine);
   }
   slot->unit = -1;
 }
@@ -493,25 +540,25 @@ double ParamState::reduce_grads() {
     double dense = 0, expert = 0;
     for (const Segment& s : lay_.segs)
       (s.expert ? expert : dense) += ops_->grad_sq_sum(grads_.data() + s.begin, s.end - s.begin);
-    ep_.all_reduce_sum(&expert, 1);  // each expert lives on one rank of the EP group
+    reduce_scalar(ep_, expert);  // each expert lives on one rank of the EP group
     return std::sqrt(dense + expert);
   }
   if (mode_ == GradMode::SlotSum) {
     for (const Segment& s : lay_.segs) s.group->all_reduce_sum(gacc_.data() + s.gsum_off, s.gsum_n);
     double dense = 0, expert = 0;
     for (const Segment& s : lay_.segs) (s.expert ? expert : dense) += ops_->grad_sq_sum(gacc_.data() + s.gsum_off, s.gsum_n);
-    ep_.all_reduce_sum(&expert, 1);
+    reduce_scalar(ep_, expert);
     return std::sqrt(dense + expert);
   }
   // Reduced during backward; shards partition every trainable dense and expert element exactly once.
-  double sq = ops_->grad_sq_sum(gacc_.data(), i64(gacc_.size()));
-  world_.all_reduce_sum(&sq, 1);
+  double sq = ops_->grad_sq_sum(gacc_.data(), gacc_.size());
+  reduce_scalar(world_, sq);
   return std::sqrt(sq);
 }
 
 void ParamState::scale_grads(float coef) {
-  std::vector<float>& g = mode_ == GradMode::Flat ? grads_ : gacc_;
-  ops_->scale(g.data(), i64(g.size()), coef);
+  Buffer<float>& g = mode_ == GradMode::Flat ? grads_ : gacc_;
+  ops_->scale(g.data(), g.size(), coef);
 }
 
 // contract: C5.adamw
@@ -556,9 +603,33 @@ void ParamState::checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model
       }
     }
   }
+  release_checkpoint_staging();
+  if (mem_->space() == MemSpace::Host) return;  // the pieces are the state itself
+  // Other spaces: host staging sized to these pieces; each piece's pointer moves there.
+  i64 total = 0;
+  for (auto* v : {&model, &exp_avg, &exp_avg_sq})
+    for (const TensorPiece& p : *v) total += p.end - p.begin;
+  ckpt_host_.assign(size_t(total), 0.f);
+  i64 off = 0;
+  for (auto* v : {&model, &exp_avg, &exp_avg_sq})
+    for (TensorPiece& p : *v) {
+      const i64 n = p.end - p.begin;
+      ckpt_map_.push_back({p.data, off, n});
+      p.data = ckpt_host_.data() + off;
+      if (use == PieceUse::Write) mem_->to_host(p.data, ckpt_map_.back().state, n * i64(sizeof(float)));
+      off += n;
+    }
+}
+
+void ParamState::release_checkpoint_staging() {
+  std::vector<float>().swap(ckpt_host_);
+  ckpt_map_.clear();
 }
 
 void ParamState::after_load() {
+  for (const Staged& st : ckpt_map_)
+    mem_->to_backend(st.state, ckpt_host_.data() + st.host_off, st.n * i64(sizeof(float)));
+  release_checkpoint_staging();
   refresh_copy();
   invalidate_gathers();
 }

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/mem_ops.h"
 #include "backend/optim_ops.h"
 #include "comm/communicator.h"
 #include "config/config.h"
@@ -38,13 +39,21 @@ struct StateBytes {
 // round_bf16(master) of every parameter, plus the fp32 master values of each unit (params_acc: router weight and
 // norm gains). Stages 0–2: the copy is a flat table refreshed after adamw(), set_params() and after_load();
 // ZeRO-3: each unit's fp32 shards are gathered (as for fp32) and rounded into a bf16 unit slot.
+// Memory: every buffer (parameters, gradients, shards, moments, bf16 copy, unit slots, gather slots) lives in the
+// backend's memory space (MemOps), allocated once in the constructor; element passes go through OptimOps,
+// copies and fills through MemOps, and the communicators move those buffers (their buffer_space() must be the
+// MemOps space). Host code reads state only through the *_to_host/host-copy accessors below.
 class ParamState {
  public:
   // table: this rank's table, padded for the groups (dense: world size, experts: edp size); its trainable
   // flags are read here, once. Every entry must be dense fp32 storage (MT_CHECK).
-  // ops: the backend's optimizer table (AdamW, Σg², scaling, bf16 rounding); null = the CPU table.
+  // ops: an optimizer table (AdamW, Σg², scaling, bf16 rounding, accumulation) the state owns; null = the CPU
+  // table. Memory: host (the CPU MemOps).
   ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep,
              Precision precision = Precision::Fp32, std::unique_ptr<OptimOps> ops = nullptr);
+  // On a backend's tables (not owned; they must outlive the state): buffers from `mem`, passes through `ops`.
+  ParamState(const ParamTable& table, int stage, Communicator& world, Communicator& edp, Communicator& ep,
+             Precision precision, OptimOps& ops, MemOps& mem);
   ~ParamState();
 
   // The bytes a ParamState of this table, stage, group sizes and precision holds on the rank at the given
@@ -52,30 +61,33 @@ class ParamState {
   static StateBytes plan_bytes(const ParamTable& table, int stage, int world, int edp, Precision precision,
                                int world_rank = 0, int edp_rank = 0);
 
-  // Sets every local parameter from a buffer in table layout (each rank keeps its shard under stage 3):
+  // Sets every local parameter from a host buffer in table layout (each rank keeps its shard under stage 3):
   // set_unit_params for every unit, then finish_set_params.
   void set_params(const std::vector<float>& local_full);
   // Start-up staging one unit at a time: stores what this rank keeps of table unit `unit` (all of it under
-  // stages 0–2, its shard under 3) from values [units()[unit].size()] in table layout relative to the unit's
+  // stages 0–2, its shard under 3) from host values [units()[unit].size()] in table layout relative to the unit's
   // begin (padding included). After the last unit, finish_set_params() refreshes the bf16 copy and drops
   // stale gathers; the parameters are not to be read before.
   void set_unit_params(int unit, const float* values);
   void finish_set_params();
-  // The local parameters in table layout (stage 3 gathers every unit). Collective under stage 3.
+  // The local parameters in table layout, on the host (stage 3 gathers every unit). Collective under stage 3.
   std::vector<float> local_params();
 
   // What the model reads and writes through. access(): fp32 weights (under ZeRO-3 only with Precision::Fp32);
   // access_bf16(): the bf16 copy, params_acc the fp32 master (Precision::Bf16 only). Both hand out the same
   // fp32 gradients.
+  // Pointers handed out are in the backend's memory space.
   ParamAccess<float>& access();
   ParamAccess<bf16>& access_bf16();
-  std::vector<float>& flat_params();              // stages 0–2
   // Stages 0–1 with every entry trainable: the full local gradient buffer (table layout, before reduction).
   bool has_flat_grads() const { return mode_ == GradMode::Flat; }
-  const std::vector<float>& flat_grads() const;
-  // The bf16 copy in table layout (stages 0–2; empty under 3, where units are rounded after their gather);
-  // Precision::Bf16 only.
-  const std::vector<bf16>& compute_copy() const;
+  // Host copies: gradients [begin, begin + n) of that buffer into dst[n], or all of it.
+  void flat_grads_to_host(float* dst, i64 begin, i64 n) const;
+  std::vector<float> flat_grads() const;
+  // Host copy of the bf16 copy in table layout (stages 0–2; empty under 3, where units are rounded after their
+  // gather); Precision::Bf16 only.
+  std::vector<bf16> compute_copy() const;
+  MemSpace space() const { return mem_->space(); }
   void zero_grads();
   // After all micro-batches: sums gradients over their groups (stages 0–1; 2–3 reduced during backward);
   // returns the global L2 norm over trainable entries (each shard once).
@@ -85,14 +97,18 @@ class ParamState {
   // parameters, then refreshes the bf16 copy.
   void adamw(const TrainConfig& t, double lr, long step);
 
-  // Pieces of this rank's state for checkpoint I/O, as flat ranges of logical tensors.
+  // Pieces of this rank's state for checkpoint I/O, as flat ranges of logical tensors, always in host memory.
   // Write: every element of every tensor belongs to exactly one rank. Read: what this rank must hold.
-  // Moments only for trainable entries.
+  // Moments only for trainable entries. Host space: the pieces point into the state itself (no copy). Other
+  // spaces: they point into a host staging buffer sized to these pieces, filled from the state now (Write) or
+  // uploaded into it by after_load() (Read); release_checkpoint_staging() frees it.
   enum class PieceUse { Write, Read };
   void checkpoint_pieces(PieceUse use, std::vector<TensorPiece>& model, std::vector<TensorPiece>& exp_avg,
                          std::vector<TensorPiece>& exp_avg_sq);
-  // After a checkpoint read into the pieces: refresh derived copies (ZeRO-3 gather cache, bf16 copy).
+  // After a checkpoint read into the Read pieces: uploads staged pieces, refreshes derived copies (ZeRO-3 gather
+  // cache, bf16 copy).
   void after_load();
+  void release_checkpoint_staging();
 
   StateBytes bytes() const;
   int stage() const { return stage_; }
@@ -130,6 +146,7 @@ class ParamState {
     std::vector<Segment> segs;
     std::vector<std::vector<int>> unit_segs;  // [unit] → indices into segs
     i64 full = 0, shard = 0, moments = 0, gsum = 0, max_unit = 0;
+    i64 pack_slot = 0;  // SlotReduceScatter with frozen entries: the packed send buffer (max gsize · pack)
     int grad_slots = 0;
   };
   static Layout make_layout(const ParamTable& table, int stage, int world, int world_rank, int edp, int edp_rank);
@@ -142,9 +159,16 @@ class ParamState {
 
   float* unit_grads(int unit);
   void unit_grads_done(int unit);
-  std::unique_ptr<OptimOps> ops_;  // every element-wise pass over the state goes through the backend
   void refresh_copy();
   void invalidate_gathers();
+  void allocate();
+  // v summed over c (a host scalar; staged through a backend buffer when c moves device memory).
+  void reduce_scalar(Communicator& c, double& v);
+
+  std::unique_ptr<OptimOps> own_ops_;  // the CPU defaults when no backend table is given
+  std::unique_ptr<MemOps> own_mem_;
+  OptimOps* ops_ = nullptr;  // every element-wise pass over the state goes through the backend
+  MemOps* mem_ = nullptr;    // allocation, fills and copies of the state
 
   const ParamTable& table_;
   int stage_;
@@ -154,16 +178,25 @@ class ParamState {
   Communicator& ep_;
   Layout lay_;
   GradMode mode_;
-  std::vector<float> params_, grads_;       // full table layout (params_: stages 0–2; grads_: Flat)
-  std::vector<float> pshard_;               // stage 3
-  std::vector<float> gacc_;                 // SlotSum: compact non-frozen; SlotReduceScatter: trainable shard
-  std::vector<float> exp_avg_, exp_avg_sq_; // this rank's non-frozen chunk elements (stage 0: whole segments)
-  std::vector<bf16> copy_;                  // bf16 copy (Precision::Bf16): table layout (stages 0–2)
+  Buffer<float> params_, grads_;       // full table layout (params_: stages 0–2; grads_: Flat)
+  Buffer<float> pshard_;               // stage 3
+  Buffer<float> gacc_;                 // SlotSum: compact non-frozen; SlotReduceScatter: trainable shard
+  Buffer<float> exp_avg_, exp_avg_sq_; // this rank's non-frozen chunk elements (stage 0: whole segments)
+  Buffer<bf16> copy_;                  // bf16 copy (Precision::Bf16): table layout (stages 0–2)
+  Buffer<float> pack_;                 // packed reduce-scatter input (Layout::pack_slot)
+  Buffer<double> scalar_;              // one reduced scalar when a communicator moves device memory
   struct GSlot {
     int unit = -1;
-    std::vector<float> buf;
+    Buffer<float> buf;
   };
   std::vector<GSlot> gslots_;
+  // Checkpoint staging (space other than Host): host copy of the pieces and where each lives in the state.
+  struct Staged {
+    float* state;
+    i64 host_off, n;
+  };
+  std::vector<float> ckpt_host_;
+  std::vector<Staged> ckpt_map_;
   std::vector<AdamWPiece> pieces_;          // AdamW ranges of trainable entries in this rank's chunks
   std::unique_ptr<Access<float>> acc32_;
   std::unique_ptr<Access<bf16>> acc16_;

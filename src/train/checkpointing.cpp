@@ -105,6 +105,7 @@ std::string Trainer::save_checkpoint() {
   state_->checkpoint_pieces(ParamState::PieceUse::Write, pieces[0], pieces[1], pieces[2]);
   sum_checksums(decl, pieces, world_comm_);
   write_checkpoint_file(tmp.string(), world_comm_, decl, pieces[0], pieces[1], pieces[2], meta);
+  state_->release_checkpoint_staging();  // host copy of device state (none on the CPU)
   world_comm_.barrier();
   if (rank_ == 0) {
     // Publish: rename the complete file, then move `latest`, then prune older ones. A failure stops the run
@@ -259,13 +260,17 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   std::vector<TensorPiece> pm, pa, pv;
   state_->checkpoint_pieces(ParamState::PieceUse::Read, pm, pa, pv);
   std::string problem = read_checkpoint_tensors(path, world_comm_, decl, pm, pa, pv);
-  if (!problem.empty()) return problem;
-  state_->after_load();
+  if (!problem.empty()) {
+    state_->release_checkpoint_staging();
+    return problem;
+  }
+  state_->after_load();  // uploads the pieces into the backend's memory where they were staged
   // Recompute the checksums over what was read (each element once across the ranks) and compare.
   std::vector<TensorDecl> check = decl;
   std::vector<TensorPiece> pieces[3];
   state_->checkpoint_pieces(ParamState::PieceUse::Write, pieces[0], pieces[1], pieces[2]);
   sum_checksums(check, pieces, world_comm_);
+  state_->release_checkpoint_staging();
   static const char* kind[3] = {"", "exp_avg of ", "exp_avg_sq of "};
   for (size_t i = 0; i < decl.size(); ++i)
     for (int k = 0; k < 3; ++k)

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "data/token_data.h"
 #include "launch/launch_env.h"
@@ -14,12 +15,12 @@ namespace moe {
 // DESIGN §6: a key that is parsed must work or be refused with exit 2, never be ignored.
 std::vector<std::string> unsupported_options(const Config& c) {
   std::vector<std::string> out;
-  if (c.train.device == Device::Cuda)
-    out.push_back("train.device: cuda is not implemented yet (this build trains on the CPU only); use train.device: cpu");
+  if (const std::string why = backend_unavailable(c.train.device); !why.empty()) out.push_back(why);
+  // parallel.backend auto: NCCL moves the data of train.device: cuda, MPI that of cpu (control traffic: MPI).
   if (c.parallel.backend == CommBackend::Nccl && c.train.device != Device::Cuda)
-    out.push_back("parallel.backend: nccl moves GPU buffers and needs train.device: cuda; use auto or mpi");
+    out.push_back("parallel.backend: nccl moves GPU memory and needs train.device: cuda; use auto or mpi");
   if (c.parallel.backend == CommBackend::Mpi && c.train.device == Device::Cuda)
-    out.push_back("parallel.backend: mpi moves host buffers, but train.device: cuda keeps them on the GPU; use auto or nccl");
+    out.push_back("parallel.backend: mpi cannot move GPU memory (train.device: cuda trains over NCCL); use auto or nccl");
   if (c.peft.method != PeftMethod::Full)
     out.push_back("peft.method: LoRA/QLoRA is not implemented yet; use peft.method: full");
   if (c.data.format == DataFormat::Jsonl)
@@ -44,6 +45,9 @@ static std::string join(const std::vector<std::string>& v, const char* sep) {
   for (const std::string& x : v) s += (s.empty() ? "" : sep) + x;
   return s;
 }
+
+// What one rank keeps on its GPU under train.device: cuda: ParamState's buffers and the activation arena.
+static i64 gpu_plan_bytes(const MemoryPlan& m) { return m.state() + m.working_bytes + m.activation_bytes; }
 
 static bool memory_check_off() {
   const char* v = std::getenv("MOE_MEMORY_CHECK");
@@ -81,11 +85,16 @@ Preflight preflight(const Config& in, int world, PreflightMode mode) {
 
   // Host memory: every rank of this job on this machine holds its own plan.
   p.host = host_memory();
-  const i64 need = p.plan.total() * p.local_ranks;
+  // train.device: cuda: the host keeps the tokens, the start-up staging and, while a checkpoint is written or
+  // read, a host copy of the rank's weights and moments (ParamState's checkpoint staging; at most this much).
+  const i64 host_per_rank = c.train.device == Device::Cuda
+                                ? p.plan.total() - gpu_plan_bytes(p.plan) + p.plan.weight_bytes + p.plan.optim_bytes
+                                : p.plan.total();
+  const i64 need = host_per_rank * p.local_ranks;
   if (p.host.available >= 0 && need > p.host.available) {
     std::ostringstream w;
     w << "the plan needs " << human_bytes(need) << " of host memory";
-    if (p.local_ranks > 1) w << " (" << p.local_ranks << " ranks on this machine x " << human_bytes(p.plan.total()) << ")";
+    if (p.local_ranks > 1) w << " (" << p.local_ranks << " ranks on this machine x " << human_bytes(host_per_rank) << ")";
     w << " but this machine has " << human_bytes(p.host.available) << " available (" << p.host.source
       << "); use more ranks (ZeRO-3 and parallel.ep shard the state), a smaller train.micro_batch, or more machines";
     p.warnings.push_back(w.str());
@@ -93,7 +102,12 @@ Preflight preflight(const Config& in, int world, PreflightMode mode) {
   // GPU memory, asked for only when the run would train there: weights, gradients, moments, activations.
   if (c.train.device == Device::Cuda) {
     p.gpu = gpu_memory(detect_launch_env().local_rank);
-    const i64 on_gpu = p.plan.state() + p.plan.working_bytes + p.plan.activation_bytes;
+    // A real run needs a GPU here; a dry run may plan for other machines (it reports the GPU as unknown).
+    if (!dry && backend_unavailable(Device::Cuda).empty())
+      MT_INPUT_CHECK(p.gpu.devices > 0, "train.device: cuda: no GPU is visible to this process (",
+                     p.gpu.unknown_why, "); check CUDA_VISIBLE_DEVICES and that the job asked for GPUs, or use "
+                     "train.device: cpu");
+    const i64 on_gpu = gpu_plan_bytes(p.plan);
     const i64 cap = p.gpu.free >= 0 ? p.gpu.free : p.gpu.total;
     if (cap >= 0 && on_gpu > cap)
       p.warnings.push_back("the per-rank GPU plan (" + human_bytes(on_gpu) + ") exceeds the " +
@@ -108,6 +122,12 @@ Preflight preflight(const Config& in, int world, PreflightMode mode) {
 std::string format_preflight(const Preflight& p) {
   std::ostringstream os;
   os << format_memory_plan(p.cfg, p.plan);
+  if (p.cfg.train.device == Device::Cuda) {
+    // contract: §6 dry-run. One rank per GPU: the rank's state, working buffers and activations live on its GPU.
+    os << "per GPU (one rank each): " << human_bytes(gpu_plan_bytes(p.plan)) << " (state "
+       << human_bytes(p.plan.state()) << " + working " << human_bytes(p.plan.working_bytes) << " + activations "
+       << human_bytes(p.plan.activation_bytes) << ")\n";
+  }
   if (p.host.available >= 0)
     os << "this machine: " << human_bytes(p.host.available) << " available (" << p.host.source << "), "
        << p.local_ranks << " rank(s) of this job on it\n";

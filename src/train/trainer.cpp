@@ -16,8 +16,10 @@
 #include "io/hf_export.h"
 #include "io/hf_model.h"
 #include "io/upcycle.h"
+#include "launch/launch_env.h"
 #include "optim/adamw.h"
 #include "train/checkpoint_files.h"
+#include "train/machine_memory.h"
 #include "train/preflight.h"
 #include "train/router_health.h"
 #include "train/runtime.h"
@@ -63,17 +65,63 @@ static Config checked_config(const Config& in, Communicator& world) {
   return resolved;
 }
 
-Trainer::Trainer(const Config& in, Communicator& world)
+// The GPU of this process: local rank modulo the GPUs the driver shows (0 when it shows none: make_backend then
+// refuses with its own message).
+static int local_rank_of(const TrainerDevice& dev) {
+  return dev.local_rank >= 0 ? dev.local_rank : detect_launch_env().local_rank;
+}
+static int local_gpu(int local_rank) {
+  const int n = gpu_memory(local_rank).devices;
+  return n > 0 ? local_rank % n : 0;
+}
+
+// NCCL over the host world (this build's CUDA path; without CUDA make_backend has refused train.device: cuda).
+static std::unique_ptr<Communicator> nccl_data_world(Communicator& host_world, int local_rank) {
+#ifdef MOE_HAVE_CUDA
+  return make_nccl_world(host_world, local_rank);
+#else
+  (void)host_world;
+  (void)local_rank;
+  MT_CHECK(false, "NCCL communicators exist only in CUDA builds");
+  return nullptr;
+#endif
+}
+
+Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& device)
     : cfg_(checked_config(in, world)), world_comm_(world), rank_(world.rank()), world_(world.size()),
       ep_(cfg_.parallel.ep), loss_guard_(cfg_.train.max_loss_ratio) {
   const auto& t = cfg_.train;
   const int E = cfg_.model.num_experts;
-  // EP groups: consecutive ranks; expert-DP groups: ranks with the same EP index.
+  const bool on_gpu = t.device == Device::Cuda;
+  const int local_rank = on_gpu ? local_rank_of(device) : 0;
+  const int gpu = on_gpu ? local_gpu(local_rank) : 0;
+  // The backend first (a GPU backend selects its device before any communicator touches it).
+  if (t.precision == Precision::Bf16)
+    backend16_ = device.make_bf16 ? device.make_bf16() : make_backend<bf16>(t.device, gpu);
+  else
+    backend_ = device.make_fp32 ? device.make_fp32() : make_backend<float>(t.device, gpu);
+  // EP groups: consecutive ranks; expert-DP groups: ranks with the same EP index. The host groups carry control
+  // traffic; when the backend's memory is not host memory, a data world over it (NCCL on GPUs) is split the same way.
   ep_comm_ = world_comm_.split(rank_ / ep_, rank_);
   edp_comm_ = world_comm_.split(rank_ % ep_, rank_);
+  dworld_ = &world_comm_;
+  dep_ = ep_comm_.get();
+  dedp_ = edp_comm_.get();
+  if (device.make_data_world || on_gpu) {
+    data_world_ = device.make_data_world ? device.make_data_world(world_comm_)
+                                         : nccl_data_world(world_comm_, local_rank);
+    data_ep_ = data_world_->split(rank_ / ep_, rank_);
+    data_edp_ = data_world_->split(rank_ % ep_, rank_);
+    void* stream = backend_ ? backend_->stream.handle : backend16_->stream.handle;
+    for (Communicator* c : {data_world_.get(), data_ep_.get(), data_edp_.get()}) c->set_compute_stream(stream);
+    dworld_ = data_world_.get();
+    dep_ = data_ep_.get();
+    dedp_ = data_edp_.get();
+  }
   ExpertShardSpec shard;
   if (ep_ > 1) {
-    shard.ep_comm = ep_comm_.get();
+    shard.ep_comm = dep_;
+    shard.ep_counts = ep_comm_.get();
     shard.ep = ep_;
     shard.first = (rank_ % ep_) * (E / ep_);
     shard.count = E / ep_;
@@ -82,19 +130,18 @@ Trainer::Trainer(const Config& in, Communicator& world)
   const int zero = cfg_.parallel.zero;
   const i64 dense_pad = zero >= 1 ? world_ : 1, expert_pad = zero >= 1 ? edp_comm_->size() : 1;
   const ModelOptions mo{AllocPolicy::Allocate, shard, dense_pad, expert_pad, t.recompute};
-  if (t.precision == Precision::Bf16) {
-    // DESIGN §8: bf16 weight copy and activations, fp32 master/gradients/moments in ParamState.
-    backend16_ = make_cpu_backend<bf16>();
+  if (t.precision == Precision::Bf16)  // DESIGN §8: bf16 weight copy and activations, fp32 state in ParamState
     model16_ = std::make_unique<Model<bf16>>(*backend16_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
-  } else {
-    backend_ = make_cpu_backend<float>();
+  else
     model_ = std::make_unique<Model<float>>(*backend_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
-  }
   data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
-  state_ = std::make_unique<ParamState>(table(), zero, world_comm_, *edp_comm_, *ep_comm_, t.precision);
+  OptimOps& optim = backend_ ? *backend_->optim : *backend16_->optim;
+  state_ = std::make_unique<ParamState>(table(), zero, *dworld_, *dedp_, *dep_, t.precision, optim, mem());
   select_bias_.assign(num_moe_layers(), std::vector<float>(cfg_.model.num_experts, 0.f));
   inputs_.resize(size_t(t.micro_batch) * t.seq_len);
   targets_.resize(inputs_.size());
+  inputs_dev_ = Buffer<int32_t>(mem(), i64(inputs_.size()), "input tokens");
+  targets_dev_ = Buffer<int32_t>(mem(), i64(targets_.size()), "target tokens");
   init_params();
 }
 
@@ -105,25 +152,35 @@ const Model<float>& Trainer::model() const {
   return *model_;
 }
 
+std::vector<float> Trainer::params() {
+  MT_CHECK(cfg_.parallel.zero <= 2, "Trainer::params(): flat parameters exist only under ZeRO stages 0-2");
+  return state_->local_params();
+}
+
+// The micro-batch's tokens (inputs_/targets_, host) are uploaded by load_micro; the model reads the copies.
 const MicroStats& Trainer::forward_micro(const RngCtx& rng) {
-  if (model16_)
-    return model16_->forward(state_->access_bf16(), inputs_.data(), targets_.data(), select_bias_, rng, Mode::Train);
-  return model_->forward(state_->access(), inputs_.data(), targets_.data(), select_bias_, rng, Mode::Train);
+  const int32_t* in = inputs_dev_.data();
+  const int32_t* tg = targets_dev_.data();
+  if (model16_) return model16_->forward(state_->access_bf16(), in, tg, select_bias_, rng, Mode::Train);
+  return model_->forward(state_->access(), in, tg, select_bias_, rng, Mode::Train);
 }
 
 void Trainer::backward_micro(const LossScales& sc, const GlobalRouting* global) {
+  const int32_t* in = inputs_dev_.data();
+  const int32_t* tg = targets_dev_.data();
   if (model16_)
-    model16_->backward(state_->access_bf16(), inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form, global);
+    model16_->backward(state_->access_bf16(), in, tg, sc, cfg_.moe.aux_loss_form, global);
   else
-    model_->backward(state_->access(), inputs_.data(), targets_.data(), sc, cfg_.moe.aux_loss_form, global);
+    model_->backward(state_->access(), in, tg, sc, cfg_.moe.aux_loss_form, global);
 }
 
 void Trainer::copy_logits(float* dst, i64 n) const {
   if (model16_) {
-    const bf16* l = model16_->logits();
-    for (i64 i = 0; i < n; ++i) dst[i] = float(l[i]);
+    logits16_.resize(size_t(n));  // the first call sizes it (logits are a test/debug output)
+    mem().to_host(logits16_.data(), model16_->logits(), n * i64(sizeof(bf16)));
+    for (i64 i = 0; i < n; ++i) dst[i] = float(logits16_[size_t(i)]);
   } else {
-    std::copy(model_->logits(), model_->logits() + n, dst);
+    mem().to_host(dst, model_->logits(), n * i64(sizeof(float)));
   }
 }
 
@@ -188,6 +245,8 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   auto load_micro = [&](i64 m) {
     for (i64 i = 0; i < mb; ++i)
       data_->window(i64(s) * B + m * mb + i, inputs_.data() + i * L, targets_.data() + i * L);
+    mem().to_backend(inputs_dev_.data(), inputs_.data(), i64(inputs_.size() * sizeof(int32_t)));
+    mem().to_backend(targets_dev_.data(), targets_.data(), i64(targets_.size() * sizeof(int32_t)));
   };
   auto rng_for = [&](i64 m) {
     RngCtx r;
@@ -279,14 +338,17 @@ const StepResult& Trainer::step(int s) {
   if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
     // Name the first tensor (by table order) whose gradient is not finite; no update, no checkpoint.
     std::string where = "a gradient shard";
-    if (state_->has_flat_grads())  // ZeRO 0-1: the full local gradients (2-3 hold shards only)
+    if (state_->has_flat_grads()) {  // ZeRO 0-1: the full local gradients (2-3 hold shards only)
+      std::vector<float> g;           // host copy, one tensor at a time (the run is stopping: allocation is fine)
       for (const ParamInfo& p : table().entries()) {
-        const float* g = state_->flat_grads().data() + p.offset;
-        if (!std::all_of(g, g + p.numel, [](float x) { return std::isfinite(x); })) {
+        g.resize(size_t(p.numel));
+        state_->flat_grads_to_host(g.data(), p.offset, p.numel);
+        if (!std::all_of(g.begin(), g.end(), [](float x) { return std::isfinite(x); })) {
           where = p.name;
           break;
         }
       }
+    }
     detail::raise(ErrorKind::Diverged, __FILE__, __LINE__, "training diverged at step ", s + 1, ": loss ", r.loss,
                   ", grad_norm ", r.grad_norm, "; first non-finite gradient: ", where,
                   " (rank ", rank_, "). Checkpoints already written are kept; lower train.lr or set train.grad_clip");

@@ -1,6 +1,7 @@
 // Owns the training loop of DESIGN §4–5 on one process: data order, micro-batches, objective, AdamW, metrics.
 #pragma once
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,11 +31,24 @@ struct StepResult {
   double step_time_s = 0;
 };
 
+// Where the trainer computes. Production passes the default: train.device picks the backend
+// (make_backend<T>(device, local_rank % visible GPUs)) and, for cuda, NCCL over the host world carries the data.
+// Tests replace the pieces (tests/unit/guarded_backend.h: CPU ops behind a device-like memory guard).
+struct TrainerDevice {
+  std::function<std::unique_ptr<Backend<float>>()> make_fp32;  // null: make_backend<float>(train.device, gpu)
+  std::function<std::unique_ptr<Backend<bf16>>()> make_bf16;   // null: make_backend<bf16>(train.device, gpu)
+  // The world communicator over the backend's memory (gradients, gathers, EP rows), built over the host world;
+  // null: the host world itself for train.device: cpu, make_nccl_world for cuda.
+  std::function<std::unique_ptr<Communicator>(Communicator& host_world)> make_data_world;
+  int local_rank = -1;  // picks the GPU (local_rank % visible GPUs); -1: from the launcher's environment
+};
+
 class Trainer {
  public:
-  // world: all ranks (a self communicator for one process). Experts are split over groups of
-  // parallel.ep consecutive ranks; world = ep × expert_dp.
-  Trainer(const Config& cfg, Communicator& world);
+  // world: all ranks (a self communicator for one process), over host memory: it carries control traffic
+  // (statistics, stop flags, EP row counts, checkpoint I/O). Experts are split over groups of parallel.ep
+  // consecutive ranks; world = ep × expert_dp.
+  Trainer(const Config& cfg, Communicator& world, const TrainerDevice& device = {});
   ~Trainer();
 
   // The whole run: steps train.steps updates (from the resumed step), progress lines, run.dir/metrics.jsonl,
@@ -63,12 +77,13 @@ class Trainer {
   const ModelConfig& model_config() const { return cfg_.model; }
   int rank() const { return rank_; }
   const Config& config() const { return cfg_; }
-  // Flat local parameters/gradients in table layout (ZeRO stages 0–2 only).
-  std::vector<float>& params() { return state_->flat_params(); }
+  // Host copies of the flat local parameters / gradients in table layout (parameters: ZeRO stages 0–2;
+  // gradients: stages 0–1 with every entry trainable).
+  std::vector<float> params();
   // The full logical model (all experts) in build_param_table(model_config()) layout, on every rank.
   // Collective over the world.
   std::vector<float> gather_full_params();
-  const std::vector<float>& grads() const { return state_->flat_grads(); }
+  std::vector<float> grads() const { return state_->flat_grads(); }
   const ParamState& state() const { return *state_; }
   // The fp32 model (train.precision: fp32 only; MT_CHECK otherwise).
   const Model<float>& model() const;
@@ -89,9 +104,14 @@ class Trainer {
 
   Config cfg_;
   Communicator& world_comm_;
-  std::unique_ptr<Communicator> ep_comm_, edp_comm_;  // expert-parallel and expert-data-parallel groups
+  std::unique_ptr<Communicator> ep_comm_, edp_comm_;  // expert-parallel and expert-data-parallel groups (host)
+  // Over the backend's memory (null when that is host memory: the host communicators above carry everything).
+  std::unique_ptr<Communicator> data_world_, data_ep_, data_edp_;
+  Communicator* dworld_ = nullptr;  // data_world_ or world_comm_ (and the same for the groups)
+  Communicator* dep_ = nullptr;
+  Communicator* dedp_ = nullptr;
   int rank_ = 0, world_ = 1, ep_ = 1;
-  // The model of train.precision (one of the two), on its backend (CPU today).
+  // The model of train.precision (one of the two), on its backend.
   std::unique_ptr<Backend<float>> backend_;
   std::unique_ptr<Model<float>> model_;                        // fp32
   std::unique_ptr<Backend<bf16>> backend16_;
@@ -99,7 +119,10 @@ class Trainer {
   std::unique_ptr<TokenData> data_;
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
-  std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch
+  std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch (host)
+  Buffer<int32_t> inputs_dev_, targets_dev_;                   // the same in the backend's memory
+  mutable std::vector<bf16> logits16_;                         // copy_logits staging (bf16 runs)
+  MemOps& mem() const { return backend_ ? *backend_->mem : *backend16_->mem; }
   LossSpikeGuard loss_guard_;
   const RunDirClaim* run_dir_claim_ = nullptr;
   MetricsLog metrics_;                                         // run.dir/metrics.jsonl (rank 0)

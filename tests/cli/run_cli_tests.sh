@@ -333,7 +333,7 @@ case "$CASE" in
     # bf16 weight copy), then exit 2 naming each reason (bf16 itself trains on the CPU: not a reason).
     run "$SRC/configs/mixtral.yaml" --dry-run
     expect_rc 2
-    expect_has "(46.7B)" "a real run would stop" "train.device: cuda is not implemented yet" \
+    expect_has "(46.7B)" "a real run would stop" "per GPU (one rank each)" \
       "data/train.bin" "precision: bf16 (fp32 master weights" "bf16 weight copy"
     grep -qF "train.precision: bf16 is not implemented" all.txt && fail "bf16 still refused"
     ;;
@@ -368,7 +368,7 @@ case "$CASE" in
     write_tiny_yaml c.yaml "$T/tok.bin"
     for args in "--set data.path=$T/no_such.bin|no_such.bin" "--set data.path=$T|not a regular file" \
                 "--set data.path=$T/big.bin|token id 40" "--set parallel.ep=3|must divide" \
-                "--set train.device=cuda|train.device: cuda is not implemented yet" \
+                "--set parallel.backend=nccl|parallel.backend: nccl" \
                 "--set train.seq_len=100|shorter than one window"; do
       set -- ${args%%|*}
       want=${args#*|}
@@ -429,6 +429,30 @@ case "$CASE" in
     run c.yaml --set train.device=cuda
     expect_bad_input cuda
     [ "$(wc -c <all.txt)" -gt 20 ] || fail "no message"
+    ;;
+  cuda_device)
+    # train.device: cuda. A build without CUDA refuses it (real and dry run, exit 2, make_backend's reason); a CUDA
+    # build on a machine without a GPU refuses the real run (no GPU visible) and dry-runs the per-GPU plan with the
+    # GPU unknown. parallel.backend: mpi + cuda and nccl + cpu are refused either way.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --dry-run --set train.device=cuda
+    expect_has "per GPU (one rank each)"
+    if grep -qF "built without CUDA" all.txt; then
+      expect_bad_input "train.device: cuda: this moe-train was built without CUDA" "use train.device: cpu"
+      run c.yaml --set train.device=cuda
+      expect_bad_input "train.device: cuda: this moe-train was built without CUDA"
+    elif ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+      expect_rc 0
+      expect_has "GPU memory: unknown" "checks passed"
+      run c.yaml --set train.device=cuda
+      expect_bad_input "train.device: cuda: no GPU is visible"
+    fi
+    [ -e run/metrics.jsonl ] && fail "trained without a GPU"
+    run c.yaml --set train.device=cuda --set parallel.backend=mpi
+    expect_bad_input "parallel.backend: mpi cannot move GPU memory"
+    run c.yaml --dry-run --set parallel.backend=nccl
+    expect_bad_input "parallel.backend: nccl moves GPU memory and needs train.device: cuda"
     ;;
   diverged)
     # A huge learning rate without clipping: NaN/Inf → exit 3 naming the step and a tensor; the

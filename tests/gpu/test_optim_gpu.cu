@@ -1,5 +1,5 @@
 // Owns the GPU check of the CUDA optimizer table against the CPU table: AdamW (multi-chunk pieces, grad scale, decay
-// on/off, a changed piece list), Σg², scale and bf16 rounding, all bit for bit; exits 77 without a GPU.
+// on/off, a changed piece list), Σg², scale, accumulate and bf16 rounding, all bit for bit; exits 77 without a GPU.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -133,6 +133,13 @@ void test_scale_and_round(OptimOps& gpu, OptimOps& cpu) {
   cpu.round_to_bf16(hb.data(), x.data(), n);
   std::vector<bf16> gb = to_host(db, size_t(n));
   CHECK(first_diff(gb, hb) < 0, "round_to_bf16 differs at %lld", (long long)first_diff(gb, hb));
+  std::vector<float> y = randn(n, 8, 3.f);
+  float* dy = to_dev(y);
+  gpu.accumulate(d, dy, n);
+  cpu.accumulate(x.data(), y.data(), n);
+  CHECK(first_diff(to_host(d, size_t(n)), x) < 0, "accumulate differs");
+  gpu.accumulate(d, dy, 0);
+  cudaFree(dy);
   gpu.scale(d, 0, 2.f);  // 0-sized launches are no-ops
   gpu.round_to_bf16(db, d, 0);
   cudaFree(d);

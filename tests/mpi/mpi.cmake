@@ -57,3 +57,9 @@ add_executable(test_mpi_bf16 ${CMAKE_CURRENT_LIST_DIR}/test_mpi_bf16.cpp)
 target_link_libraries(test_mpi_bf16 PRIVATE moe_core GTest::gtest)
 add_test(NAME mpi.test_mpi_bf16.np2 COMMAND ${MOE_MPIRUN} -np 2 $<TARGET_FILE:test_mpi_bf16>)
 set_tests_properties(mpi.test_mpi_bf16.np2 PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS 2)
+# The device seam under MPI (tests/unit/guarded_backend.h): guarded data communicators over MPI, ep 2, ZeRO 1 and 3.
+add_executable(test_mpi_device_seam ${CMAKE_CURRENT_LIST_DIR}/test_mpi_device_seam.cpp)
+target_link_libraries(test_mpi_device_seam PRIVATE moe_core GTest::gtest)
+add_test(NAME mpi.test_mpi_device_seam.np2 COMMAND ${MOE_MPIRUN} -np 2 $<TARGET_FILE:test_mpi_device_seam>)
+set_tests_properties(mpi.test_mpi_device_seam.np2 PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}"
+                     PROCESSORS 2)

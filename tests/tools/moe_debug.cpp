@@ -30,9 +30,10 @@ static void dump_grads(Trainer& tr, const std::string& out) {
   if (Lm > 0) ts.push_back({"expert_load", {Lm, E}, load.data(), StDtype::F32});
   std::vector<std::string> names;
   names.reserve(tr.table().entries().size());
+  const std::vector<float> grads = tr.grads();  // a host copy of the trainer's gradients
   for (const ParamInfo& p : tr.table().entries()) {
     names.push_back("grad." + p.name);
-    ts.push_back({names.back(), p.shape, tr.grads().data() + p.offset, StDtype::F32});
+    ts.push_back({names.back(), p.shape, grads.data() + p.offset, StDtype::F32});
   }
   write_safetensors(out, ts, {{"format", "pt"}});
 }

@@ -75,6 +75,7 @@ struct CountingOptim final : OptimOps {
     cpu->scale(x, n, c);
   }
   void round_to_bf16(bf16* d, const float* s, i64 n) override { cpu->round_to_bf16(d, s, n); }
+  void accumulate(float* d, const float* s, i64 n) override { cpu->accumulate(d, s, n); }
 };
 
 TEST(BackendSeam, ParamStateUpdatesThroughTheOptimTable) {

@@ -270,7 +270,8 @@ TEST(Invariance, C4_aux_global_definition) {
   // Gradient: the objective J(θ) = Σ_m [CE_m/N + (aux_coef·aux_m + z_coef·z_m)/M] with the global f_e,
   // in double, differentiated by Model<double>::backward given GlobalRouting, checked by central differences.
   Model<double> dm(mc, cfg.moe, 2, kL);
-  std::vector<double> P(tr.params().begin(), tr.params().end());
+  const std::vector<float> P32 = tr.params();
+  std::vector<double> P(P32.begin(), P32.end());
   LossScales sc;
   sc.ce = 1.0 / N;
   sc.aux = cfg.moe.aux_loss_coef / M;

@@ -1,5 +1,6 @@
-// Owns the CPU optimizer op table: AdamW, Σg², scaling and bf16 rounding as OpenMP passes over host buffers.
+// Owns the CPU optimizer op table: AdamW, Σg², scaling, accumulation and bf16 rounding as OpenMP passes over host buffers.
 #include "backend/optim_ops.h"
+#include "core/parallel_for.h"
 #include "kernels/math/adamw.h"
 
 namespace moe {
@@ -18,6 +19,9 @@ class CpuOptimOps final : public OptimOps {
   void round_to_bf16(bf16* dst, const float* src, i64 n) override {
 #pragma omp parallel for schedule(static)
     for (i64 i = 0; i < n; ++i) dst[i] = bf16(src[i]);
+  }
+  void accumulate(float* dst, const float* src, i64 n) override {
+    parallel_for_above(n, 65536, [&](i64 i) { dst[i] += src[i]; });
   }
 };
 }  // namespace

@@ -63,6 +63,7 @@ class CudaOptimOps final : public OptimOps {
   }
 
   void scale(float* x, i64 n, float coef) override { scale_cuda(x, n, coef, ctx_.stream); }
+  void accumulate(float* dst, const float* src, i64 n) override { accumulate_cuda(dst, src, n, ctx_.stream); }
   void round_to_bf16(bf16* dst, const float* src, i64 n) override { round_to_bf16_cuda(dst, src, n, ctx_.stream); }
 
  private:
