@@ -218,7 +218,7 @@ done < <(python3 -c 'import site; print("\n".join(site.getsitepackages() + [site
 declare -A lib_from=()
 unresolved=()
 all_bins=()
-for n in moe-train test_train_gpu "${GPU_TESTS[@]}" gpu-grouped-gemm gpu-moe-layer; do
+for n in moe-train test_train_gpu "${GPU_TESTS[@]}" gpu-grouped-gemm gpu-moe-layer gpu-alltoall; do
   b="$(find_bin "$n")"
   [[ -n "$b" ]] && all_bins+=("$b")
 done
@@ -304,8 +304,23 @@ else
   rows_from_output
   missing_rows train_tok_s.moe-train train_tok_s.torch train_tok_s.ratio
 fi
+# The EP exchange on NCCL: one rank per GPU under mpirun; our libraries reach the ranks only (-x / -genv), so that
+# mpirun itself keeps the machine's own.
+b="$(find_bin gpu-alltoall)"
 if ((NGPU < 2)); then add_row nccl_dispatch_a2a "skip: needs ≥ 2 GPUs (this machine has $NGPU)"
-else add_row nccl_dispatch_a2a "skip: not implemented yet (no NCCL dispatch benchmark in bench/)"; fi
+elif ! command -v mpirun >/dev/null 2>&1; then add_row nccl_dispatch_a2a "skip: needs ≥ 2 GPUs under mpirun (this machine has $NGPU GPUs but no mpirun)"
+elif [[ -z "$b" ]]; then add_row nccl_dispatch_a2a "fail: gpu-alltoall not built"
+else
+  if mpirun --version 2>&1 | grep -qi 'open mpi\|open-mpi\|openrte'; then
+    mpi_env=(--oversubscribe --bind-to none -x MOE_NCCL_TIMEOUT_S=60 ${OUR_LD:+-x "LD_LIBRARY_PATH=$OUR_LD"})
+  else
+    mpi_env=(-genv MOE_NCCL_TIMEOUT_S 60 ${OUR_LD:+-genv LD_LIBRARY_PATH "$OUR_LD"})
+  fi
+  run_step gpu-alltoall 150 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    mpirun -np "$NGPU" "${mpi_env[@]}" "$b"
+  rows_from_output
+  missing_rows nccl_dispatch_a2a
+fi
 
 write_report
 exit 0
