@@ -29,6 +29,9 @@ struct Dev {
     if (n) {
       EXPECT_EQ(cudaMalloc(&p, n * sizeof(E)), cudaSuccess);
       EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(E), cudaMemcpyHostToDevice), cudaSuccess);
+      // A pageable copy may return before its DMA lands, and the ops run on the backend's non-blocking stream,
+      // which does not wait for the legacy stream: wait here.
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     }
   }
   ~Dev() {
