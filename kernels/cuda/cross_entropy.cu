@@ -20,26 +20,27 @@ __device__ void row_stats(const T* x, i64 V, float* shf, double* shd, float& mx,
   sum = block_sum(s, shd);
 }
 
+// Block g: rows g, g + G, … in order (G = gridDim.x); thread 0 keeps their running sum.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    ce_rows_kernel(double* row_loss, const T* logits, const int32_t* targets, i64 V) {
+    ce_partials_kernel(double* partial, const T* logits, const int32_t* targets, i64 N, i64 V) {
   __shared__ float shf[kThreads];
   __shared__ double shd[kThreads];
-  const i64 row = blockIdx.x;
-  const int32_t tgt = targets[row];
-  if (tgt == kIgnoreTarget) {  // uniform over the block: return before any barrier
-    if (threadIdx.x == 0) row_loss[row] = 0.0;
-    return;
+  double acc = 0;
+  for (i64 row = blockIdx.x; row < N; row += gridDim.x) {
+    const int32_t tgt = targets[row];
+    if (tgt == kIgnoreTarget) continue;  // uniform over the block: the row's barriers are skipped by all threads
+    if (tgt < 0 || i64(tgt) >= V) {
+      acc += nan("");
+      continue;
+    }
+    const T* x = logits + row * V;
+    float mx;
+    double sum;
+    row_stats(x, V, shf, shd, mx, sum);  // ends with a barrier: shf/shd are free for the next row
+    if (threadIdx.x == 0) acc += math::ce_row_loss(double(mx), sum, double(ld(x + tgt)));
   }
-  if (tgt < 0 || i64(tgt) >= V) {
-    if (threadIdx.x == 0) row_loss[row] = nan("");
-    return;
-  }
-  const T* x = logits + row * V;
-  float mx;
-  double sum;
-  row_stats(x, V, shf, shd, mx, sum);
-  if (threadIdx.x == 0) row_loss[row] = math::ce_row_loss(double(mx), sum, double(ld(x + tgt)));
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
 __global__ void __launch_bounds__(kThreads) sum_doubles_kernel(double* total, const double* rows, i64 N) {
@@ -73,11 +74,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-void cross_entropy_rows_cuda(double* row_loss, const T* logits, const int32_t* targets, i64 N, i64 V, cudaStream_t s) {
+void cross_entropy_partials_cuda(double* partial, const T* logits, const int32_t* targets, i64 N, i64 V,
+                                 cudaStream_t s) {
   if (N == 0) return;
-  MT_CHECK(N < (i64(1) << 31) && V > 0, "cross_entropy_rows_cuda: N ", N, " V ", V);
-  ce_rows_kernel<T><<<unsigned(N), kThreads, 0, s>>>(row_loss, logits, targets, V);
-  MT_CUDA_LAUNCH("cross_entropy_rows");
+  MT_CHECK(V > 0, "cross_entropy_partials_cuda: N ", N, " V ", V);
+  ce_partials_kernel<T><<<unsigned(cross_entropy_blocks(N)), kThreads, 0, s>>>(partial, logits, targets, N, V);
+  MT_CUDA_LAUNCH("cross_entropy_partials");
 }
 
 void sum_doubles_cuda(double* total, const double* rows, i64 N, cudaStream_t s) {
@@ -94,8 +96,8 @@ void cross_entropy_backward_inplace_cuda(T* logits, const int32_t* targets, i64 
   MT_CUDA_LAUNCH("cross_entropy_backward");
 }
 
-template void cross_entropy_rows_cuda<float>(double*, const float*, const int32_t*, i64, i64, cudaStream_t);
-template void cross_entropy_rows_cuda<bf16>(double*, const bf16*, const int32_t*, i64, i64, cudaStream_t);
+template void cross_entropy_partials_cuda<float>(double*, const float*, const int32_t*, i64, i64, cudaStream_t);
+template void cross_entropy_partials_cuda<bf16>(double*, const bf16*, const int32_t*, i64, i64, cudaStream_t);
 template void cross_entropy_backward_inplace_cuda<float>(float*, const int32_t*, i64, i64, double, cudaStream_t);
 template void cross_entropy_backward_inplace_cuda<bf16>(bf16*, const int32_t*, i64, i64, double, cudaStream_t);
 

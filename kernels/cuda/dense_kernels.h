@@ -38,10 +38,16 @@ template <typename T>
 void swiglu_backward_cuda(T* da, T* db, const T* dh, const T* a, const T* b, i64 n, cudaStream_t s);
 
 // ---- Cross-entropy [C4.objective] (twin: cross_entropy_ref) ----
-// row_loss[N] (double) = logsumexp(logits row) − logit of the target; 0 for kIgnoreTarget rows, NaN for a target
-// outside [0, V) (so the loss guard stops the run instead of reading out of bounds). One block per row.
+// The forward's blocks and partial sums: min(N, kCeMaxBlocks), so its scratch has a fixed size (planned once, not in
+// the step loop).
+constexpr i64 kCeMaxBlocks = 1024;
+inline i64 cross_entropy_blocks(i64 N) { return N < kCeMaxBlocks ? N : kCeMaxBlocks; }
+// partial[g], g < G = cross_entropy_blocks(N) (double): Σ of the row losses of rows n ≡ g (mod G) in increasing n, a
+// row loss being logsumexp(logits row) − logit of the target; kIgnoreTarget rows add nothing, a target outside [0, V)
+// adds NaN (so the loss guard stops the run instead of reading out of bounds). Block g takes those rows in turn.
 template <typename T>
-void cross_entropy_rows_cuda(double* row_loss, const T* logits, const int32_t* targets, i64 N, i64 V, cudaStream_t s);
+void cross_entropy_partials_cuda(double* partial, const T* logits, const int32_t* targets, i64 N, i64 V,
+                                 cudaStream_t s);
 // total[0] = Σ_n rows[n] in double: one block, thread-strided partials and a fixed tree (the same bits every run).
 void sum_doubles_cuda(double* total, const double* rows, i64 N, cudaStream_t s);
 // In place: logits [N,V] → scale · (softmax − onehot(target)), each rounded to T once; ignored rows 0.

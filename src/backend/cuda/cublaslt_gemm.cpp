@@ -34,20 +34,20 @@ LtGemm::~LtGemm() {
 }
 
 // Key: [c type, ab type, m, n, k, opA, opB, lda, ldb, ldc, align A, align B, align C, beta ≠ 0], in cuBLASLt's
-// column-major terms (see gemm()).
-const LtGemm::Plan& LtGemm::plan(const Key& key) {
+// column-major terms (g, see lt_layout.h).
+const LtGemm::Plan& LtGemm::plan(const Key& key, const LtColMajor& g) {
   auto it = cache_.find(key);
   if (it != cache_.end()) return it->second;
   const GemmType ct = GemmType(key[0]), abt = GemmType(key[1]);
-  const i64 m = key[2], n = key[3], k = key[4], lda = key[7], ldb = key[8], ldc = key[9];
+  const i64 m = g.m, n = g.n, k = g.k, lda = g.ld_first, ldb = g.ld_second, ldc = g.ldc;
   const cublasOperation_t opa = cublasOperation_t(key[5]), opb = cublasOperation_t(key[6]);
   Plan p;
   MT_CUBLAS(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   MT_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   MT_CUBLAS(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
   // Stored (column-major) shapes: op(A) is m×k, op(B) is k×n, C is m×n.
-  MT_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, dtype(abt), opa == CUBLAS_OP_N ? m : k, opa == CUBLAS_OP_N ? k : m, lda));
-  MT_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, dtype(abt), opb == CUBLAS_OP_N ? k : n, opb == CUBLAS_OP_N ? n : k, ldb));
+  MT_CUBLAS(cublasLtMatrixLayoutCreate(&p.a, dtype(abt), g.first_rows, g.first_cols, lda));
+  MT_CUBLAS(cublasLtMatrixLayoutCreate(&p.b, dtype(abt), g.second_rows, g.second_cols, ldb));
   MT_CUBLAS(cublasLtMatrixLayoutCreate(&p.c, dtype(ct), m, n, ldc));
   cublasLtMatmulPreference_t pref = nullptr;
   MT_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
@@ -89,11 +89,12 @@ void LtGemm::gemm(void* C, GemmType c, const void* A, const void* B, GemmType ab
   }
   // Row-major C[M,N] = op(A)·op(B) is column-major Cᵀ[N,M] = op(B)ᵀ·op(A)ᵀ: cuBLASLt's A is our B (transposed iff
   // tb), its B is our A (transposed iff ta), m = N, n = M; the leading dimensions carry over unchanged.
-  const cublasOperation_t opa = tb == Trans::Yes ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t opb = ta == Trans::Yes ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const Key key{i64(c),           i64(ab),      N,           M,           K,   i64(opa), i64(opb), ldb, lda, ldc,
-                alignment(B), alignment(A), alignment(C), beta != 0.f ? 1 : 0};
-  const Plan& p = plan(key);
+  const LtColMajor g = lt_colmajor(M, N, K, ta, tb, lda, ldb, ldc);
+  const cublasOperation_t opa = g.trans_first ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t opb = g.trans_second ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const Key key{i64(c),           i64(ab),        g.m,         g.n,         g.k, i64(opa), i64(opb), g.ld_first,
+                g.ld_second,      g.ldc,          alignment(B), alignment(A), alignment(C), beta != 0.f ? 1 : 0};
+  const Plan& p = plan(key, g);
   MT_CUBLAS(cublasLtMatmul(ctx_.lt, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo, ctx_.lt_workspace,
                            ctx_.lt_workspace_bytes, ctx_.stream));
 }

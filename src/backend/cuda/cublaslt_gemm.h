@@ -7,6 +7,7 @@
 #include <map>
 
 #include "backend/cuda/cuda_context.h"
+#include "backend/cuda/lt_layout.h"
 #include "core/dims.h"
 #include "core/op_enums.h"
 
@@ -39,7 +40,7 @@ class LtGemm {
     cublasLtMatmulAlgo_t algo{};
   };
   using Key = std::array<i64, 14>;
-  const Plan& plan(const Key& key);
+  const Plan& plan(const Key& key, const LtColMajor& g);
 
   CudaContext& ctx_;
   std::map<Key, Plan> cache_;
