@@ -24,8 +24,7 @@ void rmsnorm_backward_cuda(T* dx, float* dw, const T* dy, const T* x, const floa
                            cudaStream_t s);
 
 // ---- RoPE [C4.attention] (twin: rope_ref) ----
-// cos/sin [L, D/2] (fp32).
-void rope_table_cuda(float* cos_t, float* sin_t, i64 L, i64 D, double theta, cudaStream_t s);
+// (The cos/sin table [L, D/2] is built once on the host by rope_table_ref and copied: cuda_dense.cpp.)
 // x [B·L, NHx·D] rotated in place (position = row % L).
 template <typename T>
 void rope_apply_cuda(T* x, const float* cos_t, const float* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir,

@@ -1,4 +1,4 @@
-// Owns the CUDA RoPE table and rotation (twin: kernels/ref/rope_ref.cpp; arithmetic: kernels/math/rope.h).
+// Owns the CUDA RoPE rotation (the table is built on the host by the twin, cuda_dense.cpp) (twin: kernels/ref/rope_ref.cpp; arithmetic: kernels/math/rope.h).
 #include "kernels/cuda/dense_common.cuh"
 #include "kernels/cuda/dense_kernels.h"
 #include "kernels/math/rope.h"
@@ -6,16 +6,6 @@
 namespace moe {
 
 using namespace cuda_detail;
-
-__global__ void rope_table_kernel(float* cos_t, float* sin_t, i64 L, i64 D, double theta) {
-  const i64 half = D / 2, n = L * half;
-  for (i64 e = i64(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += i64(gridDim.x) * blockDim.x) {
-    const i64 p = e / half, i = e % half;
-    const float ang = math::rope_angle(p, i, D, theta);
-    cos_t[e] = cosf(ang);
-    sin_t[e] = sinf(ang);
-  }
-}
 
 // One thread per (row, head, i < D/2) pair; sgn = +1 Forward, −1 Inverse.
 template <typename T>
@@ -31,13 +21,6 @@ __global__ void rope_apply_kernel(T* x, const float* cos_t, const float* sin_t, 
     v[i] = T(o1);
     v[i + half] = T(o2);
   }
-}
-
-void rope_table_cuda(float* cos_t, float* sin_t, i64 L, i64 D, double theta, cudaStream_t s) {
-  const i64 n = L * (D / 2);
-  if (n <= 0) return;
-  rope_table_kernel<<<grid_for(n), kThreads, 0, s>>>(cos_t, sin_t, L, D, theta);
-  MT_CUDA_LAUNCH("rope_table");
 }
 
 template <typename T>

@@ -4,12 +4,14 @@
 
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "backend/cuda/cublaslt_gemm.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_context.h"
 #include "core/error.h"
 #include "kernels/cuda/dense_kernels.h"
+#include "kernels/ref/rope_ref.h"
 
 namespace moe {
 
@@ -64,8 +66,15 @@ class CudaDenseOps final : public DenseOps<T> {
     rmsnorm_backward_cuda<T>(dx, dw, dy, x, w, rstd, N, C, ctx_.stream);
   }
 
+  // Built once at model construction: computed on the host by the CPU twin and copied, so the GPU's angles are
+  // bitwise the CPU's (device powf/cosf differ by a few ulp, ~1e-3 rad at position 4096).
   void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) override {
-    rope_table_cuda(cos_t, sin_t, L, D, theta, ctx_.stream);
+    const size_t n = size_t(L * (D / 2));
+    std::vector<A> c(n), s(n);
+    rope_table_ref<T>(c.data(), s.data(), L, D, theta);
+    MT_CUDA(cudaMemcpyAsync(cos_t, c.data(), n * sizeof(A), cudaMemcpyHostToDevice, ctx_.stream));
+    MT_CUDA(cudaMemcpyAsync(sin_t, s.data(), n * sizeof(A), cudaMemcpyHostToDevice, ctx_.stream));
+    MT_CUDA(cudaStreamSynchronize(ctx_.stream));
   }
   void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) override {
     rope_apply_cuda<T>(x, cos_t, sin_t, B, L, NHx, D, dir, ctx_.stream);
