@@ -97,6 +97,10 @@ std::unique_ptr<Communicator> make_mpi_world();
 // unique id and broadcasts it over `bootstrap` (the MPI world). Throws BadInput when no GPU is present.
 std::unique_ptr<Communicator> make_nccl_world(Communicator& bootstrap, int local_rank);
 
+// Seconds an NCCL wait may take before the job is aborted: MOE_NCCL_TIMEOUT_S (default 600). BadInput (exit 2)
+// naming the variable when it is set to anything but a finite number > 0 (preflight checks it before a run).
+double nccl_timeout_s();
+
 // Ends MPI cleanly (after the last collective); abort_world kills every rank (used on errors so none hangs).
 void finalize_mpi();
 [[noreturn]] void abort_world(int code);

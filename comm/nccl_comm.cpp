@@ -36,19 +36,6 @@ static ncclDataType_t nccl_type(CommDtype t) {
 namespace {
 // Requests are events of a ring created once: handle = index of the event recorded after the call.
 constexpr int kRequestEvents = 16;
-constexpr double kDefaultTimeoutS = 600;
-
-// Seconds a wait on NCCL may take before the job is aborted: MOE_NCCL_TIMEOUT_S (default 600).
-double nccl_timeout_s() {
-  const char* v = std::getenv("MOE_NCCL_TIMEOUT_S");
-  if (!v || !*v) return kDefaultTimeoutS;
-  char* end = nullptr;
-  const double s = std::strtod(v, &end);
-  MT_INPUT_CHECK(end && *end == '\0' && std::isfinite(s) && s > 0, "MOE_NCCL_TIMEOUT_S='", v,
-                 "': expected a number of seconds > 0 (how long a collective may wait for its peers; default 600)");
-  return s;
-}
-
 using Clock = std::chrono::steady_clock;
 
 // Spins for the first millisecond of a wait (short collectives), then polls every 100 µs.

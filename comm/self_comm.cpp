@@ -1,4 +1,6 @@
-// Owns the single-process Communicator: collectives over one rank are copies or no-ops.
+// Owns the single-process Communicator (collectives over one rank are copies or no-ops) and the NCCL timeout setting.
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "comm/communicator.h"
@@ -49,5 +51,15 @@ class SelfComm final : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> make_self_communicator() { return std::make_unique<SelfComm>(); }
+
+double nccl_timeout_s() {
+  const char* v = std::getenv("MOE_NCCL_TIMEOUT_S");
+  if (!v || !*v) return 600;
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  MT_INPUT_CHECK(end && *end == '\0' && std::isfinite(s) && s > 0, "MOE_NCCL_TIMEOUT_S='", v,
+                 "': expected a number of seconds > 0 (how long a collective may wait for its peers; default 600)");
+  return s;
+}
 
 }  // namespace moe

@@ -86,19 +86,26 @@ int main(int argc, char** argv) {
       const int world = plan_world > 0 ? plan_world : std::max(rt.world->size(), cfg.parallel.ep);
       moe::Preflight p;
       moe::run_agreed(*rt.world, [&] { p = moe::preflight(cfg, world, moe::PreflightMode::DryRun); });
-      for (std::string& why : moe::run_dir_problems(cfg, resume.empty() ? moe::ResumeIntent::None : moe::ResumeIntent::Auto))
-        p.problems.push_back(std::move(why));
-      if (!resume.empty() && resume != "auto") {
-        try {
-          moe::read_checkpoint_meta(resume);
-        } catch (const moe::Error& e) {
-          p.problems.push_back(std::string("--resume: ") + e.what());
+      // The file-system probes run on rank 0 only (they create and remove directories: ranks would race), and
+      // its verdict is every rank's exit code.
+      int64_t stop = 0;
+      if (rt.world->rank() == 0) {
+        for (std::string& why : moe::run_dir_problems(cfg, resume.empty() ? moe::ResumeIntent::None : moe::ResumeIntent::Auto))
+          p.problems.push_back(std::move(why));
+        if (!resume.empty() && resume != "auto") {
+          try {
+            moe::read_checkpoint_meta(resume);
+          } catch (const moe::Error& e) {
+            p.problems.push_back(std::string("--resume: ") + e.what());
+          }
         }
+        std::fputs(moe::format_preflight(p).c_str(), stdout);
+        std::fflush(stdout);
+        stop = p.problems.empty() ? 0 : 1;
       }
-      if (rt.world->rank() == 0) std::fputs(moe::format_preflight(p).c_str(), stdout);
-      std::fflush(stdout);
+      rt.world->all_reduce_sum(&stop, 1);
       moe::stop_runtime(rt);
-      return p.problems.empty() ? 0 : 2;
+      return stop == 0 ? 0 : 2;
     }
     {
       const moe::ResumeIntent intent =

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "backend/backend.h"
+#include "comm/communicator.h"
 #include "core/error.h"
 #include "data/token_data.h"
 #include "launch/launch_env.h"
@@ -16,6 +17,13 @@ namespace moe {
 std::vector<std::string> unsupported_options(const Config& c) {
   std::vector<std::string> out;
   if (const std::string why = backend_unavailable(c.train.device); !why.empty()) out.push_back(why);
+  if (c.train.device == Device::Cuda) {
+    try {
+      (void)nccl_timeout_s();
+    } catch (const Error& e) {
+      out.push_back(e.what());
+    }
+  }
   // parallel.backend auto: NCCL moves the data of train.device: cuda, MPI that of cpu (control traffic: MPI).
   if (c.parallel.backend == CommBackend::Nccl && c.train.device != Device::Cuda)
     out.push_back("parallel.backend: nccl moves GPU memory and needs train.device: cuda; use auto or mpi");
@@ -146,6 +154,10 @@ std::string format_preflight(const Preflight& p) {
     // Warned, not refused: the plan may be meant for other machines (--world N on a login node).
     os << "checks passed except memory: on this machine a real run would stop on the warning above (exit 2; "
           "MOE_MEMORY_CHECK=off skips it); on machines with enough memory it starts\n";
+  } else if (p.problems.empty() && p.cfg.train.device == Device::Cuda && p.gpu.devices == 0) {
+    // Planned for GPU machines from one without a GPU (a login node): say what a run here would do.
+    os << "checks passed except the GPU: a real run with this config and world size starts on machines whose "
+          "GPUs it sees; here it would stop (exit 2: no GPU is visible)\n";
   } else if (p.problems.empty()) {
     os << "checks passed: a real run with this config and world size starts\n";
   } else {
