@@ -24,6 +24,12 @@ class OptimOps {
   virtual void round_to_bf16(bf16* dst, const float* src, i64 n) = 0;
   // dst[i] += src[i] (fp32; dst and src do not overlap): unit gradients summed into the kept gradients.
   virtual void accumulate(float* dst, const float* src, i64 n) = 0;
+  // Plans the table's own scratch once, before step 0: adamw over `pieces` (the list the caller will pass every
+  // step) and grad_sq_sum over at most max_sq_n elements then allocate nothing. The CPU table needs none.
+  virtual void reserve(const std::vector<AdamWPiece>& pieces, i64 max_sq_n) {
+    (void)pieces;
+    (void)max_sq_n;
+  }
 };
 
 // The CPU table: optim/adamw.cpp's OpenMP passes.

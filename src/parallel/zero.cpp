@@ -366,6 +366,8 @@ void ParamState::allocate() {
       pieces_.push_back({p, g, exp_avg_.data() + mi, exp_avg_sq_.data() + mi, b - a, e.decay});
     }
   }
+  // The optimizer table's scratch, planned now: this piece list every step, Σg² over ranges of the gradient buffer.
+  ops_->reserve(pieces_, mode_ == GradMode::Flat ? grads_.size() : gacc_.size());
   if (stage_ <= 2) {
     acc32_ = std::make_unique<Access<float>>(*this, params_.data(), params_.data());
     if (bf) acc16_ = std::make_unique<Access<bf16>>(*this, copy_.data(), params_.data());

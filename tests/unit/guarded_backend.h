@@ -277,6 +277,10 @@ class GuardedOptim final : public OptimOps {
   void scale(float* x, i64 n, float c) override { MT_GUARDED(scale, x, n, c); }
   void round_to_bf16(bf16* d, const float* s, i64 n) override { MT_GUARDED(round_to_bf16, d, s, n); }
   void accumulate(float* d, const float* s, i64 n) override { MT_GUARDED(accumulate, d, s, n); }
+  void reserve(const std::vector<AdamWPiece>& p, i64 max_sq_n) override {
+    for (const AdamWPiece& q : p) require_guarded(q.p, q.g, q.m, q.v);
+    in_->reserve(p, max_sq_n);
+  }
 
  private:
   std::unique_ptr<OptimOps> in_;

@@ -109,5 +109,72 @@ TEST(BackendSeam, ParamStateUpdatesThroughTheOptimTable) {
   }
 }
 
+// Records what ParamState plans through OptimOps::reserve and checks every later call stays inside that plan (the
+// CUDA table allocates its chunk table and Σg² partials in reserve: a call outside it would allocate mid-run).
+struct PlanCheckingOptim final : OptimOps {
+  std::unique_ptr<OptimOps> cpu = make_cpu_optim_ops();
+  int reserves = 0, outside = 0, calls = 0;
+  std::vector<AdamWPiece> planned;
+  i64 planned_sq = -1;
+  static bool same(const std::vector<AdamWPiece>& a, const std::vector<AdamWPiece>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (a[i].p != b[i].p || a[i].g != b[i].g || a[i].m != b[i].m || a[i].v != b[i].v || a[i].n != b[i].n ||
+          a[i].decay != b[i].decay)
+        return false;
+    return true;
+  }
+  void reserve(const std::vector<AdamWPiece>& p, i64 max_sq_n) override {
+    ++reserves;
+    outside += calls > 0;  // planned after a step began
+    planned = p;
+    planned_sq = max_sq_n;
+  }
+  void adamw(const std::vector<AdamWPiece>& p, const AdamWHyper& hp, long t, float gs) override {
+    ++calls;
+    outside += !same(p, planned);
+    cpu->adamw(p, hp, t, gs);
+  }
+  double grad_sq_sum(const float* g, i64 n) override {
+    ++calls;
+    outside += n > planned_sq;
+    return cpu->grad_sq_sum(g, n);
+  }
+  void scale(float* x, i64 n, float c) override { cpu->scale(x, n, c); }
+  void round_to_bf16(bf16* d, const float* s, i64 n) override { cpu->round_to_bf16(d, s, n); }
+  void accumulate(float* d, const float* s, i64 n) override { cpu->accumulate(d, s, n); }
+};
+
+TEST(BackendSeam, ParamStatePlansTheOptimScratchBeforeStepZero) {
+  ModelConfig m;
+  m.vocab_size = 40;
+  m.hidden_size = 8;
+  m.intermediate_size = 12;
+  m.num_layers = 2;
+  m.num_heads = 2;
+  m.num_kv_heads = 1;
+  m.num_experts = 2;
+  m.top_k = 1;
+  const ParamTable t = build_param_table(m);
+  auto self = make_self_communicator();
+  for (int stage : {0, 1, 2, 3}) {
+    auto ops = std::make_unique<PlanCheckingOptim>();
+    PlanCheckingOptim& o = *ops;
+    ParamState st(t, stage, *self, *self, *self, Precision::Fp32, std::move(ops));
+    EXPECT_EQ(o.reserves, 1) << "stage " << stage << ": the optimizer scratch is planned once, at construction";
+    EXPECT_FALSE(o.planned.empty()) << "stage " << stage;
+    st.set_params(std::vector<float>(size_t(t.total_numel()), 0.5f));
+    TrainConfig tc;
+    for (long step = 1; step <= 2; ++step) {
+      st.zero_grads();
+      (void)st.reduce_grads();
+      st.adamw(tc, 1e-3, step);
+    }
+    EXPECT_GE(o.calls, 4) << "stage " << stage;
+    EXPECT_EQ(o.outside, 0) << "stage " << stage << ": a step used a piece list or Σg² size it did not plan";
+    EXPECT_EQ(o.reserves, 1) << "stage " << stage;
+  }
+}
+
 }  // namespace
 }  // namespace moe

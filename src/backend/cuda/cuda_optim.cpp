@@ -35,8 +35,8 @@ class CudaOptimOps final : public OptimOps {
   }
 
   // contract: C5.adamw
-  // The chunk table is staged to the device when the piece list differs from the last call's (ParamState keeps one
-  // list for the whole run, so that is the first step, and again only after the shards move).
+  // The chunk table is staged to the device when the piece list differs from the last staged one (ParamState keeps
+  // one list for the whole run and stages it through reserve() at construction, so never in the step loop).
   void adamw(const std::vector<AdamWPiece>& pieces, const AdamWHyper& hp, long t, float grad_scale) override {
     if (!same_pieces(pieces, staged_)) stage(pieces);
     const AdamWStep c = adamw_step_consts(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, t);
@@ -47,14 +47,7 @@ class CudaOptimOps final : public OptimOps {
   // One device->host copy (and stream synchronization) per call: the value is needed on the host for the norm.
   double grad_sq_sum(const float* g, i64 n) override {
     const i64 need = grad_sq_sum_scratch(n);
-    if (need > scratch_n_) {
-      // Grows on the first call of each larger size (a handful of sizes per run), not per step.
-      MT_CUDA(cudaStreamSynchronize(ctx_.stream));
-      MT_CUDA(cudaFree(scratch_));
-      scratch_ = nullptr;
-      MT_CUDA(cudaMalloc(&scratch_, size_t(need) * sizeof(double)));
-      scratch_n_ = need;
-    }
+    grow_scratch(need);  // nothing after reserve() (ParamState plans its largest n before step 0)
     double* out = scratch_ + (need - 1);
     grad_sq_sum_cuda(out, g, n, scratch_, ctx_.stream);
     MT_CUDA(cudaMemcpyAsync(host_sum_, out, sizeof(double), cudaMemcpyDeviceToHost, ctx_.stream));
@@ -65,8 +58,21 @@ class CudaOptimOps final : public OptimOps {
   void scale(float* x, i64 n, float coef) override { scale_cuda(x, n, coef, ctx_.stream); }
   void accumulate(float* dst, const float* src, i64 n) override { accumulate_cuda(dst, src, n, ctx_.stream); }
   void round_to_bf16(bf16* dst, const float* src, i64 n) override { round_to_bf16_cuda(dst, src, n, ctx_.stream); }
+  // Before step 0: the device chunk table of the run's piece list and the Σg² partials for its largest call.
+  void reserve(const std::vector<AdamWPiece>& pieces, i64 max_sq_n) override {
+    if (!same_pieces(pieces, staged_)) stage(pieces);
+    grow_scratch(grad_sq_sum_scratch(max_sq_n));
+  }
 
  private:
+  void grow_scratch(i64 need) {
+    if (need <= scratch_n_) return;
+    MT_CUDA(cudaStreamSynchronize(ctx_.stream));  // a queued Σg² may still use the old partials
+    MT_CUDA(cudaFree(scratch_));
+    scratch_ = nullptr;
+    MT_CUDA(cudaMalloc(&scratch_, size_t(need) * sizeof(double)));
+    scratch_n_ = need;
+  }
   void stage(const std::vector<AdamWPiece>& pieces) {
     chunks_.clear();
     for (const AdamWPiece& pc : pieces)
