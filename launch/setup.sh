@@ -36,6 +36,35 @@ else
   echo "setup: Debian packages present"
 fi
 
+# cuDNN frontend headers (the header-only C++ API of cuDNN's fused attention, src/backend/cuda/cudnn_sdpa.cpp), only
+# where the CUDA toolkit is: the PyPI wheel is downloaded (not installed) and its include/ unpacked into the cache,
+# where CMake looks (MOE_CUDNN_FRONTEND_DIR). No download, no cuDNN attention: the build uses the hand kernel.
+CFE_VERSION=1.32.0
+CFE_DIR="${MOE_CUDNN_FRONTEND_DIR:-$HOME/.cache/moe-train/cudnn-frontend}"
+if command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  if [[ "$(cat "$CFE_DIR/VERSION" 2>/dev/null)" != "$CFE_VERSION" ]]; then
+    echo "setup: fetching cuDNN frontend $CFE_VERSION headers into $CFE_DIR"
+    cfe_tmp="$(mktemp -d)"
+    if python3 -m pip download -q --no-deps --only-binary=:all: "nvidia-cudnn-frontend==$CFE_VERSION" -d "$cfe_tmp" &&
+      python3 - "$cfe_tmp" "$CFE_DIR" <<'PY'
+import glob, os, shutil, sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+shutil.rmtree(os.path.join(dst, "include"), ignore_errors=True)
+with zipfile.ZipFile(glob.glob(os.path.join(src, "*.whl"))[0]) as z:
+    z.extractall(dst, [n for n in z.namelist() if n.startswith("include/")])
+assert os.path.isfile(os.path.join(dst, "include", "cudnn_frontend.h")), "wheel without include/cudnn_frontend.h"
+PY
+    then
+      echo "$CFE_VERSION" > "$CFE_DIR/VERSION"
+    else
+      echo "setup: WARNING: cuDNN frontend headers not fetched: attention will use the hand-written CUDA kernel" >&2
+    fi
+    rm -rf "$cfe_tmp"
+  else
+    echo "setup: cuDNN frontend $CFE_VERSION headers present ($CFE_DIR)"
+  fi
+fi
+
 # Oracle venv (cached outside the checkout so CI reuses it between runs).
 if ((want_venv)); then
   VENV="${MOE_TRAIN_VENV:-$HOME/.cache/moe-train/venv}"

@@ -1,7 +1,9 @@
-// Owns the CUDA dense op table (CudaDenseOps<T>, T = bf16 or float): cuBLASLt GEMMs (cublaslt_gemm.h) and the
-// kernels of kernels/cuda/dense_kernels.h, all queued on the backend's stream.
+// Owns the CUDA dense op table (CudaDenseOps<T>, T = bf16 or float): cuBLASLt GEMMs (cublaslt_gemm.h), cuDNN's fused
+// attention where it takes the shape (cudnn_sdpa.h) and the kernels of kernels/cuda/dense_kernels.h, all queued on
+// the backend's stream.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -9,6 +11,7 @@
 #include "backend/cuda/cublaslt_gemm.h"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_context.h"
+#include "backend/cuda/cudnn_sdpa.h"
 #include "core/error.h"
 #include "kernels/cuda/dense_kernels.h"
 #include "kernels/ref/rope_ref.h"
@@ -29,7 +32,7 @@ class CudaDenseOps final : public DenseOps<T> {
   using A = acc_t<T>;
   static_assert(std::is_same<A, float>::value, "CUDA dense ops: T = float or bf16");
 
-  explicit CudaDenseOps(CudaContext& ctx) : ctx_(ctx), gemm_(ctx) {
+  explicit CudaDenseOps(CudaContext& ctx) : ctx_(ctx), gemm_(ctx), sdpa_(std::make_unique<CudnnSdpa>(ctx)) {
     MT_CUDA(cudaMallocHost(&loss_host_, sizeof(double)));
     MT_CUDA(cudaMalloc(&loss_part_, size_t(kCeMaxBlocks + 1) * sizeof(double)));
   }
@@ -80,16 +83,30 @@ class CudaDenseOps final : public DenseOps<T> {
     rope_apply_cuda<T>(x, cos_t, sin_t, B, L, NHx, D, dir, ctx_.stream);
   }
 
-  // Backward's D_i = Σ dout·out per (b, h, i); the forward needs none.
-  i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64, i64, i64) const override {
-    return attention_cuda_workspace_bytes(B, L, NH);
+  // Attention: cuDNN's fused flash attention (bf16) where cuDNN takes the shape, else the hand-written kernels
+  // (their twin is the CPU attention). The plan of a shape — cuDNN graphs built, or the reason not, logged once — is
+  // made here: the model asks this once per shape at construction, before step 0 (a shape never asked is planned on
+  // its first forward, and its workspace is then this same query's answer). Scratch: the larger of cuDNN's workspace
+  // and the hand backward's D_i = Σ dout·out per (b, h, i). sdpa_ is a pointer: planning from this const query
+  // fills its cache.
+  i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window) const override {
+    const auto& plan = sdpa_->prepare({B, L, NH, NKV, D, window}, sdpa_elem());
+    return std::max(attention_cuda_workspace_bytes(B, L, NH), plan.ws_bytes);
   }
   void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D,
-                         i64 window, void*) override {
+                         i64 window, void* ws) override {
+    if constexpr (std::is_same<T, bf16>::value) {
+      const SdpaShape s{B, L, NH, NKV, D, window};
+      if (sdpa_->prepare(s, sdpa_elem()).fwd && sdpa_->forward(s, out, lse, q, k, v, ws)) return;
+    }
     attention_forward_cuda<T>(out, lse, q, k, v, B, L, NH, NKV, D, window, ctx_.stream);
   }
   void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q, const T* k,
                           const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, void* ws) override {
+    if constexpr (std::is_same<T, bf16>::value) {
+      const SdpaShape s{B, L, NH, NKV, D, window};
+      if (sdpa_->prepare(s, sdpa_elem()).bwd && sdpa_->backward(s, dq, dk, dv, dout, out, lse, q, k, v, ws)) return;
+    }
     attention_backward_cuda<T>(dq, dk, dv, dout, out, lse, q, k, v, B, L, NH, NKV, D, window, ws, ctx_.stream);
   }
 
@@ -132,9 +149,11 @@ class CudaDenseOps final : public DenseOps<T> {
 
  private:
   static float beta(Accumulate acc) { return acc == Accumulate::Add ? 1.f : 0.f; }
+  static constexpr SdpaElem sdpa_elem() { return std::is_same<T, bf16>::value ? SdpaElem::Bf16 : SdpaElem::F32; }
 
   CudaContext& ctx_;
   LtGemm gemm_;
+  std::unique_ptr<CudnnSdpa> sdpa_;  // cuDNN attention plans per shape (bf16; float only logs the hand-kernel path)
   double* loss_part_ = nullptr;  // [kCeMaxBlocks] partial sums of the row losses + [1] their sum (device)
   double* loss_host_ = nullptr;  // pinned: the sum's landing place
 };
