@@ -166,7 +166,7 @@ TEST_F(AttentionCudnnGpu, MatchesCpuTwinAndHandKernel) {
 }
 
 // The dense table takes cuDNN for a production shape: its forward/backward give the bits of the direct cuDNN calls
-// (the hand kernels' bits differ), with the workspace its own query sized.
+// (the hand kernels' bits differ), with the workspace its own query sized, at the arena's 64-byte alignment.
 TEST_F(AttentionCudnnGpu, DenseTableRoutesToCudnn) {
   if (ctx->cc_major < 8) GTEST_SKIP() << "cuDNN fused attention needs sm80+";
   const SdpaShape s{2, 256, 8, 2, 128, 64};
@@ -180,9 +180,11 @@ TEST_F(AttentionCudnnGpu, DenseTableRoutesToCudnn) {
   auto q = rnd(B * L * NH * D), k = rnd(B * L * NKV * D), v = rnd(B * L * NKV * D), dout = rnd(B * L * NH * D);
   Dev<bf16> gq(q), gk(k), gv(v), gdo(dout), o1(dout), o2(dout), dq1(q), dk1(k), dv1(v), dq2(q), dk2(k), dv2(v);
   Dev<float> l1{std::vector<float>(B * NH * L)}, l2{std::vector<float>(B * NH * L)};
-  Dev<char> ws{std::vector<char>(size_t(ws_bytes))}, ws2{std::vector<char>(size_t(plan.ws_bytes) + 16)};
-  ops->attention_forward(o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, ws.p);
-  ops->attention_backward(dq1.p, dk1.p, dv1.p, gdo.p, o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, ws.p);
+  // The model's workspace is an arena slot: 64-byte aligned, not more (Arena::kAlign). Mimic that.
+  Dev<char> ws{std::vector<char>(size_t(ws_bytes) + 64)}, ws2{std::vector<char>(size_t(plan.ws_bytes) + 16)};
+  char* ws64 = ws.p + 64;
+  ops->attention_forward(o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, ws64);
+  ops->attention_backward(dq1.p, dk1.p, dv1.p, gdo.p, o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, ws64);
   ASSERT_TRUE(sdpa->forward(s, o2.p, l2.p, gq.p, gk.p, gv.p, ws2.p));
   ASSERT_TRUE(sdpa->backward(s, dq2.p, dk2.p, dv2.p, gdo.p, o2.p, l2.p, gq.p, gk.p, gv.p, ws2.p));
   EXPECT_TRUE(same_bits(o1.back(st()), o2.back(st())));

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_context.h"
 #include "core/error.h"
 
@@ -197,6 +198,7 @@ struct CudnnSdpa::Impl {
   // A handle on the backend's stream, made on first need. "" or why not.
   std::string ensure_handle() {
     if (handle || !handle_why.empty()) return handle_why;
+    MT_CUDA(cudaSetDevice(ctx.device));  // the handle and the graphs' plans belong to the backend's GPU
     cudnnStatus_t st = fe::detail::create_handle(&handle);
     if (st != CUDNN_STATUS_SUCCESS) {
       handle = nullptr;
@@ -227,8 +229,11 @@ const CudnnSdpa::Plan& CudnnSdpa::prepare(const SdpaShape& s, SdpaElem e) {
   Impl::Entry& en = impl_->cache[s];
   Plan& p = en.plan;
   std::string why_f, why_b;
+  const char* env = std::getenv("MOE_CUDNN_ATTENTION");
   if (const char* r = sdpa_skip_reason(s, e, impl_->ctx.cc_major)) {
     why_f = r;
+  } else if (env && std::string(env) == "off") {
+    why_f = "MOE_CUDNN_ATTENTION=off";
   } else if (!load_cudnn().empty()) {
     why_f = load_cudnn();
   } else if (!impl_->ensure_handle().empty()) {
@@ -259,7 +264,7 @@ const CudnnSdpa::Plan& CudnnSdpa::prepare(const SdpaShape& s, SdpaElem e) {
     spdlog::info("attention ({}): {} on cuDNN {} fused SDPA, {} on the hand-written CUDA kernel ({})", shape_text(s),
                  p.fwd ? "forward" : "backward", version_text(), p.fwd ? "backward" : "forward", p.why);
   } else {
-    p.why = why_b.empty() || why_b == why_f ? why_f : why_f + "; backward: " + why_b;
+    p.why = why_b.empty() || why_b == why_f ? why_f : "forward: " + why_f + "; backward: " + why_b;
     spdlog::info("attention ({}): hand-written CUDA kernel ({})", shape_text(s), p.why);
   }
   return p;

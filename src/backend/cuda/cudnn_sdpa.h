@@ -16,7 +16,13 @@ struct CudaContext;
 // optionally sliding-window GQA attention with scale 1/√D; lse = natural-log log-sum-exp of the scaled scores, which
 // is cuDNN's softmax statistics tensor (Stats = max + log Σ exp(s − max) in the frontend's softmax; base 2 only when
 // asked with stats_use_log2, which we do not). The hand-written kernels (kernels/cuda/attention.cu) are the fallback:
-// a shape cuDNN refuses, a build without the cuDNN frontend headers, or no libcudnn.so.9 at run time.
+// a shape cuDNN refuses, a build without the cuDNN frontend headers, or no libcudnn.so.9 at run time (found by the
+// loader, or named by the environment variable MOE_CUDNN_LIBRARY=/path/libcudnn.so.9). MOE_CUDNN_ATTENTION=off
+// sends every shape to the hand kernel (for comparing the two on a GPU).
+// Rounding (DESIGN §8 "bf16"): the forward matches the CPU's points (scores, softmax and lse in fp32, P rounded to
+// bf16 before P·V, out rounded once). cuDNN's backward, like every flash backward on tensor cores, also feeds P and
+// dS = P∘(dP − D) to its dV/dQ/dK GEMMs in bf16, where the CPU twin keeps them fp32: dq, dk, dv are compared with
+// the GEMM-fed tolerance (tests/gpu/test_attention_cudnn_gpu.cu), not bitwise.
 class CudnnSdpa {
  public:
   // Whether cuDNN is to be used for a shape, per direction, and the scratch it needs.
