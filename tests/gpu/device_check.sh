@@ -87,7 +87,7 @@ if ((NGPU == 0)); then
   if ! command -v nvidia-smi >/dev/null 2>&1; then why="no GPU (no nvidia-smi)"
   elif [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then why="no GPU (CUDA_VISIBLE_DEVICES='${CUDA_VISIBLE_DEVICES}')"
   else why="no GPU (nvidia-smi lists none)"; fi
-  for n in nvidia-smi binaries cuda_libraries "${GPU_TESTS[@]}" "${TRAIN_ROWS[@]}" "${BENCH_ROWS[@]}"; do
+  for n in nvidia-smi binaries cuda_libraries "${GPU_TESTS[@]}" "${TRAIN_ROWS[@]}" train_gpu_bf16.cudnn_off "${BENCH_ROWS[@]}"; do
     add_row "$n" "skip: $why"
   done
   echo "device_check.sh: $why: every check skipped" >>"$LOG"
@@ -242,6 +242,12 @@ for round in 1 2; do  # a library found in round 1 may need another (cuBLAS → 
   done
 done
 export MOE_LD_LIBRARY_PATH="$OUR_LD"
+# cuDNN (fused attention) is dlopen'ed, not linked, so ldd does not ask for it: point moe-train at the first
+# libcudnn.so.9 of the search (toolkit or pip wheel) unless MOE_CUDNN_LIBRARY names one already.
+if [[ -z "${MOE_CUDNN_LIBRARY:-}" ]]; then
+  for d in "${cands[@]}"; do [[ -e "$d/libcudnn.so.9" ]] && { export MOE_CUDNN_LIBRARY="$d/libcudnn.so.9"; break; }; done
+fi
+echo "=== MOE_CUDNN_LIBRARY=${MOE_CUDNN_LIBRARY:-unset: the default loader search}" >>"$LOG"
 echo "=== LD_LIBRARY_PATH for our binaries: $OUR_LD" >>"$LOG"
 libs_fig=""
 for name in "${!lib_from[@]}"; do libs_fig+="${name%%.so*} ← ${lib_from[$name]}; "; done
@@ -276,6 +282,13 @@ else
       add_row "${TRAIN_ROWS[$i]}" "fail: ${msg:-see log}" "$fig"
     else verdict "${TRAIN_ROWS[$i]}" "$fig"; fi
   done
+fi
+
+# The same bf16 trajectory with attention on the hand-written kernels (MOE_CUDNN_ATTENTION=off): tells cuDNN's
+# bf16 rounding of P and dS in attention backward apart from the rest when the row above misses.
+if [[ -n "$b" ]]; then
+  run_step train_gpu_bf16.cudnn_off 150 env LD_LIBRARY_PATH="$OUR_LD" MOE_CUDNN_ATTENTION=off "$b" --gtest_filter='*CpuBf16'
+  verdict train_gpu_bf16.cudnn_off "$(grep -m1 'gpu bf16 vs cpu bf16\] worst' "$STEP_OUT" | sed 's/^.*error: //')"
 fi
 
 # ---- (c) the benchmarks ----

@@ -18,7 +18,7 @@ grep -qE '^- date: [0-9]{4}-[0-9]{2}-[0-9]{2} ' "$DIR/device_check.md" || fail "
 # One row per check: nvidia-smi, the binaries and libraries, every GPU test executable (test_train_gpu as its four
 # tests) and every benchmark figure.
 want=(nvidia-smi binaries cuda_libraries train_gpu.runs_on_gpu train_gpu.vs_cpu_bf16 train_gpu.vs_cpu_fp32
-      train_gpu.determinism cublas_bf16_peak grouped_gemm_vs_dense train_tok_s.moe-train train_tok_s.torch
+      train_gpu.determinism train_gpu_bf16.cudnn_off cublas_bf16_peak grouped_gemm_vs_dense train_tok_s.moe-train train_tok_s.torch
       train_tok_s.ratio moe_routing_fraction nccl_dispatch_a2a)
 for src in "$ROOT"/tests/gpu/test_*.cu; do [[ -e "$src" ]] && want+=("$(basename "${src%.*}")"); done
 for n in "${want[@]}"; do
