@@ -23,6 +23,10 @@ std::vector<std::string> unsupported_options(const Config& c) {
     } catch (const Error& e) {
       out.push_back(e.what());
     }
+    // Attention path of the CUDA backend (src/backend/cuda/cudnn_sdpa.cpp): cuDNN where it loads, or "off".
+    if (const char* a = std::getenv("MOE_CUDNN_ATTENTION"); a && *a && std::string(a) != "on" && std::string(a) != "off")
+      out.push_back(std::string("MOE_CUDNN_ATTENTION='") + a + "': expected on (the default: cuDNN fused attention "
+                    "where cuDNN loads and takes the shape) or off (the hand-written attention kernels)");
   }
   // parallel.backend auto: NCCL moves the data of train.device: cuda, MPI that of cpu (control traffic: MPI).
   if (c.parallel.backend == CommBackend::Nccl && c.train.device != Device::Cuda)

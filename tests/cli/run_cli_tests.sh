@@ -453,6 +453,15 @@ case "$CASE" in
     expect_bad_input "parallel.backend: mpi cannot move GPU memory"
     run c.yaml --dry-run --set parallel.backend=nccl
     expect_bad_input "parallel.backend: nccl moves GPU memory and needs train.device: cuda"
+    # The CUDA path's environment settings are checked before a run (a bad value is exit 2 naming it).
+    export MOE_NCCL_TIMEOUT_S=5s
+    run c.yaml --dry-run --set train.device=cuda
+    expect_bad_input "MOE_NCCL_TIMEOUT_S='5s': expected a number of seconds > 0"
+    unset MOE_NCCL_TIMEOUT_S
+    export MOE_CUDNN_ATTENTION=of
+    run c.yaml --dry-run --set train.device=cuda
+    expect_bad_input "MOE_CUDNN_ATTENTION='of': expected on"
+    unset MOE_CUDNN_ATTENTION
     ;;
   diverged)
     # A huge learning rate without clipping: NaN/Inf → exit 3 naming the step and a tensor; the
