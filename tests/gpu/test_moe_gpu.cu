@@ -75,7 +75,7 @@ std::vector<U> device_array(const U* p, size_t n) {
 double val(float x) { return x; }
 double val(double x) { return x; }
 double val(bf16 x) { return float(x); }
-double val(int x) { return x; }
+[[maybe_unused]] double val(int x) { return x; }
 double val(i64 x) { return double(x); }
 double val(uint8_t x) { return x; }
 
