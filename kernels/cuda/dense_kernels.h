@@ -8,6 +8,7 @@
 #include "core/bf16.h"
 #include "core/dims.h"
 #include "core/op_enums.h"
+#include "kernels/math/rmsnorm.h"
 
 typedef struct CUstream_st* cudaStream_t;
 
@@ -19,9 +20,11 @@ template <typename T>
 void rmsnorm_forward_cuda(T* y, float* rstd, const T* x, const float* w, i64 N, i64 C, double eps, cudaStream_t s);
 // dx[N,C] overwritten; dw[C] += Σ_rows dy·x·rstd: one thread per column summing rows in row order in double (the CPU
 // order: dw is bitwise the CPU's), no atomics.
+// ws: rmsnorm_backward_cuda_workspace_bytes(N, C) bytes (per-chunk column sums of dw, math::kRmsDwRows rows each).
+inline i64 rmsnorm_backward_cuda_workspace_bytes(i64 N, i64 C) { return 8 * math::rmsnorm_dw_chunks(N) * C; }
 template <typename T>
 void rmsnorm_backward_cuda(T* dx, float* dw, const T* dy, const T* x, const float* w, const float* rstd, i64 N, i64 C,
-                           cudaStream_t s);
+                           void* ws, cudaStream_t s);
 
 // ---- RoPE [C4.attention] (twin: rope_ref) ----
 // (The cos/sin table [L, D/2] is built once on the host by rope_table_ref and copied: cuda_dense.cpp.)

@@ -44,18 +44,31 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_backward_dx_kernel(T* dx, co
     dxr[c] = T(float(math::rmsnorm_dx(double(ld(dyr + c)), double(w[c]), double(ld(xr + c)), r, m)));
 }
 
-// One thread per column c, rows summed in order in double, then added to dw[c] in fp32: the CPU's arithmetic, bit for
-// bit (__dadd_rn keeps nvcc from fusing the sum into an FMA, which the CPU build does not do).
+// The gain gradient in the chunked row order of math::kRmsDwRows (the CPU's, bit for bit; __dadd_rn keeps nvcc from
+// fusing the sums into FMAs, which the CPU build does not do). Stage 1: block (x: 256 columns, y: one chunk of rows),
+// one thread per column summing its chunk's rows in order into part[chunk, c]. Stage 2: one thread per column adding
+// the chunk sums in chunk order into dw[c].
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    rmsnorm_backward_dw_kernel(float* dw, const T* dy, const T* x, const float* rstd, i64 N, i64 C) {
+    rmsnorm_backward_dw_chunks_kernel(double* part, const T* dy, const T* x, const float* rstd, i64 N, i64 C) {
   const i64 c = i64(blockIdx.x) * kThreads + threadIdx.x;
+  const i64 k = blockIdx.y;
   if (c >= C) return;
+  const i64 n0 = k * math::kRmsDwRows, n1 = n0 + math::kRmsDwRows < N ? n0 + math::kRmsDwRows : N;
   double acc = 0;
-  for (i64 n = 0; n < N; ++n)
+  for (i64 n = n0; n < n1; ++n)
     acc = __dadd_rn(acc,
                     math::rmsnorm_dw_term(double(ld(dy + n * C + c)), double(ld(x + n * C + c)), double(rstd[n])));
-  dw[c] += float(acc);
+  part[k * C + c] = acc;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    rmsnorm_backward_dw_sum_kernel(float* dw, const double* part, i64 chunks, i64 C) {
+  const i64 c = i64(blockIdx.x) * kThreads + threadIdx.x;
+  if (c >= C) return;
+  double total = 0;
+  for (i64 k = 0; k < chunks; ++k) total = __dadd_rn(total, part[k * C + c]);
+  dw[c] += float(total);
 }
 
 template <typename T>
@@ -68,19 +81,26 @@ void rmsnorm_forward_cuda(T* y, float* rstd, const T* x, const float* w, i64 N, 
 
 template <typename T>
 void rmsnorm_backward_cuda(T* dx, float* dw, const T* dy, const T* x, const float* w, const float* rstd, i64 N, i64 C,
-                           cudaStream_t s) {
+                           void* ws, cudaStream_t s) {
   if (N == 0 || C == 0) return;
   MT_CHECK(N < (i64(1) << 31), "rmsnorm_backward_cuda: N ", N);
+  MT_CHECK(ws, "rmsnorm_backward_cuda: no workspace (rmsnorm_backward_cuda_workspace_bytes(", N, ", ", C, "))");
   rmsnorm_backward_dx_kernel<T><<<unsigned(N), kThreads, 0, s>>>(dx, dy, x, w, rstd, C);
   MT_CUDA_LAUNCH("rmsnorm_backward_dx");
-  rmsnorm_backward_dw_kernel<T><<<unsigned((C + kThreads - 1) / kThreads), kThreads, 0, s>>>(dw, dy, x, rstd, N, C);
-  MT_CUDA_LAUNCH("rmsnorm_backward_dw");
+  const i64 chunks = math::rmsnorm_dw_chunks(N), col_blocks = (C + kThreads - 1) / kThreads;
+  MT_CHECK(chunks < 65536 && col_blocks < (i64(1) << 31), "rmsnorm_backward_cuda: grid ", col_blocks, " x ", chunks);
+  double* part = static_cast<double*>(ws);
+  rmsnorm_backward_dw_chunks_kernel<T><<<dim3(unsigned(col_blocks), unsigned(chunks)), kThreads, 0, s>>>(
+      part, dy, x, rstd, N, C);
+  MT_CUDA_LAUNCH("rmsnorm_backward_dw_chunks");
+  rmsnorm_backward_dw_sum_kernel<<<unsigned(col_blocks), kThreads, 0, s>>>(dw, part, chunks, C);
+  MT_CUDA_LAUNCH("rmsnorm_backward_dw_sum");
 }
 
 #define MT_RMSNORM_CUDA(T)                                                                                          \
   template void rmsnorm_forward_cuda<T>(T*, float*, const T*, const float*, i64, i64, double, cudaStream_t);       \
   template void rmsnorm_backward_cuda<T>(T*, float*, const T*, const T*, const float*, const float*, i64, i64,     \
-                                         cudaStream_t);
+                                         void*, cudaStream_t);
 MT_RMSNORM_CUDA(float)
 MT_RMSNORM_CUDA(bf16)
 #undef MT_RMSNORM_CUDA

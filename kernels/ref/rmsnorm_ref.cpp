@@ -58,20 +58,25 @@ void rmsnorm_backward_ref(T* dx, acc_t<T>* dw, const T* dy, const T* x, const ac
     for (i64 c = 0; c < C; ++c) dxr[c] = T(A(math::rmsnorm_dx(double(dyr[c]), double(w[c]), double(xr[c]), r, m)));
   }
   // Weight gradient: column sums, a separate pass so rows can run in parallel above. Threads take column
-  // blocks and each column is summed over the rows in order: the same bits at any thread count.
+  // blocks; each column is summed in the chunked row order of math::kRmsDwRows (the CUDA kernel's): the same
+  // bits at any thread count and on the GPU.
   constexpr i64 kCols = 32;
   const i64 nb = (C + kCols - 1) / kCols;
 #pragma omp parallel for schedule(static)
   for (i64 blk = 0; blk < nb; ++blk) {
     const i64 c0 = blk * kCols, c1 = std::min(C, c0 + kCols);
-    double acc[kCols] = {};
-    for (i64 n = 0; n < N; ++n) {
-      const T* xr = x + n * C;
-      const T* dyr = dy + n * C;
-      const double r = rstd[n];
-      for (i64 c = c0; c < c1; ++c) acc[c - c0] += math::rmsnorm_dw_term(double(dyr[c]), double(xr[c]), r);
+    double total[kCols] = {};
+    for (i64 n0 = 0; n0 < N; n0 += math::kRmsDwRows) {
+      double acc[kCols] = {};
+      for (i64 n = n0; n < std::min(N, n0 + math::kRmsDwRows); ++n) {
+        const T* xr = x + n * C;
+        const T* dyr = dy + n * C;
+        const double r = rstd[n];
+        for (i64 c = c0; c < c1; ++c) acc[c - c0] += math::rmsnorm_dw_term(double(dyr[c]), double(xr[c]), r);
+      }
+      for (i64 c = c0; c < c1; ++c) total[c - c0] += acc[c - c0];
     }
-    for (i64 c = c0; c < c1; ++c) dw[c] += A(acc[c - c0]);
+    for (i64 c = c0; c < c1; ++c) dw[c] += A(total[c - c0]);
   }
 }
 

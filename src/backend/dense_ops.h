@@ -32,8 +32,11 @@ class DenseOps {
 
   // y[N,C] = w[C] · x / sqrt(mean(x²) + eps); rstd[N] and the gain w in A (norm weights stay fp32). [C4.rmsnorm]
   virtual void rmsnorm_forward(T* y, A* rstd, const T* x, const A* w, i64 N, i64 C, double eps) = 0;
-  // dx[N,C] overwritten; dw[C] += Σ_rows dy · x̂.
-  virtual void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C) = 0;
+  // Scratch bytes of rmsnorm_backward for these dims (the per-chunk column sums of dw on a device; 0 on the CPU).
+  virtual i64 rmsnorm_backward_workspace_bytes(i64 N, i64 C) const = 0;
+  // dx[N,C] overwritten; dw[C] += Σ_rows dy · x̂ (row order: kernels/math/rmsnorm.h kRmsDwRows).
+  virtual void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C,
+                                void* ws) = 0;
 
   // cos/sin [L, D/2] in A (HF's fp32 rotary table); x [B·L, NHx·D] rotated in place. [C4.attention]
   virtual void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) = 0;

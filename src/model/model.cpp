@@ -219,6 +219,8 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
   for (const auto& g : gemms)
     ws = std::max({ws, ops_.linear_forward_workspace_bytes(Tn, g.first, g.second),
                    ops_.linear_backward_workspace_bytes(Tn, g.first, g.second)});
+  ws = std::max({ws, ops_.rmsnorm_backward_workspace_bytes(Tn, H), ops_.rmsnorm_backward_workspace_bytes(Tn * NH, D),
+                 ops_.rmsnorm_backward_workspace_bytes(Tn * NKV, D)});
   if (ws > 0) arena_.reserve(&S.ws, ws);
   if (be_.space == MemSpace::Host || arena_.plan_only()) {
     arena_.allocate();
@@ -472,7 +474,7 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     ops_.linear_backward(S.dln, GH + S.lm_head, logits_, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite,
                          S.ws);
     ops_.rmsnorm_backward(S.dres, GF + S.final_norm, S.dln, S.xf, gain(access.params_acc(final_unit), S.final_norm),
-                          S.rstdf, Tn, H);
+                          S.rstdf, Tn, H, S.ws);
     access.grads_done(final_unit);
     access.release(final_unit);
     if (tied) access.release(0);
@@ -496,7 +498,7 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
       ops_.linear_backward(S.dln, G + o.dg, S.dg, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
       ops_.linear_backward(S.dln, G + o.du, S.du, a.ln2, P + o.du, Tn, H, ID, Accumulate::Add, S.ws);
     }
-    ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, gain(PA, o.post_norm), a.rstd2, Tn, H);
+    ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, gain(PA, o.post_norm), a.rstd2, Tn, H, S.ws);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     // Attention block: dres is now d(h).
     ops_.linear_backward(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
@@ -506,15 +508,15 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     ops_.rope_apply(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
     if (o.q_norm >= 0) {
       // q_norm/k_norm backward: reuse datt as the [T, NH·D] destination, then copy back.
-      ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, gain(PA, o.q_norm), a.rstdq, Tn * NH, D);
+      ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, gain(PA, o.q_norm), a.rstdq, Tn * NH, D, S.ws);
       ops_.copy(S.dq, S.datt, Tn * NH * D);
-      ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, gain(PA, o.k_norm), a.rstdk, Tn * NKV, D);
+      ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, gain(PA, o.k_norm), a.rstdk, Tn * NKV, D, S.ws);
       ops_.copy(S.dk, S.datt, Tn * NKV * D);
     }
     ops_.linear_backward(S.dln, G + o.q, S.dq, a.ln1, P + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
     ops_.linear_backward(S.dln, G + o.k, S.dk, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Add, S.ws);
     ops_.linear_backward(S.dln, G + o.v, S.dv, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Add, S.ws);
-    ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, gain(PA, o.in_norm), a.rstd1, Tn, H);
+    ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, gain(PA, o.in_norm), a.rstd1, Tn, H, S.ws);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     access.grads_done(l + 1);
     access.release(l + 1);

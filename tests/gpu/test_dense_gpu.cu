@@ -129,21 +129,22 @@ TYPED_TEST(DenseGpu, Linear) {
 TYPED_TEST(DenseGpu, RmsNorm) {
   using T = TypeParam;
   auto& self = *this;
-  for (i64 N : {1, 37})
+  for (i64 N : {1, 37, 1300})  // 1300 rows: three row chunks of the dw sum (math::kRmsDwRows)
     for (i64 C : {67, 300}) {
       auto x = self.rnd(N * C), dy = self.rnd(N * C);
       auto w = self.rndf(C, 0.3, 1.0), dw0 = self.rndf(C);
       std::vector<T> y(N * C), dx(N * C);
       std::vector<float> rstd(N), dw = dw0;
       self.cpu->rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-6);
-      self.cpu->rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
+      self.cpu->rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C, nullptr);
       Dev<T> gx(x), gdy(dy), gy(y), gdx(dx);
       Dev<float> gw(w), grstd(rstd), gdw(dw0);
       self.gpu->rmsnorm_forward(gy.p, grstd.p, gx.p, gw.p, N, C, 1e-6);
       self.expect("rmsnorm y", gy.back(self.s()), y, elem_kind<T>());
       self.expect("rmsnorm rstd", grstd.back(self.s()), rstd, Kind::Stat);
       Dev<float> crstd(rstd);  // backward from the CPU's rstd: only the backward kernels are compared
-      self.gpu->rmsnorm_backward(gdx.p, gdw.p, gdy.p, gx.p, gw.p, crstd.p, N, C);
+      Dev<double> gws(std::vector<double>(size_t(self.gpu->rmsnorm_backward_workspace_bytes(N, C) / 8 + 1)));
+      self.gpu->rmsnorm_backward(gdx.p, gdw.p, gdy.p, gx.p, gw.p, crstd.p, N, C, gws.p);
       self.expect("rmsnorm dx", gdx.back(self.s()), dx, elem_kind<T>());
       self.expect("rmsnorm dw", gdw.back(self.s()), dw, Kind::Exact);  // the CPU's per-column row order, in double
     }

@@ -161,8 +161,12 @@ class GuardedDense final : public DenseOps<T> {
   void rmsnorm_forward(T* y, A* rstd, const T* x, const A* w, i64 N, i64 C, double eps) override {
     MT_GUARDED(rmsnorm_forward, y, rstd, x, w, N, C, eps);
   }
-  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C) override {
-    MT_GUARDED(rmsnorm_backward, dx, dw, dy, x, w, rstd, N, C);
+  i64 rmsnorm_backward_workspace_bytes(i64 N, i64 C) const override {
+    return in_->rmsnorm_backward_workspace_bytes(N, C);
+  }
+  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C,
+                        void* ws) override {
+    MT_GUARDED(rmsnorm_backward, dx, dw, dy, x, w, rstd, N, C, ws);
   }
   void rope_table(A* c, A* s, i64 L, i64 D, double theta) override { MT_GUARDED(rope_table, c, s, L, D, theta); }
   void rope_apply(T* x, const A* c, const A* s, i64 B, i64 L, i64 NHx, i64 D, RopeDirection d) override {

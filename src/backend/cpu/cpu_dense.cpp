@@ -70,7 +70,9 @@ class CpuDenseOps final : public DenseOps<T> {
   void rmsnorm_forward(T* y, A* rstd, const T* x, const A* w, i64 N, i64 C, double eps) override {
     rmsnorm_forward_ref<T>(y, rstd, x, w, N, C, eps);
   }
-  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C) override {
+  i64 rmsnorm_backward_workspace_bytes(i64, i64) const override { return 0; }
+  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C,
+                        void*) override {
     rmsnorm_backward_ref<T>(dx, dw, dy, x, w, rstd, N, C);
   }
 

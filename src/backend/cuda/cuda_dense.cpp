@@ -65,8 +65,10 @@ class CudaDenseOps final : public DenseOps<T> {
   void rmsnorm_forward(T* y, A* rstd, const T* x, const A* w, i64 N, i64 C, double eps) override {
     rmsnorm_forward_cuda<T>(y, rstd, x, w, N, C, eps, ctx_.stream);
   }
-  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C) override {
-    rmsnorm_backward_cuda<T>(dx, dw, dy, x, w, rstd, N, C, ctx_.stream);
+  i64 rmsnorm_backward_workspace_bytes(i64 N, i64 C) const override { return rmsnorm_backward_cuda_workspace_bytes(N, C); }
+  void rmsnorm_backward(T* dx, A* dw, const T* dy, const T* x, const A* w, const A* rstd, i64 N, i64 C,
+                        void* ws) override {
+    rmsnorm_backward_cuda<T>(dx, dw, dy, x, w, rstd, N, C, ws, ctx_.stream);
   }
 
   // Built once at model construction: computed on the host by the CPU twin and copied, so the GPU's angles are
