@@ -63,6 +63,9 @@ class Communicator {
   // send[size·n] → recv[n] = Σ over ranks of chunk `rank` (equal chunks). In place when recv is this rank's
   // own chunk of send (recv == send + rank·n): the other chunks of send are then clobbered.
   virtual void reduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t) = 0;
+  // The same, non-blocking (ordering contract): send and recv stay untouched by the caller until wait(req);
+  // recv holds the sum after it. In place as above (the other chunks of send are clobbered by then).
+  virtual void ireduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) = 0;
   // send[n] → recv[size·n], chunk r from rank r.
   virtual void all_gather(void* recv, const void* send, i64 n, CommDtype t) = 0;
   virtual void iall_gather(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) = 0;

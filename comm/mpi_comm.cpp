@@ -50,6 +50,7 @@ class MpiComm final : public Communicator {
   MpiComm(MPI_Comm c, bool owned) : comm_(c), owned_(owned) {
     MPI_Comm_rank(c, &rank_);
     MPI_Comm_size(c, &size_);
+    moves_.reserve(kMaxMoves);
   }
   ~MpiComm() override {
     int finalized = 0;
@@ -84,6 +85,27 @@ class MpiComm final : public Communicator {
     }
     MT_MPI(MPI_Reduce_scatter_block(send, recv, as_int(n), mpi_type(t), MPI_SUM, comm_));
   }
+  // In place, the result lands at the start of the buffer (as in the blocking call); the move to this rank's
+  // chunk is remembered under the request and made by wait().
+  void ireduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) override {
+    check_sum_dtype(t);
+    MT_CHECK(!req.pending, "request reused before wait()");
+    const size_t bytes = comm_dtype_bytes(t) * size_t(n);
+    MPI_Request m = MPI_REQUEST_NULL;
+    if (recv == static_cast<const char*>(send) + size_t(rank_) * bytes) {
+      void* base = const_cast<void*>(send);
+      MT_MPI(MPI_Ireduce_scatter_block(MPI_IN_PLACE, base, as_int(n), mpi_type(t), MPI_SUM, comm_, &m));
+      store(req, m);
+      if (rank_ != 0 && bytes > 0) {
+        MT_CHECK(moves_.size() < moves_.capacity(), "more than ", moves_.capacity(),
+                 " in-place ireduce_scatter_sum requests outstanding");
+        moves_.push_back({req.handle, recv, base, bytes});
+      }
+      return;
+    }
+    MT_MPI(MPI_Ireduce_scatter_block(send, recv, as_int(n), mpi_type(t), MPI_SUM, comm_, &m));
+    store(req, m);
+  }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
     // A send buffer that is this rank's own chunk of recv is the in-place form.
     const size_t bytes = comm_dtype_bytes(t);
@@ -102,6 +124,13 @@ class MpiComm final : public Communicator {
     std::memcpy(&m, &req.handle, sizeof(m));
     MT_MPI(MPI_Wait(&m, MPI_STATUS_IGNORE));
     req.pending = false;
+    for (size_t k = 0; k < moves_.size(); ++k)
+      if (moves_[k].handle == req.handle) {
+        std::memmove(moves_[k].dst, moves_[k].src, moves_[k].bytes);
+        moves_[k] = moves_.back();
+        moves_.pop_back();
+        break;
+      }
   }
   void all_to_all_v(const void* send, const i64* sc, const i64* sd, void* recv, const i64* rc, const i64* rd,
                     CommDtype t) override {
@@ -132,6 +161,15 @@ class MpiComm final : public Communicator {
   bool owned_;
   int rank_ = 0, size_ = 1;
   std::vector<int> scratch_;  // counts as int, reused (sized once per world size)
+  // In-place ireduce_scatter_sum requests still to move their result (reserved once: nothing allocated per call).
+  struct Move {
+    uint64_t handle;
+    void* dst;
+    const void* src;
+    size_t bytes;
+  };
+  static constexpr size_t kMaxMoves = 64;
+  std::vector<Move> moves_;
 };
 }  // namespace
 

@@ -137,6 +137,12 @@ class NcclComm final : public Communicator {
     issue(ncclReduceScatter(send, recv, size_t(n), nccl_type(t), ncclSum, comm_, stream_), "reduce_scatter_sum");
     complete("reduce_scatter_sum");
   }
+  void ireduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t, CommRequest& req) override {
+    check_sum_dtype(t);
+    after_compute();
+    issue(ncclReduceScatter(send, recv, size_t(n), nccl_type(t), ncclSum, comm_, stream_), "ireduce_scatter_sum");
+    record(req, "ireduce_scatter_sum");
+  }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
     after_compute();
     issue(ncclAllGather(send, recv, size_t(n), nccl_type(t), comm_, stream_), "all_gather");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <type_traits>
 
 #include "core/error.h"
@@ -270,16 +271,24 @@ ParamState::Layout ParamState::make_layout(const ParamTable& table, int stage, i
           });
           if (k < s.pack) s.runs.push_back({-1, r * s.pack + k, s.pack - k});
         }
-        L.pack_slot = std::max(L.pack_slot, s.gsize * s.pack);
       }
       L.unit_segs[unit].push_back(int(L.segs.size()));
       L.segs.push_back(std::move(s));
     }
+    // A unit's segments are in flight together: each packs into its own part of the slot's pack buffer.
+    i64 unit_pack = 0;
+    for (int si : L.unit_segs[unit]) {
+      L.segs[si].pack_off = unit_pack;
+      unit_pack += L.segs[si].gsize * L.segs[si].pack;
+    }
+    L.pack_slot = std::max(L.pack_slot, unit_pack);
   }
   if (L.mode != GradMode::Flat) {
-    // One slot, two when the embedding's gradients stay open across the final unit (tied lm_head).
+    // One open slot, two when the embedding's gradients stay open across the final unit (tied lm_head); under
+    // stages 2–3 one more, so the next unit's backward writes into a free slot while the previous unit's
+    // reduce-scatter is in flight.
     const bool tied = table.find("lm_head.weight") == nullptr && table.find("model.embed_tokens.weight") != nullptr;
-    L.grad_slots = tied ? 2 : 1;
+    L.grad_slots = (tied ? 2 : 1) + (L.mode == GradMode::SlotReduceScatter ? 1 : 0);
   }
   return L;
 }
@@ -296,8 +305,9 @@ StateBytes ParamState::bytes_of(const Layout& L, int stage, Precision precision)
   // Stage 3: three fp32 gather slots, and with bf16 three bf16 slots the gathered units are rounded into.
   const i64 param_slots = stage == 3 ? 3 * L.max_unit * (bf ? 4 + 2 : 4) : 0;
   // Frozen entries under stages 2–3: the trainable gradients packed per rank block (a copy between buffers:
-  // device copies may not overlap), small when little is trainable.
-  b.working = param_slots + b.grad_slots + 4 * L.pack_slot;
+  // device copies may not overlap), small when little is trainable; one pack buffer per gradient slot (each slot
+  // may be in flight).
+  b.working = param_slots + b.grad_slots + 4 * i64(L.grad_slots) * L.pack_slot;
   return b;
 }
 
@@ -346,8 +356,10 @@ void ParamState::allocate() {
   exp_avg_ = Buffer<float>(m, lay_.moments, "AdamW exp_avg");
   exp_avg_sq_ = Buffer<float>(m, lay_.moments, "AdamW exp_avg_sq");
   gslots_.resize(size_t(lay_.grad_slots));
-  for (GSlot& g : gslots_) g.buf = Buffer<float>(m, lay_.max_unit, "unit gradient slot");
-  if (lay_.pack_slot > 0) pack_ = Buffer<float>(m, lay_.pack_slot, "packed gradient reduce-scatter buffer");
+  for (GSlot& g : gslots_) {
+    g.buf = Buffer<float>(m, lay_.max_unit, "unit gradient slot");
+    if (lay_.pack_slot > 0) g.pack = Buffer<float>(m, lay_.pack_slot, "packed gradient reduce-scatter buffer");
+  }
   if (mem_->space() != MemSpace::Host) scalar_ = Buffer<double>(m, 1, "reduced scalar");
   const bool bf = precision_ == Precision::Bf16;
   if (bf && stage_ <= 2) copy_ = Buffer<bf16>(m, lay_.full, "bf16 weight copy");  // stage 3: rounded per gathered unit
@@ -378,7 +390,17 @@ void ParamState::allocate() {
   }
 }
 
-ParamState::~ParamState() = default;
+// Reduce-scatters still in flight are completed (their buffers are about to be freed) unless an exception is
+// unwinding: then the job is ending, and a wait on peers that took another path could hang it.
+ParamState::~ParamState() {
+  if (std::uncaught_exceptions() > 0) return;
+  try {
+    for (GSlot& g : gslots_)
+      for (int k = 0; k < 2; ++k)
+        if (g.in_flight && g.req_comm[k]) g.req_comm[k]->wait(g.reqs[k]);
+  } catch (...) {
+  }
+}
 
 ParamAccess<float>& ParamState::access() {
   MT_CHECK(acc32_, "fp32 weight access under ZeRO-3 exists only with Precision::Fp32 (use access_bf16)");
@@ -479,60 +501,109 @@ std::vector<float> ParamState::local_params() {
 }
 
 void ParamState::zero_grads() {
+  drain_reductions();
   mem_->zero(grads_.data(), grads_.size() * i64(sizeof(float)));
   mem_->zero(gacc_.data(), gacc_.size() * i64(sizeof(float)));
   for (GSlot& g : gslots_) g.unit = -1;
 }
 
+// An open slot of unit u, else a free one (zeroed); when every slot is open or in flight, the oldest reduce-scatter
+// is completed to free its slot.
 float* ParamState::unit_grads(int u) {
   if (mode_ == GradMode::Flat) return grads_.data() + table_.units()[u].begin;
   for (GSlot& g : gslots_)
-    if (g.unit == u) return g.buf.data();
-  for (GSlot& g : gslots_)
-    if (g.unit < 0) {
-      g.unit = u;
-      mem_->zero(g.buf.data(), table_.units()[u].size() * i64(sizeof(float)));
-      return g.buf.data();
-    }
-  MT_CHECK(false, "no free gradient slot for unit ", u, " (", gslots_.size(), " slots)");
-  return nullptr;
+    if (g.unit == u && !g.in_flight) return g.buf.data();
+  for (;;) {
+    for (GSlot& g : gslots_)
+      if (g.unit < 0) {
+        g.unit = u;
+        mem_->zero(g.buf.data(), table_.units()[u].size() * i64(sizeof(float)));
+        return g.buf.data();
+      }
+    MT_CHECK(finish_oldest(), "no free gradient slot for unit ", u, " (", gslots_.size(), " slots)");
+  }
 }
 
 // SlotSum: the unit's trainable gradients are added into the compact buffer (reduced in reduce_grads).
-// SlotReduceScatter: each segment is reduce-scattered in place (trainable elements only, packed per rank when
-// the segment has frozen entries) and this rank's chunk added into the gradient shard.
+// SlotReduceScatter: the unit's reduce-scatters are started (start_reduce); the slot is in flight until finished.
 void ParamState::unit_grads_done(int u) {
   if (mode_ == GradMode::Flat) return;
   GSlot* slot = nullptr;
   for (GSlot& g : gslots_)
-    if (g.unit == u) slot = &g;
+    if (g.unit == u && !g.in_flight) slot = &g;
   MT_CHECK(slot, "grads_done for unit ", u, " without grads");
+  if (mode_ == GradMode::SlotReduceScatter) {
+    start_reduce(*slot);
+    return;
+  }
   const i64 base = table_.units()[u].begin;
   for (int si : lay_.unit_segs[u]) {
     const Segment& seg = lay_.segs[si];
-    float* src = slot->buf.data() + (seg.begin - base);
-    if (mode_ == GradMode::SlotSum) {
-      for (const Run& r : seg.runs) ops_->accumulate(gacc_.data() + seg.gsum_off + r.dst, src + r.src, r.n);
-      continue;
-    }
+    const float* src = slot->buf.data() + (seg.begin - base);
+    for (const Run& r : seg.runs) ops_->accumulate(gacc_.data() + seg.gsum_off + r.dst, src + r.src, r.n);
+  }
+  slot->unit = -1;
+}
+
+// Each segment is reduce-scattered in place (trainable elements only, packed per rank into the slot's pack buffer
+// when the segment has frozen entries), non-blocking: the requests are completed by finish_oldest().
+void ParamState::start_reduce(GSlot& g) {
+  const int u = g.unit;
+  const i64 base = table_.units()[u].begin;
+  int k = 0;
+  for (int si : lay_.unit_segs[u]) {
+    const Segment& seg = lay_.segs[si];
+    MT_CHECK(k < 2, "a unit has at most two segments");
+    float* src = g.buf.data() + (seg.begin - base);
     i64 n = seg.chunk;
     if (seg.has_frozen) {
       // Rank blocks of trainable elements packed into their own buffer (copies between buffers never overlap).
       constexpr i64 F = sizeof(float);
+      float* pack = g.pack.data() + seg.pack_off;
       for (const Run& r : seg.runs) {
         if (r.src < 0)
-          mem_->zero(pack_.data() + r.dst, r.n * F);
+          mem_->zero(pack + r.dst, r.n * F);
         else
-          mem_->copy(pack_.data() + r.dst, src + r.src, r.n * F);
+          mem_->copy(pack + r.dst, src + r.src, r.n * F);
       }
-      src = pack_.data();
+      src = pack;
       n = seg.pack;
     }
-    float* mine = src + i64(seg.grank) * n;
-    seg.group->reduce_scatter_sum(mine, src, n, CommDtype::F32);
-    ops_->accumulate(gacc_.data() + seg.mom_off, mine, seg.live_mine);
+    g.req_comm[k] = seg.group;
+    seg.group->ireduce_scatter_sum(src + i64(seg.grank) * n, src, n, CommDtype::F32, g.reqs[k]);
+    ++k;
   }
-  slot->unit = -1;
+  for (; k < 2; ++k) g.req_comm[k] = nullptr;
+  g.in_flight = true;
+  g.seq = ++rs_clock_;
+}
+
+// Completes the slot in flight that started first: waits its requests, adds this rank's chunk of each segment
+// into the gradient shard, frees the slot. Start order keeps the additions into each shard element in the order of
+// the blocking reduction.
+bool ParamState::finish_oldest() {
+  GSlot* g = nullptr;
+  for (GSlot& s : gslots_)
+    if (s.in_flight && (!g || s.seq < g->seq)) g = &s;
+  if (!g) return false;
+  for (int k = 0; k < 2; ++k)
+    if (g->req_comm[k]) g->req_comm[k]->wait(g->reqs[k]);
+  const i64 base = table_.units()[g->unit].begin;
+  for (int si : lay_.unit_segs[g->unit]) {
+    const Segment& seg = lay_.segs[si];
+    const float* src = seg.has_frozen ? g->pack.data() + seg.pack_off : g->buf.data() + (seg.begin - base);
+    const i64 n = seg.has_frozen ? seg.pack : seg.chunk;
+    ops_->accumulate(gacc_.data() + seg.mom_off, src + i64(seg.grank) * n, seg.live_mine);
+  }
+  g->in_flight = false;
+  g->req_comm[0] = g->req_comm[1] = nullptr;
+  g->unit = -1;
+  return true;
+}
+
+void ParamState::drain_reductions() {
+  while (finish_oldest()) {
+  }
 }
 
 // contract: C5.clip
@@ -552,19 +623,23 @@ double ParamState::reduce_grads() {
     reduce_scalar(ep_, expert);
     return std::sqrt(dense + expert);
   }
-  // Reduced during backward; shards partition every trainable dense and expert element exactly once.
+  // Reduced during backward (the last reduce-scatters completed now); shards partition every trainable dense and
+  // expert element exactly once.
+  drain_reductions();
   double sq = ops_->grad_sq_sum(gacc_.data(), gacc_.size());
   reduce_scalar(world_, sq);
   return std::sqrt(sq);
 }
 
 void ParamState::scale_grads(float coef) {
+  drain_reductions();
   Buffer<float>& g = mode_ == GradMode::Flat ? grads_ : gacc_;
   ops_->scale(g.data(), g.size(), coef);
 }
 
 // contract: C5.adamw
 void ParamState::adamw(const TrainConfig& t, double lr, long step) {
+  drain_reductions();
   ops_->adamw(pieces_, AdamWHyper{lr, t.beta1, t.beta2, t.eps, t.weight_decay}, step, 1.f);
   if (stage_ == 1 || stage_ == 2) {
     for (const Segment& s : lay_.segs)

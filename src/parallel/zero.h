@@ -24,13 +24,19 @@ struct StateBytes {
   i64 optimizer = 0;     // AdamW m and v (fp32) of this rank's trainable shard
   i64 compute_copy = 0;  // bf16 copy of the weights (Precision::Bf16, stages 0–2: the local table; 3: none)
   i64 grad_slots = 0;    // unit gradient slots (fp32) the model writes into before they are reduced
-  i64 working = 0;       // every working buffer: ZeRO-3 fp32 gather slots (+ bf16 slots) + grad_slots
+  i64 working = 0;       // every working buffer: ZeRO-3 fp32 gather slots (+ bf16 slots) + grad_slots + pack buffers
   i64 state() const { return params + grads + optimizer + compute_copy; }
 };
 
 // Stage 0: everything replicated. 1: AdamW moments sharded. 2: + gradients reduce-scattered into shards, unit
 // by unit during backward (grads_done), so no full gradient buffer exists. 3: + parameters sharded; each unit
 // is all-gathered before use (next unit prefetched), freed after.
+// Stages 2–3 overlap the gradient reduce-scatter with compute: grads_done(u) only STARTS the non-blocking
+// reduce-scatters of unit u's segments (ireduce_scatter_sum); the slot stays in flight while the model writes the
+// next unit into another slot (one slot more than the open units need). A request is waited, and this rank's chunk
+// added into the gradient shard, when its slot is needed again, and at the latest by reduce_grads() / zero_grads();
+// completions run in start order, so every shard element receives its additions in the same order as a blocking
+// reduction would (bitwise the same results).
 // Dense segments are sharded over the world, expert segments over the expert-data-parallel group.
 // Frozen entries (ParamInfo::trainable false) have no gradient storage and no moments, are never reduced or
 // updated, and are still gathered under ZeRO-3. Gradients of a unit the model writes land in a unit slot
@@ -136,6 +142,7 @@ class ParamState {
     i64 gsum_off = 0, gsum_n = 0;  // SlotSum: the segment's non-frozen elements in the compact gradients
     bool has_frozen = false;
     i64 pack = 0;                  // SlotReduceScatter with frozen entries: elements per rank block
+    i64 pack_off = 0;              // where the segment's packed blocks start in a slot's pack buffer
     std::vector<Run> runs;         // SlotSum: slot → compact gradients; SlotReduceScatter+frozen: slot packing
                                    // (src < 0: zero-fill n elements at dst)
     std::vector<std::pair<i64, i64>> frozen;  // frozen entries' [begin, end), ascending
@@ -146,7 +153,9 @@ class ParamState {
     std::vector<Segment> segs;
     std::vector<std::vector<int>> unit_segs;  // [unit] → indices into segs
     i64 full = 0, shard = 0, moments = 0, gsum = 0, max_unit = 0;
-    i64 pack_slot = 0;  // SlotReduceScatter with frozen entries: the packed send buffer (max gsize · pack)
+    // SlotReduceScatter with frozen entries: one slot's packed send buffer, every segment of a unit side by side
+    // (they are in flight together): max over units of Σ gsize · pack. One per gradient slot.
+    i64 pack_slot = 0;
     int grad_slots = 0;
   };
   static Layout make_layout(const ParamTable& table, int stage, int world, int world_rank, int edp, int edp_rank);
@@ -159,6 +168,12 @@ class ParamState {
 
   float* unit_grads(int unit);
   void unit_grads_done(int unit);
+  struct GSlot;
+  // SlotReduceScatter: starts the reduce-scatters of the slot's unit; completes the oldest slot in flight (false
+  // when none is); completes every slot in flight, in start order.
+  void start_reduce(GSlot& g);
+  bool finish_oldest();
+  void drain_reductions();
   void refresh_copy();
   void invalidate_gathers();
   void allocate();
@@ -183,12 +198,19 @@ class ParamState {
   Buffer<float> gacc_;                 // SlotSum: compact non-frozen; SlotReduceScatter: trainable shard
   Buffer<float> exp_avg_, exp_avg_sq_; // this rank's non-frozen chunk elements (stage 0: whole segments)
   Buffer<bf16> copy_;                  // bf16 copy (Precision::Bf16): table layout (stages 0–2)
-  Buffer<float> pack_;                 // packed reduce-scatter input (Layout::pack_slot)
   Buffer<double> scalar_;              // one reduced scalar when a communicator moves device memory
+  // A unit gradient slot: free (unit < 0), open (the model writes unit `unit`), or in flight (its reduce-scatters
+  // started, `seq` their start order; buf and pack are the collectives' until finish).
   struct GSlot {
     int unit = -1;
+    bool in_flight = false;
+    long seq = 0;
+    CommRequest reqs[2];            // one per segment of the unit (dense, expert)
+    Communicator* req_comm[2] = {};
     Buffer<float> buf;
+    Buffer<float> pack;             // packed reduce-scatter input (Layout::pack_slot)
   };
+  long rs_clock_ = 0;
   std::vector<GSlot> gslots_;
   // Checkpoint staging (space other than Host): host copy of the pieces and where each lives in the state.
   struct Staged {

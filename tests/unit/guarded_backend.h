@@ -326,6 +326,10 @@ class GuardedComm final : public Communicator {
     check(send, n);
     MT_GUARDED_CALL(in_.reduce_scatter_sum(recv, send, n, t));
   }
+  void ireduce_scatter_sum(void* recv, const void* send, i64 n, CommDtype t, CommRequest& r) override {
+    reduce_scatter_sum(recv, send, n, t);
+    r.pending = false;
+  }
   void all_gather(void* recv, const void* send, i64 n, CommDtype t) override {
     check(recv, n);
     check(send, n);
