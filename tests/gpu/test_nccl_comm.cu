@@ -144,6 +144,21 @@ void check_collectives(Communicator& c, cudaStream_t compute) {
     c.reduce_scatter_sum(send + size_t(r) * m, send, i64(m), CommDtype::F32);
     const auto gi = get(send + size_t(r) * m, m);
     for (size_t i = 0; i < m; ++i) CHECK(gi[i] == g[i], "in-place reduce_scatter [%zu] = %g", i, gi[i]);
+    // Non-blocking (ZeRO 2-3 overlap): out of place and in place in flight together, waited in reverse order.
+    float* send2 = dev<float>(m * W);
+    put(send, hs);
+    put(send2, hs);
+    CommRequest qa, qb;
+    c.ireduce_scatter_sum(recv, send, i64(m), CommDtype::F32, qa);
+    c.ireduce_scatter_sum(send2 + size_t(r) * m, send2, i64(m), CommDtype::F32, qb);
+    c.wait(qb);
+    c.wait(qa);
+    const auto ga = get(recv, m), gb = get(send2 + size_t(r) * m, m);
+    for (size_t i = 0; i < m; ++i) {
+      CHECK(ga[i] == g[i], "ireduce_scatter [%zu] = %g", i, ga[i]);
+      CHECK(gb[i] == g[i], "in-place ireduce_scatter [%zu] = %g", i, gb[i]);
+    }
+    cudaFree(send2);
     cudaFree(send);
     cudaFree(recv);
   }
