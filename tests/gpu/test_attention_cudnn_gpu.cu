@@ -15,6 +15,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_context.h"
 #include "backend/cuda/cudnn_sdpa.h"
+#include "gpu_buffer.h"
 #include "gpu_tolerance.h"
 #include "kernels/cuda/dense_kernels.h"
 
@@ -22,33 +23,6 @@ namespace moe {
 namespace {
 
 using gpu_tol::Kind;
-
-// A device buffer holding a host vector; back() returns it after the stream's work.
-template <typename E>
-struct Dev {
-  E* p = nullptr;
-  size_t n = 0;
-  explicit Dev(const std::vector<E>& h) : n(h.size()) {
-    if (n) {
-      EXPECT_EQ(cudaMalloc(&p, n * sizeof(E)), cudaSuccess);
-      EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(E), cudaMemcpyHostToDevice), cudaSuccess);
-    }
-  }
-  ~Dev() {
-    if (p) cudaFree(p);
-  }
-  Dev(const Dev&) = delete;
-  // Every byte 0xFF (NaN in bf16 and fp32): an output that is accumulated into instead of overwritten shows.
-  void poison() {
-    if (n) EXPECT_EQ(cudaMemset(p, 0xFF, n * sizeof(E)), cudaSuccess);
-  }
-  std::vector<E> back(cudaStream_t s) const {
-    EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);
-    std::vector<E> h(n);
-    if (n) EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(E), cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-};
 
 template <typename E>
 bool same_bits(const std::vector<E>& a, const std::vector<E>& b) {

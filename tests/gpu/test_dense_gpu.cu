@@ -12,6 +12,7 @@
 #include "backend/cpu/cpu_dense.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_context.h"
+#include "gpu_buffer.h"
 #include "gpu_tolerance.h"
 #include "kernels/ref/cross_entropy_ref.h"
 
@@ -19,32 +20,6 @@ namespace moe {
 namespace {
 
 using gpu_tol::Kind;
-
-// A device copy of a host vector; back() returns it to the host after the stream's work.
-template <typename E>
-struct Dev {
-  E* p = nullptr;
-  size_t n = 0;
-  explicit Dev(const std::vector<E>& h) : n(h.size()) {
-    if (n) {
-      EXPECT_EQ(cudaMalloc(&p, n * sizeof(E)), cudaSuccess);
-      EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(E), cudaMemcpyHostToDevice), cudaSuccess);
-      // A pageable copy may return before its DMA lands, and the ops run on the backend's non-blocking stream,
-      // which does not wait for the legacy stream: wait here.
-      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    }
-  }
-  ~Dev() {
-    if (p) cudaFree(p);
-  }
-  Dev(const Dev&) = delete;
-  std::vector<E> back(cudaStream_t s) const {
-    EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);
-    std::vector<E> h(n);
-    if (n) EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(E), cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-};
 
 template <typename T>
 Kind elem_kind() {
