@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "comm/communicator.h"
 #include "config/config.h"
 #include "model/model.h"
@@ -36,7 +38,8 @@ const std::vector<uint32_t>& tokens() {
 
 const std::string& token_path() {
   static const std::string p = [] {
-    const std::string path = ::testing::TempDir() + "moe_invariance_tokens.bin";
+    // One file per process: ctest runs each test of this binary as its own process, side by side.
+    const std::string path = ::testing::TempDir() + "moe_invariance_tokens_" + std::to_string(::getpid()) + ".bin";
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     for (uint32_t x : tokens()) {
       const unsigned char b[4] = {uint8_t(x), uint8_t(x >> 8), uint8_t(x >> 16), uint8_t(x >> 24)};
@@ -44,6 +47,10 @@ const std::string& token_path() {
     }
     return path;
   }();
+  static const struct Cleanup {
+    const std::string& path;
+    ~Cleanup() { std::remove(path.c_str()); }
+  } cleanup{p};
   return p;
 }
 

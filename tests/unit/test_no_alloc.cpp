@@ -143,7 +143,8 @@ constexpr int kVocab = 64, kL = 16;
 const std::string& token_path() {
   static const std::string p = [] {
     std::mt19937_64 g(5);
-    const std::string path = ::testing::TempDir() + "moe_noalloc_tokens.bin";
+    // One file per process: ctest runs each test of this binary as its own process, side by side.
+    const std::string path = ::testing::TempDir() + "moe_noalloc_tokens_" + std::to_string(::getpid()) + ".bin";
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
     for (int i = 0; i < kL * 64 + 1; ++i) {
       const uint32_t x = uint32_t(g() % kVocab);
@@ -152,6 +153,10 @@ const std::string& token_path() {
     }
     return path;
   }();
+  static const struct Cleanup {
+    const std::string& path;
+    ~Cleanup() { std::remove(path.c_str()); }
+  } cleanup{p};
   return p;
 }
 
