@@ -1,10 +1,12 @@
 // Owns the AttentionCudnnGpu.* tests: cuDNN's fused attention (CudnnSdpa, bf16) against the CPU bf16 twin and the
 // hand-written CUDA kernels on causal, sliding-window and GQA shapes; outputs overwritten, two runs bitwise equal,
-// and the dense table routing production shapes to cuDNN. Tolerances from gpu_tolerance.h. Exits 77 (CTest SKIP)
+// and the dense table routing production shapes to cuDNN. bf16 outputs compared per row (count_bad_rows: cuDNN
+// rounds other intermediates than the twins), lse elementwise (count_bad_lse). Exits 77 (CTest SKIP)
 // without a GPU, or when the build has no cuDNN path (no cuDNN frontend headers at configure time).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -27,6 +29,64 @@ using gpu_tol::Kind;
 template <typename E>
 bool same_bits(const std::vector<E>& a, const std::vector<E>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(E)) == 0;
+}
+
+// cuDNN's flash kernels round other intermediates than our twins do: the forward rounds the unnormalized
+// exp(s − running max) to bf16 for P·V (the twins round the normalized P), and the backward feeds bf16 P and dS to its
+// GEMMs (the CPU keeps them fp32). Each sum then carries ~2⁻⁹ relative noise per term, ~5e-3 of the row's norm (a
+// torch simulation of those rounding points on the cases below gave a worst row of 5.7e-3), which the elementwise
+// Bf16Gemm bound misses on a few near-zero elements of nearly every case. So cuDNN's bf16 outputs are compared per
+// row (one token's head, D values) in L2: ‖got − ref‖ ≤ 2⁻⁵·‖ref‖ + 1e-3·max‖ref‖. A mask off by one key, a wrong
+// GQA head map or an unscaled score gives a row error of order 1. The elementwise counts are printed, not asserted.
+int count_bad_rows(const char* what, const std::vector<bf16>& got, const std::vector<bf16>& ref, i64 D) {
+  if (got.size() != ref.size() || ref.size() % size_t(D) != 0) {
+    std::printf("%s: size %zu vs %zu (D %ld)\n", what, got.size(), ref.size(), long(D));
+    return 1;
+  }
+  const size_t rows = ref.size() / size_t(D);
+  std::vector<double> rn(rows), dn(rows);
+  double mx = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    double a = 0, b = 0;
+    for (i64 d = 0; d < D; ++d) {
+      const double x = double(float(ref[r * D + d])), y = double(float(got[r * D + d]));
+      a += x * x;
+      b += (y - x) * (y - x);
+    }
+    rn[r] = std::sqrt(a);
+    dn[r] = std::sqrt(b);  // NaN stays NaN: fails the bound below
+    mx = std::fmax(mx, rn[r]);
+  }
+  int bad = 0;
+  double worst = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    const double tol = std::ldexp(rn[r], -5) + 1e-3 * mx;
+    worst = std::fmax(worst, std::isfinite(dn[r]) ? dn[r] / (rn[r] + 1e-3 * mx) : INFINITY);
+    if (!(dn[r] <= tol)) {
+      if (bad < 5) std::printf("  %s row %zu: |d| %.3g > %.3g (|ref| %.3g)\n", what, r, dn[r], tol, rn[r]);
+      ++bad;
+    }
+  }
+  std::printf("%s: %zu rows of %ld, worst |d|/|ref| %.3g, %d outside 2^-5\n", what, rows, long(D), worst, bad);
+  gpu_tol::count_bad(what, got, ref, Kind::Bf16Gemm);  // information only (see above)
+  return bad;
+}
+
+// lse from a dot product summed in another order: 1e-5 relative plus 1e-5 of the largest |lse| (rows whose lse is
+// near 0, e.g. row 0's single scaled score, would otherwise be held to 1e-7).
+int count_bad_lse(const char* what, const std::vector<float>& got, const std::vector<float>& ref) {
+  double mx = 0;
+  for (float r : ref) mx = std::fmax(mx, std::fabs(double(r)));
+  int bad = 0;
+  for (size_t i = 0; i < ref.size() && got.size() == ref.size(); ++i) {
+    const double d = std::fabs(double(got[i]) - double(ref[i])), tol = 1e-5 * std::fabs(double(ref[i])) + 1e-5 * mx;
+    if (!(d <= tol)) {
+      if (bad < 5) std::printf("  %s[%zu]: gpu %.9g cpu %.9g (|d| %.3g > %.3g)\n", what, i, got[i], ref[i], d, tol);
+      ++bad;
+    }
+  }
+  std::printf("%s: %zu values, %d outside tolerance\n", what, ref.size(), bad);
+  return got.size() == ref.size() ? bad : 1;
 }
 
 struct Case {
@@ -105,10 +165,10 @@ TEST_F(AttentionCudnnGpu, MatchesCpuTwinAndHandKernel) {
       ASSERT_TRUE(sdpa->forward(s, gout.p, glse.p, gq.p, gk.p, gv.p, ws.p));
       const std::vector<bf16> o1 = gout.back(st());
       const std::vector<float> l1 = glse.back(st());
-      EXPECT_EQ(gpu_tol::count_bad("cudnn out vs cpu", o1, out, Kind::Bf16Gemm), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn lse vs cpu", l1, lse, Kind::Stat), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn out vs hand", o1, hout_h, Kind::Bf16Gemm), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn lse vs hand", l1, hlse_h, Kind::Stat), 0);
+      EXPECT_EQ(count_bad_rows("cudnn out vs cpu", o1, out, D), 0);
+      EXPECT_EQ(count_bad_lse("cudnn lse vs cpu", l1, lse), 0);
+      EXPECT_EQ(count_bad_rows("cudnn out vs hand", o1, hout_h, D), 0);
+      EXPECT_EQ(count_bad_lse("cudnn lse vs hand", l1, hlse_h), 0);
       ASSERT_TRUE(sdpa->forward(s, gout.p, glse.p, gq.p, gk.p, gv.p, ws.p));
       EXPECT_TRUE(same_bits(gout.back(st()), o1)) << "forward rerun: out bits differ";
       EXPECT_TRUE(same_bits(glse.back(st()), l1)) << "forward rerun: lse bits differ";
@@ -120,12 +180,12 @@ TEST_F(AttentionCudnnGpu, MatchesCpuTwinAndHandKernel) {
       gdv.poison();
       ASSERT_TRUE(sdpa->backward(s, gdq.p, gdk.p, gdv.p, gdo.p, cout_.p, clse.p, gq.p, gk.p, gv.p, ws.p));
       const auto dq1 = gdq.back(st()), dk1 = gdk.back(st()), dv1 = gdv.back(st());
-      EXPECT_EQ(gpu_tol::count_bad("cudnn dq vs cpu", dq1, dq, Kind::Bf16Gemm), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn dk vs cpu", dk1, dk, Kind::Bf16Gemm), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn dv vs cpu", dv1, dv, Kind::Bf16Gemm), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn dq vs hand", dq1, hdq_h, Kind::Bf16Gemm), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn dk vs hand", dk1, hdk_h, Kind::Bf16Gemm), 0);
-      EXPECT_EQ(gpu_tol::count_bad("cudnn dv vs hand", dv1, hdv_h, Kind::Bf16Gemm), 0);
+      EXPECT_EQ(count_bad_rows("cudnn dq vs cpu", dq1, dq, D), 0);
+      EXPECT_EQ(count_bad_rows("cudnn dk vs cpu", dk1, dk, D), 0);
+      EXPECT_EQ(count_bad_rows("cudnn dv vs cpu", dv1, dv, D), 0);
+      EXPECT_EQ(count_bad_rows("cudnn dq vs hand", dq1, hdq_h, D), 0);
+      EXPECT_EQ(count_bad_rows("cudnn dk vs hand", dk1, hdk_h, D), 0);
+      EXPECT_EQ(count_bad_rows("cudnn dv vs hand", dv1, hdv_h, D), 0);
       // Determinism: a second backward (outputs poisoned again) gives the same bits.
       gdq.poison();
       gdk.poison();

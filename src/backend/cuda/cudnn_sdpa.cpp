@@ -68,7 +68,14 @@ const std::string& load_cudnn() {
       dlerror();
       if (void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL)) {
         fe::cudnn_dlhandle = h;
-        const int64_t ver = fe::detail::get_backend_version();
+        // Under dynamic loading a symbol the library lacks is a std::runtime_error, and the frontend caches each
+        // symbol once per process (a null one stays null): a wrong library is final, never retried.
+        int64_t ver = 0;
+        try {
+          ver = fe::detail::get_backend_version();
+        } catch (const std::exception& ex) {
+          return c + " is not a usable cuDNN library (" + ex.what() + ")";
+        }
         if (ver >= 90000) return std::string();
         return "cuDNN " + std::to_string(ver) + " at " + c + " is older than 9.0";
       }
@@ -166,6 +173,12 @@ std::string build_backward(const SdpaShape& s, int sm, cudnnHandle_t h, std::sha
                  .set_name("moe_sdpa_bwd")
                  .set_attn_scale(attn_scale(s.D))
                  .set_deterministic_algorithm(true);  // two runs give the same bits (DESIGN: determinism)
+  // Unverified on a GPU (read from the frontend 1.x headers): on sm90 the deterministic backward takes cuDNN's
+  // dP-workspace engine, whose workspace grows as B·NH·⌈L/64⌉64·⌈L/128⌉128·2 bytes (1 GiB for NH 32, L 4096, B 1),
+  // not linearly in L; the frontend's linear-workspace ordered-dQ route needs cuDNN 9.25+ and
+  // CUDNN_FRONTEND_ATTN_DP_WORKSPACE_LIMIT. That workspace lands in the activation arena (attention_workspace_bytes),
+  // which the dry-run memory plan sizes with the CPU table: the first GPU run must compare the logged workspace with
+  // the plan's headroom.
   set_mask(opt, s);
   auto [dQ, dK, dV] = g->sdpa_backward(Q, K, V, O, dO, Stats, opt);
   output(dQ, kDQ, vq, fe::DataType_t::BFLOAT16);
@@ -199,12 +212,20 @@ struct CudnnSdpa::Impl {
   std::string ensure_handle() {
     if (handle || !handle_why.empty()) return handle_why;
     MT_CUDA(cudaSetDevice(ctx.device));  // the handle and the graphs' plans belong to the backend's GPU
-    cudnnStatus_t st = fe::detail::create_handle(&handle);
-    if (st != CUDNN_STATUS_SUCCESS) {
+    try {  // dynamic loading: a symbol the library lacks throws (see load_cudnn)
+      cudnnStatus_t st = fe::detail::create_handle(&handle);
+      if (st != CUDNN_STATUS_SUCCESS) {
+        handle = nullptr;
+        handle_why = std::string("cudnnCreate failed: ") + fe::detail::get_error_string(st);
+      } else if ((st = fe::detail::set_stream(handle, ctx.stream)) != CUDNN_STATUS_SUCCESS) {
+        handle_why = std::string("cudnnSetStream failed: ") + fe::detail::get_error_string(st);
+      }
+    } catch (const std::exception& ex) {
+      handle_why = std::string("cuDNN handle: ") + ex.what();
+    }
+    if (!handle_why.empty() && handle) {
+      fe::detail::destroy_handle(handle);  // a handle not on our stream would queue on the legacy stream
       handle = nullptr;
-      handle_why = std::string("cudnnCreate failed: ") + fe::detail::get_error_string(st);
-    } else if ((st = fe::detail::set_stream(handle, ctx.stream)) != CUDNN_STATUS_SUCCESS) {
-      handle_why = std::string("cudnnSetStream failed: ") + fe::detail::get_error_string(st);
     }
     return handle_why;
   }

@@ -19,10 +19,12 @@ struct CudaContext;
 // a shape cuDNN refuses, a build without the cuDNN frontend headers, or no libcudnn.so.9 at run time (found by the
 // loader, or named by the environment variable MOE_CUDNN_LIBRARY=/path/libcudnn.so.9). MOE_CUDNN_ATTENTION=off
 // sends every shape to the hand kernel (for comparing the two on a GPU).
-// Rounding (DESIGN §8 "bf16"): the forward matches the CPU's points (scores, softmax and lse in fp32, P rounded to
-// bf16 before P·V, out rounded once). cuDNN's backward, like every flash backward on tensor cores, also feeds P and
-// dS = P∘(dP − D) to its dV/dQ/dK GEMMs in bf16, where the CPU twin keeps them fp32: dq, dk, dv are compared with
-// the GEMM-fed tolerance (tests/gpu/test_attention_cudnn_gpu.cu), not bitwise.
+// Rounding (DESIGN §8 "bf16"): scores, softmax and lse in fp32 and out rounded once, as on the CPU, but the flash
+// forward rounds the UNNORMALIZED exp(s − running max) to bf16 for P·V and divides by the row sum afterwards, where
+// the twins round the normalized P. cuDNN's backward, like every flash backward on tensor cores, also feeds P and
+// dS = P∘(dP − D) to its dV/dQ/dK GEMMs in bf16, where the CPU twin keeps them fp32. Both leave ~2⁻⁹ relative noise
+// per summed term (~5e-3 of a row's norm): tests/gpu/test_attention_cudnn_gpu.cu compares out, dq, dk, dv per row in
+// L2, not elementwise or bitwise.
 class CudnnSdpa {
  public:
   // Whether cuDNN is to be used for a shape, per direction, and the scratch it needs.
