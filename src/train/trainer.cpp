@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -145,7 +146,13 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   init_params();
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (std::uncaught_exceptions() > 0) {  // ParamState then skips its waits; nothing below uses the communicators
+    data_edp_.reset();
+    data_ep_.reset();
+    data_world_.reset();
+  }
+}
 
 const Model<float>& Trainer::model() const {
   MT_CHECK(model_, "Trainer::model(): the fp32 model exists only with train.precision: fp32");
