@@ -491,6 +491,9 @@ void Trainer::run() {
       save_hf_model((dir / "hf").string(), cfg_.model, table, full.data(), hf);
       spdlog::info("exported the final model to {}", (dir / "hf").string());
     }
+    // The ranks leave together: tearing down NCCL (ncclCommFinalize) waits for every rank of a communicator, with
+    // MOE_NCCL_TIMEOUT_S, and rank 0's export of a large model can take longer than that; the host barrier has none.
+    world_comm_.barrier();
   }
   if (rank_ == 0) spdlog::info("done: {} steps in {}", t.steps - start_step_,
                hms(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
