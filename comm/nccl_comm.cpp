@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
@@ -94,6 +95,14 @@ class NcclComm final : public Communicator {
     for (auto& e : req_events_) MT_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   }
   ~NcclComm() override {
+    // While an exception unwinds (an error of this rank alone) the peers are not finalizing with us: ncclCommFinalize
+    // waits for the communicator to be globally quiescent, so it would hold this rank (and its error message) for
+    // MOE_NCCL_TIMEOUT_S per communicator. Abort at once instead: in-flight operations stop, the caller aborts the job.
+    if (std::uncaught_exceptions() > 0) {
+      ncclCommAbort(comm_);
+      release();
+      return;
+    }
     // Finalize flushes what was issued; a peer that never answers makes it an abort (no hang at exit).
     ncclResult_t r = ncclCommFinalize(comm_);
     const Clock::time_point t0 = Clock::now();
@@ -107,11 +116,7 @@ class NcclComm final : public Communicator {
       ncclCommDestroy(comm_);
     else
       ncclCommAbort(comm_);
-    cudaEventDestroy(after_compute_);
-    cudaEventDestroy(done_);
-    for (auto& e : req_events_) cudaEventDestroy(e);
-    cudaFree(scratch_);
-    cudaStreamDestroy(stream_);
+    release();
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -208,6 +213,14 @@ class NcclComm final : public Communicator {
   }
 
  private:
+  // The CUDA objects of this communicator, after the NCCL communicator is gone.
+  void release() {
+    cudaEventDestroy(after_compute_);
+    cudaEventDestroy(done_);
+    for (auto& e : req_events_) cudaEventDestroy(e);
+    cudaFree(scratch_);
+    cudaStreamDestroy(stream_);
+  }
   // The communicator's stream waits for everything queued on the compute stream so far.
   void after_compute() {
     MT_CUDA(cudaEventRecord(after_compute_, compute_));

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -145,7 +146,13 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   init_params();
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  if (std::uncaught_exceptions() > 0) {  // ParamState then skips its waits; nothing below uses the communicators
+    data_edp_.reset();
+    data_ep_.reset();
+    data_world_.reset();
+  }
+}
 
 const Model<float>& Trainer::model() const {
   MT_CHECK(model_, "Trainer::model(): the fp32 model exists only with train.precision: fp32");
@@ -484,6 +491,9 @@ void Trainer::run() {
       save_hf_model((dir / "hf").string(), cfg_.model, table, full.data(), hf);
       spdlog::info("exported the final model to {}", (dir / "hf").string());
     }
+    // The ranks leave together: tearing down NCCL (ncclCommFinalize) waits for every rank of a communicator, with
+    // MOE_NCCL_TIMEOUT_S, and rank 0's export of a large model can take longer than that; the host barrier has none.
+    world_comm_.barrier();
   }
   if (rank_ == 0) spdlog::info("done: {} steps in {}", t.steps - start_step_,
                hms(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));

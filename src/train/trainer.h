@@ -49,6 +49,9 @@ class Trainer {
   // (statistics, stop flags, EP row counts, checkpoint I/O). Experts are split over groups of parallel.ep
   // consecutive ranks; world = ep × expert_dp.
   Trainer(const Config& cfg, Communicator& world, const TrainerDevice& device = {});
+  // While an exception unwinds (an error of this rank alone), the device communicators are torn down first (an
+  // NCCL communicator then aborts: see comm/nccl_comm.cpp), before any device memory is freed: a peer that never
+  // joins the collectives in flight must not hold this rank's exit (and its error message) back.
   ~Trainer();
 
   // The whole run: steps train.steps updates (from the resumed step), progress lines, run.dir/metrics.jsonl,
@@ -105,8 +108,6 @@ class Trainer {
   Config cfg_;
   Communicator& world_comm_;
   std::unique_ptr<Communicator> ep_comm_, edp_comm_;  // expert-parallel and expert-data-parallel groups (host)
-  // Over the backend's memory (null when that is host memory: the host communicators above carry everything).
-  std::unique_ptr<Communicator> data_world_, data_ep_, data_edp_;
   Communicator* dworld_ = nullptr;  // data_world_ or world_comm_ (and the same for the groups)
   Communicator* dep_ = nullptr;
   Communicator* dedp_ = nullptr;
@@ -116,6 +117,10 @@ class Trainer {
   std::unique_ptr<Model<float>> model_;                        // fp32
   std::unique_ptr<Backend<bf16>> backend16_;
   std::unique_ptr<Model<bf16>> model16_;                       // bf16 (DESIGN §8)
+  // Over the backend's memory (null when that is host memory: the host communicators above carry everything).
+  // Declared after the backends and before the state: destroyed after ParamState (which completes its requests)
+  // and before the backend's stream and memory (NCCL is torn down while the GPU context it follows still exists).
+  std::unique_ptr<Communicator> data_world_, data_ep_, data_edp_;
   std::unique_ptr<TokenData> data_;
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias

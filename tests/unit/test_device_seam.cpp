@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <exception>
 #include <filesystem>
 
 #include "config/config.h"
@@ -253,4 +254,91 @@ TEST(DeviceSeam, DivergenceNamesTensorOnGuardedBackend) {
   const std::string cpu = diverge({}), dev = diverge(guarded_device());
   ASSERT_NE(cpu.find("first non-finite gradient: model."), std::string::npos) << cpu;
   EXPECT_EQ(dev, cpu);
+}
+
+namespace {
+// A guarded data communicator that notes, when it is destroyed, how much guarded ("device") memory is still held
+// and whether an exception is unwinding: what the NCCL teardown order depends on.
+struct Teardown {
+  i64 bytes;
+  bool unwinding;
+};
+class RecordingComm final : public Communicator {
+ public:
+  RecordingComm(std::unique_ptr<Communicator> in, std::vector<Teardown>& log) : in_(std::move(in)), log_(log) {}
+  ~RecordingComm() override { log_.push_back({MemoryGuard::get().bytes(), std::uncaught_exceptions() > 0}); }
+  int rank() const override { return in_->rank(); }
+  int size() const override { return in_->size(); }
+  MemSpace buffer_space() const override { return in_->buffer_space(); }
+  void all_reduce_sum(void* b, i64 n, CommDtype t) override { in_->all_reduce_sum(b, n, t); }
+  void iall_reduce_sum(void* b, i64 n, CommDtype t, CommRequest& r) override { in_->iall_reduce_sum(b, n, t, r); }
+  void reduce_scatter_sum(void* r, const void* s, i64 n, CommDtype t) override { in_->reduce_scatter_sum(r, s, n, t); }
+  void ireduce_scatter_sum(void* r, const void* s, i64 n, CommDtype t, CommRequest& q) override {
+    in_->ireduce_scatter_sum(r, s, n, t, q);
+  }
+  void all_gather(void* r, const void* s, i64 n, CommDtype t) override { in_->all_gather(r, s, n, t); }
+  void iall_gather(void* r, const void* s, i64 n, CommDtype t, CommRequest& q) override { in_->iall_gather(r, s, n, t, q); }
+  void wait(CommRequest& q) override { in_->wait(q); }
+  void all_to_all_v(const void* s, const i64* sc, const i64* sd, void* r, const i64* rc, const i64* rd,
+                    CommDtype t) override {
+    in_->all_to_all_v(s, sc, sd, r, rc, rd, t);
+  }
+  void broadcast(void* b, i64 n, CommDtype t, int root) override { in_->broadcast(b, n, t, root); }
+  void barrier() override { in_->barrier(); }
+  std::unique_ptr<Communicator> split(int color, int key) override {
+    return std::make_unique<RecordingComm>(in_->split(color, key), log_);
+  }
+
+ private:
+  std::unique_ptr<Communicator> in_;
+  std::vector<Teardown>& log_;
+};
+}  // namespace
+
+// contract: the device seam's teardown. The data communicators (NCCL on a GPU) are destroyed after the state (which
+// completes its requests) but while the backend still holds its memory (before its stream and context); while an
+// exception unwinds they go first, before any device memory is freed (a freeing cudaFree waits for every collective
+// in flight, and ncclCommFinalize for peers that are not finalizing: the failing rank would hang, its message unseen).
+TEST(DeviceSeam, DataCommunicatorsTornDownBeforeBackendMemory) {
+  TmpDir d;
+  const std::string yaml = config_text(d.path(), d.path() / "run");
+  auto self = make_self_communicator();
+  for (const char* zero : {"0", "3"}) {
+    std::vector<Teardown> log;
+    TrainerDevice dev = guarded_device();
+    dev.make_data_world = [&log](Communicator& host) -> std::unique_ptr<Communicator> {
+      return std::make_unique<RecordingComm>(std::make_unique<GuardedComm>(host.split(0, host.rank())), log);
+    };
+    const i64 before = MemoryGuard::get().bytes();
+    {
+      Trainer tr(parse_config(yaml, {std::string("parallel.zero=") + zero}, "t"), *self, dev);
+      tr.step(0);
+    }
+    ASSERT_EQ(log.size(), 3u) << "the data world and its two groups";
+    for (const Teardown& t : log) {
+      EXPECT_FALSE(t.unwinding);
+      EXPECT_GT(t.bytes, before) << "zero " << zero << ": a data communicator outlived the backend's memory";
+    }
+    EXPECT_EQ(MemoryGuard::get().bytes(), before);
+
+    // A divergence (an error thrown out of step) unwinds the trainer: the communicators go before any memory.
+    log.clear();
+    i64 held = -1;
+    try {
+      Trainer tr(parse_config(yaml, {std::string("parallel.zero=") + zero, "train.lr=1e30", "train.grad_clip=0",
+                                     "train.steps=50"}, "t"),
+                 *self, dev);
+      held = MemoryGuard::get().bytes();
+      for (int s = 0; s < 50; ++s) tr.step(s);
+      FAIL() << "zero " << zero << ": the run did not diverge";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::Diverged);
+    }
+    ASSERT_EQ(log.size(), 3u);
+    for (const Teardown& t : log) {
+      EXPECT_TRUE(t.unwinding);
+      EXPECT_EQ(t.bytes, held) << "zero " << zero << ": device memory was freed before the data communicators";
+    }
+    EXPECT_EQ(MemoryGuard::get().bytes(), before);
+  }
 }
