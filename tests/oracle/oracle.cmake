@@ -35,3 +35,7 @@ endforeach()
 # dense HF dir → upcycle_dense → save_hf_model; lands next to moe-debug in <build>/tests/.
 add_executable(moe-upcycle-dump ${CMAKE_CURRENT_LIST_DIR}/../tools/moe_upcycle_dump.cpp)
 target_link_libraries(moe-upcycle-dump PRIVATE moe_core CLI11::CLI11)
+
+# Tool of the NF4 oracle (test_nf4.py): raw fp32 → our NF4 codes / stats / dequantized values; in <build>/tests/.
+add_executable(moe-nf4-dump ${CMAKE_CURRENT_LIST_DIR}/../tools/moe_nf4_dump.cpp)
+target_link_libraries(moe-nf4-dump PRIVATE moe_core CLI11::CLI11)
