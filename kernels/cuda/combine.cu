@@ -45,18 +45,18 @@ __global__ void combine_backward_kernel(T* dy, float* dtopk_w, const T* dout, co
   float acc = 0.f;
   for (i64 h = lane; h < H; h += 32) {
     const float dv = float(d[h]);
-    acc = moe_math::add_rn(acc, moe_math::mul_rn(dv, float(yr[h])));
-    dyr[h] = T(moe_math::mul_rn(wk, dv));
+    acc = rn::add(acc, rn::mul(dv, float(yr[h])));
+    dyr[h] = T(rn::mul(wk, dv));
   }
-  for (int off = 16; off >= 1; off /= 2) acc = moe_math::add_rn(acc, __shfl_xor_sync(0xffffffffu, acc, off));
+  for (int off = 16; off >= 1; off /= 2) acc = rn::add(acc, __shfl_xor_sync(0xffffffffu, acc, off));
   if (lane == 0) dtopk_w[p] = acc;
 }
 
 template <typename T>
 __global__ void add_router_grad_kernel(T* dx, const T* dxr, const float* noise, i64 n) {
   for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += i64(gridDim.x) * blockDim.x) {
-    const float g = noise ? moe_math::mul_rn(float(dxr[i]), noise[i]) : float(dxr[i]);
-    dx[i] = T(moe_math::add_rn(float(dx[i]), g));
+    const float g = noise ? rn::mul(float(dxr[i]), noise[i]) : float(dxr[i]);
+    dx[i] = T(rn::add(float(dx[i]), g));
   }
 }
 

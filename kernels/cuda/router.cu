@@ -25,7 +25,7 @@ __global__ void jitter_kernel(T* xr, float* noise, const T* x, i64 n, double eps
   for (i64 i = i64(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += i64(gridDim.x) * blockDim.x) {
     const float f = float(moe_math::jitter_factor(ph.uniform(uint64_t(i), step, stream_id), eps));
     noise[i] = f;
-    xr[i] = T(moe_math::mul_rn(float(x[i]), f));
+    xr[i] = T(rn::mul(float(x[i]), f));
   }
 }
 

@@ -9,44 +9,14 @@
 #include "core/bf16.h"  // MT_HD, acc_t
 #include "core/dims.h"
 #include "core/rng.h"
+#include "kernels/math/rounding.h"
 
 namespace moe {
 namespace moe_math {
 
-// a·b and a + b rounded once each, never fused into an FMA: the device then computes what the host (built without
-// FMA, -march=x86-64-v2) computes, bit for bit.
-MT_HD inline float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-MT_HD inline float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-MT_HD inline double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-MT_HD inline double add_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
 // Router jitter factor from a uniform u ∈ [0, 1): 1 − ε + 2ε·u in double (U(1−ε, 1+ε), Megatron's input jitter).
 MT_HD inline double jitter_factor(double u, double eps) {
-  return add_rn(1.0 - eps, mul_rn(mul_rn(2.0, eps), u));
+  return rn::add(1.0 - eps, rn::mul(rn::mul(2.0, eps), u));
 }
 
 // Pair key of an expert row: (Philox stream of its source micro-batch << 32) | pair t·K + k (pair < 2^32).
@@ -70,7 +40,7 @@ MT_HD inline A combine_elem(const T* y, const A* w, const i64* pair_row_t, i64 K
   A acc = 0;
   for (i64 k = 0; k < K; ++k) {
     const i64 r = pair_row_t[k];
-    if (r >= 0) acc = add_rn(acc, mul_rn(w[k], A(y[r * H + h])));
+    if (r >= 0) acc = rn::add(acc, rn::mul(w[k], A(y[r * H + h])));
   }
   return acc;
 }
@@ -81,7 +51,7 @@ MT_HD inline A unpermute_elem(const T* dxg, const i64* pair_row_t, i64 K, i64 H,
   A acc = 0;
   for (i64 k = 0; k < K; ++k) {
     const i64 r = pair_row_t[k];
-    if (r >= 0) acc = add_rn(acc, A(dxg[r * H + h]));
+    if (r >= 0) acc = rn::add(acc, A(dxg[r * H + h]));
   }
   return acc;
 }

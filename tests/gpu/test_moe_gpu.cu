@@ -355,7 +355,7 @@ void run_bf16_case(CudaContext& ctx, const Case& c) {
       const bf16* d = dout.data() + (pr / K) * H;
       const bf16* yr = y.data() + r * H;
       twin[size_t(pr)] =
-          moe_math::warp_order_dot([&](i64 h) { return moe_math::mul_rn(float(d[h]), float(yr[h])); }, H);
+          moe_math::warp_order_dot([&](i64 h) { return rn::mul(float(d[h]), float(yr[h])); }, H);
     }
     const auto g = d_dtw.down();
     expect_equal(tag + "combine_backward dtopk_w (warp twin)", g, twin);

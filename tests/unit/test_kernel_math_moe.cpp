@@ -241,7 +241,7 @@ TEST(KernelMathMoe, WarpOrderDotEqualsTheSumWithinReordering) {
       mag += std::fabs((long double)float(x[size_t(h)]) * float(y[size_t(h)]));
     }
     const float got = moe_math::warp_order_dot(
-        [&](i64 h) { return moe_math::mul_rn(float(x[size_t(h)]), float(y[size_t(h)])); }, H);
+        [&](i64 h) { return rn::mul(float(x[size_t(h)]), float(y[size_t(h)])); }, H);
     EXPECT_NEAR(got, double(ref), 1e-6 * double(mag) + 1e-7) << H;
   }
 }
