@@ -21,20 +21,6 @@ using namespace moe::testing;
 
 static Runtime* g_rt = nullptr;
 
-static ModelConfig tiny_model() {
-  ModelConfig m;
-  m.arch = Arch::Mixtral;
-  m.vocab_size = 40;
-  m.hidden_size = 8;
-  m.intermediate_size = 12;
-  m.num_layers = 2;
-  m.num_heads = 2;
-  m.num_kv_heads = 1;
-  m.num_experts = 4;
-  m.top_k = 2;
-  return m;
-}
-
 static std::vector<std::string> frozen_names(const ModelConfig& m) {
   const LayerNames n0 = layer_names(m, 0), n1 = layer_names(m, 1);
   return {"model.embed_tokens.weight", n0.q, n0.w1[1], n0.w2[1], n1.w3[3], n1.w1[2], n1.router, n1.input_norm};
@@ -112,7 +98,7 @@ static std::vector<float> reference(const ModelConfig& m, bool freeze, int steps
 template <typename T>
 static void check_against_reference(bool freeze) {
   Communicator& w = *g_rt->world;
-  const ModelConfig m = tiny_model();
+  const ModelConfig m = tiny_state_model();
   const int steps = 3, micro = 2;
   std::vector<double> ref_norms;
   const std::vector<float> ref = reference(m, freeze, steps, micro, ref_norms);
@@ -170,7 +156,7 @@ TEST(State, Bf16CopyWithFrozenEntries) { check_against_reference<bf16>(true); }
 // Frozen entries cost no gradient or moment bytes (summed over ranks: exactly the frozen share).
 TEST(State, FrozenShareNotBilled) {
   Communicator& w = *g_rt->world;
-  const ModelConfig m = tiny_model();
+  const ModelConfig m = tiny_state_model();
   for (int stage = 0; stage <= 3; ++stage) {
     Layout A = make_layout(m, 1, stage, false), F = make_layout(m, 1, stage, true);
     ParamState sa(A.table, stage, w, *A.edp, *A.ep), sf(F.table, stage, w, *F.edp, *F.ep);
@@ -186,7 +172,7 @@ TEST(State, FrozenShareNotBilled) {
 // world + two units.
 TEST(State, Zero2GradientBytesMeasured) {
   Communicator& w = *g_rt->world;
-  const ModelConfig m = tiny_model();
+  const ModelConfig m = tiny_state_model();
   Layout L1 = make_layout(m, 1, 1, false), L2 = make_layout(m, 1, 2, false);
   ParamState s1(L1.table, 1, w, *L1.edp, *L1.ep), s2(L2.table, 2, w, *L2.edp, *L2.ep);
   i64 max_unit = 0;
@@ -266,7 +252,7 @@ TEST(State, IreduceScatterMatchesBlocking) {
 // expert-data-parallel communicators); weights and norms bitwise those of the one-process reference.
 TEST(State, ReduceScatterOverlapsBackward) {
   Communicator& w = *g_rt->world;
-  const ModelConfig m = tiny_model();
+  const ModelConfig m = tiny_state_model();
   const int steps = 2, micro = 2;
   for (bool freeze : {false, true}) {
     std::vector<double> ref_norms;

@@ -5,11 +5,32 @@
 #include <string>
 #include <vector>
 
+#include "config/config.h"
 #include "model/param_access.h"
 #include "model/param_table.h"
 #include "parallel/zero.h"
 
 namespace moe::testing {
+
+// The tiny Mixtral/Qwen3-MoE shape the ParamState tests lay out (8 hidden, 4 experts top-2, vocab 40).
+inline ModelConfig tiny_state_model(Arch arch = Arch::Mixtral, bool tied = false, int layers = 2) {
+  ModelConfig m;
+  m.arch = arch;
+  m.vocab_size = 40;
+  m.hidden_size = 8;
+  m.intermediate_size = 12;
+  m.num_layers = layers;
+  m.num_heads = 2;
+  m.num_kv_heads = 1;
+  m.num_experts = 4;
+  m.top_k = 2;
+  m.tie_word_embeddings = tied;
+  if (arch == Arch::Qwen3Moe) {
+    m.moe_intermediate_size = 6;
+    m.head_dim = 4;
+  }
+  return m;
+}
 
 inline uint32_t name_hash(const std::string& s) {
   uint32_t h = 2166136261u;  // FNV-1a: the same on every rank and run

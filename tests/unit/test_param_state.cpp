@@ -14,28 +14,9 @@
 using namespace moe;
 using namespace moe::testing;
 
-static ModelConfig tiny_model(Arch arch = Arch::Mixtral, bool tied = false) {
-  ModelConfig m;
-  m.arch = arch;
-  m.vocab_size = 40;
-  m.hidden_size = 8;
-  m.intermediate_size = 12;
-  m.num_layers = 2;
-  m.num_heads = 2;
-  m.num_kv_heads = 1;
-  m.num_experts = 4;
-  m.top_k = 2;
-  m.tie_word_embeddings = tied;
-  if (arch == Arch::Qwen3Moe) {
-    m.moe_intermediate_size = 6;
-    m.head_dim = 4;
-  }
-  return m;
-}
-
 TEST(ParamTable, ExpertGateUpAdjacentThenDown) {
   for (ExpertRange r : {ExpertRange{}, ExpertRange{2, 2}}) {
-    const ModelConfig m = tiny_model();
+    const ModelConfig m = tiny_state_model();
     const ParamTable t = build_param_table(m, r, 1, 3);
     const i64 H = m.hidden_size, I = m.expert_width();
     const int first = r.count < 0 ? 0 : r.first, count = r.count < 0 ? m.num_experts : r.count;
@@ -55,7 +36,7 @@ TEST(ParamTable, ExpertGateUpAdjacentThenDown) {
 }
 
 TEST(ParamTable, StorageFieldsAndFreezing) {
-  ParamTable t = build_param_table(tiny_model());
+  ParamTable t = build_param_table(tiny_state_model());
   for (const ParamInfo& e : t.entries()) {
     EXPECT_EQ(e.dtype, DType::F32);
     EXPECT_EQ(e.kind, StorageKind::Dense);
@@ -73,10 +54,10 @@ TEST(ParamTable, StorageFieldsAndFreezing) {
 
 TEST(ParamState, RefusesNf4AndNonF32Storage) {
   auto self = make_self_communicator();
-  ParamTable t = build_param_table(tiny_model());
+  ParamTable t = build_param_table(tiny_state_model());
   t.set_storage("model.layers.0.self_attn.q_proj.weight", DType::NF4, StorageKind::Nf4Blocks);
   EXPECT_THROW(ParamState(t, 0, *self, *self, *self), Error);
-  ParamTable u = build_param_table(tiny_model());
+  ParamTable u = build_param_table(tiny_state_model());
   u.set_storage("model.layers.0.self_attn.q_proj.weight", DType::BF16, StorageKind::Dense);
   EXPECT_THROW(ParamState(u, 3, *self, *self, *self), Error);
 }
@@ -114,7 +95,7 @@ static std::vector<std::string> frozen_names(const ModelConfig& m) {
 // gradients do not depend on the weights), no gradient/moment bytes for them, under every ZeRO stage.
 TEST(ParamState, FrozenEntriesUnchangedAndUnbilled) {
   auto self = make_self_communicator();
-  const ModelConfig m = tiny_model();
+  const ModelConfig m = tiny_state_model();
   for (int stage = 0; stage <= 3; ++stage) {
     for (int micro : {1, 2}) {
       SCOPED_TRACE("stage " + std::to_string(stage) + ", micro-batches " + std::to_string(micro));
@@ -155,7 +136,7 @@ TEST(ParamState, FrozenEntriesUnchangedAndUnbilled) {
 TEST(ParamState, Bf16CopyIsRoundedMaster) {
   auto self = make_self_communicator();
   for (bool tied : {false, true}) {
-    const ModelConfig m = tiny_model(tied ? Arch::Qwen3Moe : Arch::Mixtral, tied);
+    const ModelConfig m = tiny_state_model(tied ? Arch::Qwen3Moe : Arch::Mixtral, tied);
     const ParamTable t = build_param_table(m);
     for (int stage = 0; stage <= 3; ++stage) {
       SCOPED_TRACE("stage " + std::to_string(stage) + (tied ? ", tied qwen3" : ""));
@@ -195,7 +176,7 @@ TEST(ParamState, Bf16CopyIsRoundedMaster) {
 // One process: the sizing function is what the state allocates.
 TEST(ParamState, PlanBytesIsWhatStateHolds) {
   auto self = make_self_communicator();
-  ParamTable t = build_param_table(tiny_model());
+  ParamTable t = build_param_table(tiny_state_model());
   t.set_trainable("model.layers.1.self_attn.k_proj.weight", false);
   for (int stage = 0; stage <= 3; ++stage)
     for (Precision p : {Precision::Fp32, Precision::Bf16}) {
@@ -212,7 +193,7 @@ TEST(ParamState, PlanBytesIsWhatStateHolds) {
 // ZeRO-2 keeps a gradient shard plus two unit slots (one the backward writes, one whose reduce-scatter is in
 // flight): ≤ ZeRO-1's gradients / world + two units (tables padded as Trainer pads them, ep 1, world 4 and 16).
 TEST(ParamState, Zero2GradientBytesPlan) {
-  const ModelConfig m = tiny_model();
+  const ModelConfig m = tiny_state_model();
   for (int world : {4, 16}) {
     const ParamTable t = build_param_table(m, {}, world, world);
     i64 max_unit = 0;

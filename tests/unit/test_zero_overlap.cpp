@@ -15,25 +15,6 @@
 using namespace moe;
 using namespace moe::testing;
 
-static ModelConfig tiny_model(Arch arch, bool tied) {
-  ModelConfig m;
-  m.arch = arch;
-  m.vocab_size = 40;
-  m.hidden_size = 8;
-  m.intermediate_size = 12;
-  m.num_layers = 3;
-  m.num_heads = 2;
-  m.num_kv_heads = 1;
-  m.num_experts = 4;
-  m.top_k = 2;
-  m.tie_word_embeddings = tied;
-  if (arch == Arch::Qwen3Moe) {
-    m.moe_intermediate_size = 6;
-    m.head_dim = 4;
-  }
-  return m;
-}
-
 // `steps` fake steps of `micro` micro-batches through a RecordingAccess (Mark after each reduce_grads).
 template <typename T>
 static std::vector<float> train(ParamState& st, const ParamTable& t, int steps, int micro, CommLog& log) {
@@ -62,7 +43,7 @@ static std::vector<float> train(ParamState& st, const ParamTable& t, int steps, 
 
 template <typename T>
 static void check_overlap(Arch arch, bool tied, bool freeze) {
-  const ModelConfig m = tiny_model(arch, tied);
+  const ModelConfig m = tiny_state_model(arch, tied, 3);
   ParamTable t = build_param_table(m);
   if (freeze) {
     // A dense and an expert entry frozen: both segments of those units are packed before their reduce-scatter.
@@ -107,7 +88,7 @@ TEST(ZeroOverlap, Bf16) { check_overlap<bf16>(Arch::Qwen3Moe, false, false); }
 // The slot a reduce-scatter is in flight from is not handed out again before the wait (withheld results read
 // NaN until then: any reuse or early read would show in the weights or as Clobbered).
 TEST(ZeroOverlap, ZeroGradsCompletesWhatIsInFlight) {
-  const ModelConfig m = tiny_model(Arch::Mixtral, false);
+  const ModelConfig m = tiny_state_model(Arch::Mixtral, false, 3);
   const ParamTable t = build_param_table(m);
   auto self = make_self_communicator();
   CommLog log;
