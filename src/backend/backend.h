@@ -49,4 +49,10 @@ std::unique_ptr<Backend<T>> make_backend(Device device, int gpu = 0);
 // Why this build cannot train on `device` (the BadInput message make_backend raises); "" when it can.
 std::string backend_unavailable(Device device);
 
+// Which attention the CUDA backend runs for bf16: MOE_CUDNN_ATTENTION unset, empty or "on" = cuDNN's fused attention
+// where cuDNN loads and takes the shape; "off" = the hand-written kernels. BadInput (exit 2) naming the variable for
+// any other value (preflight checks it before a run).
+enum class AttentionPath { Cudnn, Kernels };
+AttentionPath cudnn_attention_setting();
+
 }  // namespace moe

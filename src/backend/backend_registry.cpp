@@ -2,6 +2,8 @@
 #include "backend/backend.h"
 #include "core/error.h"
 
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #ifdef MOE_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -18,6 +20,15 @@ std::string backend_unavailable(Device device) {
   return "train.device: cuda: this moe-train was built without CUDA (nvcc was not found when CMake configured the "
          "build); rebuild on a machine with the CUDA toolkit, or use train.device: cpu";
 #endif
+}
+
+AttentionPath cudnn_attention_setting() {
+  const char* a = std::getenv("MOE_CUDNN_ATTENTION");
+  const std::string v = a ? a : "";
+  if (v.empty() || v == "on") return AttentionPath::Cudnn;
+  if (v == "off") return AttentionPath::Kernels;
+  MT_INPUT_FAIL("MOE_CUDNN_ATTENTION='", v, "': expected on (the default: cuDNN fused attention where cuDNN loads and "
+                "takes the shape) or off (the hand-written attention kernels)");
 }
 
 template <typename T>

@@ -18,15 +18,16 @@ std::vector<std::string> unsupported_options(const Config& c) {
   std::vector<std::string> out;
   if (const std::string why = backend_unavailable(c.train.device); !why.empty()) out.push_back(why);
   if (c.train.device == Device::Cuda) {
-    try {
-      (void)nccl_timeout_s();
-    } catch (const Error& e) {
-      out.push_back(e.what());
-    }
-    // Attention path of the CUDA backend (src/backend/cuda/cudnn_sdpa.cpp): cuDNN where it loads, or "off".
-    if (const char* a = std::getenv("MOE_CUDNN_ATTENTION"); a && *a && std::string(a) != "on" && std::string(a) != "off")
-      out.push_back(std::string("MOE_CUDNN_ATTENTION='") + a + "': expected on (the default: cuDNN fused attention "
-                    "where cuDNN loads and takes the shape) or off (the hand-written attention kernels)");
+    // The CUDA path's environment settings: the NCCL timeout and the attention path.
+    auto refused = [&](auto read_setting) {
+      try {
+        (void)read_setting();
+      } catch (const Error& e) {
+        out.push_back(e.what());
+      }
+    };
+    refused(nccl_timeout_s);
+    refused(cudnn_attention_setting);
   }
   // parallel.backend auto: NCCL moves the data of train.device: cuda, MPI that of cpu (control traffic: MPI).
   if (c.parallel.backend == CommBackend::Nccl && c.train.device != Device::Cuda)

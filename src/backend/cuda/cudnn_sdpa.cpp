@@ -250,10 +250,9 @@ const CudnnSdpa::Plan& CudnnSdpa::prepare(const SdpaShape& s, SdpaElem e) {
   Impl::Entry& en = impl_->cache[s];
   Plan& p = en.plan;
   std::string why_f, why_b;
-  const char* env = std::getenv("MOE_CUDNN_ATTENTION");
   if (const char* r = sdpa_skip_reason(s, e, impl_->ctx.cc_major)) {
     why_f = r;
-  } else if (env && std::string(env) == "off") {
+  } else if (cudnn_attention_setting() == AttentionPath::Kernels) {
     why_f = "MOE_CUDNN_ATTENTION=off";
   } else if (!load_cudnn().empty()) {
     why_f = load_cudnn();
