@@ -73,6 +73,9 @@ void embedding_backward_cuda(float* dW, const T* dx, const int32_t* ids, i64 Tn,
 // y[n] = a[n] + b[n] in fp32, rounded once (y may alias a or b).
 template <typename T>
 void add_cuda(T* y, const T* a, const T* b, i64 n, cudaStream_t s);
+// y[n] = s·x[n] in fp32 (math::scale_round), rounded once (y may alias x).
+template <typename T>
+void scale_cuda(T* y, const T* x, float s, i64 n, cudaStream_t st);
 
 // ---- Attention [C4.attention, B6] (twin: attention_ref) ----
 // Largest head_dim the attention kernels take (per-lane register accumulators of kAttnMaxD / 32 floats).

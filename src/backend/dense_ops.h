@@ -26,7 +26,9 @@ class DenseOps {
   virtual i64 linear_backward_workspace_bytes(i64 N, i64 in, i64 out) const = 0;
   // y[N,out] (+)= x[N,in] · W[out,in]ᵀ   (PyTorch nn.Linear layout)
   virtual void linear_forward(T* y, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate acc, void* ws) = 0;
-  // dx[N,in] (+)= dy[N,out] · W (dx may be null); dW[out,in] += dy[N,out]ᵀ · x[N,in] in A.
+  // dx[N,in] (+)= dy[N,out] · W (dx may be null); dW[out,in] += dy[N,out]ᵀ · x[N,in] in A. dW null: the weight is
+  // frozen (a LoRA/QLoRA base linear) and the weight-gradient GEMM is skipped entirely (x is then not read); dx is
+  // the same bits as with a dW.
   virtual void linear_backward(T* dx, A* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out,
                                Accumulate dx_acc, void* ws) = 0;
 
@@ -69,6 +71,9 @@ class DenseOps {
 
   // y[n] = a[n] + b[n] (residual); y may alias a or b.
   virtual void add(T* y, const T* a, const T* b, i64 n) = 0;
+  // y[n] = s · x[n] with s taken as A (fp32 for bf16, rounded once from the double), the product in A rounded to T
+  // once (math::scale_round); y may alias x. (The LoRA scaling alpha / r.)
+  virtual void scale(T* y, const T* x, double s, i64 n) = 0;
   virtual void copy(T* dst, const T* src, i64 n) = 0;
   virtual void fill_zero(T* dst, i64 n) = 0;
 };

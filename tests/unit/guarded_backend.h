@@ -200,6 +200,7 @@ class GuardedDense final : public DenseOps<T> {
     MT_GUARDED(embedding_backward, dW, dx, ids, Tn, H, pad);
   }
   void add(T* y, const T* a, const T* b, i64 n) override { MT_GUARDED(add, y, a, b, n); }
+  void scale(T* y, const T* x, double s, i64 n) override { MT_GUARDED(scale, y, x, s, n); }
   void copy(T* dst, const T* src, i64 n) override { MT_GUARDED(copy, dst, src, n); }
   void fill_zero(T* dst, i64 n) override { MT_GUARDED(fill_zero, dst, n); }
 

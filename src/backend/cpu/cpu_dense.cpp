@@ -137,9 +137,17 @@ class CpuDenseOps final : public DenseOps<T> {
 #pragma omp parallel for schedule(static)
     for (i64 i = 0; i < n; ++i) y[i] = math::add_round<T>(a[i], b[i]);
   }
+  void scale(T* y, const T* x, double s, i64 n) override {
+    const A sa = A(s);
+    if (n <= (i64(1) << 16)) {
+      for (i64 i = 0; i < n; ++i) y[i] = math::scale_round<T>(x[i], sa);
+      return;
+    }
+#pragma omp parallel for schedule(static)
+    for (i64 i = 0; i < n; ++i) y[i] = math::scale_round<T>(x[i], sa);
+  }
   void copy(T* dst, const T* src, i64 n) override { std::copy(src, src + n, dst); }
   void fill_zero(T* dst, i64 n) override { std::fill(dst, dst + n, T(0)); }
-
 };
 
 }  // namespace

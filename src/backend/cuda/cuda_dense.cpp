@@ -52,7 +52,8 @@ class CudaDenseOps final : public DenseOps<T> {
     gemm_.gemm(y, gemm_type<T>(), x, W, gemm_type<T>(), N, out, in, Trans::No, Trans::Yes, in, in, out, 1.f,
                beta(acc));
   }
-  // dx[N,in] (+)= dy[N,out]·W[out,in] (T, rounded once); dW[out,in] += dyᵀ·x in fp32 (beta 1, fp32 C/D).
+  // dx[N,in] (+)= dy[N,out]·W[out,in] (T, rounded once); dW[out,in] += dyᵀ·x in fp32 (beta 1, fp32 C/D); dW null
+  // (frozen weight): no weight-gradient GEMM.
   void linear_backward(T* dx, A* dW, const T* dy, const T* x, const T* W, i64 N, i64 in, i64 out, Accumulate dx_acc,
                        void*) override {
     if (dx)
@@ -140,6 +141,7 @@ class CudaDenseOps final : public DenseOps<T> {
   }
 
   void add(T* y, const T* a, const T* b, i64 n) override { add_cuda<T>(y, a, b, n, ctx_.stream); }
+  void scale(T* y, const T* x, double s, i64 n) override { scale_cuda<T>(y, x, float(s), n, ctx_.stream); }
   void copy(T* dst, const T* src, i64 n) override {
     if (n > 0 && dst != src)
       MT_CUDA(cudaMemcpyAsync(dst, src, size_t(n) * sizeof(T), cudaMemcpyDeviceToDevice, ctx_.stream));
