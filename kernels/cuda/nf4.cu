@@ -18,15 +18,24 @@ void nf4_tables_to_device() {
   MT_CUDA(cudaMemcpyToSymbol(c_dmap, dynamic_map_signed().data(), sizeof(float) * 256));
 }
 
-// Thread p decodes byte p: elements 2p and 2p+1 (both in block 2p / 64, as 64 is even).
+// Thread p decodes byte p: elements 2p and 2p+1 (both in block 2p / 64, as 64 is even). The tables are copied from
+// constant memory to shared memory first: a warp's lanes index them with different codes, which the constant cache
+// would serialize.
 template <typename T>
 __global__ void nf4_dequantize_kernel(T* out, Nf4View q) {
+  __shared__ float nf4[16];
+  __shared__ float dmap[256];
+  for (int k = threadIdx.x; k < 256; k += blockDim.x) {
+    dmap[k] = c_dmap[k];
+    if (k < 16) nf4[k] = c_nf4[k];
+  }
+  __syncthreads();
   const i64 bytes = (q.n + 1) / 2;
   for (i64 p = i64(blockIdx.x) * blockDim.x + threadIdx.x; p < bytes; p += i64(gridDim.x) * blockDim.x) {
     const i64 i = 2 * p;
-    const float am = math::nf4_block_absmax(q, i / kNf4Block, c_dmap);
-    out[i] = math::nf4_value<T>(math::nf4_code_at(q.codes, i), am, c_nf4);
-    if (i + 1 < q.n) out[i + 1] = math::nf4_value<T>(math::nf4_code_at(q.codes, i + 1), am, c_nf4);
+    const float am = math::nf4_block_absmax(q, i / kNf4Block, dmap);
+    out[i] = math::nf4_value<T>(math::nf4_code_at(q.codes, i), am, nf4);
+    if (i + 1 < q.n) out[i + 1] = math::nf4_value<T>(math::nf4_code_at(q.codes, i + 1), am, nf4);
   }
 }
 
