@@ -7,6 +7,7 @@
 #include "backend/mem_ops.h"
 #include "backend/moe_ops.h"
 #include "backend/optim_ops.h"
+#include "backend/quant_ops.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -35,6 +36,7 @@ struct Backend {
   std::unique_ptr<DenseOps<T>> dense;
   std::unique_ptr<MoeOps<T>> moe;
   std::unique_ptr<OptimOps> optim;  // fp32 state passes (ParamState); independent of T
+  std::unique_ptr<QuantOps<T>> quant;  // quantized base weights (QLoRA NF4) → T
 };
 
 // The CPU backend: OpenBLAS for fp32/fp64 GEMMs, oneDNN's bf16 GEMM (AVX512-BF16 dot products where the CPU has

@@ -271,6 +271,19 @@ class GuardedMoe final : public MoeOps<T> {
   std::unique_ptr<MoeOps<T>> in_;
 };
 
+template <typename T>
+class GuardedQuant final : public QuantOps<T> {
+ public:
+  explicit GuardedQuant(std::unique_ptr<QuantOps<T>> in) : in_(std::move(in)) {}
+  void nf4_dequantize(T* out, const Nf4View& q) override {
+    require_guarded(out, q.codes, q.absmax, q.qabsmax, q.absmax2);
+    MT_GUARDED_CALL(in_->nf4_dequantize(out, q));
+  }
+
+ private:
+  std::unique_ptr<QuantOps<T>> in_;
+};
+
 class GuardedOptim final : public OptimOps {
  public:
   explicit GuardedOptim(std::unique_ptr<OptimOps> in) : in_(std::move(in)) {}
@@ -301,6 +314,7 @@ std::unique_ptr<Backend<T>> make_guarded_backend() {
   b->dense = std::make_unique<GuardedDense<T>>(std::move(cpu->dense));
   b->moe = std::make_unique<GuardedMoe<T>>(std::move(cpu->moe));
   b->optim = std::make_unique<GuardedOptim>(std::move(cpu->optim));
+  b->quant = std::make_unique<GuardedQuant<T>>(std::move(cpu->quant));
   return b;
 }
 

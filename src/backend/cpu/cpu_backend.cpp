@@ -1,4 +1,4 @@
-// Owns make_cpu_backend<T>: the host backend table (CPU dense, MoE and optimizer ops).
+// Owns make_cpu_backend<T>: the host backend table (CPU dense, MoE, optimizer and quant ops).
 #include "backend/backend.h"
 #include "backend/cpu/cpu_dense.h"
 
@@ -13,6 +13,7 @@ std::unique_ptr<Backend<T>> make_cpu_backend() {
   b->dense = make_cpu_dense_ops<T>();
   b->moe = make_cpu_moe_ops<T>();
   b->optim = make_cpu_optim_ops();
+  b->quant = make_cpu_quant_ops<T>();
   return b;
 }
 

@@ -112,6 +112,7 @@ std::unique_ptr<Backend<T>> make_cuda_backend(int gpu) {
   b->dense = make_cuda_dense_ops<T>(c);
   b->moe = make_cuda_moe_ops<T>(c);
   b->optim = make_cuda_optim_ops(c);
+  b->quant = make_cuda_quant_ops<T>(c);
   return b;
 }
 

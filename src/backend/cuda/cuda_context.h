@@ -36,5 +36,7 @@ std::unique_ptr<DenseOps<T>> make_cuda_dense_ops(CudaContext& ctx);
 template <typename T>
 std::unique_ptr<MoeOps<T>> make_cuda_moe_ops(CudaContext& ctx);
 std::unique_ptr<OptimOps> make_cuda_optim_ops(CudaContext& ctx);
+template <typename T>
+std::unique_ptr<QuantOps<T>> make_cuda_quant_ops(CudaContext& ctx);
 
 }  // namespace moe
