@@ -309,6 +309,7 @@ std::vector<Field> build_schema() {
       bool_field("run.overwrite", MT_AT(run.overwrite)),
 
       string_field("model.init_from", MT_AT(model_init_from)),
+      string_field("model.adapter_from", MT_AT(model_adapter_from)),
       enum_field("model.arch", MT_AT(model.arch),
                  EnumNames<Arch>{{"mixtral", Arch::Mixtral}, {"qwen3_moe", Arch::Qwen3Moe}}),
       int_field("model.vocab_size", MT_AT(model.vocab_size), 1),
@@ -392,6 +393,7 @@ std::vector<Field> build_schema() {
       bool_field("peft.train_router", MT_AT(peft.train_router)),
       enum_field("peft.quant", MT_AT(peft.quant), EnumNames<std::string>{{"nf4", "nf4"}}),
       bool_field("peft.double_quant", MT_AT(peft.double_quant)),
+      bool_field("peft.use_rslora", MT_AT(peft.use_rslora)),
 
       enum_field("data.format", MT_AT(data.format),
                  EnumNames<DataFormat>{
@@ -414,6 +416,7 @@ std::vector<Field> build_schema() {
 
       int_field("log.every", MT_AT(log.every), 1),
       bool_field("log.plots", MT_AT(log.plots)),
+      bool_field("log.stability_warnings", MT_AT(log.stability_warnings)),
   };
 }
 #undef MT_AT

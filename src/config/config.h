@@ -120,9 +120,10 @@ struct PeftConfig {
   double alpha = 16.0;
   double dropout = 0.0;
   std::vector<std::string> targets;
-  bool train_router = true;
+  bool train_router = false;  // PEFT and field default: the router stays frozen unless asked
   std::string quant = "nf4";
   bool double_quant = false;
+  bool use_rslora = false;  // scaling alpha/√r (PEFT use_rslora) instead of alpha/r
 };
 
 struct DataConfig {
@@ -148,6 +149,9 @@ struct CheckpointConfig {
 struct LogConfig {
   int every = 1;
   bool plots = false;
+  // Field advice as warnings (train/stability.h): LoRA without expert targets, lr outside the LoRA-on-MoE range,
+  // a small effective batch, and degraded router health at logged steps.
+  bool stability_warnings = true;
 };
 
 struct RunConfig {
@@ -160,6 +164,7 @@ struct Config {
   RunConfig run;
   ModelConfig model;
   std::string model_init_from;  // model.init_from
+  std::string model_adapter_from;  // model.adapter_from: an existing PEFT adapter dir to continue from
   UpcycleConfig upcycle;
   MoeConfig moe;
   ParallelConfig parallel;

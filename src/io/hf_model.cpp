@@ -1,5 +1,6 @@
 // Owns HF model directories: config.json keys, safetensors weights in both expert layouts (docs/DESIGN.md §4).
 #include "io/hf_model.h"
+#include "peft/lora.h"
 
 #include <sys/stat.h>
 
@@ -402,6 +403,7 @@ HfWeightReader::HfWeightReader(const std::string& dir, const ModelConfig& m, con
     copies_[size_t(cur->unit)].push_back({t, offset, &cur->name});
   };
   for (const ParamInfo& p : table.entries()) {
+    if (is_lora_name(p.name)) continue;  // LoRA adapters: initialised or imported by the caller
     cur = &p;
     const i64 dst = p.offset;
     const TensorEntry* t = src.find(p.name);

@@ -1,5 +1,6 @@
 // Owns upcycling a dense HF model into a Mixtral/Qwen3-MoE model: config mapping, expert copies + noise, fresh router, DUS.
 #include "io/upcycle.h"
+#include "peft/lora.h"
 
 #include <sys/stat.h>
 
@@ -178,6 +179,7 @@ UpcycleReader::UpcycleReader(const UpcycleConfig& u, uint64_t seed, const ModelC
   std::vector<const ParamInfo*>& routers = routers_;
   std::vector<std::string> missing;
   for (const ParamInfo& p : table.entries()) {
+    if (is_lora_name(p.name)) continue;  // LoRA adapters: initialised or imported by the caller
     auto it = recipe.find(p.name);
     MT_CHECK(it != recipe.end(), "no upcycling recipe for ", p.name);
     if (it->second.source.empty()) {

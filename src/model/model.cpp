@@ -17,6 +17,11 @@ struct LayerOffsets {
   std::vector<i64> w1, w3, w2;
   i64 dg = -1, du = -1, dd = -1;  // dense MLP
   int moe_index = -1;             // index of the MoE layer (0..num_moe−1), −1 for dense layers
+  // LoRA/QLoRA: the base linears above (q..o, w1/w3/w2, dg/du/dd) are offsets in the BASE unit
+  // (ParamAccess::base); adapters are offsets in the state unit: A, B per attention projection (−1 = none) and
+  // per local expert (empty = none).
+  i64 lora_a[4] = {-1, -1, -1, -1}, lora_b[4] = {-1, -1, -1, -1};  // q, k, v, o
+  std::vector<i64> gu_a, gu_b, dn_a, dn_b;
 };
 
 // Which saved activations a recompute mode keeps per layer (the rest live once, shared by all layers). [C6.recompute]
@@ -110,6 +115,14 @@ struct Model<T>::Impl {
   std::vector<std::vector<double>> aux_dp;  // [moe layer][E]
   std::vector<ExpertWeights<T>> ew;         // [layer] local expert weights (MoE layers), repointed per call
   std::vector<ExpertGrads<T>> eg;           // [layer] their gradients
+  // LoRA/QLoRA.
+  bool peft = false;
+  double lora_scale = 0;
+  i64 lora_r = 0;
+  T* lu = nullptr;  // [T, r] s·x·Aᵀ of one attention adapter (recomputed in backward)
+  T* lv = nullptr;  // [T, r] backward scratch
+  bool embed_trainable = true, head_trainable = true;
+  ExpertLoraShape elora{};
 };
 
 template <typename T>
@@ -125,7 +138,9 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
                 i64 B, i64 L, const ModelOptions& opt)
     : owned_backend_(std::move(owned)), be_(backend ? *backend : *owned_backend_), ops_(*be_.dense), m_(m),
       moe_(moe), B_(B), L_(L), opt_(opt),
-      table_(build_param_table(m, ExpertRange{opt.shard.first, opt.shard.count}, opt.dense_pad, opt.expert_pad)),
+      table_(build_param_table(m, opt.lora, ExpertRange{opt.shard.first, opt.shard.count}, opt.dense_pad,
+                               opt.expert_pad)),
+      base_table_(opt.lora.active() ? build_base_table(m, ExpertRange{opt.shard.first, opt.shard.count}) : ParamTable{}),
       arena_(opt.policy), impl_(std::make_unique<Impl>()) {
   Impl& S = *impl_;
   const ExpertShardSpec& shard = opt.shard;
@@ -140,6 +155,23 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
     const ParamInfo& p = table_.at(name);
     return p.offset - table_.units()[p.unit].begin;
   };
+  // Base linears: in the base table under LoRA/QLoRA, else in the table itself.
+  const LoraSpec& lora = opt.lora;
+  S.peft = lora.active();
+  auto relb = [&](const std::string& name) {
+    if (!S.peft) return rel(name);
+    const ParamInfo& p = base_table_.at(name);
+    return p.offset - base_table_.units()[p.unit].begin;
+  };
+  if (S.peft) {
+    S.lora_scale = lora.scaling();
+    S.lora_r = lora.r;
+    S.elora = ExpertLoraShape{lora.gate_up_blocks() ? lora.r_gate_up : 0, lora.gate_up_blocks(),
+                              lora.targets(LoraProj::Gate), lora.targets(LoraProj::Up),
+                              lora.targets(LoraProj::Down) ? lora.r : 0, lora.scaling()};
+    S.embed_trainable = table_.at("model.embed_tokens.weight").trainable;
+    S.head_trainable = m.tie_word_embeddings ? S.embed_trainable : table_.at("lm_head.weight").trainable;
+  }
   S.embed = rel("model.embed_tokens.weight");
   S.final_norm = rel("model.norm.weight");
   S.lm_head = m.tie_word_embeddings ? S.embed : rel("lm_head.weight");
@@ -149,10 +181,19 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
     LayerOffsets o;
     o.in_norm = rel(n.input_norm);
     o.post_norm = rel(n.post_norm);
-    o.q = rel(n.q);
-    o.k = rel(n.k);
-    o.v = rel(n.v);
-    o.o = rel(n.o);
+    o.q = relb(n.q);
+    o.k = relb(n.k);
+    o.v = relb(n.v);
+    o.o = relb(n.o);
+    if (S.peft) {
+      const std::string* names[4] = {&n.q, &n.k, &n.v, &n.o};
+      const LoraProj projs[4] = {LoraProj::Q, LoraProj::K, LoraProj::V, LoraProj::O};
+      for (int i = 0; i < 4; ++i) {
+        if (!lora.targets(projs[i])) continue;
+        o.lora_a[i] = rel(lora_name(*names[i], LoraPart::A));
+        o.lora_b[i] = rel(lora_name(*names[i], LoraPart::B));
+      }
+    }
     if (!n.q_norm.empty()) {
       o.q_norm = rel(n.q_norm);
       o.k_norm = rel(n.k_norm);
@@ -161,19 +202,28 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
       o.router = rel(n.router);
       const int e0 = shard.count < 0 ? 0 : shard.first, e1 = shard.count < 0 ? int(E) : shard.first + shard.count;
       for (int e = e0; e < e1; ++e) {
-        o.w1.push_back(rel(n.w1[e]));
-        o.w3.push_back(rel(n.w3[e]));
-        o.w2.push_back(rel(n.w2[e]));
+        o.w1.push_back(relb(n.w1[e]));
+        o.w3.push_back(relb(n.w3[e]));
+        o.w2.push_back(relb(n.w2[e]));
+        if (S.peft && S.elora.r_gate_up > 0) {
+          o.gu_a.push_back(rel(lora_name(expert_gate_up_name(m, l, e), LoraPart::A)));
+          o.gu_b.push_back(rel(lora_name(expert_gate_up_name(m, l, e), LoraPart::B)));
+        }
+        if (S.peft && S.elora.r_down > 0) {
+          o.dn_a.push_back(rel(lora_name(expert_down_name(m, l, e), LoraPart::A)));
+          o.dn_b.push_back(rel(lora_name(expert_down_name(m, l, e), LoraPart::B)));
+        }
       }
       o.moe_index = num_moe_++;
       // Every MoE layer has the same shapes: with recompute one layer object (one set of buffers) serves all,
       // its forward rerun in backward before each layer's backward.
       if (rc == Recompute::None || moe_layers_.empty())
-        moe_layers_.push_back(std::make_unique<MoeLayer<T>>(*be_.moe, Tn, H, E, K, I, moe, norm, shard, S.ms, arena_));
+        moe_layers_.push_back(std::make_unique<MoeLayer<T>>(*be_.moe, Tn, H, E, K, I, moe, norm, shard, S.ms, arena_,
+                                                            &ops_, S.peft ? &S.elora : nullptr));
     } else {
-      o.dg = rel(n.dense_gate);
-      o.du = rel(n.dense_up);
-      o.dd = rel(n.dense_down);
+      o.dg = relb(n.dense_gate);
+      o.du = relb(n.dense_up);
+      o.dd = relb(n.dense_down);
       any_dense = true;
     }
     S.off.push_back(std::move(o));
@@ -202,6 +252,10 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
   arena_.reserve(&S.dk, Tn * NKV * D);
   arena_.reserve(&S.dv, Tn * NKV * D);
   arena_.reserve(&S.datt, Tn * NH * D);
+  if (S.peft && S.lora_r > 0) {
+    arena_.reserve(&S.lu, Tn * S.lora_r);
+    arena_.reserve(&S.lv, Tn * S.lora_r);
+  }
   if (any_dense) {
     arena_.reserve(&S.dg, Tn * ID);
     arena_.reserve(&S.du, Tn * ID);
@@ -215,6 +269,13 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
   if (any_dense) {
     gemms.push_back({H, ID});
     gemms.push_back({ID, H});
+  }
+  if (S.peft && S.lora_r > 0) {  // attention adapters: x·Aᵀ [T, r] and u·Bᵀ [T, out]
+    const i64 r = S.lora_r;
+    for (const i64 d : {H, NH * D, NKV * D}) {
+      gemms.push_back({d, r});
+      gemms.push_back({r, d});
+    }
   }
   for (const auto& g : gemms)
     ws = std::max({ws, ops_.linear_forward_workspace_bytes(Tn, g.first, g.second),
@@ -247,6 +308,9 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
     const size_t n = S.off[l].w1.size();
     S.ew[l].w1.resize(n), S.ew[l].w3.resize(n), S.ew[l].w2.resize(n);
     S.eg[l].w1.resize(n), S.eg[l].w3.resize(n), S.eg[l].w2.resize(n);
+    const size_t ng = S.off[l].gu_a.size(), nd = S.off[l].dn_a.size();
+    S.ew[l].gu_a.resize(ng), S.ew[l].gu_b.resize(ng), S.ew[l].dn_a.resize(nd), S.ew[l].dn_b.resize(nd);
+    S.eg[l].gu_a.resize(ng), S.eg[l].gu_b.resize(ng), S.eg[l].dn_a.resize(nd), S.eg[l].dn_b.resize(nd);
   }
 }
 
@@ -262,37 +326,73 @@ static const A* gain(const A* PA, i64 off) {
 
 // Points the cached per-layer expert tables at this call's unit base (P, G may move between calls under ZeRO-3);
 // the tables are sized once at construction, so no step allocates here.
+// PB: the base unit (= P for full fine-tuning); adapters come from P.
 template <typename T>
-static ExpertWeights<T>& expert_weights(ExpertWeights<T>& w, const T* P, const LayerOffsets& o) {
+static ExpertWeights<T>& expert_weights(ExpertWeights<T>& w, const T* PB, const T* P, const LayerOffsets& o) {
   for (size_t e = 0; e < o.w1.size(); ++e) {
-    w.w1[e] = P + o.w1[e];
-    w.w3[e] = P + o.w3[e];
-    w.w2[e] = P + o.w2[e];
+    w.w1[e] = PB + o.w1[e];
+    w.w3[e] = PB + o.w3[e];
+    w.w2[e] = PB + o.w2[e];
   }
+  for (size_t e = 0; e < o.gu_a.size(); ++e) w.gu_a[e] = P + o.gu_a[e], w.gu_b[e] = P + o.gu_b[e];
+  for (size_t e = 0; e < o.dn_a.size(); ++e) w.dn_a[e] = P + o.dn_a[e], w.dn_b[e] = P + o.dn_b[e];
   return w;
 }
 
+// frozen_base: LoRA/QLoRA (no base weight gradients: null pointers).
 template <typename T, typename G>
-static ExpertGrads<T>& expert_grads(ExpertGrads<T>& g, G* Gr, const LayerOffsets& o) {
+static ExpertGrads<T>& expert_grads(ExpertGrads<T>& g, G* Gr, const LayerOffsets& o, bool frozen_base) {
   for (size_t e = 0; e < o.w1.size(); ++e) {
-    g.w1[e] = Gr + o.w1[e];
-    g.w3[e] = Gr + o.w3[e];
-    g.w2[e] = Gr + o.w2[e];
+    g.w1[e] = frozen_base ? nullptr : Gr + o.w1[e];
+    g.w3[e] = frozen_base ? nullptr : Gr + o.w3[e];
+    g.w2[e] = frozen_base ? nullptr : Gr + o.w2[e];
   }
+  for (size_t e = 0; e < o.gu_a.size(); ++e) g.gu_a[e] = Gr + o.gu_a[e], g.gu_b[e] = Gr + o.gu_b[e];
+  for (size_t e = 0; e < o.dn_a.size(); ++e) g.dn_a[e] = Gr + o.dn_a[e], g.dn_b[e] = Gr + o.dn_b[e];
   return g;
 }
 
 // q, k, v from norm1(x) (acts.ln1) → q_norm/k_norm (Qwen3) → RoPE → attention output and lse. [C4.attention]
+// LoRA forward of attention projection i (0 q, 1 k, 2 v, 3 o) when it has an adapter: y[T,out] += s·(x·Aᵀ)·Bᵀ,
+// the product never formed (PEFT's lora_B(lora_A(x)) · scaling; u = s·x·Aᵀ is rounded once more under bf16).
 template <typename T>
-void Model<T>::attention_core(const T* P, const A* PA, int l) {
+void Model<T>::lora_forward(T* y, const T* x, const T* P, int l, int i, i64 in, i64 out) {
+  Impl& S = *impl_;
+  const LayerOffsets& o = S.off[l];
+  if (o.lora_a[i] < 0) return;
+  const i64 Tn = B_ * L_, r = S.lora_r;
+  ops_.linear_forward(S.lu, x, P + o.lora_a[i], Tn, in, r, Accumulate::Overwrite, S.ws);
+  ops_.scale(S.lu, S.lu, S.lora_scale, Tn * r);
+  ops_.linear_forward(y, S.lu, P + o.lora_b[i], Tn, r, out, Accumulate::Add, S.ws);
+}
+
+// Its backward given dy [T,out]: u = s·x·Aᵀ recomputed; v = dy·B (dB += dyᵀ·u); dx += s·v·A; dA += s·vᵀ·x.
+template <typename T>
+void Model<T>::lora_backward(T* dx, A* G, const T* dy, const T* x, const T* P, int l, int i, i64 in, i64 out) {
+  Impl& S = *impl_;
+  const LayerOffsets& o = S.off[l];
+  if (o.lora_a[i] < 0) return;
+  const i64 Tn = B_ * L_, r = S.lora_r;
+  ops_.linear_forward(S.lu, x, P + o.lora_a[i], Tn, in, r, Accumulate::Overwrite, S.ws);
+  ops_.scale(S.lu, S.lu, S.lora_scale, Tn * r);
+  ops_.linear_backward(S.lv, G + o.lora_b[i], dy, S.lu, P + o.lora_b[i], Tn, r, out, Accumulate::Overwrite, S.ws);
+  ops_.scale(S.lv, S.lv, S.lora_scale, Tn * r);
+  ops_.linear_backward(dx, G + o.lora_a[i], S.lv, x, P + o.lora_a[i], Tn, in, r, Accumulate::Add, S.ws);
+}
+
+template <typename T>
+void Model<T>::attention_core(const T* P, const A* PA, const T* PB, int l) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   auto& a = S.acts[l];
   const i64 Tn = B_ * L_, H = m_.hidden_size, D = m_.resolved_head_dim(), NH = m_.num_heads, NKV = m_.num_kv_heads;
   const double eps = m_.rms_norm_eps;
-  ops_.linear_forward(a.q, a.ln1, P + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
-  ops_.linear_forward(a.k, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
-  ops_.linear_forward(a.v, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
+  ops_.linear_forward(a.q, a.ln1, PB + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
+  lora_forward(a.q, a.ln1, P, l, 0, H, NH * D);
+  ops_.linear_forward(a.k, a.ln1, PB + o.k, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
+  lora_forward(a.k, a.ln1, P, l, 1, H, NKV * D);
+  ops_.linear_forward(a.v, a.ln1, PB + o.v, Tn, H, NKV * D, Accumulate::Overwrite, S.ws);
+  lora_forward(a.v, a.ln1, P, l, 2, H, NKV * D);
   if (o.q_norm >= 0) {
     ops_.rmsnorm_forward(a.qr, a.rstdq, a.q, gain(PA, o.q_norm), Tn * NH, D, eps);
     ops_.rmsnorm_forward(a.kr, a.rstdk, a.k, gain(PA, o.k_norm), Tn * NKV, D, eps);
@@ -308,7 +408,7 @@ void Model<T>::attention_core(const T* P, const A* PA, int l) {
 // MLP block body from norm2(h) (acts.ln2): the MoE layer (router statistics appended to st when given) or the
 // dense SwiGLU MLP. out [T,H]; null skips the dense down projection (a recomputation needs only the activations).
 template <typename T>
-void Model<T>::mlp_forward(const T* P, const A* PA, int l, T* out, Mode mode, MicroStats* st) {
+void Model<T>::mlp_forward(const T* P, const A* PA, const T* PB, int l, T* out, Mode mode, MicroStats* st) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   auto& a = S.acts[l];
@@ -318,20 +418,20 @@ void Model<T>::mlp_forward(const T* P, const A* PA, int l, T* out, Mode mode, Mi
     r.layer = l;
     const float* b = bias_.empty() || bias_[o.moe_index].empty() ? nullptr : bias_[o.moe_index].data();
     auto& layer = moe_layer(o.moe_index);
-    layer.forward(out ? out : S.mlp_out, a.ln2, PA + o.router, expert_weights(S.ew[l], P, o), b, r, mode);
+    layer.forward(out ? out : S.mlp_out, a.ln2, PA + o.router, expert_weights(S.ew[l], PB, P, o), b, r, mode);
     if (st) st->router[o.moe_index] = layer.stats();  // same sizes every step: no allocation
   } else {
-    ops_.linear_forward(a.mlp_g, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
-    ops_.linear_forward(a.mlp_u, a.ln2, P + o.du, Tn, H, ID, Accumulate::Overwrite, S.ws);
+    ops_.linear_forward(a.mlp_g, a.ln2, PB + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
+    ops_.linear_forward(a.mlp_u, a.ln2, PB + o.du, Tn, H, ID, Accumulate::Overwrite, S.ws);
     ops_.swiglu_forward(a.mlp_a, a.mlp_g, a.mlp_u, Tn * ID);
-    if (out) ops_.linear_forward(out, a.mlp_a, P + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
+    if (out) ops_.linear_forward(out, a.mlp_a, PB + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
   }
 }
 
 // One decoder layer from its input acts[l].x: h = x + o_proj(attn(...)); x_next = h + MLP(norm2(h)).
 // x_next null: stop after the MLP activations (the recomputation of Recompute::Full).
 template <typename T>
-void Model<T>::layer_forward(const T* P, const A* PA, int l, Mode mode, MicroStats* st) {
+void Model<T>::layer_forward(const T* P, const A* PA, const T* PB, int l, Mode mode, MicroStats* st) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   auto& a = S.acts[l];
@@ -339,11 +439,12 @@ void Model<T>::layer_forward(const T* P, const A* PA, int l, Mode mode, MicroSta
   const double eps = m_.rms_norm_eps;
   T* x_next = st == nullptr ? nullptr : l + 1 < m_.num_layers ? S.acts[l + 1].x : S.xf;
   ops_.rmsnorm_forward(a.ln1, a.rstd1, a.x, gain(PA, o.in_norm), Tn, H, eps);
-  attention_core(P, PA, l);
-  ops_.linear_forward(a.h, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
+  attention_core(P, PA, PB, l);
+  ops_.linear_forward(a.h, a.att, PB + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
+  lora_forward(a.h, a.att, P, l, 3, NH * D, H);
   ops_.add(a.h, a.h, a.x, Tn * H);
   ops_.rmsnorm_forward(a.ln2, a.rstd2, a.h, gain(PA, o.post_norm), Tn, H, eps);
-  mlp_forward(P, PA, l, x_next ? S.mlp_out : nullptr, mode, st);
+  mlp_forward(P, PA, PB, l, x_next ? S.mlp_out : nullptr, mode, st);
   if (x_next) ops_.add(x_next, a.h, S.mlp_out, Tn * H);
 }
 
@@ -352,14 +453,14 @@ void Model<T>::layer_forward(const T* P, const A* PA, int l, Mode mode, MicroSta
 // all-to-alls; every rank recomputes the same layers in the same order, so the collectives match.
 // contract: C6.recompute
 template <typename T>
-void Model<T>::recompute_layer(const T* P, const A* PA, int l) {
+void Model<T>::recompute_layer(const T* P, const A* PA, const T* PB, int l) {
   switch (opt_.recompute) {
     case Recompute::None: return;
     case Recompute::Selective:
-      mlp_forward(P, PA, l, nullptr, mode_, nullptr);
-      attention_core(P, PA, l);
+      mlp_forward(P, PA, PB, l, nullptr, mode_, nullptr);
+      attention_core(P, PA, PB, l);
       return;
-    case Recompute::Full: layer_forward(P, PA, l, mode_, nullptr); return;
+    case Recompute::Full: layer_forward(P, PA, PB, l, mode_, nullptr); return;
   }
 }
 
@@ -382,7 +483,7 @@ const MicroStats& Model<T>::forward(ParamAccess<T>& access, const int32_t* input
   st.tokens = Tn;
   for (int l = 0; l < m_.num_layers; ++l) {
     const T* P = access.params(l + 1, Dir::Forward);
-    layer_forward(P, access.params_acc(l + 1), l, mode, &st);
+    layer_forward(P, access.params_acc(l + 1), S.peft ? access.base(l + 1) : P, l, mode, &st);
     access.release(l + 1);
   }
   const T* PF = access.params(final_unit, Dir::Forward);
@@ -471,8 +572,8 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     A* GF = access.grads(final_unit);
     const T* PH = tied ? access.params(0, Dir::Backward) : PF;
     A* GH = tied ? access.grads(0) : GF;  // tied: unit 0's gradients stay open until the embedding
-    ops_.linear_backward(S.dln, GH + S.lm_head, logits_, S.lnf, PH + S.lm_head, Tn, H, V, Accumulate::Overwrite,
-                         S.ws);
+    ops_.linear_backward(S.dln, S.head_trainable ? GH + S.lm_head : nullptr, logits_, S.lnf, PH + S.lm_head, Tn, H, V,
+                         Accumulate::Overwrite, S.ws);
     ops_.rmsnorm_backward(S.dres, GF + S.final_norm, S.dln, S.xf, gain(access.params_acc(final_unit), S.final_norm),
                           S.rstdf, Tn, H, S.ws);
     access.grads_done(final_unit);
@@ -485,23 +586,27 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     auto& a = S.acts[l];
     const T* P = access.params(l + 1, Dir::Backward);
     const A* PA = access.params_acc(l + 1);
+    const T* PB = S.peft ? access.base(l + 1) : P;
     A* G = access.grads(l + 1);
-    recompute_layer(P, PA, l);
+    // Weight gradients of the base linears (null: frozen under LoRA/QLoRA, the weight-gradient GEMMs are skipped).
+    auto gb = [&](i64 off) { return S.peft ? nullptr : G + off; };
+    recompute_layer(P, PA, PB, l);
     // MLP block: dres is d(out); d(h) = dres + norm2ᵀ(MLPᵀ(dres)).
     if (o.moe_index >= 0) {
       moe_layer(o.moe_index)
-          .backward(S.dln, S.dres, PA + o.router, expert_weights(S.ew[l], P, o), G + o.router,
-                    expert_grads(S.eg[l], G, o), S.aux_dp[o.moe_index].data(), z_scale);
+          .backward(S.dln, S.dres, PA + o.router, expert_weights(S.ew[l], PB, P, o), G + o.router,
+                    expert_grads(S.eg[l], G, o, S.peft), S.aux_dp[o.moe_index].data(), z_scale);
     } else {
-      ops_.linear_backward(S.da, G + o.dd, S.dres, a.mlp_a, P + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
+      ops_.linear_backward(S.da, gb(o.dd), S.dres, a.mlp_a, PB + o.dd, Tn, ID, H, Accumulate::Overwrite, S.ws);
       ops_.swiglu_backward(S.dg, S.du, S.da, a.mlp_g, a.mlp_u, Tn * ID);
-      ops_.linear_backward(S.dln, G + o.dg, S.dg, a.ln2, P + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
-      ops_.linear_backward(S.dln, G + o.du, S.du, a.ln2, P + o.du, Tn, H, ID, Accumulate::Add, S.ws);
+      ops_.linear_backward(S.dln, gb(o.dg), S.dg, a.ln2, PB + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
+      ops_.linear_backward(S.dln, gb(o.du), S.du, a.ln2, PB + o.du, Tn, H, ID, Accumulate::Add, S.ws);
     }
     ops_.rmsnorm_backward(S.dtmp, G + o.post_norm, S.dln, a.h, gain(PA, o.post_norm), a.rstd2, Tn, H, S.ws);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     // Attention block: dres is now d(h).
-    ops_.linear_backward(S.datt, G + o.o, S.dres, a.att, P + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
+    ops_.linear_backward(S.datt, gb(o.o), S.dres, a.att, PB + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
+    lora_backward(S.datt, G, S.dres, a.att, P, l, 3, NH * D, H);
     ops_.attention_backward(S.dq, S.dk, S.dv, S.datt, a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D,
                             m_.sliding_window, S.ws);
     ops_.rope_apply(S.dq, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Inverse);
@@ -513,16 +618,21 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
       ops_.rmsnorm_backward(S.datt, G + o.k_norm, S.dk, a.k, gain(PA, o.k_norm), a.rstdk, Tn * NKV, D, S.ws);
       ops_.copy(S.dk, S.datt, Tn * NKV * D);
     }
-    ops_.linear_backward(S.dln, G + o.q, S.dq, a.ln1, P + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
-    ops_.linear_backward(S.dln, G + o.k, S.dk, a.ln1, P + o.k, Tn, H, NKV * D, Accumulate::Add, S.ws);
-    ops_.linear_backward(S.dln, G + o.v, S.dv, a.ln1, P + o.v, Tn, H, NKV * D, Accumulate::Add, S.ws);
+    ops_.linear_backward(S.dln, gb(o.q), S.dq, a.ln1, PB + o.q, Tn, H, NH * D, Accumulate::Overwrite, S.ws);
+    lora_backward(S.dln, G, S.dq, a.ln1, P, l, 0, H, NH * D);
+    ops_.linear_backward(S.dln, gb(o.k), S.dk, a.ln1, PB + o.k, Tn, H, NKV * D, Accumulate::Add, S.ws);
+    lora_backward(S.dln, G, S.dk, a.ln1, P, l, 1, H, NKV * D);
+    ops_.linear_backward(S.dln, gb(o.v), S.dv, a.ln1, PB + o.v, Tn, H, NKV * D, Accumulate::Add, S.ws);
+    lora_backward(S.dln, G, S.dv, a.ln1, P, l, 2, H, NKV * D);
     ops_.rmsnorm_backward(S.dtmp, G + o.in_norm, S.dln, a.x, gain(PA, o.in_norm), a.rstd1, Tn, H, S.ws);
     ops_.add(S.dres, S.dres, S.dtmp, Tn * H);
     access.grads_done(l + 1);
     access.release(l + 1);
   }
   // Embedding: scatter-add in token order (deterministic). The pad_token_id row gets none (HF padding_idx).
-  ops_.embedding_backward(access.grads(0) + S.embed, S.dres, inputs, Tn, H, m_.pad_token_id);
+  // A frozen embedding (LoRA/QLoRA) gets no scatter-add; its unit is still opened and closed in order.
+  A* GE = access.grads(0);
+  if (S.embed_trainable) ops_.embedding_backward(GE + S.embed, S.dres, inputs, Tn, H, m_.pad_token_id);
   access.grads_done(0);
 }
 

@@ -9,6 +9,7 @@
 #include "model/param_access.h"
 #include "model/param_table.h"
 #include "moe/moe_layer.h"
+#include "peft/lora.h"
 
 namespace moe {
 
@@ -50,6 +51,10 @@ struct ModelOptions {
   //              set of buffers shared by all layers.
   //   Full       only each layer's input x is kept; backward reruns the whole layer forward first.
   Recompute recompute = Recompute::None;
+  // LoRA/QLoRA (lora.active()): the table is build_param_table(m, lora, …) (adapters, no base linears), the base
+  // linears come from ParamAccess::base() in build_base_table layout and get no gradient; attention and expert
+  // adapters run split (x·Aᵀ then ·Bᵀ, ΔW never formed).
+  LoraSpec lora{};
 };
 
 // The decoder over a backend: every op (GEMMs, norms, RoPE, attention, embedding, residual adds, copies) is a call
@@ -66,6 +71,8 @@ class Model {
   ~Model();
 
   const ParamTable& table() const { return table_; }
+  // LoRA/QLoRA runs: the frozen base linears ParamAccess::base() hands out (empty table for full fine-tuning).
+  const ParamTable& base_table() const { return base_table_; }
   const ModelConfig& config() const { return m_; }
   int num_moe_layers() const { return num_moe_; }
   i64 activation_bytes() const { return arena_.bytes(); }
@@ -103,10 +110,14 @@ class Model {
         i64 L, const ModelOptions& opt);
   MoeLayer<T>& moe_layer(int moe_index) { return *moe_layers_[moe_layers_.size() == 1 ? 0 : moe_index]; }
   // P: the unit's T weights; PA: its acc_t<T> values (router weight and norm gains, DESIGN §8).
-  void layer_forward(const T* P, const A* PA, int l, Mode mode, MicroStats* st);
-  void attention_core(const T* P, const A* PA, int l);
-  void mlp_forward(const T* P, const A* PA, int l, T* out, Mode mode, MicroStats* st);
-  void recompute_layer(const T* P, const A* PA, int l);
+  // PB: the unit's base linears (ParamAccess::base under LoRA/QLoRA; = P for full fine-tuning).
+  void layer_forward(const T* P, const A* PA, const T* PB, int l, Mode mode, MicroStats* st);
+  void attention_core(const T* P, const A* PA, const T* PB, int l);
+  void mlp_forward(const T* P, const A* PA, const T* PB, int l, T* out, Mode mode, MicroStats* st);
+  void recompute_layer(const T* P, const A* PA, const T* PB, int l);
+  // Attention adapter i (0 q, 1 k, 2 v, 3 o) of layer l; no-ops without one.
+  void lora_forward(T* y, const T* x, const T* P, int l, int i, i64 in, i64 out);
+  void lora_backward(T* dx, A* G, const T* dy, const T* x, const T* P, int l, int i, i64 in, i64 out);
 
   std::unique_ptr<Backend<T>> owned_backend_;  // set by the CPU convenience constructor
   Backend<T>& be_;
@@ -116,6 +127,7 @@ class Model {
   i64 B_, L_;
   ModelOptions opt_;
   ParamTable table_;
+  ParamTable base_table_;  // LoRA/QLoRA: the base linears (see ModelOptions::lora)
   Buffer<std::byte> arena_block_;  // the arena's memory on a device backend (host: the arena owns it)
   Arena arena_;
   int num_moe_ = 0;

@@ -1,6 +1,8 @@
 // Owns how the model reaches parameters and gradients unit by unit (flat buffers, or ZeRO-3 gathered shards).
 #pragma once
+#include <functional>
 #include <type_traits>
+#include <utility>
 
 #include "core/bf16.h"
 #include "core/error.h"
@@ -26,6 +28,35 @@ class ParamAccess {
   virtual void release(int unit) { (void)unit; }
   virtual G* grads(int unit) = 0;
   virtual void grads_done(int unit) { (void)unit; }
+  // LoRA/QLoRA runs: the unit's frozen base linears in base-table layout (model/param_table.h build_base_table;
+  // tensor = base + offset − unit.begin of that table), valid until release(unit). Full fine-tuning keeps them in
+  // params() and never calls this.
+  virtual const T* base(int unit) {
+    (void)unit;
+    MT_CHECK(false, "this parameter access holds no separate base weights");
+    return nullptr;
+  }
+};
+
+// A LoRA/QLoRA run's access: the state (adapters, router, norms, embeddings) from `inner` (ParamState), the frozen
+// base linears from `base_unit(u)` (peft/base_weights.h BaseWeights::unit: dense T or dequantized NF4).
+template <typename T>
+class PeftParamAccess final : public ParamAccess<T> {
+ public:
+  using G = acc_t<T>;
+  using Dir = typename ParamAccess<T>::Direction;
+  PeftParamAccess(ParamAccess<T>& inner, std::function<const T*(int)> base_unit)
+      : inner_(inner), base_unit_(std::move(base_unit)) {}
+  const T* params(int u, Dir d) override { return inner_.params(u, d); }
+  const G* params_acc(int u) override { return inner_.params_acc(u); }
+  void release(int u) override { inner_.release(u); }
+  G* grads(int u) override { return inner_.grads(u); }
+  void grads_done(int u) override { inner_.grads_done(u); }
+  const T* base(int u) override { return base_unit_(u); }
+
+ private:
+  ParamAccess<T>& inner_;
+  std::function<const T*(int)> base_unit_;
 };
 
 // Every unit resident in one flat buffer (ZeRO 0–2, tests).

@@ -2,6 +2,7 @@
 #include "model/param_table.h"
 
 #include "core/error.h"
+#include "peft/lora.h"
 
 namespace moe {
 
@@ -121,56 +122,126 @@ LayerNames layer_names(const ModelConfig& m, int l) {
   return n;
 }
 
-ParamTable build_param_table(const ModelConfig& m, ExpertRange range, i64 dense_pad, i64 expert_pad) {
+namespace {
+// Which tensors a table holds: the full model (full fine-tuning, checkpoints of it, HF files), the state of a
+// LoRA/QLoRA run (everything but the base linears, plus the adapters), or those base linears alone.
+enum class TableKind { Full, PeftState, Base };
+
+ParamTable build_table(const ModelConfig& m, const LoraSpec& lora, TableKind kind, ExpertRange range, i64 dense_pad,
+                       i64 expert_pad) {
   ParamTable t;
   const i64 H = m.hidden_size, V = m.vocab_size, D = m.resolved_head_dim();
   const i64 NH = m.num_heads, NKV = m.num_kv_heads, E = m.num_experts, I = m.expert_width();
   const int first = range.count < 0 ? 0 : range.first;
   const int count = range.count < 0 ? int(E) : range.count;
+  const bool state = kind != TableKind::Base;   // embeddings, norms, router, lm_head
+  const bool base = kind != TableKind::PeftState;  // the linears LoRA adapts (frozen under PEFT)
+  const bool peft = kind == TableKind::PeftState;
   auto close_dense = [&] { t.pad_to(dense_pad); };
+  // The adapter pair of a linear [out, in] (PEFT state only), frozen-base entries in PEFT runs stay out.
+  auto adapter = [&](const std::string& base_name, i64 out, i64 in, int r, bool expert) {
+    t.add(lora_name(base_name, LoraPart::A), {r, in}, false, expert);
+    t.add(lora_name(base_name, LoraPart::B), {out, r}, false, expert);
+  };
+  auto frozen = [&](const std::string& name) {
+    if (peft) t.set_trainable(name, false);
+  };
   t.begin_unit();
-  t.add("model.embed_tokens.weight", {V, H});
+  if (state) {
+    t.add("model.embed_tokens.weight", {V, H});
+    frozen("model.embed_tokens.weight");
+  }
   close_dense();
   t.end_unit();
   for (int l = 0; l < m.num_layers; ++l) {
     LayerNames n = layer_names(m, l);
     t.begin_unit();
-    t.add(n.input_norm, {H}, true);
-    t.add(n.q, {NH * D, H});
-    t.add(n.k, {NKV * D, H});
-    t.add(n.v, {NKV * D, H});
-    t.add(n.o, {H, NH * D});
-    if (!n.q_norm.empty()) {
-      t.add(n.q_norm, {D}, true);
-      t.add(n.k_norm, {D}, true);
+    if (state) {
+      t.add(n.input_norm, {H}, true);
+      frozen(n.input_norm);
     }
-    t.add(n.post_norm, {H}, true);
+    if (base) {
+      t.add(n.q, {NH * D, H});
+      t.add(n.k, {NKV * D, H});
+      t.add(n.v, {NKV * D, H});
+      t.add(n.o, {H, NH * D});
+    }
+    if (peft) {
+      if (lora.targets(LoraProj::Q)) adapter(n.q, NH * D, H, lora.r, false);
+      if (lora.targets(LoraProj::K)) adapter(n.k, NKV * D, H, lora.r, false);
+      if (lora.targets(LoraProj::V)) adapter(n.v, NKV * D, H, lora.r, false);
+      if (lora.targets(LoraProj::O)) adapter(n.o, H, NH * D, lora.r, false);
+    }
+    if (state) {
+      if (!n.q_norm.empty()) {
+        t.add(n.q_norm, {D}, true);
+        t.add(n.k_norm, {D}, true);
+        frozen(n.q_norm);
+        frozen(n.k_norm);
+      }
+      t.add(n.post_norm, {H}, true);
+      frozen(n.post_norm);
+    }
     if (!n.router.empty()) {
-      t.add(n.router, {E, H});
+      if (state) {
+        t.add(n.router, {E, H});
+        if (!lora.train_router) frozen(n.router);
+      }
       close_dense();
       t.mark_expert_begin();
-      // [w1_e; w3_e] adjacent per expert, all of them contiguous, then every w2 (see the header).
-      for (int e = first; e < first + count; ++e) {
-        t.add(n.w1[e], {I, H}, false, true);
-        t.add(n.w3[e], {I, H}, false, true);
+      if (base) {
+        // [w1_e; w3_e] adjacent per expert, all of them contiguous, then every w2 (see the header).
+        for (int e = first; e < first + count; ++e) {
+          t.add(n.w1[e], {I, H}, false, true);
+          t.add(n.w3[e], {I, H}, false, true);
+        }
+        for (int e = first; e < first + count; ++e) t.add(n.w2[e], {H, I}, false, true);
       }
-      for (int e = first; e < first + count; ++e) t.add(n.w2[e], {H, I}, false, true);
+      if (peft) {
+        for (int e = first; e < first + count; ++e) {
+          if (lora.gate_up_blocks() > 0)
+            adapter(expert_gate_up_name(m, l, e), lora.gate_up_blocks() * I, H, lora.r_gate_up, true);
+          if (lora.targets(LoraProj::Down)) adapter(expert_down_name(m, l, e), H, I, lora.r, true);
+        }
+      }
       t.pad_to(expert_pad);
     } else {
-      const i64 ID = m.intermediate_size;
-      t.add(n.dense_gate, {ID, H});
-      t.add(n.dense_up, {ID, H});
-      t.add(n.dense_down, {H, ID});
+      if (base) {
+        const i64 ID = m.intermediate_size;
+        t.add(n.dense_gate, {ID, H});
+        t.add(n.dense_up, {ID, H});
+        t.add(n.dense_down, {H, ID});
+      }
       close_dense();
     }
     t.end_unit();
   }
   t.begin_unit();
-  t.add("model.norm.weight", {H}, true);
-  if (!m.tie_word_embeddings) t.add("lm_head.weight", {V, H});
+  if (state) {
+    t.add("model.norm.weight", {H}, true);
+    frozen("model.norm.weight");
+    if (!m.tie_word_embeddings) {
+      t.add("lm_head.weight", {V, H});
+      frozen("lm_head.weight");
+    }
+  }
   close_dense();
   t.end_unit();
   return t;
+}
+}  // namespace
+
+ParamTable build_param_table(const ModelConfig& m, ExpertRange range, i64 dense_pad, i64 expert_pad) {
+  return build_table(m, LoraSpec{}, TableKind::Full, range, dense_pad, expert_pad);
+}
+
+ParamTable build_param_table(const ModelConfig& m, const LoraSpec& lora, ExpertRange range, i64 dense_pad,
+                             i64 expert_pad) {
+  return build_table(m, lora, lora.active() ? TableKind::PeftState : TableKind::Full, range, dense_pad, expert_pad);
+}
+
+ParamTable build_base_table(const ModelConfig& m, ExpertRange range) {
+  return build_table(m, LoraSpec{}, TableKind::Base, range, 1, 1);
 }
 
 }  // namespace moe

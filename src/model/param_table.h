@@ -12,6 +12,8 @@
 
 namespace moe {
 
+struct LoraSpec;  // peft/lora.h
+
 // How an entry's elements are stored. Dense: numel elements of `dtype`, row-major. Nf4Blocks (reserved for
 // QLoRA bases: 4-bit codes + per-block absmax) is refused until a storage for it exists.
 enum class StorageKind : uint8_t { Dense, Nf4Blocks };
@@ -98,5 +100,16 @@ LayerNames layer_names(const ModelConfig& m, int layer);
 // Segments are padded to multiples of dense_pad / expert_pad (the sizes of the groups that shard them).
 // The defaults give the full logical model (what checkpoints and HF files hold), unpadded.
 ParamTable build_param_table(const ModelConfig& m, ExpertRange experts = {}, i64 dense_pad = 1, i64 expert_pad = 1);
+
+// A LoRA/QLoRA run's state table (lora.active(); otherwise the table above): the same units without the base
+// linears (q/k/v/o, every expert's w1/w3/w2, dense-MLP layers), plus the adapters of peft/lora.h, trainable:
+// attention adapters after the layer's attention weights, expert adapters per local expert in the expert segment
+// ([gate_up A, B][down A, B] per expert). Embeddings, norms and lm_head are frozen; the router is frozen unless
+// lora.train_router.
+ParamTable build_param_table(const ModelConfig& m, const LoraSpec& lora, ExpertRange experts = {}, i64 dense_pad = 1,
+                             i64 expert_pad = 1);
+// The base linears a LoRA/QLoRA run keeps frozen, per unit in the full table's order (units 0 and L+1 empty),
+// unpadded: what BaseWeights stores and ParamAccess::base() hands the model.
+ParamTable build_base_table(const ModelConfig& m, ExpertRange experts = {});
 
 }  // namespace moe

@@ -11,10 +11,15 @@ namespace moe {
 template <typename T>
 struct ExpertWeights {
   std::vector<const T*> w1, w3, w2;  // per local expert: w1/w3 [I,H], w2 [H,I]
+  // LoRA adapters per local expert (moe/lora_experts.h; empty vectors = none): gate_up A [r_gu,H], B [n·I,r_gu];
+  // down A [r,I], B [H,r].
+  std::vector<const T*> gu_a, gu_b, dn_a, dn_b;
 };
 template <typename T>
 struct ExpertGrads {
-  std::vector<acc_t<T>*> w1, w3, w2;  // weight gradients in acc_t<T> (fp32 for bf16)
+  // Weight gradients in acc_t<T> (fp32 for bf16). Null entries: frozen base weights (LoRA/QLoRA), no gradient.
+  std::vector<acc_t<T>*> w1, w3, w2;
+  std::vector<acc_t<T>*> gu_a, gu_b, dn_a, dn_b;  // LoRA adapters (as ExpertWeights)
 };
 
 // Dispatch (local part): xg [P,H] = rows of x [T,H] in plan order (grouped by expert, token order within).

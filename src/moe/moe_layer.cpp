@@ -4,16 +4,24 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/error.h"
+
 namespace moe {
 
 template <typename T>
 MoeLayer<T>::MoeLayer(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm,
-                      const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& a)
+                      const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& a, DenseOps<T>* dense,
+                      const ExpertLoraShape* lora)
     : ops_(ops), Tn_(Tn), H_(H), E_(E), K_(K), I_(I), cfg_(cfg), norm_(norm), s_(scratch), plan_(Tn, E, K, a) {
   const i64 R = max_expert_rows(Tn, K, E, cfg, shard);
   if (!a.plan_only()) ops.reserve_workspace(Tn, H, I, R);
   dispatcher_ = std::make_unique<AllToAllDispatcher<T>>(ops, Tn, H, E, K, cfg, shard, scratch, a);
-  experts_ = std::make_unique<GroupedMlpExperts<T>>(ops, H, I, R, a);
+  if (lora) {
+    MT_CHECK(dense != nullptr, "LoRA experts need the dense op table");
+    experts_ = std::make_unique<LoraMlpExperts<T>>(*dense, H, I, R, *lora, a);
+  } else {
+    experts_ = std::make_unique<GroupedMlpExperts<T>>(ops, H, I, R, a);
+  }
   stats_.routed.assign(E, 0);
   stats_.prob_sum.assign(E, 0.0);
   host_stats_.assign(size_t(plan_.layout().words()), 0);

@@ -10,6 +10,7 @@
 #include "comm/communicator.h"
 #include "moe/dispatcher.h"
 #include "moe/experts.h"
+#include "moe/lora_experts.h"
 #include "moe/plan.h"
 #include "moe/router.h"
 
@@ -39,8 +40,11 @@ class MoeLayer {
   using A = acc_t<T>;
   // Every op goes through `ops`; `scratch` (shared by the model's MoE layers) is reserved by the caller with
   // MoeScratch::reserve for the same config and shard, and must outlive the layer.
+  // lora (LoRA/QLoRA runs): the experts are LoraMlpExperts over `dense` (frozen base + split-LoRA adapters);
+  // null: the grouped SwiGLU experts of the MoE op table.
   MoeLayer(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg, TopkNorm norm,
-           const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& arena);
+           const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& arena, DenseOps<T>* dense = nullptr,
+           const ExpertLoraShape* lora = nullptr);
 
   // out [T,H] = MoE(x [T,H]); x must stay valid until backward. bias [E] (selection only) may be null.
   // w holds the local experts. Collective over the EP group.

@@ -418,6 +418,18 @@ void ParamState::flat_grads_to_host(float* dst, i64 begin, i64 n) const {
   mem_->to_host(dst, grads_.data() + begin, n * i64(sizeof(float)));
 }
 
+void ParamState::entry_grads_to_host(const ParamInfo& e, float* dst) const {
+  MT_CHECK(mode_ != GradMode::SlotReduceScatter, "entry_grads_to_host: ZeRO stages 2-3 hold gradient shards only");
+  MT_CHECK(e.trainable, "entry_grads_to_host: ", e.name, " is frozen (no gradient)");
+  const i64 bytes = e.numel * i64(sizeof(float));
+  if (mode_ == GradMode::Flat) return mem_->to_host(dst, grads_.data() + e.offset, bytes);
+  for (const Segment& s : lay_.segs) {
+    if (s.unit != e.unit || s.expert != e.expert) continue;
+    return mem_->to_host(dst, gacc_.data() + s.gsum_off + s.live(s.begin, e.offset), bytes);
+  }
+  MT_CHECK(false, "entry_grads_to_host: no segment holds ", e.name);
+}
+
 std::vector<float> ParamState::flat_grads() const {
   std::vector<float> out(size_t(lay_.full));
   flat_grads_to_host(out.data(), 0, lay_.full);

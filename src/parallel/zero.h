@@ -90,6 +90,9 @@ class ParamState {
   // Host copies: gradients [begin, begin + n) of that buffer into dst[n], or all of it.
   void flat_grads_to_host(float* dst, i64 begin, i64 n) const;
   std::vector<float> flat_grads() const;
+  // Host copy of the reduced gradient of one trainable entry of the table (stages 0–1, after reduce_grads):
+  // dst[e.numel]. Works with frozen entries present (where flat_grads does not).
+  void entry_grads_to_host(const ParamInfo& e, float* dst) const;
   // Host copy of the bf16 copy in table layout (stages 0–2; empty under 3, where units are rounded after their
   // gather); Precision::Bf16 only.
   std::vector<bf16> compute_copy() const;

@@ -99,7 +99,7 @@ std::string Trainer::save_checkpoint() {
   meta.seed = cfg_.train.seed;
   meta.select_bias = select_bias_;
   std::vector<TensorDecl> decl;
-  const ParamTable full = build_param_table(cfg_.model);
+  const ParamTable full = build_param_table(cfg_.model, lora_);
   for (const ParamInfo& p : full.entries()) decl.push_back({p.name, p.shape});
   std::vector<TensorPiece> pieces[3];
   state_->checkpoint_pieces(ParamState::PieceUse::Write, pieces[0], pieces[1], pieces[2]);
@@ -255,7 +255,7 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   MT_INPUT_CHECK(meta.step <= cfg_.train.steps, "--resume ", path, ": checkpoint is at step ", meta.step,
                  " beyond train.steps = ", cfg_.train.steps);
   std::vector<TensorDecl> decl;
-  const ParamTable full = build_param_table(cfg_.model);
+  const ParamTable full = build_param_table(cfg_.model, lora_);
   for (const ParamInfo& p : full.entries()) decl.push_back({p.name, p.shape});
   std::vector<TensorPiece> pm, pa, pv;
   state_->checkpoint_pieces(ParamState::PieceUse::Read, pm, pa, pv);

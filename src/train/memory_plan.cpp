@@ -9,20 +9,24 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "parallel/zero.h"
+#include "peft/base_weights.h"
+#include "peft/lora.h"
 
 namespace moe {
 
 // What a plan-only model of storage type T says: its padded table (copied out), MoE layer count, activation bytes.
 struct PlannedModel {
   ParamTable table;
+  ParamTable base;  // LoRA/QLoRA: the frozen base linears
   int num_moe = 0;
   i64 activation_bytes = 0;
 };
 template <typename T>
 static PlannedModel planned_model(const Config& cfg, const ExpertShardSpec& shard, i64 dpad, i64 xpad) {
   Model<T> model(cfg.model, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len,
-                 ModelOptions{AllocPolicy::PlanOnly, shard, dpad, xpad, cfg.train.recompute});
-  return PlannedModel{model.table(), model.num_moe_layers(), model.activation_bytes()};
+                 ModelOptions{AllocPolicy::PlanOnly, shard, dpad, xpad, cfg.train.recompute,
+                              resolve_lora_spec(cfg.peft, cfg.model)});
+  return PlannedModel{model.table(), model.base_table(), model.num_moe_layers(), model.activation_bytes()};
 }
 
 MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
@@ -58,12 +62,24 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   p.copy_bytes = sb.compute_copy;
   p.grad_slot_bytes = sb.grad_slots;
   p.working_bytes = sb.working;
+  p.trainable_params = build_param_table(m, resolve_lora_spec(cfg.peft, m)).trainable_numel();
+  if (cfg.peft.method != PeftMethod::Full) {
+    const BaseStorage kind = cfg.peft.method == PeftMethod::Qlora ? BaseStorage::Nf4 : BaseStorage::Dense;
+    const Nf4DoubleQuant dq = cfg.peft.double_quant ? Nf4DoubleQuant::on : Nf4DoubleQuant::off;
+    const DType dt = p.precision == Precision::Bf16 ? DType::BF16 : DType::F32;
+    const i64 all = BaseWeights<float>::plan_bytes(model.base, kind, dq, dt);  // stored base + NF4 slot
+    i64 max_unit = 0;
+    for (const ParamUnit& u : model.base.units()) max_unit = std::max(max_unit, u.size());
+    p.base_slot_bytes = kind == BaseStorage::Nf4 ? dtype_bytes(dt, max_unit) : 0;
+    p.base_bytes = all - p.base_slot_bytes;
+  }
   p.activation_bytes = model.activation_bytes;
   p.data_bytes = 4 * data_tokens;
   // Trainer::init_params stages one unit at a time in one fp32 buffer of the largest unit; upcycling also
   // converts one dense tensor at a time (the same shape as the entries it fills).
   i64 max_unit = 0, max_entry = 0;
   for (const ParamUnit& u : t.units()) max_unit = std::max(max_unit, u.size());
+  for (const ParamUnit& u : model.base.units()) max_unit = std::max(max_unit, u.size());  // LoRA/QLoRA base units
   for (const ParamInfo& e : t.entries()) max_entry = std::max(max_entry, e.numel);
   p.staging_bytes = 4 * (max_unit + (cfg.upcycle.from.empty() ? 0 : max_entry));
   return p;
@@ -124,6 +140,13 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
           "working slot)\n";
   else if (bf)
     os << "  bf16 weight copy " << human_bytes(p.copy_bytes) << "  (the model's weights, refreshed after each update)\n";
+  if (cfg.peft.method != PeftMethod::Full) {
+    const bool q = cfg.peft.method == PeftMethod::Qlora;
+    os << "  frozen base      " << human_bytes(p.base_bytes) << "  ("
+       << (q ? (cfg.peft.double_quant ? "NF4 + double quant" : "NF4") : (bf ? "bf16" : "fp32"))
+       << " base linears, replicated over data parallel; " << human_count(p.trainable_params) << " trainable params)\n";
+    if (q) os << "  dequant slot     " << human_bytes(p.base_slot_bytes) << "  (one base unit at a time)\n";
+  }
   os << "  state subtotal   " << human_bytes(p.state()) << "  (" << double(p.state()) / (double(logical_state) / p.world)
      << " x whole-model state / world)\n";
   if (p.working_bytes) {

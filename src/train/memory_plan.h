@@ -20,8 +20,12 @@ struct MemoryPlan {
   i64 activation_bytes = 0;  // per rank
   i64 data_bytes = 0;        // per rank: the token stream as int32 (every rank holds the whole file)
   i64 staging_bytes = 0;     // per rank, start-up only: the fp32 unit buffer init / HF load / upcycling stage each unit in
-  i64 state() const { return weight_bytes + grad_bytes + optim_bytes + copy_bytes; }
-  i64 total() const { return state() + working_bytes + activation_bytes + data_bytes + staging_bytes; }
+  // LoRA/QLoRA: the frozen base linears (BaseWeights: T copies or NF4 blocks, replicated over data parallel) and
+  // the dequantization slot (QLoRA), and the trainable parameter count (adapters + router when trained).
+  i64 base_bytes = 0, base_slot_bytes = 0;
+  i64 trainable_params = 0;
+  i64 state() const { return weight_bytes + grad_bytes + optim_bytes + copy_bytes + base_bytes; }
+  i64 total() const { return state() + working_bytes + base_slot_bytes + activation_bytes + data_bytes + staging_bytes; }
 };
 
 // "950", "12.3K", "1.2M", "46.7B", "305B": counts as people read them (SI units, one decimal below 100).

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "data/token_data.h"
 #include "launch/launch_env.h"
+#include "peft/lora.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -34,8 +35,24 @@ std::vector<std::string> unsupported_options(const Config& c) {
     out.push_back("parallel.backend: nccl moves GPU memory and needs train.device: cuda; use auto or mpi");
   if (c.parallel.backend == CommBackend::Mpi && c.train.device == Device::Cuda)
     out.push_back("parallel.backend: mpi cannot move GPU memory (train.device: cuda trains over NCCL); use auto or nccl");
-  if (c.peft.method != PeftMethod::Full)
-    out.push_back("peft.method: LoRA/QLoRA is not implemented yet; use peft.method: full");
+  if (c.peft.method != PeftMethod::Full) {
+    try {
+      (void)resolve_lora_spec(c.peft, c.model);  // targets: unknown names, the router, dense-MLP layers
+    } catch (const Error& e) {
+      out.push_back(e.what());
+    }
+    if (c.peft.dropout > 0)
+      out.push_back("peft.dropout > 0 is not implemented yet (LoRA dropout on the adapter input); set peft.dropout: 0");
+    if (c.moe.expert_dropout > 0)
+      out.push_back("moe.expert_dropout > 0 with peft.method: lora/qlora is not implemented yet; set moe.expert_dropout: 0");
+    if (!c.model_adapter_from.empty())
+      out.push_back("model.adapter_from is not implemented yet (loading an existing PEFT adapter); remove it");
+  } else {
+    if (!c.model_adapter_from.empty())
+      out.push_back("model.adapter_from: an adapter needs peft.method: lora or qlora");
+  }
+  if (c.peft.double_quant && c.peft.method != PeftMethod::Qlora)
+    out.push_back("peft.double_quant: true quantizes QLoRA base weights and needs peft.method: qlora");
   if (c.data.format == DataFormat::Jsonl)
     out.push_back("data.format: jsonl is not implemented yet; use tokens (pre-tokenized uint32/uint16) or text (byte-level)");
   if (c.data.reset_attention)

@@ -21,9 +21,11 @@
 #include "optim/adamw.h"
 #include "train/checkpoint_files.h"
 #include "train/machine_memory.h"
+#include "train/memory_plan.h"
 #include "train/preflight.h"
 #include "train/router_health.h"
 #include "train/runtime.h"
+#include "train/stability.h"
 #include "train/stop_signal.h"
 
 namespace moe {
@@ -130,7 +132,8 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   // ZeRO ≥ 1 shards dense segments over the world and expert segments over the expert-DP group: pad for them.
   const int zero = cfg_.parallel.zero;
   const i64 dense_pad = zero >= 1 ? world_ : 1, expert_pad = zero >= 1 ? edp_comm_->size() : 1;
-  const ModelOptions mo{AllocPolicy::Allocate, shard, dense_pad, expert_pad, t.recompute};
+  lora_ = resolve_lora_spec(cfg_.peft, cfg_.model);
+  const ModelOptions mo{AllocPolicy::Allocate, shard, dense_pad, expert_pad, t.recompute, lora_};
   if (t.precision == Precision::Bf16)  // DESIGN §8: bf16 weight copy and activations, fp32 state in ParamState
     model16_ = std::make_unique<Model<bf16>>(*backend16_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
   else
@@ -138,6 +141,20 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
   OptimOps& optim = backend_ ? *backend_->optim : *backend16_->optim;
   state_ = std::make_unique<ParamState>(table(), zero, *dworld_, *dedp_, *dep_, t.precision, optim, mem());
+  if (lora_.active()) {
+    // The base linears: T copies (LoRA) or NF4 blocks (QLoRA), replicated over data parallel, this rank's experts.
+    const BaseStorage kind = lora_.method == PeftMethod::Qlora ? BaseStorage::Nf4 : BaseStorage::Dense;
+    const Nf4DoubleQuant dq = cfg_.peft.double_quant ? Nf4DoubleQuant::on : Nf4DoubleQuant::off;
+    if (model16_) {
+      base16_ = std::make_unique<BaseWeights<bf16>>(base_table(), kind, dq, mem(), backend16_->quant.get());
+      peft_access16_ = std::make_unique<PeftParamAccess<bf16>>(state_->access_bf16(),
+                                                               [this](int u) { return base16_->unit(u); });
+    } else {
+      base32_ = std::make_unique<BaseWeights<float>>(base_table(), kind, dq, mem(), backend_->quant.get());
+      peft_access32_ = std::make_unique<PeftParamAccess<float>>(state_->access(),
+                                                                [this](int u) { return base32_->unit(u); });
+    }
+  }
   select_bias_.assign(num_moe_layers(), std::vector<float>(cfg_.model.num_experts, 0.f));
   inputs_.resize(size_t(t.micro_batch) * t.seq_len);
   targets_.resize(inputs_.size());
@@ -165,20 +182,42 @@ std::vector<float> Trainer::params() {
 }
 
 // The micro-batch's tokens (inputs_/targets_, host) are uploaded by load_micro; the model reads the copies.
+ParamAccess<float>& Trainer::access32() { return peft_access32_ ? *peft_access32_ : state_->access(); }
+ParamAccess<bf16>& Trainer::access16() { return peft_access16_ ? *peft_access16_ : state_->access_bf16(); }
+
+i64 Trainer::base_weight_bytes() const {
+  return base32_ ? base32_->stored_bytes() : base16_ ? base16_->stored_bytes() : 0;
+}
+
+std::vector<float> Trainer::base_unit_to_host(int unit) {
+  MT_CHECK(lora_.active(), "base_unit_to_host: full fine-tuning keeps no separate base");
+  const i64 n = base_table().units().at(size_t(unit)).size();
+  std::vector<float> out(static_cast<size_t>(n));
+  if (n == 0) return out;
+  if (base32_) {
+    mem().to_host(out.data(), base32_->unit(unit), n * i64(sizeof(float)));
+  } else {
+    std::vector<bf16> h(static_cast<size_t>(n));
+    mem().to_host(h.data(), base16_->unit(unit), n * i64(sizeof(bf16)));
+    for (i64 i = 0; i < n; ++i) out[size_t(i)] = float(h[size_t(i)]);
+  }
+  return out;
+}
+
 const MicroStats& Trainer::forward_micro(const RngCtx& rng) {
   const int32_t* in = inputs_dev_.data();
   const int32_t* tg = targets_dev_.data();
-  if (model16_) return model16_->forward(state_->access_bf16(), in, tg, select_bias_, rng, Mode::Train);
-  return model_->forward(state_->access(), in, tg, select_bias_, rng, Mode::Train);
+  if (model16_) return model16_->forward(access16(), in, tg, select_bias_, rng, Mode::Train);
+  return model_->forward(access32(), in, tg, select_bias_, rng, Mode::Train);
 }
 
 void Trainer::backward_micro(const LossScales& sc, const GlobalRouting* global) {
   const int32_t* in = inputs_dev_.data();
   const int32_t* tg = targets_dev_.data();
   if (model16_)
-    model16_->backward(state_->access_bf16(), in, tg, sc, cfg_.moe.aux_loss_form, global);
+    model16_->backward(access16(), in, tg, sc, cfg_.moe.aux_loss_form, global);
   else
-    model_->backward(state_->access(), in, tg, sc, cfg_.moe.aux_loss_form, global);
+    model_->backward(access32(), in, tg, sc, cfg_.moe.aux_loss_form, global);
 }
 
 void Trainer::copy_logits(float* dst, i64 n) const {
@@ -193,30 +232,29 @@ void Trainer::copy_logits(float* dst, i64 n) const {
 
 // Start-up staging one table unit at a time (memory: one fp32 unit buffer, see plan_memory's staging_bytes):
 // each unit is filled, handed to ParamState (which keeps its shard), and the buffer reused for the next.
+// LoRA/QLoRA: the state table's adapters get PEFT's init (peft/lora.h lora_init), then the base table is filled
+// the same way from the same source and handed to BaseWeights (which stores it as T or quantizes it to NF4).
 void Trainer::init_params() {
-  const ParamTable& table = this->table();  // the model of either precision
-  i64 max_unit = 0;
-  for (const ParamUnit& u : table.units()) max_unit = std::max(max_unit, u.size());
-  std::vector<float> buf(size_t(max_unit), 0.f);
-  std::function<void(int, float*)> fill;
-  std::unique_ptr<HfWeightReader> hf;
-  std::unique_ptr<UpcycleReader> up;
-  if (!cfg_.model_init_from.empty()) {
-    hf = std::make_unique<HfWeightReader>(cfg_.model_init_from, cfg_.model, table);
-    fill = [&](int unit, float* dst) { hf->read_unit(unit, dst); };
-  } else if (!cfg_.upcycle.from.empty()) {
-    // Dense → MoE: expert copies of the dense MLP (+ noise), fresh routers, optional depth up-scaling.
-    up = std::make_unique<UpcycleReader>(cfg_.upcycle, cfg_.train.seed, cfg_.model, table);
-    fill = [&](int unit, float* dst) { up->read_unit(unit, dst); };
-  } else {
+  // Values of `table`'s unit from model.init_from, upcycle.from, or the seeded init; adapters are left to the caller.
+  auto filler = [&](const ParamTable& table, std::unique_ptr<HfWeightReader>& hf,
+                    std::unique_ptr<UpcycleReader>& up) -> std::function<void(int, float*)> {
+    if (!cfg_.model_init_from.empty()) {
+      hf = std::make_unique<HfWeightReader>(cfg_.model_init_from, cfg_.model, table);
+      return [&hf](int unit, float* dst) { hf->read_unit(unit, dst); };
+    }
+    if (!cfg_.upcycle.from.empty()) {
+      // Dense → MoE: expert copies of the dense MLP (+ noise), fresh routers, optional depth up-scaling.
+      up = std::make_unique<UpcycleReader>(cfg_.upcycle, cfg_.train.seed, cfg_.model, table);
+      return [&up](int unit, float* dst) { up->read_unit(unit, dst); };
+    }
     // Seeded init: N(0, init_std) for matrices, ones for norms. The stream is a hash of the HF name and the
     // element index the tensor's own flat index, so every layout (rank count, ep, one unit at a time) draws
     // the same values for the same tensor.
-    fill = [&](int unit, float* dst) {
+    return [this, &table](int unit, float* dst) {
       const Philox ph(cfg_.train.seed, RngPurpose::Init);
       const i64 begin = table.units()[size_t(unit)].begin;
       for (const ParamInfo& p : table.entries()) {
-        if (p.unit != unit) continue;
+        if (p.unit != unit || is_lora_name(p.name)) continue;
         float* out = dst + (p.offset - begin);
         if (p.is_norm) {
           std::fill(out, out + p.numel, 1.f);
@@ -227,14 +265,28 @@ void Trainer::init_params() {
         for (i64 i = 0; i < p.numel; ++i) out[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), stream, 0));
       }
     };
-  }
-  for (const ParamUnit& u : table.units()) {
-    const int unit = int(&u - table.units().data());
-    std::fill(buf.begin(), buf.begin() + u.size(), 0.f);  // padding stays zero
-    fill(unit, buf.data());
-    state_->set_unit_params(unit, buf.data());
-  }
+  };
+  auto stage = [&](const ParamTable& table, const std::function<void(int, const float*)>& store) {
+    std::unique_ptr<HfWeightReader> hf;
+    std::unique_ptr<UpcycleReader> up;
+    const std::function<void(int, float*)> fill = filler(table, hf, up);
+    i64 max_unit = 0;
+    for (const ParamUnit& u : table.units()) max_unit = std::max(max_unit, u.size());
+    std::vector<float> buf(size_t(max_unit), 0.f);
+    for (const ParamUnit& u : table.units()) {
+      const int unit = int(&u - table.units().data());
+      std::fill(buf.begin(), buf.begin() + u.size(), 0.f);  // padding stays zero
+      fill(unit, buf.data());
+      for (const ParamInfo& p : table.entries())
+        if (p.unit == unit && is_lora_name(p.name))
+          lora_init(buf.data() + (p.offset - u.begin), p.name, p.shape, cfg_.train.seed);
+      store(unit, buf.data());
+    }
+  };
+  stage(table(), [&](int unit, const float* v) { state_->set_unit_params(unit, v); });
   state_->finish_set_params();
+  if (base32_) stage(base_table(), [&](int unit, const float* v) { base32_->set_unit(unit, v); });
+  if (base16_) stage(base_table(), [&](int unit, const float* v) { base16_->set_unit(unit, v); });
 }
 
 // contract: C5.order C4.objective
@@ -387,7 +439,7 @@ const StepResult& Trainer::step(int s) {
 }
 
 std::vector<float> Trainer::gather_full_params() {
-  const ParamTable full = build_param_table(cfg_.model);
+  const ParamTable full = build_param_table(cfg_.model, lora_);
   std::vector<float> out(size_t(full.total_numel()), 0.f);
   const ParamTable& local = table();
   const std::vector<float> mine = state_->local_params();
@@ -439,10 +491,26 @@ void Trainer::run() {
     write_file_atomic(dir, "config.yaml", config_to_yaml(cfg_));
     metrics_.open((dir / "metrics.jsonl").string(), start_step_);  // a resume keeps steps 1..start_step_ only
   }
-  if (rank_ == 0)
+  if (rank_ == 0) {
     spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",
                  build_param_table(cfg_.model).total_numel(), num_moe_layers(), world_, ep_, world_ / ep_,
                  i64(t.micro_batch) * t.grad_accum * world_, t.seq_len, t.steps, dir.string());
+    if (lora_.active()) {
+      const ParamTable state = build_param_table(cfg_.model, lora_);
+      spdlog::info("{}: r {}, alpha {}, scaling {:.4g}, {} trainable params ({:.3f}% of the model; router {}), base "
+                   "weights {} ({} on this rank)",
+                   lora_.method == PeftMethod::Qlora ? "QLoRA" : "LoRA", lora_.r, lora_.alpha, lora_.scaling(),
+                   state.trainable_numel(),
+                   100.0 * double(state.trainable_numel()) / double(build_param_table(cfg_.model).tensor_numel()),
+                   lora_.train_router ? "trained" : "frozen",
+                   lora_.method == PeftMethod::Qlora ? (cfg_.peft.double_quant ? "NF4 + double quant" : "NF4")
+                                                     : (t.precision == Precision::Bf16 ? "bf16" : "fp32"),
+                   human_bytes(base_weight_bytes()));
+    }
+  }
+  if (rank_ == 0 && cfg_.log.stability_warnings)
+    for (const std::string& w : recipe_advice(cfg_, lora_, world_)) spdlog::warn("{}", w);
+  RouterHealthWatch health_watch(lora_);
   if (cfg_.checkpoint.on_signal) install_stop_handlers();  // no-op when main() installed them at start
   keep_stop_handlers(cfg_.checkpoint.on_signal);
   const auto start = std::chrono::steady_clock::now();
@@ -472,6 +540,8 @@ void Trainer::run() {
                      double(r.tokens) / r.step_time_s, hms(eta));
       }
     }
+    if (rank_ == 0 && log_now && cfg_.log.stability_warnings && num_moe_layers() > 0)
+      for (const std::string& w : health_watch.observe(r.step, router_health(r.expert_load))) spdlog::warn("{}", w);
     // A stop signal on any rank: every rank finishes this step, checkpoints and leaves together.
     if (stop_requested()) {
       const std::string path = save_checkpoint();

@@ -11,6 +11,8 @@
 #include "data/token_data.h"
 #include "model/model.h"
 #include "parallel/zero.h"
+#include "peft/base_weights.h"
+#include "peft/lora.h"
 #include "train/loss_guard.h"
 #include "train/run_dir.h"
 #include "train/metrics_log.h"
@@ -77,13 +79,21 @@ class Trainer {
   const StepResult& step(int s);
 
   const ParamTable& table() const { return model_ ? model_->table() : model16_->table(); }
+  // LoRA/QLoRA: the frozen base linears (empty for full fine-tuning) and the adapter spec (method Full: none).
+  const ParamTable& base_table() const { return model_ ? model_->base_table() : model16_->base_table(); }
+  const LoraSpec& lora() const { return lora_; }
+  // Bytes of the stored base weights (0 for full fine-tuning): NF4 codes + scales under QLoRA.
+  i64 base_weight_bytes() const;
+  // Host copy of base-table unit `unit` as the model reads it (bf16 widened; QLoRA: dequantized), LoRA/QLoRA only.
+  std::vector<float> base_unit_to_host(int unit);
   const ModelConfig& model_config() const { return cfg_.model; }
   int rank() const { return rank_; }
   const Config& config() const { return cfg_; }
   // Host copies of the flat local parameters / gradients in table layout (parameters: ZeRO stages 0–2;
   // gradients: stages 0–1 with every entry trainable).
   std::vector<float> params();
-  // The full logical model (all experts) in build_param_table(model_config()) layout, on every rank.
+  // The full logical model (all experts) in build_param_table(model_config(), lora()) layout (LoRA/QLoRA: the state
+  // with every expert's adapters, no base linears), on every rank.
   // Collective over the world.
   std::vector<float> gather_full_params();
   std::vector<float> grads() const { return state_->flat_grads(); }
@@ -123,6 +133,14 @@ class Trainer {
   std::unique_ptr<Communicator> data_world_, data_ep_, data_edp_;
   std::unique_ptr<TokenData> data_;
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
+  // LoRA/QLoRA: the frozen base linears (dense T or NF4) and the access that joins them to the state.
+  LoraSpec lora_{};
+  std::unique_ptr<BaseWeights<float>> base32_;
+  std::unique_ptr<BaseWeights<bf16>> base16_;
+  std::unique_ptr<ParamAccess<float>> peft_access32_;
+  std::unique_ptr<ParamAccess<bf16>> peft_access16_;
+  ParamAccess<float>& access32();
+  ParamAccess<bf16>& access16();
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch (host)
   Buffer<int32_t> inputs_dev_, targets_dev_;                   // the same in the backend's memory

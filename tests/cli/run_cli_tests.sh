@@ -393,6 +393,41 @@ case "$CASE" in
       expect_bad_input "$key" "is not implemented yet"
     done
     ;;
+  lora_config_errors)
+    # LoRA/QLoRA recipes a run refuses before step 1 (real run and dry run alike): exit 2 naming the key.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    for args in "peft.method=lora peft.targets=[q_proj,gate]|never LoRA-wrapped" \
+                "peft.method=lora peft.targets=[q_proj,block_sparse_moe.gate]|peft.train_router" \
+                "peft.method=lora peft.targets=[wq]|'wq' matches no projection" \
+                "peft.method=qlora|peft.targets: empty" \
+                "peft.method=lora peft.targets=[w1] peft.dropout=0.1|peft.dropout" \
+                "peft.method=lora peft.targets=[w1] moe.expert_dropout=0.1|moe.expert_dropout" \
+                "model.adapter_from=$T|model.adapter_from" \
+                "peft.double_quant=true|peft.double_quant"; do
+      sets=()
+      for kv in ${args%%|*}; do sets+=(--set "$kv"); done
+      want=${args#*|}
+      run c.yaml "${sets[@]}"
+      expect_bad_input "$want"
+      [ -e run/metrics.jsonl ] && fail "$want: the run trained anyway"
+      run c.yaml --dry-run "${sets[@]}"
+      expect_bad_input "$want"
+    done
+    ;;
+  lora_ok)
+    # LoRA and QLoRA train end to end on the tiny model and say what they adapt.
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set peft.method=lora --set "peft.targets=[q_proj,v_proj,w1,w2,w3]" --set peft.r=2
+    expect_rc 0
+    expect_has "LoRA: r 2" "trainable params"
+    [ -s run/metrics.jsonl ] || fail "LoRA run wrote no metrics"
+    run c.yaml --set peft.method=qlora --set "peft.targets=[all-linear]" --set peft.double_quant=true \
+        --set run.overwrite=true
+    expect_rc 0
+    expect_has "QLoRA: r 8" "NF4 + double quant"
+    ;;
   world_without_dry_run)
     write_tokens tok.bin 64
     write_tiny_yaml c.yaml "$T/tok.bin"

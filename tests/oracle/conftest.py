@@ -25,6 +25,7 @@ VARIANTS = {
     "qwen3": ("qwen3_moe", {"norm_topk_prob": True}),
     "qwen3_nonorm": ("qwen3_moe", {"norm_topk_prob": False}),
     "mixtral_tied": ("mixtral", {"tie": True}),
+    "qwen3_allmoe": ("qwen3_moe", {"norm_topk_prob": True, "mlp_only_layers": ()}),  # every layer MoE (LoRA)
 }
 
 SEQ_LEN = 16

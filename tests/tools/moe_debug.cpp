@@ -30,10 +30,15 @@ static void dump_grads(Trainer& tr, const std::string& out) {
   if (Lm > 0) ts.push_back({"expert_load", {Lm, E}, load.data(), StDtype::F32});
   std::vector<std::string> names;
   names.reserve(tr.table().entries().size());
-  const std::vector<float> grads = tr.grads();  // a host copy of the trainer's gradients
+  // Host copies of the trainable entries' gradients (frozen entries of LoRA/QLoRA runs have none).
+  std::vector<std::vector<float>> grads;
+  grads.reserve(tr.table().entries().size());
   for (const ParamInfo& p : tr.table().entries()) {
+    if (!p.trainable) continue;
+    grads.emplace_back(size_t(p.numel));
+    tr.state().entry_grads_to_host(p, grads.back().data());
     names.push_back("grad." + p.name);
-    ts.push_back({names.back(), p.shape, grads.data() + p.offset, StDtype::F32});
+    ts.push_back({names.back(), p.shape, grads.back().data(), StDtype::F32});
   }
   write_safetensors(out, ts, {{"format", "pt"}});
 }
@@ -42,7 +47,7 @@ static void dump_train(Trainer& tr, const std::string& out) {
   tr.run();
   const std::vector<float> full = tr.gather_full_params();
   if (tr.rank() != 0) return;
-  const ParamTable table = build_param_table(tr.model_config());
+  const ParamTable table = build_param_table(tr.model_config(), tr.lora());
   std::vector<TensorToWrite> ts;
   for (const ParamInfo& p : table.entries()) ts.push_back({p.name, p.shape, full.data() + p.offset, StDtype::F32});
   write_safetensors(out, ts, {{"format", "pt"}});
