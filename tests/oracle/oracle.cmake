@@ -39,3 +39,8 @@ target_link_libraries(moe-upcycle-dump PRIVATE moe_core CLI11::CLI11)
 # Tool of the NF4 oracle (test_nf4.py): raw fp32 → our NF4 codes / stats / dequantized values; in <build>/tests/.
 add_executable(moe-nf4-dump ${CMAKE_CURRENT_LIST_DIR}/../tools/moe_nf4_dump.cpp)
 target_link_libraries(moe-nf4-dump PRIVATE moe_core CLI11::CLI11)
+
+# Tool of the PEFT adapter oracles (test_peft_adapter*.py): HF base + PEFT adapter → read_peft_adapter → both layouts
+# + merged HF model; in <build>/tests/.
+add_executable(moe-peft-roundtrip ${CMAKE_CURRENT_LIST_DIR}/../tools/moe_peft_roundtrip.cpp)
+target_link_libraries(moe-peft-roundtrip PRIVATE moe_core CLI11::CLI11)
