@@ -9,6 +9,7 @@
 #include "config/config.h"
 #include "core/dims.h"
 #include "model/param_table.h"
+#include "peft/lora.h"  // LoraProj
 
 namespace moe {
 
@@ -23,9 +24,6 @@ enum class RsLora { Off, On };
 
 // Whether the adapter carries the trained router of every MoE layer (PEFT modules_to_save) or leaves it as in the base.
 enum class RouterSave { Frozen, Saved };
-
-// The projections that carry LoRA adapters (in this order in every listing).
-enum class LoraProj { Q, K, V, O, Gate, Up, Down };
 
 struct AdapterTensor {
   std::vector<i64> shape;

@@ -45,8 +45,6 @@ std::vector<std::string> unsupported_options(const Config& c) {
       out.push_back("peft.dropout > 0 is not implemented yet (LoRA dropout on the adapter input); set peft.dropout: 0");
     if (c.moe.expert_dropout > 0)
       out.push_back("moe.expert_dropout > 0 with peft.method: lora/qlora is not implemented yet; set moe.expert_dropout: 0");
-    if (!c.model_adapter_from.empty())
-      out.push_back("model.adapter_from is not implemented yet (loading an existing PEFT adapter); remove it");
   } else {
     if (!c.model_adapter_from.empty())
       out.push_back("model.adapter_from: an adapter needs peft.method: lora or qlora");

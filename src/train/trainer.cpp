@@ -16,6 +16,8 @@
 #include "core/rng.h"
 #include "io/hf_export.h"
 #include "io/hf_model.h"
+#include "io/peft_adapter.h"
+#include "io/peft_state.h"
 #include "io/upcycle.h"
 #include "launch/launch_env.h"
 #include "optim/adamw.h"
@@ -132,7 +134,13 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   // ZeRO ≥ 1 shards dense segments over the world and expert segments over the expert-DP group: pad for them.
   const int zero = cfg_.parallel.zero;
   const i64 dense_pad = zero >= 1 ? world_ : 1, expert_pad = zero >= 1 ? edp_comm_->size() : 1;
-  lora_ = resolve_lora_spec(cfg_.peft, cfg_.model);
+  if (!cfg_.model_adapter_from.empty()) {  // continue an existing PEFT adapter (either layout)
+    adapter_from_ = std::make_unique<AdapterSet>(read_peft_adapter(cfg_.model_adapter_from, cfg_.model));
+    MT_INPUT_CHECK(adapter_from_->router == RouterSave::Frozen || cfg_.peft.train_router, "model.adapter_from ",
+                   cfg_.model_adapter_from, " carries a trained router (modules_to_save): set peft.train_router: true "
+                   "to continue training it");
+  }
+  lora_ = run_lora_spec(cfg_, adapter_from_.get());
   const ModelOptions mo{AllocPolicy::Allocate, shard, dense_pad, expert_pad, t.recompute, lora_};
   if (t.precision == Precision::Bf16)  // DESIGN §8: bf16 weight copy and activations, fp32 state in ParamState
     model16_ = std::make_unique<Model<bf16>>(*backend16_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
@@ -280,6 +288,7 @@ void Trainer::init_params() {
       for (const ParamInfo& p : table.entries())
         if (p.unit == unit && is_lora_name(p.name))
           lora_init(buf.data() + (p.offset - u.begin), p.name, p.shape, cfg_.train.seed);
+      if (adapter_from_ && &table != &base_table()) adapter_set_to_unit(*adapter_from_, table, unit, buf.data());
       store(unit, buf.data());
     }
   };
@@ -552,7 +561,18 @@ void Trainer::run() {
     if (cfg_.checkpoint.every > 0 && r.step % cfg_.checkpoint.every == 0 && r.step != t.steps) save_checkpoint();
   }
   if (steps_done_ > start_step_ || start_step_ == 0) save_checkpoint();
-  if (cfg_.checkpoint.export_hf) {
+  if (cfg_.checkpoint.export_hf && lora_.active()) {
+    // LoRA/QLoRA: the adapter (and trained router) as a PEFT adapter directory; the base stays where it came from.
+    const std::vector<float> full = gather_full_params();
+    if (rank_ == 0) {
+      const ParamTable state = build_param_table(cfg_.model, lora_);
+      const AdapterSet a = adapter_set_from_state(full.data(), state, cfg_.model, lora_, cfg_.peft);
+      write_peft_adapter((dir / "adapter").string(), cfg_.model, a, PeftLayout::Fused, cfg_.model_init_from);
+      spdlog::info("exported the adapter to {} (PEFT, transformers 5 layout; moe-export --format peft "
+                   "--peft-layout per-expert for transformers 4)", (dir / "adapter").string());
+    }
+    world_comm_.barrier();
+  } else if (cfg_.checkpoint.export_hf) {
     const std::vector<float> full = gather_full_params();
     if (rank_ == 0) {
       const ParamTable table = build_param_table(cfg_.model);

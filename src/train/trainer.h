@@ -11,6 +11,7 @@
 #include "data/token_data.h"
 #include "model/model.h"
 #include "parallel/zero.h"
+#include "io/peft_adapter.h"
 #include "peft/base_weights.h"
 #include "peft/lora.h"
 #include "train/loss_guard.h"
@@ -135,6 +136,7 @@ class Trainer {
   std::unique_ptr<ParamState> state_;                         // params, grads, AdamW moments (ZeRO stage)
   // LoRA/QLoRA: the frozen base linears (dense T or NF4) and the access that joins them to the state.
   LoraSpec lora_{};
+  std::unique_ptr<AdapterSet> adapter_from_;  // model.adapter_from, read once; its values staged by init_params
   std::unique_ptr<BaseWeights<float>> base32_;
   std::unique_ptr<BaseWeights<bf16>> base16_;
   std::unique_ptr<ParamAccess<float>> peft_access32_;
