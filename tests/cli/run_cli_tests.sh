@@ -419,10 +419,25 @@ case "$CASE" in
     # LoRA and QLoRA train end to end on the tiny model and say what they adapt.
     write_tokens tok.bin 64
     write_tiny_yaml c.yaml "$T/tok.bin"
-    run c.yaml --set peft.method=lora --set "peft.targets=[q_proj,v_proj,w1,w2,w3]" --set peft.r=2
+    lora=(--set peft.method=lora --set "peft.targets=[q_proj,v_proj,w1,w2,w3]" --set peft.train_router=true)
+    run c.yaml "${lora[@]}" --set peft.r=2 --set checkpoint.export_hf=true
     expect_rc 0
-    expect_has "LoRA: r 2" "trainable params"
+    expect_has "LoRA: r 2" "trainable params" "exported the adapter"
     [ -s run/metrics.jsonl ] || fail "LoRA run wrote no metrics"
+    [ -s run/adapter/adapter_config.json ] && [ -s run/adapter/adapter_model.safetensors ] ||
+      fail "a LoRA run with checkpoint.export_hf wrote no PEFT adapter"
+    [ -e run/hf ] && fail "a LoRA run exported a full model instead of its adapter"
+    cp -r run/adapter ad
+    # Continuing that adapter: peft.* must agree with it (exit 2 naming both values), then it trains.
+    run c.yaml "${lora[@]}" --set peft.r=4 --set "model.adapter_from=$T/ad" --set run.overwrite=true
+    expect_bad_input "has r = 2 but peft.r = 4"
+    run c.yaml "${lora[@]}" --set peft.r=2 --set "peft.targets=[q_proj,w1,w2,w3]" --set "model.adapter_from=$T/ad" \
+        --set run.overwrite=true
+    expect_bad_input "adapts q_proj, v_proj" "peft.targets resolves to q_proj, gate_proj"
+    run c.yaml "${lora[@]}" --set peft.r=2 --set "model.adapter_from=$T/ad" --set run.overwrite=true
+    expect_rc 0
+    run c.yaml "${lora[@]}" --set peft.r=2 --set "model.adapter_from=$T/nothing" --set run.overwrite=true
+    expect_bad_input "adapter_config.json"
     run c.yaml --set peft.method=qlora --set "peft.targets=[all-linear]" --set peft.double_quant=true \
         --set run.overwrite=true
     expect_rc 0
