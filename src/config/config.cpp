@@ -503,6 +503,7 @@ void apply(Config& cfg, const std::string& key, const YAML::Node& value, const s
   const Field* f = find_field(key);
   MT_INPUT_CHECK(f != nullptr, where, ": unknown key '", brief(key), "'", suggest(key), tail);
   MT_INPUT_CHECK(f->set(cfg, value), where, ": key '", key, "' ", f->rule, ", got ", describe(value), tail);
+  cfg.given.insert(key);
 }
 
 void apply_document(Config& cfg, const YAML::Node& root, const std::string& origin) {

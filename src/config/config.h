@@ -1,5 +1,6 @@
 // Owns the resolved run configuration: every key of DESIGN §6 with its default (yaml-cpp stays in config.cpp).
 #pragma once
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -174,6 +175,7 @@ struct Config {
   CheckpointConfig checkpoint;
   LogConfig log;
   std::string source_path;       // the YAML file this came from (for messages)
+  std::set<std::string> given;   // keys the YAML or a --set gave (e.g. "moe.aux_loss_coef"); others are defaults
 
   std::string resolved_run_dir() const { return run.dir.empty() ? "runs/" + run.name : run.dir; }
 };

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -42,6 +43,11 @@ Config resolve_model_config(const Config& in) {
     const double init_std = cfg.model.init_std;
     cfg.model = read_hf_config(cfg.model_init_from);
     cfg.model.init_std = init_std;
+    // Fine-tuning keeps the model's load-balancing loss: without moe.aux_loss_coef in the run's config, the
+    // coefficient is config.json's router_aux_loss_coef (HF form; form layer: × top_k, the inverse of export's).
+    const std::optional<double> hf_coef = read_hf_extras(cfg.model_init_from).router_aux_loss_coef;
+    if (!cfg.given.count("moe.aux_loss_coef") && hf_coef)
+      cfg.moe.aux_loss_coef = cfg.moe.aux_loss_form == AuxForm::Hf ? *hf_coef : *hf_coef * cfg.model.top_k;
   }
   if (!cfg.upcycle.from.empty()) {
     MT_INPUT_CHECK(cfg.model_init_from.empty(), "set either model.init_from or upcycle.from, not both");
@@ -516,6 +522,11 @@ void Trainer::run() {
                                                      : (t.precision == Precision::Bf16 ? "bf16" : "fp32"),
                    human_bytes(base_weight_bytes()));
     }
+    if (!cfg_.model_init_from.empty() && !cfg_.given.count("moe.aux_loss_coef") && num_moe_layers() > 0)
+      spdlog::info("aux loss: moe.aux_loss_coef {} from {}/config.json router_aux_loss_coef ({} form){}",
+                   cfg_.moe.aux_loss_coef, cfg_.model_init_from,
+                   cfg_.moe.aux_loss_form == AuxForm::Hf ? "hf" : "layer", cfg_.moe.aux_loss_form == AuxForm::Hf
+                   ? "" : ", x top_k");
   }
   if (rank_ == 0 && cfg_.log.stability_warnings)
     for (const std::string& w : recipe_advice(cfg_, lora_, world_)) spdlog::warn("{}", w);
