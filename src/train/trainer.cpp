@@ -523,10 +523,9 @@ void Trainer::run() {
                    human_bytes(base_weight_bytes()));
     }
     if (!cfg_.model_init_from.empty() && !cfg_.given.count("moe.aux_loss_coef") && num_moe_layers() > 0)
-      spdlog::info("aux loss: moe.aux_loss_coef {} from {}/config.json router_aux_loss_coef ({} form){}",
+      spdlog::info("aux loss: moe.aux_loss_coef {} from {}/config.json router_aux_loss_coef{}",
                    cfg_.moe.aux_loss_coef, cfg_.model_init_from,
-                   cfg_.moe.aux_loss_form == AuxForm::Hf ? "hf" : "layer", cfg_.moe.aux_loss_form == AuxForm::Hf
-                   ? "" : ", x top_k");
+                   cfg_.moe.aux_loss_form == AuxForm::Hf ? "" : " x top_k (aux_loss_form layer)");
   }
   if (rank_ == 0 && cfg_.log.stability_warnings)
     for (const std::string& w : recipe_advice(cfg_, lora_, world_)) spdlog::warn("{}", w);
