@@ -545,6 +545,25 @@ case "$CASE" in
     [ "$(ls out | grep -c '^model-.*-of-.*\.safetensors$')" -eq 0 ] || fail "shards of the sharded export are still there"
     [ -f out/README.md ] || fail "an unrelated file in --out was removed"
     ;;
+  peft_configs)
+    # configs/mixtral_lora.yaml, mixtral_qlora.yaml and qwen3_moe_lora_router.yaml run as written on the bases the
+    # project makes (tiny.yaml's export, its Qwen3-MoE variant); only paths and the step count are changed here.
+    write_text corpus.txt
+    base=(--set train.steps=2 --set "data.path=$T/corpus.txt")
+    run "$SRC/configs/tiny.yaml" "${base[@]}" --set "run.dir=$T/tiny"
+    expect_rc 0
+    run "$SRC/configs/tiny.yaml" "${base[@]}" --set "run.dir=$T/tiny_qwen3" --set model.arch=qwen3_moe
+    expect_rc 0
+    for c in "mixtral_lora|tiny|LoRA: r 16|frozen" "mixtral_qlora|tiny|NF4 + double quant|frozen" \
+             "qwen3_moe_lora_router|tiny_qwen3|LoRA: r 16|trained"; do
+      IFS='|' read -r name from want router <<<"$c"
+      run "$SRC/configs/$name.yaml" "${base[@]}" --set "run.dir=$T/$name" --set "model.init_from=$T/$from/hf" \
+        --set checkpoint.every=0
+      expect_rc 0
+      expect_has "$want" "router $router" "exported the adapter"
+      [ -s "$name/adapter/adapter_model.safetensors" ] || fail "$name wrote no adapter"
+    done
+    ;;
   demo_ok)
     write_text corpus.txt
     run "$SRC/configs/tiny.yaml" --set train.steps=5 --set "data.path=$T/corpus.txt" --set "run.dir=$T/run"
