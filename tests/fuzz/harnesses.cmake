@@ -3,7 +3,7 @@
 #   MOE_FUZZ_SOURCES_<name>: project sources (relative to the repo root) compiled with the harness.
 #   MOE_FUZZ_NEEDS_<name>:   extra libraries by keyword: HDF5 (parallel HDF5, its headers for src/io/checkpoint.cpp), MPI.
 set(MOE_FUZZ_SOURCES_safetensors src/io/safetensors.cpp)
-set(MOE_FUZZ_SOURCES_hf_config src/io/hf_model.cpp src/io/safetensors.cpp src/model/param_table.cpp
+set(MOE_FUZZ_SOURCES_hf_config src/io/hf_model.cpp src/io/safetensors.cpp src/model/param_table.cpp src/peft/lora.cpp
     src/config/config.cpp)
 set(MOE_FUZZ_SOURCES_yaml_config src/config/config.cpp)
 set(MOE_FUZZ_SOURCES_token_data src/data/token_data.cpp)
