@@ -316,7 +316,7 @@ i64 expected_bytes(const std::vector<TensorDecl>& tensors, const CheckpointMeta&
   for (const TensorDecl& t : tensors) {
     i64 e = 1;
     for (i64 d : t.shape) e *= d;
-    n += 3 * 4 * e + 3 * 1024;
+    n += (t.moments == Moments::Stored ? 3 : 1) * (4 * e + 1024);
   }
   for (const auto& l : meta.select_bias) n += 4 * i64(l.size());
   return n + i64(meta.config_yaml.size()) + (64 << 10);
@@ -373,6 +373,7 @@ void write_checkpoint_body(const std::string& path, Communicator& world, const s
           MT_CHECK(false, "injected fault");
         }
       }
+      if (t.moments == Moments::None) continue;
       H5Id g(MT_H5(H5Gcreate2(go, t.name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT)), H5Gclose);
       {
         H5Id d(create_dataset(g, "exp_avg", t.shape), H5Dclose);
@@ -634,7 +635,8 @@ std::string read_checkpoint_tensors(const std::string& path, Communicator& world
     for (TensorDecl& t : tensors) {
       if (!problem.empty()) break;
       const std::string names[3] = {"/model/" + t.name, "/optim/" + t.name + "/exp_avg", "/optim/" + t.name + "/exp_avg_sq"};
-      for (int k = 0; k < 3 && problem.empty(); ++k) {
+      const int kinds = t.moments == Moments::Stored ? 3 : 1;
+      for (int k = 0; k < kinds && problem.empty(); ++k) {
         if (H5Lexists(file, "/model", H5P_DEFAULT) <= 0 || H5Oexists_by_name(file, names[k].c_str(), H5P_DEFAULT) <= 0) {
           problem = "missing tensor " + names[k] + " (was it written for another model?)";
           break;

@@ -24,10 +24,15 @@ struct CheckpointMeta {
 
 // A logical tensor every rank declares identically (datasets are created collectively).
 // checksum: [model, exp_avg, exp_avg_sq] piece_checksum of the whole tensor (summed over ranks before writing).
+// Whether a tensor has AdamW moments in the file: trainable ones do (/optim/<name>/exp_avg, exp_avg_sq), frozen ones
+// (LoRA/QLoRA: embeddings, norms, lm_head, a frozen router) are stored under /model only.
+enum class Moments { Stored, None };
+
 struct TensorDecl {
   std::string name;
   std::vector<i64> shape;
-  uint64_t checksum[3] = {0, 0, 0};
+  uint64_t checksum[3] = {0, 0, 0};  // model, exp_avg, exp_avg_sq (the last two 0 with Moments::None)
+  Moments moments = Moments::Stored;
 };
 
 // The part of a logical tensor one rank writes or reads: flat elements [begin, end) of `name` at data.

@@ -100,7 +100,8 @@ std::string Trainer::save_checkpoint() {
   meta.select_bias = select_bias_;
   std::vector<TensorDecl> decl;
   const ParamTable full = build_param_table(cfg_.model, lora_);
-  for (const ParamInfo& p : full.entries()) decl.push_back({p.name, p.shape});
+  for (const ParamInfo& p : full.entries())
+    decl.push_back({p.name, p.shape, {0, 0, 0}, p.trainable ? Moments::Stored : Moments::None});
   std::vector<TensorPiece> pieces[3];
   state_->checkpoint_pieces(ParamState::PieceUse::Write, pieces[0], pieces[1], pieces[2]);
   sum_checksums(decl, pieces, world_comm_);
@@ -256,7 +257,8 @@ std::string Trainer::load_checkpoint(const std::string& path) {
                  " beyond train.steps = ", cfg_.train.steps);
   std::vector<TensorDecl> decl;
   const ParamTable full = build_param_table(cfg_.model, lora_);
-  for (const ParamInfo& p : full.entries()) decl.push_back({p.name, p.shape});
+  for (const ParamInfo& p : full.entries())
+    decl.push_back({p.name, p.shape, {0, 0, 0}, p.trainable ? Moments::Stored : Moments::None});
   std::vector<TensorPiece> pm, pa, pv;
   state_->checkpoint_pieces(ParamState::PieceUse::Read, pm, pa, pv);
   std::string problem = read_checkpoint_tensors(path, world_comm_, decl, pm, pa, pv);
