@@ -21,6 +21,7 @@ debs=(
   clang libclang-rt-dev
   slurm-wlm munge
   python3-venv python3-pip
+  time  # GNU time: peak RSS of each run in bench/lora_bench.py
   fortunes
 )
 missing=()
