@@ -417,6 +417,11 @@ std::vector<Field> build_schema() {
       int_field("log.every", MT_AT(log.every), 1),
       bool_field("log.plots", MT_AT(log.plots)),
       bool_field("log.stability_warnings", MT_AT(log.stability_warnings)),
+
+      string_field("eval.data", MT_AT(eval.data)),
+      int_field("eval.every", MT_AT(eval.every), 0),
+      int_field("eval.batches", MT_AT(eval.batches), 0),
+      bool_field("eval.at_start", MT_AT(eval.at_start)),
   };
 }
 #undef MT_AT
@@ -580,6 +585,13 @@ void check_cross(const Config& c, const std::string& origin) {
                  ": key 'train.max_loss_ratio' must be 0 (off) or > 1, got ", fmt_double(c.train.max_loss_ratio));
   MT_INPUT_CHECK(c.train.min_lr <= c.train.lr, origin, ": key 'train.min_lr' must be <= train.lr (",
                  fmt_double(c.train.lr), "), got ", fmt_double(c.train.min_lr));
+  // A key that would do nothing is refused, not ignored: the eval keys need the eval data.
+  // (Values, not `given`: a checkpoint's /meta config spells out every key with its default.)
+  const std::pair<const char*, bool> eval_keys[] = {
+      {"eval.every", c.eval.every != 0}, {"eval.batches", c.eval.batches != 0}, {"eval.at_start", c.eval.at_start}};
+  for (const auto& [k, set] : eval_keys)
+    MT_INPUT_CHECK(!c.eval.data.empty() || !set, origin, ": key '", k,
+                   "' needs eval.data (a held-out token file, read like data.path); set eval.data or remove it");
 }
 
 }  // namespace

@@ -155,6 +155,14 @@ struct LogConfig {
   bool stability_warnings = true;
 };
 
+// Held-out evaluation (DESIGN §5 eval): forward only, Mode::Eval (no jitter, no dropout), the run's routing.
+struct EvalConfig {
+  std::string data;      // eval token file, read like data.path (data.format, data.dtype); "" = no evaluation
+  int every = 0;         // evaluate after every `every` updates (0: only at the end of training)
+  int batches = 0;       // global batches of eval windows per evaluation (0: every full global batch of the file)
+  bool at_start = false;  // also evaluate before the first update (metrics line "step": 0)
+};
+
 struct RunConfig {
   std::string name = "run";
   std::string dir;      // "" → runs/<name>
@@ -174,6 +182,7 @@ struct Config {
   DataConfig data;
   CheckpointConfig checkpoint;
   LogConfig log;
+  EvalConfig eval;
   std::string source_path;       // the YAML file this came from (for messages)
   std::set<std::string> given;   // keys the YAML or a --set gave (e.g. "moe.aux_loss_coef"); others are defaults
 

@@ -15,13 +15,14 @@ enum class DataScan { Size, Ids };
 // The checks a run makes on data.path before anything is allocated (BadInput naming the file): set, exists,
 // a regular file, size a multiple of the id width, at least one window of seq_len + 1 tokens, byte-level text
 // needs vocab >= 256; with DataScan::Ids also every id < vocab. Returns the number of tokens. [C5.tokens]
-i64 check_token_file(const DataConfig& d, int vocab, int seq_len, DataScan scan);
+// `key` names the file's config key in messages (eval.data reads its file like data.path).
+i64 check_token_file(const DataConfig& d, int vocab, int seq_len, DataScan scan, const std::string& key = "data.path");
 
 class TokenData {
  public:
   // Reads data.path (tokens: uint32/uint16 little-endian; text: bytes as byte-level tokens) and checks
   // every id < vocab and that at least one window of seq_len + 1 tokens exists (else BadInput).
-  TokenData(const DataConfig& d, int vocab, int seq_len, uint64_t seed);
+  TokenData(const DataConfig& d, int vocab, int seq_len, uint64_t seed, const std::string& key = "data.path");
 
   i64 num_windows() const { return n_windows_; }
   i64 num_tokens() const { return i64(tokens_.size()); }

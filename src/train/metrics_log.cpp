@@ -39,7 +39,7 @@ i64 step_of(const std::string& line) {
   return j["step"].get<i64>();
 }
 
-// Copies the lines of steps 1..resumed_step of the old log at `path` to `out`, each once and in order, reading
+// Copies the lines of steps 0..resumed_step of the old log at `path` to `out`, each once and in order, reading
 // in bounded chunks (any size, no line held whole beyond kMaxLine). A last line without '\n' was torn by a kill.
 // Dropped lines (later steps, repeats, damage) and missing steps are reported. Returns 0 or an errno of `out`.
 int keep_lines(const std::string& path, int out, i64 resumed_step, i64* kept_bytes) {
@@ -56,7 +56,7 @@ int keep_lines(const std::string& path, int out, i64 resumed_step, i64* kept_byt
   }
   std::string line, buf(size_t(1) << 20, '\0');
   bool overlong = false;
-  i64 last = 0, kept = 0, dropped = 0;
+  i64 last = -1, kept = 0, dropped = 0;  // step 0: the eval.at_start baseline line, when there is one
   int err = 0;
   for (;;) {
     const ssize_t n = ::read(in, buf.data(), buf.size());
@@ -83,7 +83,7 @@ int keep_lines(const std::string& path, int out, i64 resumed_step, i64* kept_byt
         err = write_all(out, line);
         *kept_bytes += i64(line.size());
         last = s;
-        ++kept;
+        kept += s > 0;
       } else {
         ++dropped;
       }

@@ -14,7 +14,8 @@ class MetricsLog {
   MetricsLog& operator=(const MetricsLog&) = delete;
 
   // contract: C7.metrics_resume. Opens `path` for a run that continues after `resumed_step` updates.
-  // resumed_step 0: a new, empty file. Otherwise the lines of steps 1..resumed_step are kept, each once and in
+  // resumed_step 0: a new, empty file. Otherwise the lines of steps 0..resumed_step are kept (step 0: the
+  // eval.at_start baseline), each once and in
   // order; lines of later steps, repeats and a torn or unparseable line are dropped (rewritten to path.tmp,
   // then renamed). Errors: BadInput naming the file and the OS error (run.dir is unusable).
   void open(const std::string& path, i64 resumed_step);

@@ -108,7 +108,20 @@ Preflight preflight(const Config& in, int world, PreflightMode mode) {
   attempt([&] {
     p.data_tokens = check_token_file(c.data, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size);
   });
-  p.plan = plan_memory(c, world, p.data_tokens > 0 ? p.data_tokens : 0);
+  i64 eval_tokens = 0;
+  if (!c.eval.data.empty())
+    attempt([&] {
+      DataConfig ed = c.data;
+      ed.path = c.eval.data;
+      eval_tokens = check_token_file(ed, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size,
+                                     "eval.data");
+      const i64 B = i64(c.train.micro_batch) * c.train.grad_accum * world;
+      const i64 windows = (eval_tokens - 1) / c.train.seq_len;
+      MT_INPUT_CHECK(windows >= B, "eval.data '", c.eval.data, "': ", windows, " windows of train.seq_len + 1 = ",
+                     c.train.seq_len + 1, " tokens, fewer than one global batch (", B,
+                     " = micro_batch x grad_accum x ranks); give more held-out data");
+    });
+  p.plan = plan_memory(c, world, std::max<i64>(p.data_tokens, 0) + eval_tokens);  // both files are read whole
   p.local_ranks = std::max(1, detect_launch_env().local_size);
 
   // Host memory: every rank of this job on this machine holds its own plan.

@@ -153,6 +153,20 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   else
     model_ = std::make_unique<Model<float>>(*backend_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
   data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
+  if (!cfg_.eval.data.empty()) {
+    DataConfig ed = cfg_.data;
+    ed.path = cfg_.eval.data;
+    ed.shuffle = false;
+    eval_data_ = std::make_unique<TokenData>(ed, cfg_.model.vocab_size, t.seq_len, t.seed, "eval.data");
+    const i64 B = i64(t.micro_batch) * t.grad_accum * world_;
+    const i64 full = eval_data_->num_windows() / B;
+    MT_INPUT_CHECK(full >= 1, "eval.data '", cfg_.eval.data, "': ", eval_data_->num_windows(), " windows of train.seq_len + 1 = ",
+                   t.seq_len + 1, " tokens, fewer than one global batch (", B, " = micro_batch x grad_accum x ranks)");
+    eval_batches_ = cfg_.eval.batches > 0 ? std::min<i64>(cfg_.eval.batches, full) : full;
+    if (rank_ == 0 && cfg_.eval.batches > full)
+      spdlog::warn("eval.batches {}: eval.data '{}' holds {} full global batches; evaluating those", cfg_.eval.batches,
+                   cfg_.eval.data, full);
+  }
   OptimOps& optim = backend_ ? *backend_->optim : *backend16_->optim;
   state_ = std::make_unique<ParamState>(table(), zero, *dworld_, *dedp_, *dep_, t.precision, optim, mem());
   if (lora_.active()) {
@@ -453,6 +467,76 @@ const StepResult& Trainer::step(int s) {
   return r;
 }
 
+// contract: C5.eval
+const EvalResult& Trainer::evaluate(int updates) {
+  MT_CHECK(eval_data_ != nullptr, "evaluate: eval.data is not set");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto& t = cfg_.train;
+  const i64 mb = t.micro_batch, L = t.seq_len;
+  const i64 B = mb * t.grad_accum * world_;
+  const int Lm = num_moe_layers(), E = cfg_.model.num_experts;
+  EvalResult& e = eval_;
+  e.step = updates;
+  e.expert_load.resize(size_t(Lm));
+  for (auto& l : e.expert_load) l.assign(size_t(E), 0);
+  e.dropped = e.pairs = 0;
+  double sums[4] = {0, 0, 0, 0};  // CE sum, aux, z, loss tokens
+  for (i64 b = 0; b < eval_batches_; ++b) {
+    for (int a = 0; a < t.grad_accum; ++a) {
+      const i64 m = i64(a) * world_ + rank_;
+      for (i64 i = 0; i < mb; ++i)
+        eval_data_->window(b * B + m * mb + i, inputs_.data() + i * L, targets_.data() + i * L);
+      mem().to_backend(inputs_dev_.data(), inputs_.data(), i64(inputs_.size() * sizeof(int32_t)));
+      mem().to_backend(targets_dev_.data(), targets_.data(), i64(targets_.size() * sizeof(int32_t)));
+      RngCtx rng;  // Mode::Eval draws nothing
+      rng.seed = t.seed;
+      rng.step = uint32_t(updates);
+      rng.global_micro = int(m);
+      const int32_t* in = inputs_dev_.data();
+      const int32_t* tg = targets_dev_.data();
+      const MicroStats& st = model16_ ? model16_->forward(access16(), in, tg, select_bias_, rng, Mode::Eval)
+                                      : model_->forward(access32(), in, tg, select_bias_, rng, Mode::Eval);
+      sums[0] += st.ce_sum;
+      sums[1] += aux_loss_value(st, cfg_.model, cfg_.moe.aux_loss_form, nullptr);
+      sums[2] += z_loss_value(st);
+      sums[3] += double(st.tokens);
+      for (int l = 0; l < Lm; ++l) {
+        for (int x = 0; x < E; ++x) e.expert_load[l][x] += st.router[l].routed[x];
+        e.dropped += st.router[l].dropped;
+        e.pairs += st.router[l].pairs;
+      }
+    }
+  }
+  world_comm_.all_reduce_sum(sums, 4);
+  std::vector<int64_t>& counts = stat_counts_;
+  counts.clear();
+  for (const auto& l : e.expert_load) counts.insert(counts.end(), l.begin(), l.end());
+  counts.push_back(e.dropped);
+  counts.push_back(e.pairs);
+  world_comm_.all_reduce_sum(counts.data(), i64(counts.size()));
+  size_t i = 0;
+  for (auto& l : e.expert_load)
+    for (auto& c : l) c = counts[i++];
+  e.dropped = counts[i++];
+  e.pairs = counts[i++];
+  const double micro = double(eval_batches_) * double(t.grad_accum) * world_;
+  e.tokens = i64(sums[3]);
+  e.loss = sums[0] / std::max(1.0, sums[3]);
+  e.ppl = std::exp(e.loss);
+  e.aux_loss = sums[1] / micro;
+  e.z_loss = sums[2] / micro;
+  e.time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return e;
+}
+
+void Trainer::log_eval(const EvalResult& e) const {
+  const RouterHealth h = router_health(e.expert_load);
+  spdlog::info("eval after step {} | loss {:.4f} | ppl {:.2f} | {} tokens | utilization {:.2f} | imbalance {:.2f} | "
+               "drop {:.3f} | {:.1f} s",
+               e.step, e.loss, e.ppl, e.tokens, h.expert_utilization, h.load_imbalance,
+               e.pairs ? double(e.dropped) / double(e.pairs) : 0.0, e.time_s);
+}
+
 std::vector<float> Trainer::gather_full_params() {
   const ParamTable full = build_param_table(cfg_.model, lora_);
   std::vector<float> out(size_t(full.total_numel()), 0.f);
@@ -469,7 +553,23 @@ std::vector<float> Trainer::gather_full_params() {
   return out;
 }
 
-void Trainer::write_metrics(const StepResult& r, bool with_load) {
+// Adds the eval fields (eval_*) of `e` to a metrics line.
+static void add_eval_fields(nlohmann::json& j, const EvalResult& e, bool with_load) {
+  const RouterHealth h = router_health(e.expert_load);
+  j["eval_loss"] = e.loss;
+  j["eval_ppl"] = e.ppl;
+  j["eval_tokens"] = e.tokens;
+  j["eval_aux_loss"] = e.aux_loss;
+  j["eval_z_loss"] = e.z_loss;
+  j["eval_expert_utilization"] = h.expert_utilization;
+  j["eval_load_imbalance"] = h.load_imbalance;
+  j["eval_routing_entropy"] = h.routing_entropy;
+  j["eval_dropped_frac"] = e.pairs ? double(e.dropped) / double(e.pairs) : 0.0;
+  j["eval_time_s"] = e.time_s;
+  if (with_load) j["eval_expert_load"] = e.expert_load;
+}
+
+void Trainer::write_metrics(const StepResult& r, bool with_load, const EvalResult* eval) {
   const RouterHealth h = router_health(r.expert_load);
   nlohmann::json j;
   j["step"] = r.step;
@@ -486,6 +586,7 @@ void Trainer::write_metrics(const StepResult& r, bool with_load) {
   j["routing_entropy"] = h.routing_entropy;
   j["dropped_frac"] = r.pairs ? double(r.dropped) / double(r.pairs) : 0.0;
   if (with_load) j["expert_load"] = r.expert_load;
+  if (eval) add_eval_fields(j, *eval, with_load);
   metrics_.append(j.dump());
 }
 
@@ -544,12 +645,26 @@ void Trainer::run() {
     stopped_by_signal_ = true;
     return;
   }
+  // eval.at_start: the baseline before the first update, as metrics line "step": 0 (a resumed run has it already).
+  if (eval_data_ && cfg_.eval.at_start && start_step_ == 0) {
+    const EvalResult& e = evaluate(0);
+    if (rank_ == 0) {
+      log_eval(e);
+      nlohmann::json j;
+      j["step"] = 0;
+      add_eval_fields(j, e, true);
+      metrics_.append(j.dump());
+    }
+  }
   for (int s = start_step_; s < t.steps; ++s) {
     const StepResult& r = step(s);
     steps_done_ = s + 1;
     const bool log_now = (r.step % cfg_.log.every == 0) || r.step == t.steps || r.step == 1;
+    const bool eval_now = eval_data_ && ((cfg_.eval.every > 0 && r.step % cfg_.eval.every == 0) || r.step == t.steps);
+    const EvalResult* eval = eval_now ? &evaluate(r.step) : nullptr;
     if (rank_ == 0) {
-      write_metrics(r, r.step % cfg_.log.every == 0 || r.step == t.steps);
+      if (eval) log_eval(*eval);
+      write_metrics(r, r.step % cfg_.log.every == 0 || r.step == t.steps, eval);
       if (log_now) {
         const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const double eta = el / r.step * (t.steps - r.step);

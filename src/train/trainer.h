@@ -34,6 +34,22 @@ struct StepResult {
   double step_time_s = 0;
 };
 
+// One held-out evaluation (eval.*): forward only, Mode::Eval (no jitter, no dropout), over the eval windows of
+// every rank, reduced over the world. The eval set is the first `batches` global batches of eval.data (window
+// b·B + j, B = micro_batch × grad_accum × world, the training order of C5.order without wrap; eval.batches 0 =
+// every full global batch), so every layout with the same global batch sees the same tokens.
+struct EvalResult {
+  int step = 0;          // updates done when it ran (0: before the first update)
+  double loss = 0;       // token-mean CE over every eval token
+  double ppl = 0;        // exp(loss)
+  double aux_loss = 0;   // mean over eval micro-batches (micro scope), unscaled
+  double z_loss = 0;
+  i64 tokens = 0;        // eval loss tokens
+  i64 dropped = 0, pairs = 0;
+  std::vector<std::vector<i64>> expert_load;  // [moe layer][E] over the eval set
+  double time_s = 0;
+};
+
 // Where the trainer computes. Production passes the default: train.device picks the backend
 // (make_backend<T>(device, local_rank % visible GPUs)) and, for cuda, NCCL over the host world carries the data.
 // Tests replace the pieces (tests/unit/guarded_backend.h: CPU ops behind a device-like memory guard).
@@ -78,6 +94,9 @@ class Trainer {
   const StepResult& compute_grads(int s, std::vector<float>* logits = nullptr);
   // compute_grads + clipping + AdamW + bias update.
   const StepResult& step(int s);
+  // Held-out loss, perplexity and router load on eval.data after `updates` updates (EvalResult). Collective;
+  // MT_CHECK that eval.data is set. Reuses the trainer's buffers (nothing allocated after the first call).
+  const EvalResult& evaluate(int updates);
 
   const ParamTable& table() const { return model_ ? model_->table() : model16_->table(); }
   // LoRA/QLoRA: the frozen base linears (empty for full fine-tuning) and the adapter spec (method Full: none).
@@ -114,7 +133,11 @@ class Trainer {
   StepResult result_;                  // the last step's result, sized once ([moe layer][E] loads)
   GlobalRouting global_;               // aux_loss_scope global: the pre-pass counts, sized once
   std::vector<int64_t> stat_counts_;   // [Lm·E + 2] router counts reduced over the world
-  void write_metrics(const StepResult& r, bool with_load);
+  void write_metrics(const StepResult& r, bool with_load, const EvalResult* eval);
+  void log_eval(const EvalResult& e) const;
+  std::unique_ptr<TokenData> eval_data_;  // eval.data (null without)
+  i64 eval_batches_ = 0;                  // global batches per evaluation
+  EvalResult eval_;
 
   Config cfg_;
   Communicator& world_comm_;

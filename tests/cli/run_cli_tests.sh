@@ -261,6 +261,26 @@ case "$CASE" in
     run c.yaml
     expect_bad_input tok.bin "multiple of 4"
     ;;
+  eval_errors)
+    write_tokens tok.bin 200
+    write_tokens held.bin 30  # 3 windows of 8 + 1: fewer than one global batch of 4 windows with grad_accum 2
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set eval.every=5
+    expect_bad_input "eval.every" "needs eval.data"
+    run c.yaml --set eval.at_start=true
+    expect_bad_input "eval.at_start" "needs eval.data"
+    run c.yaml --set eval.data="$T/no_such_heldout.bin"
+    expect_bad_input "eval.data" no_such_heldout.bin
+    run c.yaml --set eval.data="$T/held.bin" --set train.grad_accum=2
+    expect_bad_input "eval.data" held.bin "fewer than one global batch"
+    run c.yaml --set eval.data="$T/held.bin" --set eval.every=-1
+    expect_bad_input "eval.every"
+    # Two windows (one global batch): trains and logs the eval fields at the end.
+    run c.yaml --set eval.data="$T/held.bin"
+    expect_rc 0
+    expect_has "eval after step 2 | loss"
+    grep -q '"step":2.*"eval_loss"\|"eval_loss".*"step":2' "$T/run/metrics.jsonl" || fail "no eval_loss on the last step's line"
+    ;;
   init_from_ok)
     make_model_dir model
     write_tokens tok.bin 64
@@ -549,6 +569,7 @@ case "$CASE" in
     # configs/mixtral_lora.yaml, mixtral_qlora.yaml and qwen3_moe_lora_router.yaml run as written on the bases the
     # project makes (tiny.yaml's export, its Qwen3-MoE variant); only paths and the step count are changed here.
     write_text corpus.txt
+    write_text heldout.txt
     base=(--set train.steps=2 --set "data.path=$T/corpus.txt")
     run "$SRC/configs/tiny.yaml" "${base[@]}" --set "run.dir=$T/tiny"
     expect_rc 0
@@ -558,9 +579,9 @@ case "$CASE" in
              "qwen3_moe_lora_router|tiny_qwen3|LoRA: r 16|trained"; do
       IFS='|' read -r name from want router <<<"$c"
       run "$SRC/configs/$name.yaml" "${base[@]}" --set "run.dir=$T/$name" --set "model.init_from=$T/$from/hf" \
-        --set checkpoint.every=0
+        --set checkpoint.every=0 --set "eval.data=$T/heldout.txt"
       expect_rc 0
-      expect_has "$want" "router $router" "exported the adapter"
+      expect_has "$want" "router $router" "exported the adapter" "eval after step 0 | loss" "eval after step 2 | loss"
       [ -s "$name/adapter/adapter_model.safetensors" ] || fail "$name wrote no adapter"
     done
     ;;
