@@ -20,6 +20,7 @@
 #include "io/peft_adapter.h"
 #include "io/peft_state.h"
 #include "io/upcycle.h"
+#include "kernels/ref/cross_entropy_ref.h"  // kIgnoreTarget
 #include "launch/launch_env.h"
 #include "optim/adamw.h"
 #include "train/checkpoint_files.h"
@@ -499,7 +500,8 @@ const EvalResult& Trainer::evaluate(int updates) {
       sums[0] += st.ce_sum;
       sums[1] += aux_loss_value(st, cfg_.model, cfg_.moe.aux_loss_form, nullptr);
       sums[2] += z_loss_value(st);
-      sums[3] += double(st.tokens);
+      sums[3] += double(std::count_if(targets_.begin(), targets_.end(),
+                                      [](int32_t x) { return x != kIgnoreTarget; }));  // loss tokens (labels −100 masked)
       for (int l = 0; l < Lm; ++l) {
         for (int x = 0; x < E; ++x) e.expert_load[l][x] += st.router[l].routed[x];
         e.dropped += st.router[l].dropped;
