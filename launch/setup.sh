@@ -12,7 +12,7 @@ SUDO=""
 # Build, math, messaging, checkpoints, config, logging, CLI, tests (clang + libFuzzer runtime: tests/fuzz), scheduler,
 # and the demo corpus (fortunes: real English text in /usr/share/games/fortunes).
 debs=(
-  build-essential cmake pkg-config git
+  build-essential cmake pkg-config git ccache
   libopenblas-dev libopenblas-openmp-dev libdnnl-dev
   libopenmpi-dev openmpi-bin libpmix-dev
   libhdf5-openmpi-dev hdf5-tools
@@ -81,5 +81,25 @@ if ((want_venv)); then
     echo "${PY_PKGS[*]}" > "$stamp"
   else
     echo "setup: oracle venv present ($VENV)"
+  fi
+fi
+
+# transformers-4 venv for the per-expert PEFT layout oracles (tests/oracle/tf4_peft.py): transformers 4.x and the
+# PEFT of its time installed on their own, everything else (torch, numpy, safetensors, ...) shared with the oracle
+# venv through a .pth file, so torch is not downloaded twice. Its own site-packages come first on sys.path.
+if ((want_venv)); then
+  VENV4="${MOE_TRAIN_VENV_TF4:-$HOME/.cache/moe-train/venv-tf4}"
+  TF4_PKGS=("transformers==4.57.6" "peft==0.17.1")
+  stamp4="$VENV4/.moe-train-ok"
+  if [[ ! -f "$stamp4" || "$(cat "$stamp4")" != "${TF4_PKGS[*]} on $VENV" ]]; then
+    echo "setup: preparing the transformers-4 venv in $VENV4 (${TF4_PKGS[*]}, torch from $VENV)"
+    [[ -x "$VENV4/bin/python" ]] || python3 -m venv "$VENV4"
+    site4="$("$VENV4/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+    "$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])' > "$site4/moe_train_oracle_venv.pth"
+    "$VENV4/bin/pip" install -q "${TF4_PKGS[@]}"
+    "$VENV4/bin/python" -c "import torch, transformers, peft; assert transformers.__version__.startswith('4.'), transformers.__version__"
+    echo "${TF4_PKGS[*]} on $VENV" > "$stamp4"
+  else
+    echo "setup: transformers-4 venv present ($VENV4)"
   fi
 fi

@@ -76,6 +76,11 @@ void add_cuda(T* y, const T* a, const T* b, i64 n, cudaStream_t s);
 // y[n] = s·x[n] in fp32 (math::scale_round), rounded once (y may alias x).
 template <typename T>
 void scale_cuda(T* y, const T* x, float s, i64 n, cudaStream_t st);
+// y [N,C] = x ⊙ LoRA-dropout mask (backend/dense_ops.h LoraDropout; math::lora_dropout_factor), y may alias x;
+// keys [N] device or null. (twin: CpuDenseOps::lora_dropout)
+template <typename T>
+void lora_dropout_cuda(T* y, const T* x, i64 N, i64 C, double p, uint64_t seed, uint32_t step, uint32_t stream,
+                       const i64* keys, uint32_t tag, cudaStream_t st);
 
 // ---- Attention [C4.attention, B6] (twin: attention_ref) ----
 // Largest head_dim the attention kernels take (per-lane register accumulators of kAttnMaxD / 32 floats).

@@ -1,4 +1,4 @@
-// Owns the CUDA residual add and scale (twins: CpuDenseOps::add, scale; arithmetic: kernels/math/elementwise.h).
+// Owns the CUDA residual add, scale and LoRA dropout (twins: CpuDenseOps::add, scale, lora_dropout; arithmetic: kernels/math/elementwise.h).
 #include "kernels/cuda/dense_common.cuh"
 #include "kernels/cuda/dense_kernels.h"
 #include "kernels/math/elementwise.h"
@@ -38,5 +38,31 @@ void scale_cuda(T* y, const T* x, float s, i64 n, cudaStream_t st) {
 
 template void scale_cuda<float>(float*, const float*, float, i64, cudaStream_t);
 template void scale_cuda<bf16>(bf16*, const bf16*, float, i64, cudaStream_t);
+
+template <typename T>
+__global__ void lora_dropout_kernel(T* y, const T* x, i64 N, i64 C, double p, float keep, Philox ph, uint32_t step,
+                                    uint32_t stream, const i64* keys, uint32_t tag) {
+  const i64 n_el = N * C;
+  for (i64 e = i64(blockIdx.x) * blockDim.x + threadIdx.x; e < n_el; e += i64(gridDim.x) * blockDim.x) {
+    const i64 n = e / C, c = e - n * C;
+    const uint64_t key = math::lora_dropout_key(keys, stream, n);
+    y[e] = math::scale_round<T>(x[e], math::lora_dropout_factor<float>(ph, key, tag, c, C, step, p, keep));
+  }
+}
+
+template <typename T>
+void lora_dropout_cuda(T* y, const T* x, i64 N, i64 C, double p, uint64_t seed, uint32_t step, uint32_t stream,
+                       const i64* keys, uint32_t tag, cudaStream_t st) {
+  if (N <= 0 || C <= 0) return;
+  lora_dropout_kernel<T><<<grid_for(N * C), kThreads, 0, st>>>(y, x, N, C, p, float(1.0 / (1.0 - p)),
+                                                              Philox(seed, RngPurpose::LoraDropout), step, stream,
+                                                              keys, tag);
+  MT_CUDA_LAUNCH("lora_dropout");
+}
+
+template void lora_dropout_cuda<float>(float*, const float*, i64, i64, double, uint64_t, uint32_t, uint32_t,
+                                       const i64*, uint32_t, cudaStream_t);
+template void lora_dropout_cuda<bf16>(bf16*, const bf16*, i64, i64, double, uint64_t, uint32_t, uint32_t, const i64*,
+                                      uint32_t, cudaStream_t);
 
 }  // namespace moe

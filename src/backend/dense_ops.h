@@ -8,6 +8,20 @@
 
 namespace moe {
 
+// LoRA dropout (PEFT's lora_dropout on an adapter's input), regenerated wherever the rows are and never stored: row n
+// has key keys[n] (expert rows: MoeOps::pair_keys, (stream << 32) | pair) or, with keys == null, (stream << 32) | n
+// (token rows of a micro-batch, stream = rng_stream(layer, global micro-batch)). Element c of a C-wide row keeps
+// its value · 1/(1−p) unless Philox(seed, LoraDropout).uniform(row·C + c, step, (key >> 32) ^ (tag + 1) << 27) < p
+// (math::lora_dropout_factor); tag = the adapter's LoraProj index, so q/k/v of one input draw independently.
+struct LoraDropout {
+  double p = 0;
+  uint64_t seed = 0;
+  uint32_t step = 0;
+  uint32_t stream = 0;
+  const i64* keys = nullptr;  // [N] in the backend's memory, or null
+  uint32_t tag = 0;
+};
+
 // Dense ops over storage type T (float, double, or bf16); A = acc_t<T> holds statistics, norm gains and weight
 // gradients (fp32 for bf16). Every pointer lives in the backend's memory space; ops are ordered on the
 // backend's stream (the CPU runs them in call order). Shapes use the letters of core/dims.h; all row-major.
@@ -76,6 +90,9 @@ class DenseOps {
   virtual void scale(T* y, const T* x, double s, i64 n) = 0;
   virtual void copy(T* dst, const T* src, i64 n) = 0;
   virtual void fill_zero(T* dst, i64 n) = 0;
+  // y [N,C] = x ⊙ mask (LoraDropout above; the kept value scaled in A and rounded to T once); y may alias x. The same
+  // d gives the same mask, so one op masks the adapter input in forward and its gradient in backward.
+  virtual void lora_dropout(T* y, const T* x, i64 N, i64 C, const LoraDropout& d) = 0;
 };
 
 }  // namespace moe

@@ -8,7 +8,7 @@
 
 namespace moe {
 
-enum class RngPurpose : uint32_t { Init = 1, RouterJitter = 2, ExpertDropout = 3, Shuffle = 4, Upcycle = 5 };
+enum class RngPurpose : uint32_t { Init = 1, RouterJitter = 2, ExpertDropout = 3, Shuffle = 4, Upcycle = 5, LoraDropout = 6 };
 
 // Host and device alike (MT_HD): CUDA kernels draw the same numbers as the CPU ops, bit for bit (integer rounds, one
 // exact scaling to double for uniform; normal uses libm/CUDA sqrt, log, cos, correctly rounded to within 1 ulp).

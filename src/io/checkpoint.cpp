@@ -685,6 +685,21 @@ std::string read_checkpoint_tensors(const std::string& path, Communicator& world
   return problem;
 }
 
+std::vector<i64> checkpoint_tensor_shape(const std::string& path, const std::string& name) {
+  h5_init();
+  QuietH5 quiet;
+  H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  const std::string ds = "/model/" + name;
+  if (file < 0 || H5Lexists(file, "/model", H5P_DEFAULT) <= 0 || H5Oexists_by_name(file, ds.c_str(), H5P_DEFAULT) <= 0)
+    return {};
+  H5Id d(H5Dopen2(file, ds.c_str(), H5P_DEFAULT), H5Dclose);
+  if (d < 0) return {};
+  H5Id sp(H5Dget_space(d), H5Sclose);
+  std::vector<hsize_t> dims(size_t(std::max(0, H5Sget_simple_extent_ndims(sp))));
+  H5Sget_simple_extent_dims(sp, dims.data(), nullptr);
+  return std::vector<i64>(dims.begin(), dims.end());
+}
+
 std::string verify_checkpoint(const std::string& path) {
   h5_init();
   QuietH5 quiet;

@@ -68,6 +68,10 @@ std::string read_checkpoint_tensors(const std::string& path, Communicator& world
                                     const std::vector<TensorPiece>& model, const std::vector<TensorPiece>& exp_avg,
                                     const std::vector<TensorPiece>& exp_avg_sq);
 
+// Serial: the shape of /model/<name>, or {} when the file has no such tensor (or cannot be read: verify first).
+// moe-export uses it to learn adapter ranks a run took from model.adapter_from.
+std::vector<i64> checkpoint_tensor_shape(const std::string& path, const std::string& name);
+
 // Serial full check: complete attribute, format version, every dataset read in full and its checksum
 // recomputed. Returns "" when valid, else the reason.
 std::string verify_checkpoint(const std::string& path);

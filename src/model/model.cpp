@@ -121,6 +121,8 @@ struct Model<T>::Impl {
   i64 lora_r = 0;
   T* lu = nullptr;  // [T, r] s·x·Aᵀ of one attention adapter (recomputed in backward)
   T* lv = nullptr;  // [T, r] backward scratch
+  double lora_dropout = 0;          // p of the attention adapters' input dropout (0: off)
+  T *ldx = nullptr, *ldd = nullptr;  // [T, max(H, NH·D)] with lora_dropout: masked input, its gradient
   bool embed_trainable = true, head_trainable = true;
   ExpertLoraShape elora{};
 };
@@ -166,9 +168,10 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
   if (S.peft) {
     S.lora_scale = lora.scaling();
     S.lora_r = lora.r;
+    S.lora_dropout = lora.any_attention() ? lora.dropout : 0.0;
     S.elora = ExpertLoraShape{lora.gate_up_blocks() ? lora.r_gate_up : 0, lora.gate_up_blocks(),
                               lora.targets(LoraProj::Gate), lora.targets(LoraProj::Up),
-                              lora.targets(LoraProj::Down) ? lora.r : 0, lora.scaling()};
+                              lora.targets(LoraProj::Down) ? lora.r : 0, lora.scaling(), lora.dropout};
     S.embed_trainable = table_.at("model.embed_tokens.weight").trainable;
     S.head_trainable = m.tie_word_embeddings ? S.embed_trainable : table_.at("lm_head.weight").trainable;
   }
@@ -255,6 +258,10 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
   if (S.peft && S.lora_r > 0) {
     arena_.reserve(&S.lu, Tn * S.lora_r);
     arena_.reserve(&S.lv, Tn * S.lora_r);
+    if (S.lora_dropout > 0) {
+      arena_.reserve(&S.ldx, Tn * std::max(H, NH * D));
+      arena_.reserve(&S.ldd, Tn * std::max(H, NH * D));
+    }
   }
   if (any_dense) {
     arena_.reserve(&S.dg, Tn * ID);
@@ -262,7 +269,7 @@ Model<T>::Model(std::unique_ptr<Backend<T>> owned, Backend<T>* backend, const Mo
     arena_.reserve(&S.da, Tn * ID);
   }
   if (!moe_layers_.empty())
-    MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, moe, shard);
+    MoeScratch<T>::reserve(S.ms, arena_, Tn, H, E, K, I, moe, shard, S.peft && S.elora.dropout > 0);
   // One workspace for every op of a step (ops run one at a time): the largest query.
   i64 ws = ops_.attention_workspace_bytes(B, L, NH, NKV, D, m.sliding_window);
   std::vector<std::pair<i64, i64>> gemms = {{H, NH * D}, {H, NKV * D}, {NH * D, H}, {H, V}};
@@ -354,30 +361,53 @@ static ExpertGrads<T>& expert_grads(ExpertGrads<T>& g, G* Gr, const LayerOffsets
 
 // q, k, v from norm1(x) (acts.ln1) → q_norm/k_norm (Qwen3) → RoPE → attention output and lse. [C4.attention]
 // LoRA forward of attention projection i (0 q, 1 k, 2 v, 3 o) when it has an adapter: y[T,out] += s·(x·Aᵀ)·Bᵀ,
-// the product never formed (PEFT's lora_B(lora_A(x)) · scaling; u = s·x·Aᵀ is rounded once more under bf16).
+// the product never formed (PEFT's lora_B(lora_A(dropout(x))) · scaling; u = s·x·Aᵀ is rounded once more under
+// bf16). LoRA dropout (training only) masks x by the draw of (layer, global micro-batch, projection i).
 template <typename T>
 void Model<T>::lora_forward(T* y, const T* x, const T* P, int l, int i, i64 in, i64 out) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   if (o.lora_a[i] < 0) return;
   const i64 Tn = B_ * L_, r = S.lora_r;
+  if (const LoraDropout d = attention_dropout(l, i); d.p > 0) {
+    ops_.lora_dropout(S.ldx, x, Tn, in, d);
+    x = S.ldx;
+  }
   ops_.linear_forward(S.lu, x, P + o.lora_a[i], Tn, in, r, Accumulate::Overwrite, S.ws);
   ops_.scale(S.lu, S.lu, S.lora_scale, Tn * r);
   ops_.linear_forward(y, S.lu, P + o.lora_b[i], Tn, r, out, Accumulate::Add, S.ws);
 }
 
-// Its backward given dy [T,out]: u = s·x·Aᵀ recomputed; v = dy·B (dB += dyᵀ·u); dx += s·v·A; dA += s·vᵀ·x.
+// Its backward given dy [T,out]: u = s·x·Aᵀ recomputed; v = dy·B (dB += dyᵀ·u); dx += s·v·A; dA += s·vᵀ·x. With
+// LoRA dropout x is the masked input (the same draw regenerated) and s·v·A is masked alike before it is added.
 template <typename T>
 void Model<T>::lora_backward(T* dx, A* G, const T* dy, const T* x, const T* P, int l, int i, i64 in, i64 out) {
   Impl& S = *impl_;
   const LayerOffsets& o = S.off[l];
   if (o.lora_a[i] < 0) return;
   const i64 Tn = B_ * L_, r = S.lora_r;
+  const LoraDropout d = attention_dropout(l, i);
+  if (d.p > 0) {
+    ops_.lora_dropout(S.ldx, x, Tn, in, d);
+    x = S.ldx;
+  }
   ops_.linear_forward(S.lu, x, P + o.lora_a[i], Tn, in, r, Accumulate::Overwrite, S.ws);
   ops_.scale(S.lu, S.lu, S.lora_scale, Tn * r);
   ops_.linear_backward(S.lv, G + o.lora_b[i], dy, S.lu, P + o.lora_b[i], Tn, r, out, Accumulate::Overwrite, S.ws);
   ops_.scale(S.lv, S.lv, S.lora_scale, Tn * r);
-  ops_.linear_backward(dx, G + o.lora_a[i], S.lv, x, P + o.lora_a[i], Tn, in, r, Accumulate::Add, S.ws);
+  if (d.p == 0)
+    return ops_.linear_backward(dx, G + o.lora_a[i], S.lv, x, P + o.lora_a[i], Tn, in, r, Accumulate::Add, S.ws);
+  ops_.linear_backward(S.ldd, G + o.lora_a[i], S.lv, x, P + o.lora_a[i], Tn, in, r, Accumulate::Overwrite, S.ws);
+  ops_.lora_dropout(S.ldd, S.ldd, Tn, in, d);
+  ops_.add(dx, dx, S.ldd, Tn * in);
+}
+
+// The LoRA dropout of attention adapter i (LoraProj Q..O) of layer l in this forward: off (p = 0) outside training.
+template <typename T>
+LoraDropout Model<T>::attention_dropout(int l, int i) const {
+  const Impl& S = *impl_;
+  if (S.lora_dropout <= 0 || mode_ != Mode::Train) return LoraDropout{};
+  return LoraDropout{S.lora_dropout, rng_.seed, rng_.step, rng_stream(l, rng_.global_micro), nullptr, uint32_t(i)};
 }
 
 template <typename T>

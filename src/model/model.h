@@ -118,6 +118,7 @@ class Model {
   // Attention adapter i (0 q, 1 k, 2 v, 3 o) of layer l; no-ops without one.
   void lora_forward(T* y, const T* x, const T* P, int l, int i, i64 in, i64 out);
   void lora_backward(T* dx, A* G, const T* dy, const T* x, const T* P, int l, int i, i64 in, i64 out);
+  LoraDropout attention_dropout(int l, int i) const;
 
   std::unique_ptr<Backend<T>> owned_backend_;  // set by the CPU convenience constructor
   Backend<T>& be_;

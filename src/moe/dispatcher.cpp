@@ -25,12 +25,12 @@ std::string expert_rows_bound_key(const MoeConfig& cfg) {
 
 template <typename T>
 void MoeScratch<T>::reserve(MoeScratch& s, Arena& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg,
-                            const ExpertShardSpec& shard) {
+                            const ExpertShardSpec& shard, bool row_keys) {
   const i64 TK = Tn * K, R = max_expert_rows(Tn, K, E, cfg, shard);
   if (shard.ep > 1) {
     a.reserve(&s.xg, TK * H);
     a.reserve(&s.ye, R * H);
-    if (cfg.expert_dropout > 0) a.reserve(&s.keys_send, TK);
+    if (cfg.expert_dropout > 0 || row_keys) a.reserve(&s.keys_send, TK);
     a.reserve(&s.dye, R * H);
     a.reserve(&s.dxg, TK * H);
   }
@@ -46,14 +46,15 @@ void MoeScratch<T>::reserve(MoeScratch& s, Arena& a, i64 Tn, i64 H, i64 E, i64 K
 
 template <typename T>
 AllToAllDispatcher<T>::AllToAllDispatcher(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, const MoeConfig& cfg,
-                                          const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& a)
+                                          const ExpertShardSpec& shard, MoeScratch<T>& scratch, Arena& a,
+                                          bool row_keys)
     : ops_(ops), s_(scratch), H_(H), layout_(shard.ep > 1 ? DispatchLayout::Exchange : DispatchLayout::Alias),
       exchange_(shard.ep_comm, E, shard.count < 0 ? E : shard.count, max_expert_rows(Tn, K, E, cfg, shard), H,
                 expert_rows_bound_key(cfg), shard.ep_counts) {
   const i64 TK = Tn * K, R = max_expert_rows(Tn, K, E, cfg, shard);
   a.reserve(&xe_, R * H);
   a.reserve(&y_, (layout_ == DispatchLayout::Alias ? R : TK) * H);
-  if (cfg.expert_dropout > 0) a.reserve(&keys_, R);
+  if (cfg.expert_dropout > 0 || row_keys) a.reserve(&keys_, R);
 }
 
 // At ep = 1 the permuted rows ARE the expert input: permute writes straight into the saved buffer.

@@ -48,8 +48,9 @@ struct MoeScratch {
   acc_t<T>* dtopk_w = nullptr;  // [T, K]
   acc_t<T>* dlogits = nullptr;  // [T, E]
   T* dxr = nullptr;       // [T, H]
+  // row_keys: the rows' pair keys travel with them although cfg has no expert dropout (LoRA dropout).
   static void reserve(MoeScratch& s, Arena& a, i64 Tn, i64 H, i64 E, i64 K, i64 I, const MoeConfig& cfg,
-                      const ExpertShardSpec& shard);
+                      const ExpertShardSpec& shard, bool row_keys = false);
 };
 
 enum class DispatchLayout { Alias, Exchange };  // ep = 1: rows read in place; ep > 1: all-to-all
@@ -86,8 +87,9 @@ template <typename T>
 class AllToAllDispatcher final : public TokenDispatcher<T> {
  public:
   using A = acc_t<T>;
+  // row_keys: dispatch_keys is called without expert dropout (LoRA dropout keys the expert rows too).
   AllToAllDispatcher(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, const MoeConfig& cfg, const ExpertShardSpec& shard,
-                     MoeScratch<T>& scratch, Arena& arena);
+                     MoeScratch<T>& scratch, Arena& arena, bool row_keys = false);
   void plan(const i64* host_counts) override { exchange_.plan(host_counts); }
   i64 recv_rows() const override { return exchange_.recv_rows(); }
   const std::vector<RowBlock>& row_blocks() const override { return exchange_.row_blocks(); }

@@ -16,6 +16,7 @@ struct ExpertLoraShape {
   bool up = false;
   int r_down = 0;          // rank of the down adapter (0: none)
   double scaling = 0;      // PEFT's alpha / r (or alpha / √r)
+  double dropout = 0;      // LoRA dropout p on each adapter's input (training: needs the rows' pair keys)
 };
 
 // y = W2_j (silu(W1_j x + s·B_g (A x)) ⊙ (W3_j x + s·B_u (A x))) + s·B_d (A_d h) for the rows of each block (expert
@@ -23,7 +24,9 @@ struct ExpertLoraShape {
 // DenseOps linear on the block's rows, so the path is the same on every backend. Frozen base weights get no
 // gradient (null ExpertGrads w1/w3/w2 entries: the weight-gradient GEMMs are skipped); adapter gradients are
 // accumulated block by block in list order (EP order rule of experts.h). Expert dropout is not supported here
-// (preflight refuses moe.expert_dropout with LoRA).
+// (preflight refuses moe.expert_dropout with LoRA): with lora.dropout > 0, drop.keys (the rows' pair keys, set by
+// MoeLayer in training) key the LoRA dropout of the gate_up input x (tag Gate) and the down input h (tag Down):
+// u = s·dropout(x)·Aᵀ; backward regenerates the masked input and masks the adapter's input gradient alike.
 template <typename T>
 class LoraMlpExperts final : public Experts<T> {
  public:
@@ -43,6 +46,7 @@ class LoraMlpExperts final : public Experts<T> {
   T* u_gu_ = nullptr;  // [R, r_gate_up] s·x·A_guᵀ, saved
   T* u_dn_ = nullptr;  // [R, r_down] s·h·A_dnᵀ, saved
   T* v_ = nullptr;     // [R, max r] backward scratch
+  T *xd_ = nullptr, *dxd_ = nullptr;  // [R, max(H, I)] LoRA dropout: masked adapter input, its gradient (scratch)
   std::byte* ws_ = nullptr;
 };
 

@@ -15,7 +15,8 @@ MoeLayer<T>::MoeLayer(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, i64 I, const 
     : ops_(ops), Tn_(Tn), H_(H), E_(E), K_(K), I_(I), cfg_(cfg), norm_(norm), s_(scratch), plan_(Tn, E, K, a) {
   const i64 R = max_expert_rows(Tn, K, E, cfg, shard);
   if (!a.plan_only()) ops.reserve_workspace(Tn, H, I, R);
-  dispatcher_ = std::make_unique<AllToAllDispatcher<T>>(ops, Tn, H, E, K, cfg, shard, scratch, a);
+  lora_dropout_ = lora && lora->dropout > 0;
+  dispatcher_ = std::make_unique<AllToAllDispatcher<T>>(ops, Tn, H, E, K, cfg, shard, scratch, a, lora_dropout_);
   if (lora) {
     MT_CHECK(dense != nullptr, "LoRA experts need the dense op table");
     experts_ = std::make_unique<LoraMlpExperts<T>>(*dense, H, I, R, *lora, a);
@@ -60,7 +61,7 @@ void MoeLayer<T>::forward(T* out, const T* x, const A* Wg, const ExpertWeights<T
   dispatcher_->plan(host_stats_.data() + L.counts());
   xe_ = dispatcher_->dispatch(x, plan_);
   drop_ = {};
-  if (mode == Mode::Train && cfg_.expert_dropout > 0) {
+  if (mode == Mode::Train && (cfg_.expert_dropout > 0 || lora_dropout_)) {  // rows keyed for either dropout
     drop_.keys = dispatcher_->dispatch_keys(plan_, stream);
     drop_.p = cfg_.expert_dropout;
     drop_.seed = rng.seed;

@@ -64,6 +64,7 @@ class MoeLayer {
   MoeOps<T>& ops_;
   i64 Tn_, H_, E_, K_, I_;
   MoeConfig cfg_;
+  bool lora_dropout_ = false;  // LoRA experts with peft.dropout > 0: the rows' pair keys key its mask
   TopkNorm norm_;
   MoeScratch<T>& s_;
   RoutingPlan plan_;
@@ -78,7 +79,8 @@ class MoeLayer {
   A* logits_ = nullptr;    // [T,E]
   A* probs_ = nullptr;     // [T,E]
   A* topk_w_ = nullptr;    // [T,K]
-  ExpertDropout drop_{};   // keys non-null while dropout is active (Train, expert_dropout > 0)
+  ExpertDropout drop_{};   // keys non-null while a dropout is active (Train, expert_dropout or LoRA dropout > 0);
+                           // p = moe.expert_dropout (0 with LoRA dropout alone)
   bool jitter_active_ = false;
 };
 

@@ -29,6 +29,7 @@ LoraSpec resolve_lora_spec(const PeftConfig& peft, const ModelConfig& m) {
   s.alpha = peft.alpha;
   s.rslora = peft.use_rslora;
   s.train_router = peft.train_router;
+  s.dropout = peft.dropout;
   MT_INPUT_CHECK(!peft.targets.empty(),
                  "peft.targets: empty; list the projections to adapt, e.g. [q_proj, k_proj, v_proj, o_proj, w1, w2, w3] "
                  "(or all-linear)");

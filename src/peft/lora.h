@@ -27,6 +27,7 @@ struct LoraSpec {
   double alpha = 0;
   bool rslora = false;   // scaling alpha/√r instead of alpha/r (PEFT use_rslora)
   bool train_router = false;
+  double dropout = 0;    // PEFT lora_dropout on every adapter's input, training only (backend/dense_ops.h LoraDropout)
   uint8_t mask = 0;      // bit p set: LoraProj p targeted
   bool active() const { return method != PeftMethod::Full; }
   bool targets(LoraProj p) const { return (mask >> int(p)) & 1; }

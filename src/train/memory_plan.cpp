@@ -7,6 +7,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/peft_adapter.h"
+#include "io/peft_state.h"
 #include "model/model.h"
 #include "parallel/zero.h"
 #include "peft/base_weights.h"
@@ -22,10 +24,10 @@ struct PlannedModel {
   i64 activation_bytes = 0;
 };
 template <typename T>
-static PlannedModel planned_model(const Config& cfg, const ExpertShardSpec& shard, i64 dpad, i64 xpad) {
+static PlannedModel planned_model(const Config& cfg, const ExpertShardSpec& shard, i64 dpad, i64 xpad,
+                                  const LoraSpec& lora) {
   Model<T> model(cfg.model, cfg.moe, cfg.train.micro_batch, cfg.train.seq_len,
-                 ModelOptions{AllocPolicy::PlanOnly, shard, dpad, xpad, cfg.train.recompute,
-                              resolve_lora_spec(cfg.peft, cfg.model)});
+                 ModelOptions{AllocPolicy::PlanOnly, shard, dpad, xpad, cfg.train.recompute, lora});
   return PlannedModel{model.table(), model.base_table(), model.num_moe_layers(), model.activation_bytes()};
 }
 
@@ -48,8 +50,14 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   const i64 dpad = p.zero >= 1 ? world : 1, xpad = p.zero >= 1 ? edp : 1;
   // Plan-only model of the run's storage type (bf16 activations under train.precision: bf16): sizes the
   // activation arena as the trainer's model allocates it, and builds rank 0's (padded) parameter table.
-  const PlannedModel model = cfg.train.precision == Precision::Bf16 ? planned_model<bf16>(cfg, shard, dpad, xpad)
-                                                                     : planned_model<float>(cfg, shard, dpad, xpad);
+  // The adapter shapes the trainer will build: an imported adapter's ranks (model.adapter_from) included.
+  LoraSpec lora = resolve_lora_spec(cfg.peft, m);
+  if (lora.active() && !cfg.model_adapter_from.empty()) {
+    const AdapterSet from = read_peft_adapter(cfg.model_adapter_from, m);
+    lora = run_lora_spec(cfg, &from);
+  }
+  const PlannedModel model = cfg.train.precision == Precision::Bf16 ? planned_model<bf16>(cfg, shard, dpad, xpad, lora)
+                                                                     : planned_model<float>(cfg, shard, dpad, xpad, lora);
   const ParamTable& t = model.table;
   p.params = build_param_table(m).tensor_numel();
   const i64 per_expert = 3 * i64(m.hidden_size) * m.expert_width();
@@ -62,7 +70,7 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
   p.copy_bytes = sb.compute_copy;
   p.grad_slot_bytes = sb.grad_slots;
   p.working_bytes = sb.working;
-  p.trainable_params = build_param_table(m, resolve_lora_spec(cfg.peft, m)).trainable_numel();
+  p.trainable_params = build_param_table(m, lora).trainable_numel();
   if (cfg.peft.method != PeftMethod::Full) {
     const BaseStorage kind = cfg.peft.method == PeftMethod::Qlora ? BaseStorage::Nf4 : BaseStorage::Dense;
     const Nf4DoubleQuant dq = cfg.peft.double_quant ? Nf4DoubleQuant::on : Nf4DoubleQuant::off;

@@ -41,8 +41,6 @@ std::vector<std::string> unsupported_options(const Config& c) {
     } catch (const Error& e) {
       out.push_back(e.what());
     }
-    if (c.peft.dropout > 0)
-      out.push_back("peft.dropout > 0 is not implemented yet (LoRA dropout on the adapter input); set peft.dropout: 0");
     if (c.moe.expert_dropout > 0)
       out.push_back("moe.expert_dropout > 0 with peft.method: lora/qlora is not implemented yet; set moe.expert_dropout: 0");
   } else {

@@ -19,7 +19,7 @@
 #include "io/hf_model.h"
 #include "io/peft_adapter.h"
 #include "io/peft_state.h"
-#include "io/upcycle.h"
+#include "io/param_source.h"
 #include "kernels/ref/cross_entropy_ref.h"  // kIgnoreTarget
 #include "launch/launch_env.h"
 #include "optim/adamw.h"
@@ -264,48 +264,15 @@ void Trainer::copy_logits(float* dst, i64 n) const {
 // LoRA/QLoRA: the state table's adapters get PEFT's init (peft/lora.h lora_init), then the base table is filled
 // the same way from the same source and handed to BaseWeights (which stores it as T or quantizes it to NF4).
 void Trainer::init_params() {
-  // Values of `table`'s unit from model.init_from, upcycle.from, or the seeded init; adapters are left to the caller.
-  auto filler = [&](const ParamTable& table, std::unique_ptr<HfWeightReader>& hf,
-                    std::unique_ptr<UpcycleReader>& up) -> std::function<void(int, float*)> {
-    if (!cfg_.model_init_from.empty()) {
-      hf = std::make_unique<HfWeightReader>(cfg_.model_init_from, cfg_.model, table);
-      return [&hf](int unit, float* dst) { hf->read_unit(unit, dst); };
-    }
-    if (!cfg_.upcycle.from.empty()) {
-      // Dense → MoE: expert copies of the dense MLP (+ noise), fresh routers, optional depth up-scaling.
-      up = std::make_unique<UpcycleReader>(cfg_.upcycle, cfg_.train.seed, cfg_.model, table);
-      return [&up](int unit, float* dst) { up->read_unit(unit, dst); };
-    }
-    // Seeded init: N(0, init_std) for matrices, ones for norms. The stream is a hash of the HF name and the
-    // element index the tensor's own flat index, so every layout (rank count, ep, one unit at a time) draws
-    // the same values for the same tensor.
-    return [this, &table](int unit, float* dst) {
-      const Philox ph(cfg_.train.seed, RngPurpose::Init);
-      const i64 begin = table.units()[size_t(unit)].begin;
-      for (const ParamInfo& p : table.entries()) {
-        if (p.unit != unit || is_lora_name(p.name)) continue;
-        float* out = dst + (p.offset - begin);
-        if (p.is_norm) {
-          std::fill(out, out + p.numel, 1.f);
-          continue;
-        }
-        const uint32_t stream = name_stream(p.name);
-#pragma omp parallel for schedule(static)
-        for (i64 i = 0; i < p.numel; ++i) out[i] = float(cfg_.model.init_std * ph.normal(uint64_t(i), stream, 0));
-      }
-    };
-  };
   auto stage = [&](const ParamTable& table, const std::function<void(int, const float*)>& store) {
-    std::unique_ptr<HfWeightReader> hf;
-    std::unique_ptr<UpcycleReader> up;
-    const std::function<void(int, float*)> fill = filler(table, hf, up);
+    const ParamSource source(cfg_, table);  // model.init_from, upcycle.from or the seeded init
     i64 max_unit = 0;
     for (const ParamUnit& u : table.units()) max_unit = std::max(max_unit, u.size());
     std::vector<float> buf(size_t(max_unit), 0.f);
     for (const ParamUnit& u : table.units()) {
       const int unit = int(&u - table.units().data());
       std::fill(buf.begin(), buf.begin() + u.size(), 0.f);  // padding stays zero
-      fill(unit, buf.data());
+      source.read_unit(unit, buf.data());
       for (const ParamInfo& p : table.entries())
         if (p.unit == unit && is_lora_name(p.name))
           lora_init(buf.data() + (p.offset - u.begin), p.name, p.shape, cfg_.train.seed);

@@ -421,8 +421,8 @@ case "$CASE" in
                 "peft.method=lora peft.targets=[q_proj,block_sparse_moe.gate]|peft.train_router" \
                 "peft.method=lora peft.targets=[wq]|'wq' matches no projection" \
                 "peft.method=qlora|peft.targets: empty" \
-                "peft.method=lora peft.targets=[w1] peft.dropout=0.1|peft.dropout" \
                 "peft.method=lora peft.targets=[w1] moe.expert_dropout=0.1|moe.expert_dropout" \
+                "peft.method=lora peft.targets=[w1] peft.dropout=1|peft.dropout" \
                 "model.adapter_from=$T|model.adapter_from" \
                 "peft.double_quant=true|peft.double_quant"; do
       sets=()
@@ -541,6 +541,63 @@ case "$CASE" in
     run c.yaml --set train.lr=1e30 --set train.grad_clip=0 --set train.steps=50 --set checkpoint.every=1
     expect_rc 3
     expect_has "training diverged at step" "first non-finite gradient" "weight"
+    ;;
+  export_refusals)
+    # moe-export refuses what does not fit the checkpoint or the other flags (exit 2 naming the problem, nothing
+    # written), and exports a LoRA checkpoint's adapter (both layouts) and its merge (seeded-init base).
+    EXPORT="$(dirname "$BIN")/moe-export"
+    runx() {  # runx ARGS...: runs moe-export like run() runs moe-train
+      echo "+ moe-export $*" >&2
+      timeout -k 5 90 "$EXPORT" "$@" >out.txt 2>err.txt
+      RC=$?
+      cat out.txt err.txt >all.txt
+      sed 's/^/  | /' all.txt | head -20 >&2
+    }
+    write_tokens tok.bin 64
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set "run.dir=$T/full"
+    expect_rc 0
+    run c.yaml --set "run.dir=$T/lora" --set peft.method=lora --set "peft.targets=[q_proj,w1,w2,w3]"
+    expect_rc 0
+    full=$(ls full/checkpoints/step_*.h5 | tail -1)
+    lora=$(ls lora/checkpoints/step_*.h5 | tail -1)
+    [ -n "$full" ] && [ -n "$lora" ] || fail "the runs wrote no checkpoints"
+    while IFS='|' read -r args msg; do
+      rm -rf x
+      # shellcheck disable=SC2086
+      runx $args --out "$T/x"
+      expect_bad_input "$msg"
+      [ -e x ] && fail "a refused export ($args) wrote $T/x"
+    done <<REFUSALS
+$full --format peft|holds a full model (peft.method: full), not adapters
+$full --merge|there is no adapter to merge
+$lora|holds a LoRA/QLoRA adapter, not a full model
+$lora --dtype bf16|holds a LoRA/QLoRA adapter, not a full model
+$full --peft-layout per-expert|--peft-layout applies to --format peft only
+$lora --format peft --merge|--merge writes a full model
+$lora --format peft --dtype bf16|--dtype applies to full models
+$lora --format peft --fused-experts|--fused-experts applies to full models
+$lora --base $T/full|--base applies to --merge only
+$lora --merge --base $T/nothing|$T/nothing
+$lora --format peft --peft-layout both|--peft-layout
+$T/nothing.h5 --format peft|$T/nothing.h5
+REFUSALS
+    # A base that is not the run's (the full run's trained weights): its frozen tensors differ from the checkpoint's.
+    "$EXPORT" "$full" --out "$T/fullhf" >/dev/null 2>&1 || fail "exporting the full run failed"
+    runx "$lora" --merge --base "$T/fullhf" --out "$T/x"
+    expect_bad_input "is not the one" "was trained on: frozen tensor model.embed_tokens.weight differs"
+    [ -e x ] && fail "a refused merge wrote $T/x"
+    runx "$lora" --format peft --out "$T/ad"
+    expect_rc 0
+    expect_has "transformers 5 fused"
+    [ -s ad/adapter_config.json ] && [ -s ad/adapter_model.safetensors ] || fail "--format peft wrote no adapter"
+    runx "$lora" --format peft --peft-layout per-expert --out "$T/ad4"
+    expect_rc 0
+    grep -q '"w1"' ad4/adapter_config.json || fail "the per-expert adapter does not target the expert Linears (w1)"
+    runx "$lora" --merge --out "$T/merged" --dtype bf16
+    expect_rc 0
+    expect_has "seeded init" "merged the LoRA adapter"
+    [ -s merged/model.safetensors ] && [ -s merged/config.json ] || fail "--merge wrote no model"
     ;;
   export_replaces_weights)
     # A second moe-export into the same --out replaces the weight files of the first (a stale model.safetensors

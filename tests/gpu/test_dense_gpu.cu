@@ -224,6 +224,28 @@ TYPED_TEST(DenseGpu, AddCopyFill) {
   self.expect("fill_zero", gz.back(self.s()), std::vector<T>(n, T(0.f)), Kind::Exact);
 }
 
+// LoRA dropout: the same Philox draws on both tables (kernels/math/elementwise.h), bitwise, with implicit and explicit
+// row keys, in place.
+TYPED_TEST(DenseGpu, LoraDropout) {
+  using T = TypeParam;
+  auto& self = *this;
+  const i64 N = 301, C = 67;
+  auto x = self.rnd(N * C);
+  std::vector<i64> keys(static_cast<size_t>(N));
+  for (i64 n = 0; n < N; ++n) keys[size_t(n)] = i64((uint64_t(9 + n % 3) << 32) | uint64_t(5 * n));
+  Dev<i64> gk(keys);
+  for (const bool keyed : {false, true}) {
+    const LoraDropout d{0.25, 77, 3, (2u << 20) ^ 1u, nullptr, 4};
+    LoraDropout dc = d, dg = d;
+    if (keyed) dc.keys = keys.data(), dg.keys = gk.p;
+    std::vector<T> y(x.size());
+    self.cpu->lora_dropout(y.data(), x.data(), N, C, dc);
+    Dev<T> gx(x);
+    self.gpu->lora_dropout(gx.p, gx.p, N, C, dg);
+    self.expect(keyed ? "lora_dropout keyed" : "lora_dropout", gx.back(self.s()), y, Kind::Exact);
+  }
+}
+
 TYPED_TEST(DenseGpu, Attention) {
   using T = TypeParam;
   auto& self = *this;

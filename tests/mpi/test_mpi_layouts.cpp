@@ -199,6 +199,9 @@ static void compare_lora_layout(const std::vector<std::string>& extra) {
 
 TEST(Layouts, LoraZero3ExpertParallel2) { compare_lora_layout({"peft.method=lora"}); }
 TEST(Layouts, QloraZero3ExpertParallel2) { compare_lora_layout({"peft.method=qlora", "peft.double_quant=true"}); }
+// LoRA dropout: the masks are keyed by token / routed pair, layer, micro-batch and step, never by rank, and the expert
+// rows' pair keys travel with them over the all-to-all: every layout draws the same masks.
+TEST(Layouts, LoraDropoutZero3ExpertParallel2) { compare_lora_layout({"peft.method=lora", "peft.dropout=0.2"}); }
 
 TEST(Zero3, MemoryShareMeasured) {
   Communicator& world = *g_rt->world;

@@ -180,8 +180,8 @@ def moe_debug_path():
     return build_dir() / "tests" / "moe-debug"
 
 
-def run_moe_debug(mode, cfg, workdir, sets=(), timeout=300):
-    """Write cfg as YAML, run `moe-debug MODE CONFIG --out OUT` and return
+def run_moe_debug(mode, cfg, workdir, sets=(), timeout=300, resume=None):
+    """Write cfg as YAML, run `moe-debug MODE CONFIG [--resume CKPT] --out OUT` and return
     ({name: float64 torch tensor}, run_dir). Fails (never skips) when the binary is missing."""
     import pytest
     exe = moe_debug_path()
@@ -195,6 +195,8 @@ def run_moe_debug(mode, cfg, workdir, sets=(), timeout=300):
     cmd = [str(exe), mode, str(cfg_path)]
     for s in sets:
         cmd += ["--set", s]
+    if resume is not None:
+        cmd += ["--resume", str(resume)]
     cmd += ["--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

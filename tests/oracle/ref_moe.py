@@ -295,3 +295,47 @@ class RefModel:
 
     def params(self):
         return split_fused(self.model, lambda p: p.data)
+
+
+# ---------------------------------------------------------------- Philox randomness (core/rng.h)
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def philox_uniform(seed, purpose, index, s1, s2):
+    """Philox4x32-10 uniforms in [0, 1) as the contract draws them (core/rng.h Philox::uniform): key
+    (seed low word, seed high word ^ purpose·0x9E3779B9), counter (index low, index high, s1, s2), 53 bits of
+    (c0 << 21) ^ (c1 >> 11). index: array of non-negative integers; s1, s2: scalars or arrays (uint32)."""
+    index = np.asarray(index, dtype=np.uint64)
+    k0 = np.uint64(seed & 0xFFFFFFFF)
+    k1 = np.uint64(((seed >> 32) ^ ((purpose * 0x9E3779B9) & 0xFFFFFFFF)) & 0xFFFFFFFF)
+    c0, c1 = index & _M32, index >> np.uint64(32)
+    c2 = np.broadcast_to(np.asarray(s1, dtype=np.uint64), index.shape) & _M32
+    c3 = np.broadcast_to(np.asarray(s2, dtype=np.uint64), index.shape) & _M32
+    a, b = k0, k1
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c0
+        p1 = np.uint64(0xCD9E8D57) * c2
+        n0 = (p1 >> np.uint64(32)) ^ c1 ^ a
+        n2 = (p0 >> np.uint64(32)) ^ c3 ^ b
+        c0, c1, c2, c3 = n0, p1 & _M32, n2, p0 & _M32
+        a = (a + np.uint64(0x9E3779B9)) & _M32
+        b = (b + np.uint64(0xBB67AE85)) & _M32
+    bits = ((c0 << np.uint64(21)) ^ (c1 >> np.uint64(11))) & np.uint64((1 << 53) - 1)
+    return bits.astype(np.float64) / float(1 << 53)
+
+
+RNG_LORA_DROPOUT = 6  # RngPurpose::LoraDropout
+
+
+def lora_dropout_mask(seed, step, layer, global_micro, tag, rows, width, p):
+    """[len(rows), width] float64 mask of LoRA dropout (backend/dense_ops.h LoraDropout): row keys
+    (rng_stream(layer, micro) << 32) | row, where row is the token index in the micro-batch (attention adapters) or
+    the pair t·K + k (expert adapters); tag = LoraProj index (q 0, k 1, v 2, o 3, gate_up 4, down 6). Entries are 0
+    or 1/(1−p)."""
+    stream = ((layer << 20) ^ global_micro) & 0xFFFFFFFF
+    s2 = (stream ^ (((tag + 1) << 27) & 0xFFFFFFFF)) & 0xFFFFFFFF
+    rows = np.asarray(rows, dtype=np.uint64)
+    idx = rows[:, None] * np.uint64(width) + np.arange(width, dtype=np.uint64)[None, :]
+    u = philox_uniform(seed, RNG_LORA_DROPOUT, idx, step, s2)
+    return torch.from_numpy((u >= p).astype(np.float64) / (1.0 - p))

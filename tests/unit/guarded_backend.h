@@ -201,6 +201,9 @@ class GuardedDense final : public DenseOps<T> {
   }
   void add(T* y, const T* a, const T* b, i64 n) override { MT_GUARDED(add, y, a, b, n); }
   void scale(T* y, const T* x, double s, i64 n) override { MT_GUARDED(scale, y, x, s, n); }
+  void lora_dropout(T* y, const T* x, i64 N, i64 C, const LoraDropout& d) override {
+    MT_GUARDED(lora_dropout, y, x, N, C, d);
+  }
   void copy(T* dst, const T* src, i64 n) override { MT_GUARDED(copy, dst, src, n); }
   void fill_zero(T* dst, i64 n) override { MT_GUARDED(fill_zero, dst, n); }
 

@@ -1,4 +1,4 @@
-// Owns the DensePeftOps.* tests: the dense ops LoRA/QLoRA adds or relies on — linear_backward with a frozen weight (dW null) and scale — on the CPU tables and through the guarded (device-style) wrapper.
+// Owns the DensePeftOps.* tests: the dense ops LoRA/QLoRA adds or relies on — linear_backward with a frozen weight (dW null), scale, lora_dropout — on the CPU tables and through the guarded (device-style) wrapper.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -140,6 +140,73 @@ TEST(DensePeftOps, ScaleThroughGuardedBackend) {
   std::vector<float> y(64);
   be->mem->to_host(y.data(), p, 64 * 4);
   for (int i = 0; i < 64; ++i) EXPECT_EQ(y[size_t(i)], 2.f * x[size_t(i)]);
+  be->mem->free(p);
+}
+
+// LoRA dropout: every element either 0 or x·1/(1−p) (rounded once); the drop rate is p; the mask is a function of
+// (seed, step, stream/keys, tag, row, column) alone — the same for float, double and bf16, in place or not, with
+// explicit keys equal to the implicit (stream << 32) | n ones; other tags, steps and streams draw other masks.
+template <typename T>
+std::vector<uint8_t> dropout_kept(const LoraDropout& d, i64 N, i64 C) {
+  auto be = make_cpu_backend<T>();
+  std::vector<T> x(size_t(N * C), T(1.0f)), y(x.size());
+  be->dense->lora_dropout(y.data(), x.data(), N, C, d);
+  std::vector<uint8_t> kept(x.size());
+  const float keep = float(acc_t<T>(1.0 / (1.0 - d.p)));
+  for (size_t i = 0; i < y.size(); ++i) {
+    const float v = float(y[i]);
+    EXPECT_TRUE(v == 0.f || v == float(T(keep))) << i << ": " << v;
+    kept[i] = v != 0.f;
+  }
+  return kept;
+}
+
+TEST(DensePeftOps, LoraDropoutMask) {
+  const i64 N = 300, C = 70;
+  LoraDropout d{0.3, 1234, 7, (3u << 20) ^ 5u, nullptr, 2};
+  const auto kf = dropout_kept<float>(d, N, C);
+  EXPECT_EQ(kf, dropout_kept<double>(d, N, C));
+  EXPECT_EQ(kf, dropout_kept<bf16>(d, N, C));
+  double dropped = 0;
+  for (uint8_t k : kf) dropped += k == 0;
+  EXPECT_NEAR(dropped / double(kf.size()), 0.3, 0.01);  // 21000 draws: sd 0.003
+  // Explicit keys (stream << 32) | n draw the implicit mask.
+  std::vector<i64> keys(static_cast<size_t>(N));
+  for (i64 n = 0; n < N; ++n) keys[size_t(n)] = i64((uint64_t(d.stream) << 32) | uint64_t(n));
+  LoraDropout dk = d;
+  dk.stream = 0;
+  dk.keys = keys.data();
+  EXPECT_EQ(kf, dropout_kept<float>(dk, N, C));
+  for (auto change : {+[](LoraDropout& e) { e.tag = 3; }, +[](LoraDropout& e) { e.step = 8; },
+                      +[](LoraDropout& e) { e.stream ^= 1; }, +[](LoraDropout& e) { e.seed = 1235; }}) {
+    LoraDropout e = d;
+    change(e);
+    const auto ke = dropout_kept<float>(e, N, C);
+    i64 same = 0;
+    for (size_t i = 0; i < ke.size(); ++i) same += ke[i] == kf[i];
+    EXPECT_LT(double(same) / double(ke.size()), 0.7);  // independent masks agree on 0.7² + 0.3² = 58%
+  }
+  // Values: y = x · 1/(1−p) in fp32, in place.
+  auto be = make_cpu_backend<float>();
+  auto x = random_vec<float>(N * C, 21);
+  const auto x0 = x;
+  be->dense->lora_dropout(x.data(), x.data(), N, C, d);
+  const float keep = float(1.0 / 0.7);
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(x[i], kf[i] ? x0[i] * keep : 0.f) << i;
+}
+
+TEST(DensePeftOps, LoraDropoutThroughGuardedBackend) {
+  auto be = test::make_guarded_backend<float>();
+  const i64 N = 8, C = 16;
+  auto* p = static_cast<float*>(be->mem->alloc(N * C * 4, "x"));
+  const std::vector<float> ones(size_t(N * C), 1.f);
+  be->mem->to_backend(p, ones.data(), N * C * 4);
+  const LoraDropout d{0.5, 9, 1, 77, nullptr, 0};
+  be->dense->lora_dropout(p, p, N, C, d);
+  std::vector<float> y(size_t(N * C));
+  be->mem->to_host(y.data(), p, N * C * 4);
+  auto cpu = dropout_kept<float>(d, N, C);
+  for (size_t i = 0; i < y.size(); ++i) EXPECT_EQ(y[i], cpu[i] ? 2.f : 0.f) << i;
   be->mem->free(p);
 }
 

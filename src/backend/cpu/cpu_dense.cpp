@@ -146,6 +146,16 @@ class CpuDenseOps final : public DenseOps<T> {
 #pragma omp parallel for schedule(static)
     for (i64 i = 0; i < n; ++i) y[i] = math::scale_round<T>(x[i], sa);
   }
+  void lora_dropout(T* y, const T* x, i64 N, i64 C, const LoraDropout& d) override {
+    const Philox ph(d.seed, RngPurpose::LoraDropout);
+    const A keep = A(1.0 / (1.0 - d.p));
+#pragma omp parallel for schedule(static) if (N * C > (i64(1) << 14))
+    for (i64 n = 0; n < N; ++n) {
+      const uint64_t key = math::lora_dropout_key(d.keys, d.stream, n);
+      for (i64 c = 0; c < C; ++c)
+        y[n * C + c] = math::scale_round<T>(x[n * C + c], math::lora_dropout_factor<A>(ph, key, d.tag, c, C, d.step, d.p, keep));
+    }
+  }
   void copy(T* dst, const T* src, i64 n) override { std::copy(src, src + n, dst); }
   void fill_zero(T* dst, i64 n) override { std::fill(dst, dst + n, T(0)); }
 };

@@ -83,7 +83,8 @@ class CpuMoeOps final : public MoeOps<T> {
       const i64 n = b.rows, off = b.row, j = b.expert;
       if (n == 0) continue;
       if (w.w3[j] == w.w1[j] + I * H) {
-        // [w1;w3] stacked: gate and up as one GEMM of width 2I (each element the same dot product as apart).
+        // [w1;w3] stacked: gate and up as one GEMM of width 2I (each element the same dot product as apart; OpenBLAS
+        // may order it by the call's shape, so equal to a few ulps, not always bitwise).
         T* ab = ws(n * 2 * I);
         gemm_ref<T>(ab, x + off * H, w.w1[j], n, 2 * I, H, Trans::No, Trans::Yes, H, H, 2 * I, T(1), T(0));
         for (i64 r = 0; r < n; ++r) {

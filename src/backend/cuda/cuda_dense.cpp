@@ -142,6 +142,9 @@ class CudaDenseOps final : public DenseOps<T> {
 
   void add(T* y, const T* a, const T* b, i64 n) override { add_cuda<T>(y, a, b, n, ctx_.stream); }
   void scale(T* y, const T* x, double s, i64 n) override { scale_cuda<T>(y, x, float(s), n, ctx_.stream); }
+  void lora_dropout(T* y, const T* x, i64 N, i64 C, const LoraDropout& d) override {
+    lora_dropout_cuda<T>(y, x, N, C, d.p, d.seed, d.step, d.stream, d.keys, d.tag, ctx_.stream);
+  }
   void copy(T* dst, const T* src, i64 n) override {
     if (n > 0 && dst != src)
       MT_CUDA(cudaMemcpyAsync(dst, src, size_t(n) * sizeof(T), cudaMemcpyDeviceToDevice, ctx_.stream));
