@@ -3,7 +3,7 @@
 """Expected ids come only from `Tokenizer.from_file(DIR/tokenizer.json).encode(text, add_special_tokens).ids`
 and expected text from `Tokenizer.decode(ids, skip_special_tokens)`. Every comparison is exact (whole id lists).
 
-Texts: N_LINES distinct fortune lines (seeded sample) + tokenizer_zoo.CRAFTED in plain mode (one text per line),
+Texts: N_LINES distinct fortune lines (seeded sample) + tokenizer_zoo.CRAFTED + UNTRAINED in plain mode (one text per line),
 N_TEXTS whole fortunes + crafted multi-line texts in --jsonl mode.
 """
 import json
@@ -77,7 +77,7 @@ def tokenizers_dirs(tmp_path_factory):
 def lines():
     sample = zoo.sample([x for x in zoo.fortune_lines() if "\n" not in x], N_LINES, seed=12)
     assert len(sample) == N_LINES
-    return sample + zoo.CRAFTED
+    return sample + zoo.CRAFTED + zoo.UNTRAINED
 
 
 @pytest.fixture(scope="session")

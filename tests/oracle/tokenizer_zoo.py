@@ -3,11 +3,13 @@
 """Tokenizer zoo for tests/oracle/test_tokenizer.py and bench/tokenize_bench.py.
 
 Every tokenizer here is trained by the `tokenizers` library itself (BpeTrainer, vocab VOCAB) on the lines of
-/usr/share/games/fortunes/* (plain files; .dat/.u8 skipped), then given a family's pipeline:
+/usr/share/games/fortunes/* (plain files; .dat/.u8 skipped) plus the crafted texts below, then given a family's
+pipeline:
 
   gpt2              ByteLevel pre-tokenizer (GPT-2 regex), ByteLevel decoder and post-processor
   gpt2_prefix       the same with add_prefix_space and a TemplateProcessing "<s> $A </s>"
-  llama3            NFC; Split(Llama-3 regex, isolated) + ByteLevel(use_regex=False); ignore_merges;
+  llama3            NFC; Split(Llama-3 regex, isolated) + ByteLevel(use_regex=False); ignore_merges (and a
+                    vocabulary word no merge makes, UNTRAINED_WORD);
                     post_processor Sequence[ByteLevel, TemplateProcessing "<s> $A"]
   qwen2             the llama3 model with Qwen2's regex (\\p{N} one digit at a time), ByteLevel post-processor,
                     merges in the legacy "a b" string form
@@ -31,7 +33,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 FORTUNES = Path("/usr/share/games/fortunes")
-VOCAB = 4000
+VOCAB = 6000
 SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -155,7 +157,10 @@ def train_llama2(lines):
 def build_zoo(root):
     """Trains the zoo into root/<kind>/ (tokenizer.json + tokenizer_config.json); returns {kind: dir}."""
     root = Path(root)
-    lines = fortune_lines()
+    # The crafted lines are in the training text too (100 times each): merges across their odd boundaries
+    # (a space before U+180E, digits next to letters, emoji sequences) then exist, so a pre-tokenizer split
+    # that differs from the library's shows up in the ids.
+    lines = fortune_lines() + CRAFTED * 100 + crafted_multiline() * 100
     cfg = {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False, "add_eos_token": False}
     dirs = {}
 
@@ -170,7 +175,9 @@ def build_zoo(root):
     dirs["gpt2_prefix"] = _save(gp, root / "gpt2_prefix", dict(cfg, add_eos_token=True,
                                                                  bos_token={"content": "<s>", "special": True}))
 
-    llama3 = train_llama3(lines)
+    def unreachable_word(d):  # a vocabulary word no merge makes: only ignore_merges yields it whole
+        d["model"]["vocab"][UNTRAINED_WORD] = len(d["model"]["vocab"])
+    llama3 = _edit(train_llama3(lines), unreachable_word)
     _add_extra_tokens(llama3)
     dirs["llama3"] = _save(llama3, root / "llama3", dict(cfg, add_bos_token=True))
 
@@ -201,6 +208,10 @@ def build_zoo(root):
     return dirs
 
 
+# Test lines that are not in the training text: UNTRAINED_WORD is in llama3/qwen2's vocabulary but no merge makes it.
+UNTRAINED_WORD = "\u0120zqxjv"  # " zqxjv" in the byte-level alphabet
+UNTRAINED = ["a zqxjv b", "zqxjv", " zqxjv!", "zqxjv zqxjv"]
+
 # Hand-made lines for the corners of pre-tokenization and added-token matching (no '\n': one text per line).
 CRAFTED = [
     "", " ", "  ", "\t", "\t\tindented", "a  b   c", "trailing   ", "   leading", "tab\there", "nbsp\u00a0here",
@@ -217,7 +228,7 @@ CRAFTED = [
     "Hangul jamo \u1100\u1161\u11a8", "ｆｕｌｌｗｉｄｔｈ ＡＢＣ", "𝕳𝖊𝖑𝖑𝖔 math letters", "a\u0300\u0301\u0302 stacked",
     "<s>hello</s>", "<s> spaced </s>", "before<|im_start|>user hi<|im_end|>after", "<s><s></s>", "x<s>y",
     "<|im_start|>", "<|im_start", "<s", "</s", "<<s>>", "a <mask> b", "a     <mask>   b", "<mask>", "\t<mask>",
-    "[sw] alone", "x[sw]y", "word [sw]", "[sw]", "é[sw]", "_[sw]", "hello world here", "hellohello world",
+    "[sw] alone", "x[sw]y", "word [sw]", "[sw]", "é[sw]", "_[sw]", "[sw]x", "a [sw]b", "[sw]é", "[sw]_", "-[sw]-", "hello world here", "hellohello world",
     "Hello world", "hello  world", "<r>   after", "<r>", "x <r>\t\ty", "<0x41> literal byte token text",
     "▁ already metaspace ▁▁", "▁", "control \x01\x02\x7f chars", "back\bspace over\bstrike",
     "\U0001F600" * 5, "a" * 300, "abc " * 200, " " * 50, "\t" * 20, "x" + " " * 17 + "y", "!!!???...", "—–-",
