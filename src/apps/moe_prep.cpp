@@ -1,5 +1,4 @@
-// Owns the moe-prep command line (DESIGN §6): `encode` text lines to token-id lines with an HF tokenizer,
-// and `decode` id lines back to text. Lines are encoded in parallel (OpenMP threads) and written in input order.
+// Owns the moe-prep command line (DESIGN §6): `encode` text lines to token-id lines with an HF tokenizer, and `decode` id lines back to text. Lines are encoded in parallel (OpenMP threads) and written in input order.
 #include <CLI/CLI.hpp>
 #include <omp.h>
 
@@ -77,6 +76,7 @@ struct LineError {
   std::string msg;
 };
 
+// contract: C6.tokenizer (one output line per input line, in order; a bad line is exit 2 with its number)
 // Runs `fn(text, out)` on every line of stdin in parallel and writes the outputs in order. Stops at the first
 // bad line (after writing the lines before it) with its message on stderr; returns the exit code.
 template <typename Fn>

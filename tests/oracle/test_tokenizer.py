@@ -1,6 +1,7 @@
-# Owns the tokenizer oracle (DESIGN §6 moe-prep): `moe-prep encode/decode` ids and text against the `tokenizers`
-# library on tokenizers it trained on the fortunes corpus, in the GPT-2 / Llama-3 / Qwen2 / Llama-2 layouts.
-"""Expected ids come only from `Tokenizer.from_file(DIR/tokenizer.json).encode(text, add_special_tokens).ids`
+# Owns the tokenizer oracle (DESIGN §6 moe-prep): `moe-prep encode/decode` ids and text against the `tokenizers` library on tokenizers it trained on the fortunes corpus, in the GPT-2 / Llama-3 / Qwen2 / Llama-2 layouts.
+"""contract: C6.tokenizer
+
+Expected ids come only from `Tokenizer.from_file(DIR/tokenizer.json).encode(text, add_special_tokens).ids`
 and expected text from `Tokenizer.decode(ids, skip_special_tokens)`. Every comparison is exact (whole id lists).
 
 Texts: N_LINES distinct fortune lines (seeded sample) + tokenizer_zoo.CRAFTED + UNTRAINED in plain mode (one text per line),

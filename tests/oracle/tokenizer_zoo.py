@@ -1,5 +1,4 @@
-# Owns the tokenizers that the tokenizer oracle and bench train with the `tokenizers` library on real English text
-# (the Debian `fortunes` package), in the layouts of GPT-2, Llama-3, Qwen2 and Llama-2/Mistral, plus the texts.
+# Owns the tokenizers that the tokenizer oracle and bench train with the `tokenizers` library on real English text (the Debian `fortunes` package), in the layouts of GPT-2, Llama-3, Qwen2 and Llama-2/Mistral, plus the texts.
 """Tokenizer zoo for tests/oracle/test_tokenizer.py and bench/tokenize_bench.py.
 
 Every tokenizer here is trained by the `tokenizers` library itself (BpeTrainer, vocab VOCAB) on the lines of

@@ -1,5 +1,5 @@
-// Owns the unit tests of src/data/tokenizer (DESIGN §6 moe-prep): BPE merge order, unk fusing and byte fallback,
-// added tokens and templates, decoders, UTF-8 handling, regex rewrite, refusals, metadata, thread safety.
+// Owns the unit tests of src/data/tokenizer (DESIGN §6 moe-prep): BPE merge order, unk fusing and byte fallback, added tokens and templates, decoders, UTF-8 handling, regex rewrite, refusals, metadata, thread safety.
+// contract: C6.tokenizer
 // Expected ids and texts were produced by the `tokenizers` library (0.23) from the same JSON; the oracle
 // tests/oracle/test_tokenizer.py covers trained tokenizers of every supported family on thousands of texts.
 #include <gtest/gtest.h>

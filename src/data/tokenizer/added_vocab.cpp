@@ -1,5 +1,4 @@
-// Owns the added vocabulary (tokenizer.json `added_tokens`): id assignment, the raw and normalized token sets,
-// and splitting text at their matches with the single_word / lstrip / rstrip rules of the library.
+// Owns the added vocabulary (tokenizer.json `added_tokens`): id assignment, the raw and normalized token sets, and splitting text at their matches with the single_word / lstrip / rstrip rules of the library.
 #include <algorithm>
 
 #include "core/error.h"

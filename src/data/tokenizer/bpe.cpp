@@ -1,5 +1,4 @@
-// Owns BPE word segmentation: initial symbols (vocab chars, byte fallback, unk fusing), the rank-ordered merge
-// loop over a min-heap of candidate pairs, and the per-thread word cache.
+// Owns BPE word segmentation: initial symbols (vocab chars, byte fallback, unk fusing), the rank-ordered merge loop over a min-heap of candidate pairs, and the per-thread word cache.
 #include "data/tokenizer/bpe.h"
 
 #include <algorithm>

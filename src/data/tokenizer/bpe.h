@@ -1,5 +1,4 @@
-// Owns the BPE model of an HF tokenizer.json (`model.type: BPE`): vocabulary, merge ranks, byte fallback,
-// unknown-token fusing, ignore_merges, and a per-thread word cache (DESIGN §6 moe-prep).
+// Owns the BPE model of an HF tokenizer.json (`model.type: BPE`): vocabulary, merge ranks, byte fallback, unknown-token fusing, ignore_merges, and a per-thread word cache (DESIGN §6 moe-prep).
 #pragma once
 #include <cstdint>
 #include <optional>

@@ -1,5 +1,4 @@
-// Owns GPT-2's byte-level alphabet: the reversible map between the 256 byte values and 256 printable code
-// points that ByteLevel pre-tokenizers and decoders use.
+// Owns GPT-2's byte-level alphabet: the reversible map between the 256 byte values and 256 printable code points that ByteLevel pre-tokenizers and decoders use.
 #pragma once
 #include <array>
 #include <cstdint>

@@ -1,5 +1,4 @@
-// Owns reading tokenizer.json / tokenizer_config.json into the pipeline parts, and every refusal of a component
-// the C++ tokenizer does not implement (BadInput naming the file and the component).
+// Owns reading tokenizer.json / tokenizer_config.json into the pipeline parts, and every refusal of a component the C++ tokenizer does not implement (BadInput naming the file and the component).
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"

@@ -1,5 +1,4 @@
-// Owns the internal pipeline parts of an HF tokenizer as plain data plus the functions that run them:
-// patterns, normalizers, pre-tokenizers, added vocabulary, decoders, post-processor (DESIGN §6 moe-prep).
+// Owns the internal pipeline parts of an HF tokenizer as plain data plus the functions that run them: patterns, normalizers, pre-tokenizers, added vocabulary, decoders, post-processor (DESIGN §6 moe-prep).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -1,5 +1,4 @@
-// Owns the tokenizer's regex engine seam: patterns written for Oniguruma (the library's engine) run on PCRE2 in
-// UTF + UCP mode, JIT-compiled when available (PCRE2 is seen only by regex.cpp).
+// Owns the tokenizer's regex engine seam: patterns written for Oniguruma (the library's engine) run on PCRE2 in UTF + UCP mode, JIT-compiled when available (PCRE2 is seen only by regex.cpp).
 #pragma once
 #include <cstddef>
 #include <memory>

@@ -1,5 +1,4 @@
-// Owns the text steps before the model: pattern matching, normalizers (NFC, Prepend, Replace) and
-// pre-tokenizers (ByteLevel, Split, Metaspace) with the library's split behaviors.
+// Owns the text steps before the model: pattern matching, normalizers (NFC, Prepend, Replace) and pre-tokenizers (ByteLevel, Split, Metaspace) with the library's split behaviors.
 #include <algorithm>
 
 #include "core/error.h"

@@ -1,5 +1,4 @@
-// Owns the UTF-8 and Unicode helpers of the HF tokenizer (DESIGN §6 moe-prep): validation, lossy decoding, the
-// character classes the library's added-token rules use, and NFC (ICU is seen only by text.cpp).
+// Owns the UTF-8 and Unicode helpers of the HF tokenizer (DESIGN §6 moe-prep): validation, lossy decoding, the character classes the library's added-token rules use, and NFC (ICU is seen only by text.cpp).
 #pragma once
 #include <cstddef>
 #include <cstdint>

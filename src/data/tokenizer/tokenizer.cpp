@@ -1,5 +1,4 @@
-// Owns moe::Tokenizer: loading a directory and running encode (added tokens → normalizer → pre-tokenizer →
-// BPE → template) and decode (ids → tokens → decoder) as the `tokenizers` library does.
+// Owns moe::Tokenizer: loading a directory and running encode (added tokens → normalizer → pre-tokenizer → BPE → template) and decode (ids → tokens → decoder) as the `tokenizers` library does.
 #include "data/tokenizer/tokenizer.h"
 
 #include <sys/stat.h>
@@ -47,6 +46,7 @@ Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::str
   return Tokenizer(std::move(impl));
 }
 
+// contract: C6.tokenizer
 void Tokenizer::encode(std::string_view text, bool add_special_tokens, std::vector<Id>& ids) const {
   const Impl& m = *impl_;
   const size_t bad = tok::utf8_invalid_at(text);
@@ -85,6 +85,7 @@ std::vector<Tokenizer::Id> Tokenizer::encode(std::string_view text, bool add_spe
   return ids;
 }
 
+// contract: C6.tokenizer
 std::string Tokenizer::decode(const std::vector<Id>& ids, bool skip_special_tokens) const {
   const Impl& m = *impl_;
   std::vector<std::string> tokens;

@@ -1,5 +1,4 @@
-// Owns the public tokenizer API: an HF tokenizer directory (tokenizer.json + tokenizer_config.json) that encodes
-// text to the ids of the `tokenizers` library and decodes them back (DESIGN §6 moe-prep, `--tokenizer DIR`).
+// Owns the public tokenizer API: an HF tokenizer directory (tokenizer.json + tokenizer_config.json) that encodes text to the ids of the `tokenizers` library and decodes them back (DESIGN §6 moe-prep, `--tokenizer DIR`).
 #pragma once
 #include <cstdint>
 #include <memory>
