@@ -46,7 +46,7 @@ struct CandLess {
 
 Bpe::Bpe(const std::vector<std::pair<std::string, uint32_t>>& vocab,
          const std::vector<std::pair<std::string, std::string>>& merges, BpeOptions opt, const std::string& where)
-    : opt_(std::move(opt)), uid_(g_next_uid++) {
+    : opt_(std::move(opt)), uid_(g_next_uid++), where_(where) {
   vocab_.reserve(vocab.size());
   uint32_t max_id = 0;
   for (const auto& [tok, id] : vocab) {
@@ -141,7 +141,7 @@ void Bpe::merge_word(std::string_view w, std::vector<uint32_t>& out) const {
       }
     }
     if (opt_.unk_token) {
-      MT_INPUT_CHECK(unk_id_ >= 0, "tokenizer.json: model.unk_token '", *opt_.unk_token,
+      MT_INPUT_CHECK(unk_id_ >= 0, where_, ": model.unk_token '", *opt_.unk_token,
                      "' is needed for a character but is not in model.vocab");
       if (unk_pending && !opt_.fuse_unk) add(uint32_t(unk_id_));
       unk_pending = true;

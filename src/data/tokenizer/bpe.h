@@ -47,6 +47,7 @@ class Bpe {
   int64_t unk_id_ = -1;
   int64_t byte_ids_[256];  // id of "<0xXX>" per byte, -1 when absent
   uint64_t uid_;           // tells the per-thread caches of different models apart
+  std::string where_;      // the file, for messages
 };
 
 }  // namespace moe::tok
