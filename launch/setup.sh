@@ -17,6 +17,7 @@ debs=(
   libopenmpi-dev openmpi-bin libpmix-dev
   libhdf5-openmpi-dev hdf5-tools
   libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
+  libpcre2-dev libicu-dev  # moe-prep's tokenizer: Oniguruma-style pre-tokenizer regexes on PCRE2, NFC from ICU
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev
   slurm-wlm munge
