@@ -1,14 +1,18 @@
-// Owns reading token/text files, id validation and the (optionally shuffled) window order.
+// Owns memory-mapped token sources, id validation, the (optionally shuffled) window order and data.mix interleaving.
 #include "data/token_data.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
-#include <new>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -28,137 +32,294 @@ const char* file_kind(mode_t m) {
   return "not a regular file";
 }
 
-// An open regular file and its size. A directory, FIFO, device or socket is refused before any read (a FIFO
-// would block, /dev/zero never ends, a directory reads as nothing).
-struct OpenFile {
-  int fd = -1;
-  uint64_t size = 0;
-  ~OpenFile() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-void open_regular(const std::string& key, const std::string& path, OpenFile& f) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for regular files.
-  f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+bool is_directory(const std::string& path) {
   struct stat st;
-  if (f.fd < 0) {
-    const int e = errno;
-    if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
-      MT_INPUT_FAIL(key, " '", path, "' is ", file_kind(st.st_mode), ", not a regular file; give a token or text file");
-    MT_INPUT_FAIL(key, ": cannot open '", path, "': ", std::strerror(e),
-                  "; check the path (relative paths are resolved from the working directory)");
-  }
-  if (::fstat(f.fd, &st) != 0) MT_INPUT_FAIL(key, ": cannot stat '", path, "': ", std::strerror(errno));
-  MT_INPUT_CHECK(S_ISREG(st.st_mode), key, " '", path, "' is ", file_kind(st.st_mode),
-                 ", not a regular file; give a token or text file");
-  f.size = uint64_t(st.st_size);
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-// Reads exactly `size` bytes of f in chunks of a multiple of every token size, handing each to take(p, n, offset).
-template <class Take>
-void read_chunks(const std::string& key, const std::string& path, const OpenFile& f, Take take) {
-  std::vector<unsigned char> chunk(size_t(1) << 20);
-  uint64_t done = 0;
-  while (done < f.size) {
-    const size_t want = size_t(std::min<uint64_t>(chunk.size(), f.size - done));
-    const ssize_t got = ::pread(f.fd, chunk.data(), want, off_t(done));
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) MT_INPUT_FAIL(key, " '", path, "': read failed at byte ", done, ": ", std::strerror(errno));
-    MT_INPUT_CHECK(got > 0, key, " '", path, "': the file shrank while being read (", done, " of ", f.size, " bytes)");
-    take(chunk.data(), size_t(got), done);
-    done += uint64_t(got);
+// A read-only mapping of a whole regular file (a directory, FIFO, device or socket is refused before any read: a
+// FIFO would block, /dev/zero never ends). An empty file maps to nothing.
+class MappedFile {
+ public:
+  MappedFile(const std::string& key, const std::string& path) {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for regular files.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0) {
+      const int e = errno;
+      if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+        MT_INPUT_FAIL(key, " '", path, "' is ", file_kind(st.st_mode), ", not a regular file; give a token or text file");
+      MT_INPUT_FAIL(key, ": cannot open '", path, "': ", std::strerror(e),
+                    "; check the path (relative paths are resolved from the working directory)");
+    }
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      const bool stat_ok = ::fstat(fd, &st) == 0;
+      ::close(fd);
+      MT_INPUT_FAIL(key, " '", path, "' is ", stat_ok ? file_kind(st.st_mode) : "unreadable",
+                    ", not a regular file; give a token or text file");
+    }
+    size_ = uint64_t(st.st_size);
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_t(size_), PROT_READ, MAP_SHARED, fd, 0);
+      const int e = errno;
+      ::close(fd);
+      MT_INPUT_CHECK(p != MAP_FAILED, key, " '", path, "': cannot map ", size_, " bytes: ", std::strerror(e));
+      data_ = static_cast<const unsigned char*>(p);
+      ::madvise(p, size_t(size_), MADV_RANDOM);  // windows are read in the (shuffled) sample order
+    } else {
+      ::close(fd);
+    }
   }
+  ~MappedFile() {
+    if (data_) ::munmap(const_cast<unsigned char*>(data_), size_t(size_));
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const unsigned char* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  const unsigned char* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+// The meta.json of a moe-prep build directory: format_version 1 and the token count.
+i64 prepared_num_tokens(const std::string& key, const std::string& dir) {
+  const std::string meta = dir + "/meta.json";
+  std::ifstream in(meta);
+  MT_INPUT_CHECK(in.good(), key, " '", dir, "' is a directory without meta.json: give a token or text file, or a "
+                 "directory written by moe-prep build");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const std::exception& e) {
+    MT_INPUT_FAIL(key, " '", meta, "' is not valid JSON: ", e.what());
+  }
+  MT_INPUT_CHECK(j.is_object() && j.contains("format_version") && j["format_version"].is_number_integer(), key, " '",
+                 meta, "' has no integer format_version: not written by moe-prep build?");
+  MT_INPUT_CHECK(j["format_version"].get<i64>() == 1, key, " '", meta, "': format_version ",
+                 j["format_version"].get<i64>(), " is not supported (this build reads 1)");
+  MT_INPUT_CHECK(j.contains("num_tokens") && j["num_tokens"].is_number_integer() && j["num_tokens"].get<i64>() >= 0,
+                 key, " '", meta, "': num_tokens missing or not a non-negative integer");
+  return j["num_tokens"].get<i64>();
 }
 
 }  // namespace
 
-i64 check_token_file(const DataConfig& d, int vocab, int seq_len, DataScan scan, const std::string& key) {
-  MT_INPUT_CHECK(!d.path.empty(), key, " is not set; give a token file (data.format: tokens) or a text file (data.format: text)");
-  OpenFile f;
-  open_regular(key, d.path, f);  // a directory, FIFO, device or socket: exit 2 naming what it is, before any read
-  const i64 bytes = i64(f.size);
-  const i64 es = d.format == DataFormat::Text ? 1 : d.dtype == TokenDtype::U16 ? 2 : 4;
-  if (d.format == DataFormat::Text)
-    MT_INPUT_CHECK(vocab >= 256, "data.format: text uses byte-level tokens 0..255, so model.vocab_size must be >= 256, got ", vocab);
-  else
-    MT_INPUT_CHECK(bytes % es == 0, key, " '", d.path, "': size ", bytes, " bytes is not a multiple of ", es,
-                   " (data.dtype ", es == 2 ? "uint16" : "uint32", "); is data.dtype right?");
-  const i64 ntok = bytes / es;
-  MT_INPUT_CHECK(ntok >= 1 && (ntok - 1) / seq_len >= 1, key, " '", d.path, "': ", ntok,
-                 " tokens is shorter than one window of train.seq_len + 1 = ", i64(seq_len) + 1, " tokens");
-  if (scan == DataScan::Ids && d.format != DataFormat::Text) {
-    read_chunks(key, d.path, f, [&](const unsigned char* p, size_t n, uint64_t offset) {
-      for (size_t i = 0; i + size_t(es) <= n; i += size_t(es)) {
-        uint32_t v = 0;
-        for (i64 b = 0; b < es; ++b) v |= uint32_t(p[i + size_t(b)]) << (8 * b);
-        MT_INPUT_CHECK(v < uint32_t(vocab), key, " '", d.path, "': token id ", v, " at position ",
-                       (offset + i) / uint64_t(es), " is >= model.vocab_size ", vocab,
-                       "; was the file made with another tokenizer?");
+// One source: a token file (uint32/uint16), a text file (bytes), or a moe-prep build directory (tokens.bin uint32 +
+// loss_mask.bin one uint8 per token), memory-mapped; ids checked < vocab once.
+class TokenSource {
+ public:
+  TokenSource(const std::string& key, const std::string& path, const DataConfig& d, int vocab, int L, DataScan scan)
+      : path_(path) {
+    MT_INPUT_CHECK(!path.empty(), key, " is not set; give a token file (data.format: tokens), a text file "
+                   "(data.format: text) or a moe-prep build directory");
+    if (is_directory(path)) {
+      MT_INPUT_CHECK(d.format == DataFormat::Tokens, key, " '", path, "' is a moe-prep build directory: it holds "
+                     "tokens, so data.format must be tokens");
+      MT_INPUT_CHECK(d.dtype == TokenDtype::U32, key, " '", path, "' is a moe-prep build directory (uint32 ids): "
+                     "data.dtype must be uint32");
+      const i64 n = prepared_num_tokens(key, path);
+      tokens_ = std::make_unique<MappedFile>(key, path + "/tokens.bin");
+      mask_ = std::make_unique<MappedFile>(key, path + "/loss_mask.bin");
+      MT_INPUT_CHECK(tokens_->size() == uint64_t(n) * 4, key, " '", path, "/tokens.bin': ", tokens_->size(),
+                     " bytes, but meta.json says ", n, " uint32 tokens");
+      MT_INPUT_CHECK(mask_->size() == uint64_t(n), key, " '", path, "/loss_mask.bin': ", mask_->size(),
+                     " bytes, but meta.json says ", n, " tokens (one byte each)");
+      es_ = 4;
+    } else {
+      text_ = d.format == DataFormat::Text;
+      if (text_)
+        MT_INPUT_CHECK(vocab >= 256, "data.format: text uses byte-level tokens 0..255, so model.vocab_size must be "
+                       ">= 256, got ", vocab);
+      es_ = text_ ? 1 : d.dtype == TokenDtype::U16 ? 2 : 4;
+      tokens_ = std::make_unique<MappedFile>(key, path);
+      MT_INPUT_CHECK(tokens_->size() % uint64_t(es_) == 0, key, " '", path, "': size ", tokens_->size(),
+                     " bytes is not a multiple of ", es_, " (data.dtype ", es_ == 2 ? "uint16" : "uint32",
+                     "); is data.dtype right?");
+    }
+    n_tokens_ = i64(tokens_->size() / uint64_t(es_));
+    n_windows_ = n_tokens_ >= 1 ? (n_tokens_ - 1) / L : 0;
+    MT_INPUT_CHECK(n_windows_ >= 1, key, " '", path, "': ", n_tokens_, " tokens is shorter than one window of "
+                   "train.seq_len + 1 = ", i64(L) + 1, " tokens");
+    if (scan == DataScan::Ids && !text_) {
+      for (i64 i = 0; i < n_tokens_; ++i) {
+        const uint32_t v = token(i);
+        MT_INPUT_CHECK(v < uint32_t(vocab), key, " '", path, "': token id ", v, " at position ", i,
+                       " is >= model.vocab_size ", vocab, "; was the file made with another tokenizer?");
       }
-    });
+    }
   }
-  return ntok;
+
+  i64 num_tokens() const { return n_tokens_; }
+  i64 num_windows() const { return n_windows_; }
+  bool has_mask() const { return mask_ != nullptr; }
+  const std::string& path() const { return path_; }
+
+  uint32_t token(i64 i) const {
+    const unsigned char* p = tokens_->data() + size_t(i) * size_t(es_);
+    uint32_t v = 0;
+    for (int b = 0; b < es_; ++b) v |= uint32_t(p[b]) << (8 * b);
+    return v;
+  }
+  // Token i counts as a target (no mask: every token).
+  bool counts(i64 i) const { return !mask_ || mask_->data()[i] != 0; }
+
+ private:
+  std::string path_;
+  std::unique_ptr<MappedFile> tokens_, mask_;
+  int es_ = 4;
+  bool text_ = false;
+  i64 n_tokens_ = 0, n_windows_ = 0;
+};
+
+i64 check_token_file(const DataConfig& d, const std::string& path, int vocab, int seq_len, DataScan scan,
+                     const std::string& key) {
+  return TokenSource(key, path, d, vocab, seq_len, scan).num_tokens();
 }
 
-TokenData::TokenData(const DataConfig& d, int vocab, int seq_len, uint64_t seed, const std::string& key)
-    : L_(seq_len), shuffle_(d.shuffle), seed_(seed) {
-  MT_INPUT_CHECK(!d.path.empty(), key, " is not set; give a token file (data.format: tokens) or a text file (data.format: text)");
-  if (d.format == DataFormat::Jsonl)
-    MT_INPUT_FAIL("data.format: jsonl needs the tokenizer and chat-template support, which this build does not have yet; "
-                  "use data.format: tokens (pre-tokenized uint32/uint16) or text (byte-level)");
-  if (d.reset_attention)
-    MT_INPUT_FAIL("data.reset_attention: true is not supported yet (document-packed attention lands with the data issue)");
-  const bool text = d.format == DataFormat::Text;
-  if (text)
-    MT_INPUT_CHECK(vocab >= 256, "data.format: text uses byte-level tokens 0..255, so model.vocab_size must be >= 256, got ", vocab);
-  const size_t es = text ? 1 : d.dtype == TokenDtype::U16 ? 2 : 4;
-  OpenFile f;
-  open_regular(key, d.path, f);
-  MT_INPUT_CHECK(f.size % es == 0, key, " '", d.path, "': size ", f.size, " bytes is not a multiple of ", es,
-                 " (data.dtype ", es == 2 ? "uint16" : "uint32", "); is data.dtype right?");
-  try {
-    tokens_.reserve(size_t(f.size / es));
-  } catch (const std::exception&) {  // bad_alloc / length_error: the file cannot be held
-    MT_INPUT_FAIL(key, " '", d.path, "': ", f.size / es, " tokens (", f.size, " bytes) do not fit in memory");
+// The sources of d: data.path alone, or data.mix (path, weight) entries.
+static std::vector<std::pair<std::string, double>> source_list(const DataConfig& d, const std::string& key) {
+  if (key != "data.path") return {{d.path, 1.0}};  // eval.data: one file
+  MT_INPUT_CHECK(d.mix.empty() || d.path.empty(), "data.path and data.mix are both set: give one file in data.path, or "
+                 "several with weights in data.mix");
+  if (!d.mix.empty()) return d.mix;
+  return {{d.path, 1.0}};
+}
+
+static void check_mask_rule(const DataConfig& d, const std::string& key, const std::string& path, bool has_mask) {
+  MT_INPUT_CHECK(!d.mask_prompt || has_mask, "data.mask_prompt: true needs loss masks, which only a moe-prep build "
+                 "directory carries; ", key, " '", path, "' is a plain token file");
+}
+
+i64 check_data_sources(const DataConfig& d, int vocab, int seq_len, DataScan scan) {
+  i64 total = 0;
+  const bool mix = !d.mix.empty();
+  for (const auto& [path, w] : source_list(d, "data.path")) {
+    const std::string key = mix ? "data.mix" : "data.path";
+    const TokenSource s(key, path, d, vocab, seq_len, scan);
+    check_mask_rule(d, key, path, s.has_mask());
+    total += s.num_tokens();
   }
-  read_chunks(key, d.path, f, [&](const unsigned char* p, size_t n, uint64_t offset) {
-    for (size_t i = 0; i + es <= n; i += es) {
-      uint32_t v = 0;
-      for (size_t b = 0; b < es; ++b) v |= uint32_t(p[i + b]) << (8 * b);
-      MT_INPUT_CHECK(v < uint32_t(vocab), key, " '", d.path, "': token id ", v, " at position ", (offset + i) / es,
-                     " is >= model.vocab_size ", vocab, "; was the file made with another tokenizer?");
-      tokens_.push_back(int32_t(v));
+  return total;
+}
+
+TokenData::TokenData(const DataConfig& d, int vocab, int seq_len, uint64_t seed, const std::string& key,
+                     i64 plan_samples)
+    : L_(seq_len), shuffle_(d.shuffle), mask_prompt_(d.mask_prompt), seed_(seed) {
+  if (d.format == DataFormat::Jsonl)
+    MT_INPUT_FAIL("data.format: jsonl is read by moe-prep build (JSONL -> token directory); train on its output with "
+                  "data.format: tokens and data.path: that directory");
+  if (d.reset_attention)
+    MT_INPUT_FAIL("data.reset_attention: true is not supported yet (document-packed attention)");
+  const auto list = source_list(d, key);
+  const std::string skey = key == "data.path" && !d.mix.empty() ? "data.mix" : key;
+  double wsum = 0;
+  for (const auto& [path, w] : list) {
+    sources_.push_back(std::make_unique<TokenSource>(skey, path, d, vocab, seq_len, DataScan::Ids));
+    check_mask_rule(d, skey, path, sources_.back()->has_mask());
+    wsum += w;
+  }
+  double c = 0;
+  for (const auto& [path, w] : list) cumulative_.push_back(c += w / wsum);
+  cumulative_.back() = 1.0;
+  const size_t S = sources_.size();
+  perm_epoch_.assign(S, -1);
+  perm_.resize(S);
+  if (S > 1) {  // the schedule's per-block prefix counts, laid out once for the run's samples
+    const i64 blocks = std::max<i64>(plan_samples, 1) / kBlock + 1;
+    block_counts_.assign(size_t(blocks) * S, 0);
+    std::vector<i64> count(S, 0);
+    for (i64 b = 0; b < blocks; ++b) {
+      std::copy(count.begin(), count.end(), block_counts_.begin() + b * i64(S));
+      if (b + 1 < blocks)
+        for (i64 i = b * kBlock; i < (b + 1) * kBlock; ++i) ++count[size_t(pick(i))];
     }
-  });
-  n_windows_ = tokens_.empty() ? 0 : (i64(tokens_.size()) - 1) / L_;
-  MT_INPUT_CHECK(n_windows_ >= 1, key, " '", d.path, "': ", tokens_.size(), " tokens is shorter than one window of train.seq_len + 1 = ",
-                 i64(L_) + 1, " tokens");
+  }
+}
+
+TokenData::~TokenData() = default;
+
+i64 TokenData::num_windows() const {
+  i64 n = 0;
+  for (const auto& s : sources_) n += s->num_windows();
+  return n;
+}
+
+i64 TokenData::num_tokens() const {
+  i64 n = 0;
+  for (const auto& s : sources_) n += s->num_tokens();
+  return n;
+}
+
+int TokenData::pick(i64 i) const {
+  constexpr double phi = 0.6180339887498949;  // (√5 − 1)/2
+  const double u = std::fmod(double(i + 1) * phi, 1.0);
+  int s = 0;
+  while (s + 1 < int(cumulative_.size()) && u >= cumulative_[size_t(s)]) ++s;
+  return s;
+}
+
+std::pair<int, i64> TokenData::locate(i64 i) const {
+  const size_t S = sources_.size();
+  if (S == 1) return {0, i};
+  const int s = pick(i);
+  const i64 nb = i64(block_counts_.size() / S);
+  const i64 b = std::min(i / kBlock, nb - 1);
+  i64 k = block_counts_[size_t(b) * S + size_t(s)];
+  for (i64 j = b * kBlock; j < i; ++j) k += pick(j) == s;  // ≤ kBlock steps inside the planned range
+  return {s, k};
+}
+
+// The window of source s's k-th sample: k mod n_s, through that source epoch's permutation when data.shuffle.
+i64 TokenData::source_window(int s, i64 k) const {
+  const TokenSource& src = *sources_[size_t(s)];
+  const i64 n = src.num_windows();
+  i64 w = k % n;
+  if (shuffle_) {
+    const i64 epoch = k / n;
+    std::vector<i64>& perm = perm_[size_t(s)];
+    if (epoch != perm_epoch_[size_t(s)]) {
+      // Fisher–Yates from Philox keyed by (seed, epoch, source): the same on every rank.
+      perm.resize(size_t(n));
+      for (i64 j = 0; j < n; ++j) perm[size_t(j)] = j;
+      const Philox ph(seed_, RngPurpose::Shuffle);
+      for (i64 j = n - 1; j > 0; --j) {
+        const i64 r = i64(ph.uniform(uint64_t(j), uint32_t(epoch), uint32_t(s)) * double(j + 1));
+        std::swap(perm[size_t(j)], perm[size_t(r < j ? r : j)]);
+      }
+      perm_epoch_[size_t(s)] = epoch;
+    }
+    w = perm[size_t(w)];
+  }
+  return w;
 }
 
 // contract: C5.order C5.tokens
-void TokenData::window(i64 i, int32_t* inputs, int32_t* targets) const {
-  i64 w = i % n_windows_;
-  if (shuffle_) {
-    const i64 epoch = i / n_windows_;
-    if (epoch != perm_epoch_) {
-      // Fisher–Yates from Philox keyed by (seed, epoch): the same on every rank.
-      perm_.resize(size_t(n_windows_));
-      for (i64 j = 0; j < n_windows_; ++j) perm_[j] = j;
-      const Philox ph(seed_, RngPurpose::Shuffle);
-      for (i64 j = n_windows_ - 1; j > 0; --j) {
-        const i64 r = i64(ph.uniform(uint64_t(j), uint32_t(epoch), 0) * double(j + 1));
-        std::swap(perm_[j], perm_[r < j ? r : j]);
-      }
-      perm_epoch_ = epoch;
-    }
-    w = perm_[w];
-  }
-  const int32_t* src = tokens_.data() + w * L_;
+i64 TokenData::window(i64 i, int32_t* inputs, int32_t* targets) const {
+  const auto [s, k] = locate(i);
+  const TokenSource& src = *sources_[size_t(s)];
+  const i64 p = source_window(s, k) * L_;
+  i64 counted = 0;
   for (int t = 0; t < L_; ++t) {
-    inputs[t] = src[t];
-    targets[t] = src[t + 1];
+    inputs[t] = int32_t(src.token(p + t));
+    const bool counts = !mask_prompt_ || src.counts(p + t + 1);
+    targets[t] = counts ? int32_t(src.token(p + t + 1)) : kMaskedTarget;
+    counted += counts;
   }
+  return counted;
+}
+
+i64 TokenData::count_targets(i64 i) const {
+  if (!mask_prompt_) return L_;
+  const auto [s, k] = locate(i);
+  const TokenSource& src = *sources_[size_t(s)];
+  const i64 p = source_window(s, k) * L_;
+  i64 counted = 0;
+  for (int t = 0; t < L_; ++t) counted += src.counts(p + t + 1);
+  return counted;
 }
 
 }  // namespace moe

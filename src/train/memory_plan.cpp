@@ -82,7 +82,7 @@ MemoryPlan plan_memory(const Config& cfg, int world, i64 data_tokens) {
     p.base_bytes = all - p.base_slot_bytes;
   }
   p.activation_bytes = model.activation_bytes;
-  p.data_bytes = 4 * data_tokens;
+  p.data_tokens = data_tokens;  // memory-mapped: in the page cache, shared by the ranks of a machine, not private
   // Trainer::init_params stages one unit at a time in one fp32 buffer of the largest unit; upcycling also
   // converts one dense tensor at a time (the same shape as the entries it fills).
   i64 max_unit = 0, max_entry = 0;
@@ -167,7 +167,9 @@ std::string format_memory_plan(const Config& cfg, const MemoryPlan& p) {
   static const char* recompute_names[] = {"none", "selective", "full"};
   os << "  activations      " << human_bytes(p.activation_bytes) << "  (micro_batch " << cfg.train.micro_batch << " x seq_len "
      << cfg.train.seq_len << ", train.recompute: " << recompute_names[int(cfg.train.recompute)] << ")\n";
-  if (p.data_bytes) os << "  data tokens      " << human_bytes(p.data_bytes) << "  (" << human_count(p.data_bytes / 4) << " tokens as int32)\n";
+  if (p.data_tokens)
+    os << "  data tokens      " << human_count(p.data_tokens) << " tokens, memory-mapped (page cache, shared by the ranks; "
+       << "not counted)\n";
   os << "  start-up staging " << human_bytes(p.staging_bytes) << "  (fp32, one parameter unit at a time before sharding; freed before step 1)\n";
   os << "  total            " << human_bytes(p.total()) << "\n";
   return os.str();

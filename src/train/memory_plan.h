@@ -18,7 +18,8 @@ struct MemoryPlan {
   i64 grad_slot_bytes = 0;   // per rank: unit gradient slots (ZeRO-2/3) before their reduce-scatter
   i64 working_bytes = 0;     // per rank, every working buffer: ZeRO-3 gather slots + grad_slot_bytes
   i64 activation_bytes = 0;  // per rank
-  i64 data_bytes = 0;        // per rank: the token stream as int32 (every rank holds the whole file)
+  i64 data_bytes = 0;        // per rank, private: 0 — the token sources are memory-mapped (page cache, shared)
+  i64 data_tokens = 0;       // tokens in those mappings (data sources + eval.data), for the report
   i64 staging_bytes = 0;     // per rank, start-up only: the fp32 unit buffer init / HF load / upcycling stage each unit in
   // LoRA/QLoRA: the frozen base linears (BaseWeights: T copies or NF4 blocks, replicated over data parallel) and
   // the dequantization slot (QLoRA), and the trainable parameter count (adapters + router when trained).

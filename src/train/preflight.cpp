@@ -53,10 +53,6 @@ std::vector<std::string> unsupported_options(const Config& c) {
     out.push_back("data.format: jsonl is not implemented yet; use tokens (pre-tokenized uint32/uint16) or text (byte-level)");
   if (c.data.reset_attention)
     out.push_back("data.reset_attention: true is not implemented yet (document-packed attention); remove it");
-  if (!c.data.mix.empty())
-    out.push_back("data.mix is not implemented yet (mixing several data files); give one file in data.path");
-  if (c.data.mask_prompt)
-    out.push_back("data.mask_prompt: true is not implemented yet (prompt masking needs chat data); remove it");
   if (!c.data.chat_template.empty())
     out.push_back("data.chat_template is not implemented yet (chat data is not supported); remove it");
   if (!c.data.tokenizer.empty())
@@ -104,22 +100,20 @@ Preflight preflight(const Config& in, int world, PreflightMode mode) {
   else
     check_supported(c);
   attempt([&] {
-    p.data_tokens = check_token_file(c.data, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size);
+    p.data_tokens = check_data_sources(c.data, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size);
   });
   i64 eval_tokens = 0;
   if (!c.eval.data.empty())
     attempt([&] {
-      DataConfig ed = c.data;
-      ed.path = c.eval.data;
-      eval_tokens = check_token_file(ed, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size,
-                                     "eval.data");
+      eval_tokens = check_token_file(c.data, c.eval.data, c.model.vocab_size, c.train.seq_len,
+                                     dry ? DataScan::Ids : DataScan::Size, "eval.data");
       const i64 B = i64(c.train.micro_batch) * c.train.grad_accum * world;
       const i64 windows = (eval_tokens - 1) / c.train.seq_len;
       MT_INPUT_CHECK(windows >= B, "eval.data '", c.eval.data, "': ", windows, " windows of train.seq_len + 1 = ",
                      c.train.seq_len + 1, " tokens, fewer than one global batch (", B,
                      " = micro_batch x grad_accum x ranks); give more held-out data");
     });
-  p.plan = plan_memory(c, world, std::max<i64>(p.data_tokens, 0) + eval_tokens);  // both files are read whole
+  p.plan = plan_memory(c, world, std::max<i64>(p.data_tokens, 0) + eval_tokens);
   p.local_ranks = std::max(1, detect_launch_env().local_size);
 
   // Host memory: every rank of this job on this machine holds its own plan.

@@ -153,7 +153,9 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
     model16_ = std::make_unique<Model<bf16>>(*backend16_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
   else
     model_ = std::make_unique<Model<float>>(*backend_, cfg_.model, cfg_.moe, t.micro_batch, t.seq_len, mo);
-  data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed);
+  static_assert(kMaskedTarget == kIgnoreTarget, "masked targets must be the CE kernels' ignored label");
+  data_ = std::make_unique<TokenData>(cfg_.data, cfg_.model.vocab_size, t.seq_len, t.seed, "data.path",
+                                      i64(t.steps) * t.micro_batch * t.grad_accum * world_);
   if (!cfg_.eval.data.empty()) {
     DataConfig ed = cfg_.data;
     ed.path = cfg_.eval.data;
@@ -292,7 +294,15 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   const i64 mb = t.micro_batch, L = t.seq_len, V = cfg_.model.vocab_size;
   const i64 B = mb * t.grad_accum * world_;
   const i64 M = i64(t.grad_accum) * world_;
-  const double N = double(B * L);  // loss tokens: every target of every window
+  // Loss tokens N: the targets that count over the whole global batch, on every rank (data.mask_prompt: labels -100
+  // count neither in CE_sum nor in N) [C4.objective]; B·L without masking.
+  double N = double(B * L);
+  if (data_->masks_targets()) {
+    N = 0;
+    for (int a = 0; a < t.grad_accum; ++a)
+      for (i64 i = 0; i < mb; ++i) N += double(data_->count_targets(i64(s) * B + (i64(a) * world_ + rank_) * mb + i));
+    world_comm_.all_reduce_sum(&N, 1);
+  }
   const int Lm = num_moe_layers();
   const int E = cfg_.model.num_experts;
   state_->zero_grads();
@@ -338,7 +348,7 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   for (auto& l : r.expert_load) l.assign(size_t(E), 0);
   double ce = 0, aux = 0, z = 0;
   LossScales sc;
-  sc.ce = 1.0 / N;
+  sc.ce = N > 0 ? 1.0 / N : 0.0;  // a global batch of prompts only: no CE gradient, loss 0
   sc.aux = cfg_.moe.aux_loss_coef / double(M);
   sc.z = cfg_.moe.z_loss_coef / double(M);
   for (int a = 0; a < t.grad_accum; ++a) {
@@ -358,7 +368,8 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   }
   r.grad_norm = state_->reduce_grads();
   reduce_stats(r, ce, aux, z);
-  r.loss = ce / N;
+  r.loss = N > 0 ? ce / N : 0.0;
+  r.loss_tokens = i64(N);
   r.aux_loss = aux / double(M);
   r.z_loss = z / double(M);
   r.lr = lr_at(t, s);

@@ -28,7 +28,8 @@ struct StepResult {
   double z_loss = 0;
   double lr = 0;
   double grad_norm = 0;      // before clipping
-  i64 tokens = 0;
+  i64 tokens = 0;             // tokens processed (global batch · seq_len)
+  i64 loss_tokens = 0;        // targets counted in the loss (fewer under data.mask_prompt)
   i64 dropped = 0, pairs = 0;
   std::vector<std::vector<i64>> expert_load;  // [moe layer][E]
   double step_time_s = 0;

@@ -1,6 +1,6 @@
 # Owns the CLI test registration: one CTest test cli.<case> per case of run_cli_tests.sh (label cpu).
 set(MOE_CLI_CASES
-    export_replaces_weights export_refusals
+    export_replaces_weights export_refusals data_sources
     unknown_key wrong_type bad_enum bad_set missing_config missing_data token_id_ge_vocab data_too_short
     data_odd_size eval_errors init_from_ok truncated_safetensors shape_mismatch missing_tensor bad_config_json
     init_from_not_a_dir dry_run unsupported_device cuda_device diverged demo_ok dry_run_refuses unimplemented_keys

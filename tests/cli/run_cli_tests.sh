@@ -398,12 +398,34 @@ case "$CASE" in
       expect_bad_input "$want"
     done
     ;;
+  data_sources)
+    # data.mix of two token files trains; a moe-prep build directory (tokens.bin, loss_mask.bin, meta.json) trains
+    # with and without data.mask_prompt; the combinations that cannot work stop with exit 2 naming the key.
+    write_tokens tok.bin 64
+    write_tokens tok2.bin 80
+    write_tiny_yaml c.yaml "$T/tok.bin"
+    run c.yaml --set "data.path=" --set "data.mix=[{path: $T/tok.bin, weight: 3}, {path: $T/tok2.bin, weight: 1}]"
+    expect_rc 0
+    run c.yaml --set "data.mix=[{path: $T/tok2.bin, weight: 1}]" --set run.overwrite=true
+    expect_bad_input "data.path and data.mix are both set"
+    run c.yaml --set data.mask_prompt=true --set run.overwrite=true
+    expect_bad_input "data.mask_prompt: true needs loss masks" "$T/tok.bin"
+    run c.yaml --dry-run --set data.mask_prompt=true
+    expect_bad_input "data.mask_prompt: true needs loss masks"
+    mkdir -p prep && cp tok.bin prep/tokens.bin
+    head -c 64 /dev/zero | tr '\0' '\1' >prep/loss_mask.bin
+    echo '{"format_version": 1, "num_tokens": 64}' >prep/meta.json
+    run c.yaml --set "data.path=$T/prep" --set data.mask_prompt=true --set run.overwrite=true
+    expect_rc 0
+    echo '{"format_version": 1, "num_tokens": 63}' >prep/meta.json
+    run c.yaml --set "data.path=$T/prep" --set run.overwrite=true
+    expect_bad_input "prep/tokens.bin" "meta.json says 63"
+    ;;
   unimplemented_keys)
     # Parsed but not implemented yet: refused with exit 2 (real run and dry run), never silently ignored.
     write_tokens tok.bin 64
     write_tiny_yaml c.yaml "$T/tok.bin"
-    for kv in "data.mix=[{path: $T/tok.bin, weight: 1}]|data.mix" "data.mask_prompt=true|data.mask_prompt" \
-              "data.chat_template=chatml|data.chat_template" "data.tokenizer=$T|data.tokenizer" \
+    for kv in "data.chat_template=chatml|data.chat_template" "data.tokenizer=$T|data.tokenizer" \
               "log.plots=true|log.plots"; do
       key=${kv#*|}
       run c.yaml --set "${kv%%|*}"

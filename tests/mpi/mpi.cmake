@@ -23,6 +23,9 @@ set_tests_properties(mpi.fault_kill_one_rank PROPERTIES LABELS mpi TIMEOUT 180 E
 add_test(NAME mpi.dropless_bound.np2
          COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/dropless_bound.sh $<TARGET_FILE:moe-train> ${CMAKE_SOURCE_DIR})
 set_tests_properties(mpi.dropless_bound.np2 PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS 2)
+add_test(NAME mpi.data_layouts
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/data_layouts.sh $<TARGET_FILE:moe-train> ${CMAKE_SOURCE_DIR})
+set_tests_properties(mpi.data_layouts PROPERTIES LABELS mpi TIMEOUT 600 ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS 2)
 add_test(NAME mpi.eval_layouts
          COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/eval_layouts.sh $<TARGET_FILE:moe-train> ${CMAKE_SOURCE_DIR})
 set_tests_properties(mpi.eval_layouts PROPERTIES LABELS mpi TIMEOUT 600 ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS 2)
