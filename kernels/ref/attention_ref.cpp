@@ -150,8 +150,13 @@ inline void probs_row(double* Si, i64 lo, i64 i, i64 n, double lse) {
   std::fill(Si + i + 1, Si + n, 0.0);
 }
 
-// First key position query i sees: i − window + 1 with a sliding window, else 0.
-inline i64 first_key(i64 i, i64 window) { return math::attn_first_key(i, window); }
+using i32p_t = const int32_t*;
+// First key position query i sees: i − window + 1 with a sliding window, else 0; not before its document's start
+// with packed documents (ds = the sequence's doc_start row, nondecreasing in i, so a block's first row has the lowest).
+inline i64 key_lo(i64 i, i64 window, i32p_t ds) {
+  const i64 w = math::attn_first_key(i, window);
+  return ds && i64(ds[i]) > w ? i64(ds[i]) : w;
+}
 
 // dS = P (dP − D_i) scale: the shared fp32 formula; double (gradient checks) the same in double.
 inline float dscore(float p, float dp, float Di, float scale) { return math::attn_dscore(p, dp, Di, scale); }
@@ -191,7 +196,7 @@ i64 attention_workspace_elems(i64 L, i64 D, i64 window) {
 // contract: C4.attention, B6
 template <typename T>
 void attention_forward_ref(T* out, acc_t<T>* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH,
-                           i64 NKV, i64 D, i64 window, acc_t<T>* ws) {
+                           i64 NKV, i64 D, i64 window, const int32_t* doc_start, acc_t<T>* ws) {
   using C = acc_t<T>;
   constexpr bool kWiden = !std::is_same<T, C>::value;  // bf16: fp32 copies of q, k, v rows in the workspace
   const i64 rep = NH / NKV, qs = NH * D, ks = NKV * D;
@@ -205,7 +210,8 @@ void attention_forward_ref(T* out, acc_t<T>* lse, const T* q, const T* k, const 
         C* S = ws + thread_id() * slot;  // [m, ld]: scores, then probabilities
         const i64 kvh = h / rep, r0 = blk * kBlock, r1 = std::min(L, r0 + kBlock), m = r1 - r0;
         // Keys c0..r1-1 reach this row block: right of the diagonal all is masked, left of c0 the window.
-        const i64 c0 = first_key(r0, window), n = r1 - c0;
+        const i32p_t ds = doc_start ? doc_start + b * L : nullptr;
+        const i64 c0 = key_lo(r0, window, ds), n = r1 - c0;
         const T* Q = q + (b * L + r0) * qs + h * D;
         const T* K = k + (b * L + c0) * ks + kvh * D;
         const T* V = v + (b * L + c0) * ks + kvh * D;
@@ -226,7 +232,7 @@ void attention_forward_ref(T* out, acc_t<T>* lse, const T* q, const T* k, const 
         // S[:, 0:n] = scale · Q[r0:r1] · K[c0:r1]ᵀ
         gemm_ref<C>(S, Qc, Kc, m, n, D, Trans::No, Trans::Yes, ldq, ldk, ld, scale, C(0));
         C* lrow = lse + (b * NH + h) * L;
-        for (i64 i = r0; i < r1; ++i) lrow[i] = softmax_row(S + (i - r0) * ld, first_key(i, window) - c0, i - c0, n);
+        for (i64 i = r0; i < r1; ++i) lrow[i] = softmax_row(S + (i - r0) * ld, key_lo(i, window, ds) - c0, i - c0, n);
         if constexpr (kWiden) {
           for (i64 i = 0; i < m; ++i)
             for (i64 j = 0; j < n; ++j) S[i * ld + j] = C(T(S[i * ld + j]));  // P rounded to T before P·V
@@ -241,7 +247,8 @@ void attention_forward_ref(T* out, acc_t<T>* lse, const T* q, const T* k, const 
 
 template <typename T>
 void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* out, const acc_t<T>* lse, const T* q,
-                            const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, acc_t<T>* ws) {
+                            const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window,
+                            const int32_t* doc_start, acc_t<T>* ws) {
   using C = acc_t<T>;
   constexpr bool kWiden = !std::is_same<T, C>::value;
   const i64 rep = NH / NKV, qs = NH * D, ks = NKV * D;
@@ -254,6 +261,7 @@ void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* out, co
       C* S = ws + thread_id() * slot;  // [kBlock, ld]: scores, then P
       C* dS = S + kBlock * ld;          // [kBlock, ld]: dP, then dS in place
       C* X = dS + kBlock * ld;          // bf16 only: fp32 copies and accumulators, [L, D] each
+      const i32p_t ds = doc_start ? doc_start + b * L : nullptr;
       const T* K = k + b * L * ks + kvh * D;
       const T* V = v + b * L * ks + kvh * D;
       T* dK = dk + b * L * ks + kvh * D;
@@ -291,7 +299,7 @@ void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* out, co
           Qc = Q, dOc = dO;
         }
         for (i64 r0 = 0; r0 < L; r0 += kBlock) {
-          const i64 r1 = std::min(L, r0 + kBlock), m = r1 - r0, k0 = first_key(r0, window), nk = r1 - k0;
+          const i64 r1 = std::min(L, r0 + kBlock), m = r1 - r0, k0 = key_lo(r0, window, ds), nk = r1 - k0;
           // S = scale · Q[r0:r1] · K[k0:r1]ᵀ (the forward's scores); dP = dO[r0:r1] · V[k0:r1]ᵀ
           gemm_ref<C>(S, Qc + r0 * ldq, Kc + k0 * ldk, m, nk, D, Trans::No, Trans::Yes, ldq, ldk, ld, scale, C(0));
           gemm_ref<C>(dS, dOc + r0 * ldq, Vc + k0 * ldk, m, nk, D, Trans::No, Trans::Yes, ldq, ldk, ld, C(1), C(0));
@@ -299,7 +307,7 @@ void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* out, co
           for (i64 i = r0; i < r1; ++i) {
             C* Si = S + (i - r0) * ld;
             C* dSi = dS + (i - r0) * ld;
-            const i64 lo = first_key(i, window) - k0, hi = i - k0;
+            const i64 lo = key_lo(i, window, ds) - k0, hi = i - k0;
             C Di = 0;
             for (i64 d = 0; d < D; ++d) Di += C(dO[i * qs + d]) * C(O[i * qs + d]);
             probs_row(Si, lo, hi, nk, lrow[i]);
@@ -330,9 +338,9 @@ void attention_backward_ref(T* dq, T* dk, T* dv, const T* dout, const T* out, co
 #define MT_ATTENTION(T)                                                                                              \
   template i64 attention_workspace_elems<T>(i64, i64, i64);                                                          \
   template void attention_forward_ref<T>(T*, acc_t<T>*, const T*, const T*, const T*, i64, i64, i64, i64, i64, i64, \
-                                         acc_t<T>*);                                                                 \
+                                         const int32_t*, acc_t<T>*);                                                 \
   template void attention_backward_ref<T>(T*, T*, T*, const T*, const T*, const acc_t<T>*, const T*, const T*,      \
-                                          const T*, i64, i64, i64, i64, i64, i64, acc_t<T>*);
+                                          const T*, i64, i64, i64, i64, i64, i64, const int32_t*, acc_t<T>*);
 MT_ATTENTION(float)
 MT_ATTENTION(double)
 MT_ATTENTION(bf16)

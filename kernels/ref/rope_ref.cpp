@@ -24,13 +24,13 @@ void rope_table_ref(acc_t<T>* cos_t, acc_t<T>* sin_t, i64 L, i64 D, double theta
 
 template <typename T>
 void rope_apply_ref(T* x, const acc_t<T>* cos_t, const acc_t<T>* sin_t, i64 B, i64 L, i64 NHx, i64 D,
-                    RopeDirection dir) {
+                    RopeDirection dir, const int32_t* doc_start) {
   using A = acc_t<T>;
   const i64 half = D / 2;
   const A sgn = dir == RopeDirection::Forward ? A(1) : A(-1);
 #pragma omp parallel for schedule(static)
   for (i64 row = 0; row < B * L; ++row) {
-    const i64 pos = row % L;
+    const i64 pos = row % L - (doc_start ? doc_start[row] : 0);
     const A* c = cos_t + pos * half;
     const A* s = sin_t + pos * half;
     for (i64 h = 0; h < NHx; ++h) {
@@ -48,7 +48,8 @@ void rope_apply_ref(T* x, const acc_t<T>* cos_t, const acc_t<T>* sin_t, i64 B, i
 
 #define MT_ROPE(T)                                                                                               \
   template void rope_table_ref<T>(acc_t<T>*, acc_t<T>*, i64, i64, double);                                       \
-  template void rope_apply_ref<T>(T*, const acc_t<T>*, const acc_t<T>*, i64, i64, i64, i64, RopeDirection);
+  template void rope_apply_ref<T>(T*, const acc_t<T>*, const acc_t<T>*, i64, i64, i64, i64, RopeDirection,       \
+                                  const int32_t*);
 MT_ROPE(float)
 MT_ROPE(double)
 MT_ROPE(bf16)

@@ -11,11 +11,12 @@ namespace moe {
 template <typename T>
 void rope_table_ref(acc_t<T>* cos_t, acc_t<T>* sin_t, i64 L, i64 D, double theta);
 
-// In place on x [B·L, NHx·D]: per head, halves (x1, x2) → (x1·c − x2·s, x2·c + x1·s); position = row % L.
+// In place on x [B·L, NHx·D]: per head, halves (x1, x2) → (x1·c − x2·s, x2·c + x1·s); position = row % L, or
+// row % L − doc_start[row] with packed documents (doc_start [B·L] non-null: where the row's document starts).
 // Backward is the same call with Direction::Inverse (rotation by −angle). Rotation in acc_t<T> (bf16: from bf16 x in
 // fp32, each output rounded once, B5).
 template <typename T>
 void rope_apply_ref(T* x, const acc_t<T>* cos_t, const acc_t<T>* sin_t, i64 B, i64 L, i64 NHx, i64 D,
-                    RopeDirection dir);
+                    RopeDirection dir, const int32_t* doc_start = nullptr);
 
 }  // namespace moe

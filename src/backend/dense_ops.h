@@ -55,20 +55,25 @@ class DenseOps {
                                 void* ws) = 0;
 
   // cos/sin [L, D/2] in A (HF's fp32 rotary table); x [B·L, NHx·D] rotated in place. [C4.attention]
+  // doc_start [B·L] (packed documents, data.reset_attention; null = one document per sequence): the position in its
+  // sequence where each token's document starts; a token's rotary position is then i − doc_start (C5.packing).
   virtual void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) = 0;
-  virtual void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) = 0;
+  virtual void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir,
+                          const int32_t* doc_start) = 0;
 
   // Scratch bytes of attention_forward / attention_backward for these dims (one layer at a time).
   virtual i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window) const = 0;
   // Causal (optionally sliding-window) GQA attention, scale 1/√D. out [B·L, NH·D]; lse [B, NH, L] in A is all that
   // is saved besides out (flash-style: no [B, NH, L, L] probabilities are kept). q [B·L,NH·D], k/v [B·L,NKV·D].
+  // doc_start [B·L] or null (as rope_apply): query i also sees no key before doc_start[i] (no attention across
+  // packed documents).
   virtual void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV,
-                                 i64 D, i64 window, void* ws) = 0;
+                                 i64 D, i64 window, const int32_t* doc_start, void* ws) = 0;
   // dq overwritten; dk, dv overwritten (summed over the query heads of a kv head). Recomputes probabilities
   // from q, k and lse.
   virtual void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q,
                                   const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window,
-                                  void* ws) = 0;
+                                  const int32_t* doc_start, void* ws) = 0;
 
   // h[n] = silu(a[n]) · b[n]; backward overwrites da, db. [C4.expert]
   virtual void swiglu_forward(T* h, const T* a, const T* b, i64 n) = 0;

@@ -32,6 +32,11 @@ const char* file_kind(mode_t m) {
   return "not a regular file";
 }
 
+bool is_regular(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 bool is_directory(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
@@ -128,6 +133,16 @@ class TokenSource {
                      " bytes, but meta.json says ", n, " uint32 tokens");
       MT_INPUT_CHECK(mask_->size() == uint64_t(n), key, " '", path, "/loss_mask.bin': ", mask_->size(),
                      " bytes, but meta.json says ", n, " tokens (one byte each)");
+      if (is_regular(path + "/docs.bin")) {  // document starts (uint64), then the token count
+        docs_ = std::make_unique<MappedFile>(key, path + "/docs.bin");
+        const uint64_t nd = docs_->size() / 8;
+        MT_INPUT_CHECK(docs_->size() % 8 == 0 && nd >= 2 && doc(0) == 0 && doc(i64(nd) - 1) == uint64_t(n), key, " '",
+                       path, "/docs.bin': must hold uint64 document starts from 0, then num_tokens (", n, ")");
+        for (uint64_t j = 1; j < nd; ++j)
+          MT_INPUT_CHECK(doc(i64(j)) > doc(i64(j) - 1), key, " '", path, "/docs.bin': document starts must increase (",
+                         doc(i64(j) - 1), " then ", doc(i64(j)), " at entry ", j, ")");
+        n_docs_ = i64(nd) - 1;
+      }
       es_ = 4;
     } else {
       text_ = d.format == DataFormat::Text;
@@ -156,6 +171,22 @@ class TokenSource {
   i64 num_tokens() const { return n_tokens_; }
   i64 num_windows() const { return n_windows_; }
   bool has_mask() const { return mask_ != nullptr; }
+  bool has_docs() const { return docs_ != nullptr; }
+  // Document d's first token (d = num_docs: the token count).
+  uint64_t doc(i64 d) const {
+    uint64_t v;
+    std::memcpy(&v, docs_->data() + size_t(d) * 8, 8);
+    return v;
+  }
+  // The document holding token p: the last d with doc(d) ≤ p.
+  i64 doc_of(i64 p) const {
+    i64 lo = 0, hi = n_docs_ - 1;
+    while (lo < hi) {
+      const i64 mid = (lo + hi + 1) / 2;
+      if (doc(mid) <= uint64_t(p)) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+  }
   const std::string& path() const { return path_; }
 
   uint32_t token(i64 i) const {
@@ -169,7 +200,8 @@ class TokenSource {
 
  private:
   std::string path_;
-  std::unique_ptr<MappedFile> tokens_, mask_;
+  std::unique_ptr<MappedFile> tokens_, mask_, docs_;
+  i64 n_docs_ = 0;
   int es_ = 4;
   bool text_ = false;
   i64 n_tokens_ = 0, n_windows_ = 0;
@@ -189,9 +221,12 @@ static std::vector<std::pair<std::string, double>> source_list(const DataConfig&
   return {{d.path, 1.0}};
 }
 
-static void check_mask_rule(const DataConfig& d, const std::string& key, const std::string& path, bool has_mask) {
-  MT_INPUT_CHECK(!d.mask_prompt || has_mask, "data.mask_prompt: true needs loss masks, which only a moe-prep build "
-                 "directory carries; ", key, " '", path, "' is a plain token file");
+static void check_mask_rule(const DataConfig& d, const std::string& key, const std::string& path,
+                            const TokenSource& s) {
+  MT_INPUT_CHECK(!d.mask_prompt || s.has_mask(), "data.mask_prompt: true needs loss masks, which only a moe-prep "
+                 "build directory carries; ", key, " '", path, "' is a plain token file");
+  MT_INPUT_CHECK(!d.reset_attention || s.has_docs(), "data.reset_attention: true needs document boundaries, which only "
+                 "a moe-prep build directory carries (docs.bin); ", key, " '", path, "' has none");
 }
 
 i64 check_data_sources(const DataConfig& d, int vocab, int seq_len, DataScan scan) {
@@ -200,7 +235,7 @@ i64 check_data_sources(const DataConfig& d, int vocab, int seq_len, DataScan sca
   for (const auto& [path, w] : source_list(d, "data.path")) {
     const std::string key = mix ? "data.mix" : "data.path";
     const TokenSource s(key, path, d, vocab, seq_len, scan);
-    check_mask_rule(d, key, path, s.has_mask());
+    check_mask_rule(d, key, path, s);
     total += s.num_tokens();
   }
   return total;
@@ -208,18 +243,16 @@ i64 check_data_sources(const DataConfig& d, int vocab, int seq_len, DataScan sca
 
 TokenData::TokenData(const DataConfig& d, int vocab, int seq_len, uint64_t seed, const std::string& key,
                      i64 plan_samples)
-    : L_(seq_len), shuffle_(d.shuffle), mask_prompt_(d.mask_prompt), seed_(seed) {
+    : L_(seq_len), shuffle_(d.shuffle), mask_prompt_(d.mask_prompt), reset_attention_(d.reset_attention), seed_(seed) {
   if (d.format == DataFormat::Jsonl)
     MT_INPUT_FAIL("data.format: jsonl is read by moe-prep build (JSONL -> token directory); train on its output with "
                   "data.format: tokens and data.path: that directory");
-  if (d.reset_attention)
-    MT_INPUT_FAIL("data.reset_attention: true is not supported yet (document-packed attention)");
   const auto list = source_list(d, key);
   const std::string skey = key == "data.path" && !d.mix.empty() ? "data.mix" : key;
   double wsum = 0;
   for (const auto& [path, w] : list) {
     sources_.push_back(std::make_unique<TokenSource>(skey, path, d, vocab, seq_len, DataScan::Ids));
-    check_mask_rule(d, skey, path, sources_.back()->has_mask());
+    check_mask_rule(d, skey, path, *sources_.back());
     wsum += w;
   }
   double c = 0;
@@ -297,15 +330,22 @@ i64 TokenData::source_window(int s, i64 k) const {
   return w;
 }
 
-// contract: C5.order C5.tokens
-i64 TokenData::window(i64 i, int32_t* inputs, int32_t* targets) const {
+// contract: C5.order C5.tokens C5.mask C5.packing
+i64 TokenData::window(i64 i, int32_t* inputs, int32_t* targets, int32_t* doc_start) const {
   const auto [s, k] = locate(i);
   const TokenSource& src = *sources_[size_t(s)];
   const i64 p = source_window(s, k) * L_;
   i64 counted = 0;
+  // Packed documents: walk the document starts through the window (d = the document of the current token).
+  i64 d = reset_attention_ ? src.doc_of(p) : 0;
   for (int t = 0; t < L_; ++t) {
+    bool counts = !mask_prompt_ || src.counts(p + t + 1);
+    if (reset_attention_) {
+      while (src.doc(d + 1) <= uint64_t(p + t)) ++d;
+      if (doc_start) doc_start[t] = int32_t(std::max<i64>(i64(src.doc(d)) - p, 0));
+      if (src.doc(d + 1) == uint64_t(p + t + 1)) counts = false;  // the next document's first token: not predictable
+    }
     inputs[t] = int32_t(src.token(p + t));
-    const bool counts = !mask_prompt_ || src.counts(p + t + 1);
     targets[t] = counts ? int32_t(src.token(p + t + 1)) : kMaskedTarget;
     counted += counts;
   }
@@ -313,12 +353,20 @@ i64 TokenData::window(i64 i, int32_t* inputs, int32_t* targets) const {
 }
 
 i64 TokenData::count_targets(i64 i) const {
-  if (!mask_prompt_) return L_;
+  if (!masks_targets()) return L_;
   const auto [s, k] = locate(i);
   const TokenSource& src = *sources_[size_t(s)];
   const i64 p = source_window(s, k) * L_;
   i64 counted = 0;
-  for (int t = 0; t < L_; ++t) counted += src.counts(p + t + 1);
+  i64 d = reset_attention_ ? src.doc_of(p) : 0;
+  for (int t = 0; t < L_; ++t) {
+    bool counts = !mask_prompt_ || src.counts(p + t + 1);
+    if (reset_attention_) {
+      while (src.doc(d + 1) <= uint64_t(p + t)) ++d;
+      if (src.doc(d + 1) == uint64_t(p + t + 1)) counts = false;
+    }
+    counted += counts;
+  }
   return counted;
 }
 

@@ -44,13 +44,17 @@ class TokenData {
 
   i64 num_windows() const;  // summed over the sources
   i64 num_tokens() const;
-  // data.mask_prompt with loss masks: targets outside an answer are kMaskedTarget.
-  bool masks_targets() const { return mask_prompt_; }
+  // data.mask_prompt with loss masks, or data.reset_attention: some targets are kMaskedTarget.
+  bool masks_targets() const { return mask_prompt_ || reset_attention_; }
+  // data.reset_attention: windows carry where each token's document starts (needs docs.bin).
+  bool packed_documents() const { return reset_attention_; }
 
   // Global sample i (any size): inputs = tokens[w·L, w·L+L) of its source, targets shifted by one (kMaskedTarget
   // where data.mask_prompt's loss mask is 0); w = k mod n_s for the source's k-th sample (or that epoch's
-  // permutation when data.shuffle). Returns how many targets count.  [C5.tokens C5.order]
-  i64 window(i64 i, int32_t* inputs, int32_t* targets) const;
+  // permutation when data.shuffle). Returns how many targets count. With data.reset_attention, doc_start [L] (if not
+  // null) gets where each input's document starts in the window (0 for a document begun before it), and the target
+  // of a document's last token (the next document's first token) is kMaskedTarget.  [C5.tokens C5.order C5.packing]
+  i64 window(i64 i, int32_t* inputs, int32_t* targets, int32_t* doc_start = nullptr) const;
   // The targets of window i that count (= window()'s return), without copying the window.
   i64 count_targets(i64 i) const;
   // data.mix: sample i comes from source s as its k-th sample (s = 0, k = i with one source). The sequence is
@@ -65,7 +69,7 @@ class TokenData {
   std::vector<std::unique_ptr<TokenSource>> sources_;
   std::vector<double> cumulative_;  // [S] cumulative normalized weights (last = 1)
   int L_;
-  bool shuffle_, mask_prompt_;
+  bool shuffle_, mask_prompt_, reset_attention_;
   uint64_t seed_;
   static constexpr i64 kBlock = 4096;
   std::vector<i64> block_counts_;  // [(plan_samples / kBlock + 1) · S]: samples of each source before block b

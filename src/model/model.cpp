@@ -430,9 +430,9 @@ void Model<T>::attention_core(const T* P, const A* PA, const T* PB, int l) {
     ops_.copy(a.qr, a.q, Tn * NH * D);
     ops_.copy(a.kr, a.k, Tn * NKV * D);
   }
-  ops_.rope_apply(a.qr, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Forward);
-  ops_.rope_apply(a.kr, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Forward);
-  ops_.attention_forward(a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D, m_.sliding_window, S.ws);
+  ops_.rope_apply(a.qr, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Forward, doc_start_);
+  ops_.rope_apply(a.kr, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Forward, doc_start_);
+  ops_.attention_forward(a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D, m_.sliding_window, doc_start_, S.ws);
 }
 
 // MLP block body from norm2(h) (acts.ln2): the MoE layer (router statistics appended to st when given) or the
@@ -638,9 +638,9 @@ void Model<T>::backward(ParamAccess<T>& access, const int32_t* inputs, const int
     ops_.linear_backward(S.datt, gb(o.o), S.dres, a.att, PB + o.o, Tn, NH * D, H, Accumulate::Overwrite, S.ws);
     lora_backward(S.datt, G, S.dres, a.att, P, l, 3, NH * D, H);
     ops_.attention_backward(S.dq, S.dk, S.dv, S.datt, a.att, a.lse, a.qr, a.kr, a.v, B_, L_, NH, NKV, D,
-                            m_.sliding_window, S.ws);
-    ops_.rope_apply(S.dq, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Inverse);
-    ops_.rope_apply(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse);
+                            m_.sliding_window, doc_start_, S.ws);
+    ops_.rope_apply(S.dq, S.cos_t, S.sin_t, B_, L_, NH, D, RopeDirection::Inverse, doc_start_);
+    ops_.rope_apply(S.dk, S.cos_t, S.sin_t, B_, L_, NKV, D, RopeDirection::Inverse, doc_start_);
     if (o.q_norm >= 0) {
       // q_norm/k_norm backward: reuse datt as the [T, NH·D] destination, then copy back.
       ops_.rmsnorm_backward(S.datt, G + o.q_norm, S.dq, a.q, gain(PA, o.q_norm), a.rstdq, Tn * NH, D, S.ws);

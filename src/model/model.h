@@ -74,6 +74,10 @@ class Model {
   // LoRA/QLoRA runs: the frozen base linears ParamAccess::base() hands out (empty table for full fine-tuning).
   const ParamTable& base_table() const { return base_table_; }
   const ModelConfig& config() const { return m_; }
+  // Packed documents (data.reset_attention): doc_start [B·L] in the backend's memory, where each token's document
+  // starts in its sequence; every later forward and backward restarts RoPE positions there and attends within the
+  // document only (C5.packing). The caller refills it per micro-batch; null (default) = one document per sequence.
+  void set_packed_documents(const int32_t* doc_start) { doc_start_ = doc_start; }
   int num_moe_layers() const { return num_moe_; }
   i64 activation_bytes() const { return arena_.bytes(); }
   Recompute recompute() const { return opt_.recompute; }
@@ -139,6 +143,7 @@ class Model {
   MicroStats last_;  // the last forward's result (router [num MoE layers] sized once)
   // What backward's recomputation needs of the last forward (recompute ≠ None).
   RngCtx rng_{};
+  const int32_t* doc_start_ = nullptr;
   Mode mode_ = Mode::Train;
   std::vector<std::vector<float>> bias_;
 };

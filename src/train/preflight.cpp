@@ -51,8 +51,8 @@ std::vector<std::string> unsupported_options(const Config& c) {
     out.push_back("peft.double_quant: true quantizes QLoRA base weights and needs peft.method: qlora");
   if (c.data.format == DataFormat::Jsonl)
     out.push_back("data.format: jsonl is not implemented yet; use tokens (pre-tokenized uint32/uint16) or text (byte-level)");
-  if (c.data.reset_attention)
-    out.push_back("data.reset_attention: true is not implemented yet (document-packed attention); remove it");
+  if (c.data.reset_attention && c.train.device == Device::Cuda)
+    out.push_back("data.reset_attention: true is not implemented yet on train.device: cuda (the CPU runs it); remove it");
   if (!c.data.chat_template.empty())
     out.push_back("data.chat_template is not implemented yet (chat data is not supported); remove it");
   if (!c.data.tokenizer.empty())

@@ -190,6 +190,12 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   inputs_.resize(size_t(t.micro_batch) * t.seq_len);
   targets_.resize(inputs_.size());
   inputs_dev_ = Buffer<int32_t>(mem(), i64(inputs_.size()), "input tokens");
+  if (data_->packed_documents()) {  // data.reset_attention: where each token's document starts, per micro-batch
+    doc_start_.resize(inputs_.size());
+    doc_start_dev_ = Buffer<int32_t>(mem(), i64(inputs_.size()), "document starts");
+    if (model_) model_->set_packed_documents(doc_start_dev_.data());
+    if (model16_) model16_->set_packed_documents(doc_start_dev_.data());
+  }
   targets_dev_ = Buffer<int32_t>(mem(), i64(targets_.size()), "target tokens");
   init_params();
 }
@@ -309,8 +315,10 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   if (logits_out) logits_out->assign(size_t(B * L * V), 0.f);
 
   auto load_micro = [&](i64 m) {
+    int32_t* docs = doc_start_.empty() ? nullptr : doc_start_.data();
     for (i64 i = 0; i < mb; ++i)
-      data_->window(i64(s) * B + m * mb + i, inputs_.data() + i * L, targets_.data() + i * L);
+      data_->window(i64(s) * B + m * mb + i, inputs_.data() + i * L, targets_.data() + i * L, docs ? docs + i * L : nullptr);
+    if (docs) mem().to_backend(doc_start_dev_.data(), docs, i64(doc_start_.size() * sizeof(int32_t)));
     mem().to_backend(inputs_dev_.data(), inputs_.data(), i64(inputs_.size() * sizeof(int32_t)));
     mem().to_backend(targets_dev_.data(), targets_.data(), i64(targets_.size() * sizeof(int32_t)));
   };
@@ -463,8 +471,11 @@ const EvalResult& Trainer::evaluate(int updates) {
   for (i64 b = 0; b < eval_batches_; ++b) {
     for (int a = 0; a < t.grad_accum; ++a) {
       const i64 m = i64(a) * world_ + rank_;
+      int32_t* docs = doc_start_.empty() ? nullptr : doc_start_.data();
       for (i64 i = 0; i < mb; ++i)
-        eval_data_->window(b * B + m * mb + i, inputs_.data() + i * L, targets_.data() + i * L);
+        eval_data_->window(b * B + m * mb + i, inputs_.data() + i * L, targets_.data() + i * L,
+                           docs ? docs + i * L : nullptr);
+      if (docs) mem().to_backend(doc_start_dev_.data(), docs, i64(doc_start_.size() * sizeof(int32_t)));
       mem().to_backend(inputs_dev_.data(), inputs_.data(), i64(inputs_.size() * sizeof(int32_t)));
       mem().to_backend(targets_dev_.data(), targets_.data(), i64(targets_.size() * sizeof(int32_t)));
       RngCtx rng;  // Mode::Eval draws nothing

@@ -170,6 +170,8 @@ class Trainer {
   std::vector<std::vector<float>> select_bias_;                // [moe layer][E] aux-loss-free bias
   std::vector<int32_t> inputs_, targets_;                      // [B·L] one micro-batch (host)
   Buffer<int32_t> inputs_dev_, targets_dev_;                   // the same in the backend's memory
+  std::vector<int32_t> doc_start_;                             // [B·L] data.reset_attention: document starts (host)
+  Buffer<int32_t> doc_start_dev_;                              // the same in the backend's memory
   mutable std::vector<bf16> logits16_;                         // copy_logits staging (bf16 runs)
   MemOps& mem() const { return backend_ ? *backend_->mem : *backend16_->mem; }
   LossSpikeGuard loss_guard_;

@@ -386,7 +386,7 @@ case "$CASE" in
     write_tokens tok.bin 64
     write_u32 big.bin 1 2 40 3 4 5 6 7 8 9 10 11
     write_tiny_yaml c.yaml "$T/tok.bin"
-    for args in "--set data.path=$T/no_such.bin|no_such.bin" "--set data.path=$T|not a regular file" \
+    for args in "--set data.path=$T/no_such.bin|no_such.bin" "--set data.path=$T|is a directory without meta.json" \
                 "--set data.path=$T/big.bin|token id 40" "--set parallel.ep=3|must divide" \
                 "--set parallel.backend=nccl|parallel.backend: nccl" \
                 "--set train.seq_len=100|shorter than one window"; do

@@ -141,9 +141,9 @@ TEST_F(AttentionCudnnGpu, MatchesCpuTwinAndHandKernel) {
     std::vector<bf16> out(q.size()), dq(q.size()), dk(k.size()), dv(v.size());
     std::vector<float> lse(B * NH * L);
     std::vector<float> cws(size_t(cpu->attention_workspace_bytes(B, L, NH, NKV, D, win) / 4 + 16));
-    cpu->attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, win, cws.data());
+    cpu->attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, win, nullptr, cws.data());
     cpu->attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(), q.data(), k.data(),
-                            v.data(), B, L, NH, NKV, D, win, cws.data());
+                            v.data(), B, L, NH, NKV, D, win, nullptr, cws.data());
 
     Dev<bf16> gq(q), gk(k), gv(v), gdo(dout), cout_(out), gout(out), hout(out), gdq(dq), gdk(dk), gdv(dv), hdq(dq),
         hdk(dk), hdv(dv);
@@ -217,8 +217,8 @@ TEST_F(AttentionCudnnGpu, DenseTableRoutesToCudnn) {
   // The model's workspace is an arena slot: 64-byte aligned, not more (Arena::kAlign). Mimic that.
   Dev<char> ws{std::vector<char>(size_t(ws_bytes) + 64)}, ws2{std::vector<char>(size_t(plan.ws_bytes) + 16)};
   char* ws64 = ws.p + 64;
-  ops->attention_forward(o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, ws64);
-  ops->attention_backward(dq1.p, dk1.p, dv1.p, gdo.p, o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, ws64);
+  ops->attention_forward(o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, nullptr, ws64);
+  ops->attention_backward(dq1.p, dk1.p, dv1.p, gdo.p, o1.p, l1.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, nullptr, ws64);
   ASSERT_TRUE(sdpa->forward(s, o2.p, l2.p, gq.p, gk.p, gv.p, ws2.p));
   ASSERT_TRUE(sdpa->backward(s, dq2.p, dk2.p, dv2.p, gdo.p, o2.p, l2.p, gq.p, gk.p, gv.p, ws2.p));
   EXPECT_TRUE(same_bits(o1.back(st()), o2.back(st())));

@@ -139,8 +139,8 @@ TYPED_TEST(DenseGpu, Rope) {
   for (RopeDirection dir : {RopeDirection::Forward, RopeDirection::Inverse}) {
     auto x = self.rnd(B * L * NHx * D);
     Dev<T> gx(x);
-    self.cpu->rope_apply(x.data(), c.data(), sn.data(), B, L, NHx, D, dir);
-    self.gpu->rope_apply(gx.p, cc.p, cs.p, B, L, NHx, D, dir);
+    self.cpu->rope_apply(x.data(), c.data(), sn.data(), B, L, NHx, D, dir, nullptr);
+    self.gpu->rope_apply(gx.p, cc.p, cs.p, B, L, NHx, D, dir, nullptr);
     self.expect(dir == RopeDirection::Forward ? "rope apply" : "rope inverse", gx.back(self.s()), x, elem_kind<T>());
   }
 }
@@ -262,25 +262,25 @@ TYPED_TEST(DenseGpu, Attention) {
     std::vector<T> out(B * L * NH * D), dq(q.size()), dk(k.size()), dv(v.size());
     std::vector<float> lse(B * NH * L);
     std::vector<float> ws(size_t(self.cpu->attention_workspace_bytes(B, L, NH, NKV, D, win) / 4 + 16));
-    self.cpu->attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, win,
+    self.cpu->attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, win, nullptr,
                                 ws.data());
     self.cpu->attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(), q.data(),
-                                 k.data(), v.data(), B, L, NH, NKV, D, win, ws.data());
+                                 k.data(), v.data(), B, L, NH, NKV, D, win, nullptr, ws.data());
     Dev<T> gq(q), gk(k), gv(v), gdo(dout), gout(out), cout_(out), gdq(dq), gdk(dk), gdv(dv);
     Dev<float> glse(lse), clse(lse);
     Dev<char> gws(std::vector<char>(size_t(self.gpu->attention_workspace_bytes(B, L, NH, NKV, D, win)) + 16));
-    self.gpu->attention_forward(gout.p, glse.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, gws.p);
+    self.gpu->attention_forward(gout.p, glse.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, nullptr, gws.p);
     self.expect("attention out", gout.back(self.s()), out, gemm_kind<T>());
     self.expect("attention lse", glse.back(self.s()), lse, Kind::Stat);
     // Backward from the CPU's out and lse: only the backward kernels are compared.
-    self.gpu->attention_backward(gdq.p, gdk.p, gdv.p, gdo.p, cout_.p, clse.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win,
+    self.gpu->attention_backward(gdq.p, gdk.p, gdv.p, gdo.p, cout_.p, clse.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, nullptr,
                                  gws.p);
     const auto dq1 = gdq.back(self.s()), dk1 = gdk.back(self.s()), dv1 = gdv.back(self.s());
     self.expect("attention dq", dq1, dq, gemm_kind<T>());
     self.expect("attention dk", dk1, dk, gemm_kind<T>());
     self.expect("attention dv", dv1, dv, gemm_kind<T>());
     // Determinism: a second backward gives the same bits.
-    self.gpu->attention_backward(gdq.p, gdk.p, gdv.p, gdo.p, cout_.p, clse.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win,
+    self.gpu->attention_backward(gdq.p, gdk.p, gdv.p, gdo.p, cout_.p, clse.p, gq.p, gk.p, gv.p, B, L, NH, NKV, D, win, nullptr,
                                  gws.p);
     self.expect("attention dq rerun", gdq.back(self.s()), dq1, Kind::Exact);
     self.expect("attention dk rerun", gdk.back(self.s()), dk1, Kind::Exact);

@@ -64,3 +64,50 @@ def test_masked_loss_equals_transformers(mask_prompt, hf_model_dir, token_file, 
     for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight"):
         check_close(f"grad.{name}", ours["grad." + name], want[name], RTOL, report=rep)
     print_report(f"prepared dir, mask_prompt={mask_prompt}", rep)
+
+
+def test_reset_attention_equals_per_document_forward(hf_model_dir, token_file, tmp_path):
+    """data.reset_attention over packed documents == transformers run on each document piece of a window on its own
+    (positions from 0, no attention across documents); the target of a document's last token (the next document's
+    first token) is not counted, as HF's flattening collator labels it -100. Logits, loss and gradients, 1e-5."""
+    _, toks = token_file
+    rng = np.random.default_rng(9)
+    starts = [0]
+    while starts[-1] < len(toks):
+        starts.append(starts[-1] + int(rng.integers(3, 2 * SEQ_LEN)))
+    starts = starts[:-1] + [len(toks)]
+    prep = write_prep_dir(tmp_path / "prep", toks, np.ones(len(toks), np.uint8))
+    np.asarray(starts, dtype="<u8").tofile(prep / "docs.bin")
+    d = hf_model_dir("mixtral")
+    cfg = hf_tiny.make_config(d, prep, tmp_path / "run", train={"seq_len": SEQ_LEN, "micro_batch": 2, "grad_accum": 2},
+                              data={"format": "tokens", "reset_attention": True})
+    ours, _ = hf_tiny.run_moe_debug("grads", cfg, tmp_path / "dbg")
+
+    model = hf_tiny.load_hf_model(d, torch.float64)
+    doc_starts = set(starts)
+    rows, labels = [], []
+    pieces = 0
+    for w in range(4):
+        p = w * SEQ_LEN
+        cuts = [p] + [s for s in starts if p < s < p + SEQ_LEN] + [p + SEQ_LEN]
+        parts = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            ids = torch.tensor([list(toks[a:b])], dtype=torch.long)
+            parts.append(model(input_ids=ids).logits[0])  # positions 0.. within the piece, attention within it
+            pieces += 1
+        rows.append(torch.cat(parts))
+        labels.append([int(toks[p + t + 1]) if (p + t + 1) not in doc_starts else -100 for t in range(SEQ_LEN)])
+    assert pieces > 4, "the windows must hold document boundaries"
+    logits = torch.stack(rows)
+    lab = torch.tensor(labels)
+    assert (lab == -100).any()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=-100)
+    loss.backward()
+    want = hf_tiny.split_fused(model, lambda p: p.grad)
+    rep = {}
+    check_close("logits", ours["logits"], logits.detach(), RTOL, report=rep)
+    check_close("loss", ours["loss"].reshape(()), loss.detach(), RTOL, report=rep)
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight",
+                 "model.layers.1.self_attn.k_proj.weight", "model.layers.1.block_sparse_moe.experts.0.w1.weight"):
+        check_close(f"grad.{name}", ours["grad." + name], want[name], RTOL, report=rep)
+    print_report("reset_attention vs per-document transformers", rep)

@@ -169,19 +169,21 @@ class GuardedDense final : public DenseOps<T> {
     MT_GUARDED(rmsnorm_backward, dx, dw, dy, x, w, rstd, N, C, ws);
   }
   void rope_table(A* c, A* s, i64 L, i64 D, double theta) override { MT_GUARDED(rope_table, c, s, L, D, theta); }
-  void rope_apply(T* x, const A* c, const A* s, i64 B, i64 L, i64 NHx, i64 D, RopeDirection d) override {
-    MT_GUARDED(rope_apply, x, c, s, B, L, NHx, D, d);
+  void rope_apply(T* x, const A* c, const A* s, i64 B, i64 L, i64 NHx, i64 D, RopeDirection d,
+                  const int32_t* doc) override {
+    MT_GUARDED(rope_apply, x, c, s, B, L, NHx, D, d, doc);
   }
   i64 attention_workspace_bytes(i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 w) const override {
     return in_->attention_workspace_bytes(B, L, NH, NKV, D, w);
   }
   void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D,
-                         i64 w, void* ws) override {
-    MT_GUARDED(attention_forward, out, lse, q, k, v, B, L, NH, NKV, D, w, ws);
+                         i64 w, const int32_t* doc, void* ws) override {
+    MT_GUARDED(attention_forward, out, lse, q, k, v, B, L, NH, NKV, D, w, doc, ws);
   }
   void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q, const T* k,
-                          const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 w, void* ws) override {
-    MT_GUARDED(attention_backward, dq, dk, dv, dout, out, lse, q, k, v, B, L, NH, NKV, D, w, ws);
+                          const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 w, const int32_t* doc,
+                          void* ws) override {
+    MT_GUARDED(attention_backward, dq, dk, dv, dout, out, lse, q, k, v, B, L, NH, NKV, D, w, doc, ws);
   }
   void swiglu_forward(T* h, const T* a, const T* b, i64 n) override { MT_GUARDED(swiglu_forward, h, a, b, n); }
   void swiglu_backward(T* da, T* db, const T* dh, const T* a, const T* b, i64 n) override {

@@ -124,9 +124,9 @@ Outs<T> run(const Shape& s, const std::vector<T>& q, const std::vector<T>& k, co
   r.lse.assign(size_t(s.B * s.NH * s.L), A(7));
   std::vector<A> ws(size_t(attention_workspace_elems<T>(s.L, s.D, s.window)), std::numeric_limits<A>::quiet_NaN());
   attention_forward_ref<T>(r.out.data(), r.lse.data(), q.data(), k.data(), v.data(), s.B, s.L, s.NH, s.NKV, s.D,
-                           s.window, ws.data());
+                           s.window, nullptr, ws.data());
   attention_backward_ref<T>(r.dq.data(), r.dk.data(), r.dv.data(), dout.data(), r.out.data(), r.lse.data(), q.data(),
-                            k.data(), v.data(), s.B, s.L, s.NH, s.NKV, s.D, s.window, ws.data());
+                            k.data(), v.data(), s.B, s.L, s.NH, s.NKV, s.D, s.window, nullptr, ws.data());
   return r;
 }
 

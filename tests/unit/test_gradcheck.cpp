@@ -208,13 +208,13 @@ TEST(Gradcheck, C4_attention_gqa) {
   Vec R = randn(q.size(), g), out(q.size()), lse(B * NH * L), ws(attention_workspace_elems<double>(L, D, 0));
   auto f = [&] {
     attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0,
-                                  ws.data());
+                                  nullptr, ws.data());
     return dot(R, out.data());
   };
   f();
   Vec dq(q.size()), dk(k.size()), dv(v.size());
   attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
-                                 k.data(), v.data(), B, L, NH, NKV, D, 0, ws.data());
+                                 k.data(), v.data(), B, L, NH, NKV, D, 0, nullptr, ws.data());
   EXPECT_GRAD(fd(q.data(), dq.data(), all_idx(q.size()), f), 1e-7, "dq");
   EXPECT_GRAD(fd(k.data(), dk.data(), all_idx(k.size()), f), 1e-7, "dk");
   EXPECT_GRAD(fd(v.data(), dv.data(), all_idx(v.size()), f), 1e-7, "dv");
@@ -238,13 +238,13 @@ TEST(Gradcheck, C4_attention_sliding_window) {
     Vec R = randn(q.size(), g), out(q.size()), lse(B * NH * L), ws(attention_workspace_elems<double>(L, D, W));
     auto f = [&] {
       attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W,
-                                    ws.data());
+                                    nullptr, ws.data());
       return dot(R, out.data());
     };
     f();
     Vec dq(q.size()), dk(k.size()), dv(v.size());
     attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
-                                   k.data(), v.data(), B, L, NH, NKV, D, W, ws.data());
+                                   k.data(), v.data(), B, L, NH, NKV, D, W, nullptr, ws.data());
     EXPECT_GRAD(fd(q.data(), dq.data(), all_idx(q.size()), f), 1e-7, "dq");
     EXPECT_GRAD(fd(k.data(), dk.data(), all_idx(k.size()), f), 1e-7, "dk");
     EXPECT_GRAD(fd(v.data(), dv.data(), all_idx(v.size()), f), 1e-7, "dv");
@@ -253,15 +253,15 @@ TEST(Gradcheck, C4_attention_sliding_window) {
   Vec q = randn(B * L * NH * D, g), k = randn(B * L * NKV * D, g), v = randn(B * L * NKV * D, g);
   Vec R = randn(q.size(), g), out(q.size()), lse(B * NH * L), ws(attention_workspace_elems<double>(L, D, 0));
   Vec dq(q.size()), dk(k.size()), dv(v.size());
-  attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0, ws.data());
+  attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, 0, nullptr, ws.data());
   attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
-                                 k.data(), v.data(), B, L, NH, NKV, D, 0, ws.data());
+                                 k.data(), v.data(), B, L, NH, NKV, D, 0, nullptr, ws.data());
   for (const i64 W : {1, 4, 70, 200}) {
     // The full-causal workspace is the largest: reused for every window (left-over values must not leak).
     attention_forward_ref<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, L, NH, NKV, D, W,
-                                  ws.data());
+                                  nullptr, ws.data());
     attention_backward_ref<double>(dq.data(), dk.data(), dv.data(), R.data(), out.data(), lse.data(), q.data(),
-                                   k.data(), v.data(), B, L, NH, NKV, D, W, ws.data());
+                                   k.data(), v.data(), B, L, NH, NKV, D, W, nullptr, ws.data());
     // Direct: p_ij = softmax_j over i−W < j ≤ i of q_i·k_j/√D; out_i = Σ_j p_ij v_j; and its gradients.
     Vec wo(out.size(), 0.0), wq(q.size(), 0.0), wk(k.size(), 0.0), wv(v.size(), 0.0);
     double worst = 0;

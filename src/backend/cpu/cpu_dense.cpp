@@ -79,8 +79,9 @@ class CpuDenseOps final : public DenseOps<T> {
   void rope_table(A* cos_t, A* sin_t, i64 L, i64 D, double theta) override {
     rope_table_ref<T>(cos_t, sin_t, L, D, theta);
   }
-  void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) override {
-    rope_apply_ref<T>(x, cos_t, sin_t, B, L, NHx, D, dir);
+  void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir,
+                  const int32_t* doc_start) override {
+    rope_apply_ref<T>(x, cos_t, sin_t, B, L, NHx, D, dir, doc_start);
   }
 
   // Flash-style: lse [B, NH, L] is saved, backward recomputes P = exp(s − lse). Workspace: the kernel's
@@ -92,12 +93,14 @@ class CpuDenseOps final : public DenseOps<T> {
     return attention_workspace_elems<T>(L, D, window) * i64(sizeof(A));
   }
   void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D,
-                         i64 window, void* ws) override {
-    attention_forward_ref<T>(out, lse, q, k, v, B, L, NH, NKV, D, window, static_cast<A*>(ws));
+                         i64 window, const int32_t* doc_start, void* ws) override {
+    attention_forward_ref<T>(out, lse, q, k, v, B, L, NH, NKV, D, window, doc_start, static_cast<A*>(ws));
   }
   void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q, const T* k,
-                          const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, void* ws) override {
-    attention_backward_ref<T>(dq, dk, dv, dout, out, lse, q, k, v, B, L, NH, NKV, D, window, static_cast<A*>(ws));
+                          const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, const int32_t* doc_start,
+                          void* ws) override {
+    attention_backward_ref<T>(dq, dk, dv, dout, out, lse, q, k, v, B, L, NH, NKV, D, window, doc_start,
+                              static_cast<A*>(ws));
   }
 
   void swiglu_forward(T* h, const T* a, const T* b, i64 n) override { swiglu_forward_ref<T>(h, a, b, n); }

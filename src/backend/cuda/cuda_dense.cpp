@@ -82,7 +82,10 @@ class CudaDenseOps final : public DenseOps<T> {
     MT_CUDA(cudaMemcpyAsync(sin_t, s.data(), n * sizeof(A), cudaMemcpyHostToDevice, ctx_.stream));
     MT_CUDA(cudaStreamSynchronize(ctx_.stream));
   }
-  void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir) override {
+  // Packed documents (doc_start) are CPU-only so far: preflight refuses data.reset_attention with train.device: cuda.
+  void rope_apply(T* x, const A* cos_t, const A* sin_t, i64 B, i64 L, i64 NHx, i64 D, RopeDirection dir,
+                  const int32_t* doc_start) override {
+    MT_CHECK(doc_start == nullptr, "CUDA rope_apply: packed documents (data.reset_attention) are not implemented");
     rope_apply_cuda<T>(x, cos_t, sin_t, B, L, NHx, D, dir, ctx_.stream);
   }
 
@@ -97,7 +100,8 @@ class CudaDenseOps final : public DenseOps<T> {
     return std::max(attention_cuda_workspace_bytes(B, L, NH), plan.ws_bytes);
   }
   void attention_forward(T* out, A* lse, const T* q, const T* k, const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D,
-                         i64 window, void* ws) override {
+                         i64 window, const int32_t* doc_start, void* ws) override {
+    MT_CHECK(doc_start == nullptr, "CUDA attention: packed documents (data.reset_attention) are not implemented");
     if constexpr (std::is_same<T, bf16>::value) {
       const SdpaShape s{B, L, NH, NKV, D, window};
       if (sdpa_->prepare(s, sdpa_elem()).fwd && sdpa_->forward(s, out, lse, q, k, v, ws)) return;
@@ -105,7 +109,9 @@ class CudaDenseOps final : public DenseOps<T> {
     attention_forward_cuda<T>(out, lse, q, k, v, B, L, NH, NKV, D, window, ctx_.stream);
   }
   void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const A* lse, const T* q, const T* k,
-                          const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, void* ws) override {
+                          const T* v, i64 B, i64 L, i64 NH, i64 NKV, i64 D, i64 window, const int32_t* doc_start,
+                          void* ws) override {
+    MT_CHECK(doc_start == nullptr, "CUDA attention: packed documents (data.reset_attention) are not implemented");
     if constexpr (std::is_same<T, bf16>::value) {
       const SdpaShape s{B, L, NH, NKV, D, window};
       if (sdpa_->prepare(s, sdpa_elem()).bwd && sdpa_->backward(s, dq, dk, dv, dout, out, lse, q, k, v, ws)) return;
