@@ -42,6 +42,18 @@ std::optional<ChatTemplate> choose_template(const BuildOptions& o, InputFormat f
   return ChatTemplate::by_name(name, o.tokenizer_dir, tk);
 }
 
+// A line report reads `FILE:LINE: what`: the " (source.cpp:N)" that Error messages end with is left out.
+std::string without_location(const std::string& msg) {
+  const size_t open = msg.rfind(" (");
+  if (open == std::string::npos || msg.back() != ')') return msg;
+  const std::string tail = msg.substr(open + 2, msg.size() - open - 3);
+  const size_t colon = tail.rfind(':');
+  if (colon == std::string::npos || tail.find(".cpp") == std::string::npos) return msg;
+  for (size_t i = colon + 1; i < tail.size(); ++i)
+    if (tail[i] < '0' || tail[i] > '9') return msg;
+  return msg.substr(0, open);
+}
+
 struct LineResult {
   EncodedDoc doc;
   std::string error;  // non-empty: malformed
@@ -116,7 +128,7 @@ BuildStats run_build(const BuildOptions& o) {
         try {
           encode_line(f, line, tpl ? &*tpl : nullptr, enc, r.doc);
         } catch (const Error& e) {
-          if (e.kind() == ErrorKind::BadInput) r.error = e.what();
+          if (e.kind() == ErrorKind::BadInput) r.error = without_location(e.what());
           else {
 #pragma omp critical(moe_prep_internal)
             internal = e.what();
@@ -134,7 +146,7 @@ BuildStats run_build(const BuildOptions& o) {
         if (!r.error.empty()) {
           progress.break_line();
           const std::string where = in + ":" + std::to_string(first_line + i);
-          if (o.strict) MT_INPUT_FAIL(where, ": ", r.error, " (--strict: stopping; nothing was written)");
+          if (o.strict) throw Error(ErrorKind::BadInput, where + ": " + r.error + " (--strict: stopped; nothing written)");
           std::fprintf(o.log, "%s: %s\n", where.c_str(), r.error.c_str());
           ++st.skipped_lines;
           continue;
