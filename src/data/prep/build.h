@@ -17,7 +17,7 @@ struct BuildOptions {
   int threads = 0;      // 0: OpenMP's default (OMP_NUM_THREADS or all cores)
   std::vector<std::string> inputs;
   std::FILE* log = stderr;                      // malformed-line reports, progress, summary
-  size_t batch_bytes = size_t(8) << 20;         // input bytes per parallel round (bounds memory)
+  size_t batch_bytes = size_t(4) << 20;  // input bytes per parallel round (bounds memory: about 5x this)
 };
 
 struct BuildStats {
