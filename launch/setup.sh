@@ -70,7 +70,9 @@ fi
 # Oracle venv (cached outside the checkout so CI reuses it between runs).
 if ((want_venv)); then
   VENV="${MOE_TRAIN_VENV:-$HOME/.cache/moe-train/venv}"
-  PY_PKGS=(numpy torch transformers safetensors peft tokenizers matplotlib h5py pyyaml pytest bitsandbytes)
+  # mistral-common (with sentencepiece) and protobuf: the Mixtral chat-template oracle (tests/oracle/test_chat_template.py).
+  PY_PKGS=(numpy torch transformers safetensors peft tokenizers matplotlib h5py pyyaml pytest bitsandbytes
+           "mistral-common[sentencepiece]" protobuf)
   stamp="$VENV/.moe-train-ok"
   # The stamp records the package list: a changed list reinstalls into the same venv.
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${PY_PKGS[*]}" ]]; then
@@ -78,7 +80,7 @@ if ((want_venv)); then
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q "${PY_PKGS[@]}"
-    "$VENV/bin/python" -c "import torch, transformers, safetensors, peft, tokenizers, matplotlib, h5py, yaml, pytest, bitsandbytes"
+    "$VENV/bin/python" -c "import torch, transformers, safetensors, peft, tokenizers, matplotlib, h5py, yaml, pytest, bitsandbytes, mistral_common, sentencepiece, google.protobuf"
     echo "${PY_PKGS[*]}" > "$stamp"
   else
     echo "setup: oracle venv present ($VENV)"

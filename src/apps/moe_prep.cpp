@@ -1,4 +1,4 @@
-// Owns the moe-prep command line (DESIGN §6): `encode` text lines to token-id lines with an HF tokenizer, and `decode` id lines back to text. Lines are encoded in parallel (OpenMP threads) and written in input order.
+// Owns the moe-prep command line (DESIGN §6): `encode` text lines to token-id lines with an HF tokenizer, `decode` id lines back to text, `build` token files from text/JSONL/chat data, and the `chat` template debug view. Lines are processed in parallel (OpenMP threads) and written in input order.
 #include <CLI/CLI.hpp>
 #include <omp.h>
 
@@ -9,56 +9,12 @@
 #include <vector>
 
 #include "core/error.h"
+#include "data/chat/chat_template.h"
+#include "data/prep/build.h"
+#include "data/prep/line_reader.h"
 #include "data/tokenizer/tokenizer.h"
 
 namespace {
-
-constexpr size_t kReadBytes = size_t(4) << 20;  // stdin is read in blocks of this size
-constexpr size_t kBatchLines = 1 << 15;         // lines encoded per parallel round
-constexpr size_t kBatchBytes = size_t(16) << 20;
-
-// Reads stdin as '\n'-terminated lines (the last may lack its '\n'), about kBatchBytes at a time.
-class LineReader {
- public:
-  // Fills `lines` with views into an internal buffer, valid until the next call; false at the end of input.
-  bool next_batch(std::vector<std::string_view>& lines) {
-    lines.clear();
-    buf_.erase(0, pos_);
-    pos_ = 0;
-    for (;;) {
-      while (!eof_ && buf_.size() < kBatchBytes) read_block();
-      // Views are taken only now: the buffer does not grow again before the caller is done with them.
-      size_t p = 0;
-      while (lines.size() < kBatchLines) {
-        const size_t nl = buf_.find('\n', p);
-        if (nl == std::string::npos) {
-          if (eof_ && p < buf_.size()) {
-            lines.emplace_back(buf_.data() + p, buf_.size() - p);
-            p = buf_.size();
-          }
-          break;
-        }
-        lines.emplace_back(buf_.data() + p, nl - p);
-        p = nl + 1;
-      }
-      pos_ = p;
-      if (!lines.empty() || eof_) return !lines.empty();
-      read_block();  // one line longer than the buffer: read on until its end
-    }
-  }
-
- private:
-  void read_block() {
-    const size_t old = buf_.size();
-    buf_.resize(old + kReadBytes);
-    const size_t got = std::fread(buf_.data() + old, 1, kReadBytes, stdin);
-    buf_.resize(old + got);
-    if (got == 0) eof_ = true;
-  }
-  std::string buf_;
-  size_t pos_ = 0;
-  bool eof_ = false;
-};
 
 void append_ids(std::string& out, const std::vector<moe::Tokenizer::Id>& ids) {
   out += '[';
@@ -81,7 +37,7 @@ struct LineError {
 // bad line (after writing the lines before it) with its message on stderr; returns the exit code.
 template <typename Fn>
 int run_lines(Fn&& fn) {
-  LineReader reader;
+  moe::LineReader reader(stdin);
   std::vector<std::string_view> lines;
   std::vector<std::string> outs;
   size_t first_line = 1;
@@ -119,13 +75,44 @@ int run_lines(Fn&& fn) {
   return 0;
 }
 
+// `moe-prep chat`: one JSON conversation ({"messages": [...]} or a bare list of messages) per line → the rendered
+// text as one JSON string per line, or with --spans {"text": ..., "loss_spans": [[begin, end], ...]} (byte offsets
+// into the UTF-8 text).
+void render_chat_line(const moe::ChatTemplate& tpl, bool gen_prompt, bool spans, std::string_view line,
+                      std::string& out) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line.begin(), line.end());
+  } catch (const nlohmann::json::exception&) {
+    MT_INPUT_FAIL("chat: the line is not JSON");
+  }
+  const nlohmann::json& ms = j.is_object() && j.contains("messages") ? j["messages"] : j;
+  MT_INPUT_CHECK(ms.is_array(), "chat: expected {\"messages\": [...]} or a list of messages");
+  std::vector<moe::ChatMessage> messages;
+  for (const auto& m : ms) {
+    MT_INPUT_CHECK(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
+                       m["content"].is_string(),
+                   "chat: every message needs a string role and a string content");
+    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+  }
+  const moe::RenderedChat r = tpl.render(messages, gen_prompt);
+  nlohmann::json o = r.text;
+  if (spans) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const moe::CharSpan& s : r.loss_spans) list.push_back({s.begin, s.end});
+    o = {{"text", r.text}, {"loss_spans", list}};
+  }
+  out = o.dump();
+  out += '\n';
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"moe-prep: prepare training data with a Hugging Face tokenizer"};
   app.require_subcommand(1);
-  std::string dir;
-  bool add_special = false, jsonl = false, skip_special = false;
+  std::string dir, chat_template = "auto";
+  bool add_special = false, jsonl = false, skip_special = false, gen_prompt = false, spans = false;
   CLI::App* enc = app.add_subcommand("encode", "text lines on stdin -> one JSON array of token ids per line on stdout");
   enc->add_option("--tokenizer", dir, "HF tokenizer directory (tokenizer.json, tokenizer_config.json)")->required();
   enc->add_flag("--add-special-tokens", add_special, "add the post-processor's special tokens (e.g. BOS)");
@@ -133,6 +120,26 @@ int main(int argc, char** argv) {
   CLI::App* dec = app.add_subcommand("decode", "JSON arrays of token ids on stdin -> one JSON string per line on stdout");
   dec->add_option("--tokenizer", dir, "HF tokenizer directory (tokenizer.json, tokenizer_config.json)")->required();
   dec->add_flag("--skip-special-tokens", skip_special, "leave special tokens out of the text");
+
+  moe::BuildOptions bo;
+  CLI::App* build = app.add_subcommand("build", "text / JSONL / chat files -> OUT_DIR/{tokens.bin, loss_mask.bin, docs.bin, meta.json}");
+  build->add_option("--tokenizer", bo.tokenizer_dir, "HF tokenizer directory")->required();
+  build->add_option("--out", bo.out_dir, "output directory (created when missing)")->required();
+  build->add_option("--format", bo.format, "text: one document per line; jsonl: {text} | {question, answer} | {prompt, completion}; chat: {messages}")
+      ->required()->check(CLI::IsMember({"text", "jsonl", "chat"}));
+  build->add_option("--chat-template", bo.chat_template, "auto | mixtral | chatml | chatml-plain | none (jsonl: plain prompt + completion)")
+      ->check(CLI::IsMember({"auto", "mixtral", "chatml", "chatml-plain", "none"}));
+  build->add_flag("--mask-prompt", bo.mask_prompt, "loss only on assistant / answer / completion tokens and their end-of-turn token");
+  build->add_flag("--strict", bo.strict, "the first malformed line stops the build (exit 2) instead of being skipped");
+  build->add_option("--threads", bo.threads, "encoding threads (default: OMP_NUM_THREADS or all cores)")->check(CLI::NonNegativeNumber);
+  build->add_option("INPUT", bo.inputs, "input files")->required();
+
+  CLI::App* chat = app.add_subcommand("chat", "conversations (JSON, one per line) on stdin -> rendered chat-template text as JSON strings");
+  chat->add_option("--tokenizer", dir, "HF tokenizer directory")->required();
+  chat->add_option("--chat-template", chat_template, "auto | mixtral | chatml | chatml-plain")
+      ->check(CLI::IsMember({"auto", "mixtral", "chatml", "chatml-plain"}));
+  chat->add_flag("--add-generation-prompt", gen_prompt, "end with the template's assistant header");
+  chat->add_flag("--spans", spans, "print {\"text\", \"loss_spans\"} objects (byte offsets of the loss spans)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -140,7 +147,22 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
   try {
+    if (build->parsed()) {
+      const moe::BuildStats st = moe::run_build(bo);
+      std::fprintf(stderr,
+                   "moe-prep build: %llu docs, %llu tokens (%llu loss tokens), %llu malformed lines skipped, "
+                   "%.1f MB in %.1f s (%.1f MB/s) -> %s\n",
+                   static_cast<unsigned long long>(st.num_docs), static_cast<unsigned long long>(st.num_tokens),
+                   static_cast<unsigned long long>(st.num_loss_tokens),
+                   static_cast<unsigned long long>(st.skipped_lines), double(st.input_bytes) / 1e6, st.seconds,
+                   st.seconds > 0 ? double(st.input_bytes) / 1e6 / st.seconds : 0.0, bo.out_dir.c_str());
+      return 0;
+    }
     const moe::Tokenizer tk = moe::Tokenizer::from_dir(dir);
+    if (chat->parsed()) {
+      const moe::ChatTemplate tpl = moe::ChatTemplate::by_name(chat_template, dir, tk);
+      return run_lines([&](std::string_view line, std::string& out) { render_chat_line(tpl, gen_prompt, spans, line, out); });
+    }
     if (enc->parsed()) {
       return run_lines([&](std::string_view line, std::string& out) {
         thread_local std::vector<moe::Tokenizer::Id> ids;

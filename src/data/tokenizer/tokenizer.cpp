@@ -85,6 +85,20 @@ std::vector<Tokenizer::Id> Tokenizer::encode(std::string_view text, bool add_spe
   return ids;
 }
 
+Tokenizer::Affixes Tokenizer::special_affixes() const {
+  Affixes a;
+  bool seen_sequence = false;
+  for (const tok::TemplatePiece& tp : impl_->single) {
+    if (tp.is_sequence) {
+      seen_sequence = true;
+      continue;
+    }
+    std::vector<Id>& side = seen_sequence ? a.after : a.before;
+    side.insert(side.end(), tp.ids.begin(), tp.ids.end());
+  }
+  return a;
+}
+
 // contract: C6.tokenizer
 std::string Tokenizer::decode(const std::vector<Id>& ids, bool skip_special_tokens) const {
   const Impl& m = *impl_;

@@ -45,6 +45,13 @@ class Tokenizer {
   void encode(std::string_view text, bool add_special_tokens, std::vector<Id>& ids) const;
   std::vector<Id> encode(std::string_view text, bool add_special_tokens) const;
 
+  // What add_special_tokens=true puts around the ids of the text (the post-processor's single template),
+  // e.g. {[<s>], []} for "<s> $A": encode(t, true) == before + encode(t, false) + after.
+  struct Affixes {
+    std::vector<Id> before, after;
+  };
+  Affixes special_affixes() const;
+
   // `Tokenizer.decode(ids, skip_special_tokens)`: ids unknown to the vocabulary are skipped, as the library does.
   std::string decode(const std::vector<Id>& ids, bool skip_special_tokens) const;
 
