@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "data/tokenizer/tokenizer.h"
 
 namespace moe {
 
@@ -229,7 +230,28 @@ static void check_mask_rule(const DataConfig& d, const std::string& key, const s
                  "a moe-prep build directory carries (docs.bin); ", key, " '", path, "' has none");
 }
 
+// data.tokenizer: the tokenizer the token data was made with (the HF export copies it). It must load, fit the
+// model's vocabulary, and agree with every moe-prep build directory's meta.json vocab_size.
+static void check_data_tokenizer(const DataConfig& d, int vocab) {
+  MT_INPUT_CHECK(d.format == DataFormat::Tokens, "data.tokenizer names the tokenizer of token data; data.format: text "
+                 "is byte-level: tokenize the text with moe-prep build --tokenizer ", d.tokenizer,
+                 " and train on its output directory");
+  const Tokenizer tok = Tokenizer::from_dir(d.tokenizer);
+  MT_INPUT_CHECK(tok.vocab_size() <= size_t(vocab), "data.tokenizer ", d.tokenizer, " has ", tok.vocab_size(),
+                 " tokens but model.vocab_size is ", vocab);
+  for (const auto& [path, w] : source_list(d, "data.path")) {
+    if (!is_directory(path)) continue;
+    std::ifstream in(path + "/meta.json");
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (!j.is_object() || !j.contains("vocab_size") || !j["vocab_size"].is_number_integer()) continue;
+    MT_INPUT_CHECK(j["vocab_size"].get<i64>() == i64(tok.vocab_size()), "data.tokenizer ", d.tokenizer, " has ",
+                   tok.vocab_size(), " tokens but ", path, "/meta.json says its data was made with a tokenizer of ",
+                   j["vocab_size"].get<i64>(), ": was it built with another tokenizer?");
+  }
+}
+
 i64 check_data_sources(const DataConfig& d, int vocab, int seq_len, DataScan scan) {
+  if (!d.tokenizer.empty()) check_data_tokenizer(d, vocab);
   i64 total = 0;
   const bool mix = !d.mix.empty();
   for (const auto& [path, w] : source_list(d, "data.path")) {

@@ -46,12 +46,21 @@ HfExportMeta hf_export_meta(const Config& cfg) {
                  moe_src ? " (model.init_from)" : " (upcycle.from)");
   } else {
     const bool mix = cfg.model.arch == Arch::Mixtral;
-    spdlog::info("HF export: {}; config.json gets the {} class defaults (bos_token_id {}, eos_token_id {}, "
-                 "max_position_embeddings {}) and no generation/tokenizer files",
-                 dir.empty() ? "the run did not load an HF model" : dir + "/config.json no longer exists",
-                 mix ? "MixtralConfig" : "Qwen3MoeConfig", mix ? "1" : "null", mix ? "2" : "null",
-                 mix ? 131072 : 32768);
+    if (cfg.data.tokenizer.empty())
+      spdlog::info("HF export: {}; config.json gets the {} class defaults (bos_token_id {}, eos_token_id {}, "
+                   "max_position_embeddings {}) and no generation/tokenizer files (set data.tokenizer to add them)",
+                   dir.empty() ? "the run did not load an HF model" : dir + "/config.json no longer exists",
+                   mix ? "MixtralConfig" : "Qwen3MoeConfig", mix ? "1" : "null", mix ? "2" : "null",
+                   mix ? 131072 : 32768);
+    else
+      spdlog::info("HF export: {}; config.json gets the {} class defaults (max_position_embeddings {})",
+                   dir.empty() ? "the run did not load an HF model" : dir + "/config.json no longer exists",
+                   mix ? "MixtralConfig" : "Qwen3MoeConfig", mix ? 131072 : 32768);
   }
+  meta.tokenizer_dir = cfg.data.tokenizer;
+  if (!meta.tokenizer_dir.empty())
+    spdlog::info("HF export: tokenizer files, BOS/EOS ids and generation_config.json from {} (data.tokenizer)",
+                 meta.tokenizer_dir);
   const double coef = cfg.moe.aux_loss_coef;
   meta.router_aux_loss_coef = cfg.moe.aux_loss_form == AuxForm::Hf ? coef : coef / cfg.model.top_k;
   spdlog::info("HF export: router_aux_loss_coef {} (moe.aux_loss_coef {}, aux_loss_form {})",

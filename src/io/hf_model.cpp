@@ -17,6 +17,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "data/tokenizer/tokenizer.h"
 #include "io/json_file.h"
 
 namespace moe {
@@ -331,7 +332,13 @@ std::string hf_config_json(const ModelConfig& m, StDtype dtype, const HfExportMe
     j["mlp_only_layers"] = m.mlp_only_layers;
     j["decoder_sparse_step"] = m.decoder_sparse_step;
   }
-  // Metadata: the source's, else the class defaults (MixtralConfig / Qwen3MoeConfig).
+  // Metadata: the tokenizer's BOS/EOS (data.tokenizer), the source's, else the class defaults (MixtralConfig /
+  // Qwen3MoeConfig).
+  if (!meta.tokenizer_dir.empty()) {
+    const Tokenizer tok = Tokenizer::from_dir(meta.tokenizer_dir);  // no BOS (or EOS) there: null here
+    j["bos_token_id"] = tok.bos_id() ? ojson(*tok.bos_id()) : ojson(nullptr);
+    j["eos_token_id"] = tok.eos_id() ? ojson(*tok.eos_id()) : ojson(nullptr);
+  }
   keep_or("max_position_embeddings", mix ? 131072 : 32768);
   keep_or("bos_token_id", mix ? ojson(1) : ojson(nullptr));
   keep_or("eos_token_id", mix ? ojson(2) : ojson(nullptr));
@@ -342,17 +349,47 @@ std::string hf_config_json(const ModelConfig& m, StDtype dtype, const HfExportMe
 
 namespace {
 
-// Copies the side files of meta.source_dir that exist into dir (byte for byte, through a temporary).
+void write_through_tmp(const std::string& to, const std::string& text) {
+  const std::string tmp = to + ".tmp";
+  std::ofstream out(tmp);
+  out << text;
+  out.close();
+  MT_INPUT_CHECK(out.good(), "cannot write ", tmp);
+  MT_INPUT_CHECK(std::rename(tmp.c_str(), to.c_str()) == 0, "cannot rename ", tmp, " to ", to);
+}
+
+// Copies the side files of meta.source_dir that exist into dir (byte for byte, through a temporary); with
+// meta.tokenizer_dir its tokenizer files instead, and generation_config.json with the tokenizer's BOS/EOS.
 void copy_side_files(const HfExportMeta& meta, const std::string& dir) {
-  if (meta.source == HfMetaSource::None) return;
+  const bool tok = !meta.tokenizer_dir.empty();
   for (const char* const* f = kHfSideFiles; *f; ++f) {
-    const std::string from = meta.source_dir + "/" + *f, to = dir + "/" + *f, tmp = to + ".tmp";
-    if (!is_regular_file(from)) continue;
+    const bool gen = std::string(*f) == "generation_config.json";
+    const std::string src = tok && !gen ? meta.tokenizer_dir : meta.source != HfMetaSource::None ? meta.source_dir : "";
+    const std::string from = src + "/" + *f, to = dir + "/" + *f, tmp = to + ".tmp";
+    if (src.empty() || !is_regular_file(from)) continue;
     std::error_code ec;
     fs::copy_file(from, tmp, fs::copy_options::overwrite_existing, ec);
     MT_INPUT_CHECK(!ec, "cannot copy ", from, " to ", tmp, ": ", ec.message());
     MT_INPUT_CHECK(std::rename(tmp.c_str(), to.c_str()) == 0, "cannot rename ", tmp, " to ", to);
   }
+  if (!tok) return;
+  // generation_config.json consistent with the tokenizer: the source's keys (sampling settings) kept, ids set.
+  const Tokenizer t = Tokenizer::from_dir(meta.tokenizer_dir);
+  const std::string gen = dir + "/generation_config.json";
+  nlohmann::ordered_json g = nlohmann::ordered_json::object();
+  if (is_regular_file(gen)) {
+    (void)read_json_file(gen);
+    std::ifstream in(gen);
+    try {
+      g = nlohmann::ordered_json::parse(in);
+    } catch (const std::exception& e) {
+      MT_INPUT_FAIL(gen, ": invalid JSON (", e.what(), ")");
+    }
+    MT_INPUT_CHECK(g.is_object(), gen, ": not a JSON object");
+  }
+  g["bos_token_id"] = t.bos_id() ? nlohmann::ordered_json(*t.bos_id()) : nlohmann::ordered_json(nullptr);
+  g["eos_token_id"] = t.eos_id() ? nlohmann::ordered_json(*t.eos_id()) : nlohmann::ordered_json(nullptr);
+  write_through_tmp(gen, g.dump(2) + "\n");
 }
 
 }  // namespace

@@ -87,6 +87,10 @@ struct HfExportMeta {
   // router_aux_loss_coef to write (the HF-form coefficient the run trained with); absent: the source's, else the
   // class default 0.001.
   std::optional<double> router_aux_loss_coef;
+  // data.tokenizer: the HF tokenizer directory the run's data was made with. Its tokenizer files (every side file but
+  // generation_config.json) replace the source's; config.json and generation_config.json (the source's, or a new
+  // one) get its BOS/EOS ids (tokenizer_config.json), so the export generates with transformers out of the box.
+  std::string tokenizer_dir;
 };
 
 // The side files an export copies from the source dir when present: generation config, tokenizer, chat template.

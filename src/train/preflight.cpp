@@ -55,8 +55,6 @@ std::vector<std::string> unsupported_options(const Config& c) {
     out.push_back("data.reset_attention: true is not implemented yet on train.device: cuda (the CPU runs it); remove it");
   if (!c.data.chat_template.empty())
     out.push_back("data.chat_template is not implemented yet (chat data is not supported); remove it");
-  if (!c.data.tokenizer.empty())
-    out.push_back("data.tokenizer is not implemented yet (this build reads pre-tokenized ids or byte-level text); remove it");
   if (c.log.plots)
     out.push_back("log.plots: true is not implemented yet (plot run.dir/metrics.jsonl yourself); remove it");
   return out;

@@ -417,6 +417,10 @@ case "$CASE" in
     echo '{"format_version": 1, "num_tokens": 64}' >prep/meta.json
     run c.yaml --set "data.path=$T/prep" --set data.mask_prompt=true --set run.overwrite=true
     expect_rc 0
+    run c.yaml --set "data.path=$T/prep" --set "data.tokenizer=$T/prep" --set run.overwrite=true
+    expect_bad_input "tokenizer.json"
+    run c.yaml --set data.format=text --set "data.tokenizer=$T/prep" --set run.overwrite=true
+    expect_bad_input "data.tokenizer names the tokenizer of token data" "moe-prep build"
     echo '{"format_version": 1, "num_tokens": 63}' >prep/meta.json
     run c.yaml --set "data.path=$T/prep" --set run.overwrite=true
     expect_bad_input "prep/tokens.bin" "meta.json says 63"
@@ -425,7 +429,7 @@ case "$CASE" in
     # Parsed but not implemented yet: refused with exit 2 (real run and dry run), never silently ignored.
     write_tokens tok.bin 64
     write_tiny_yaml c.yaml "$T/tok.bin"
-    for kv in "data.chat_template=chatml|data.chat_template" "data.tokenizer=$T|data.tokenizer" \
+    for kv in "data.chat_template=chatml|data.chat_template" \
               "log.plots=true|log.plots"; do
       key=${kv#*|}
       run c.yaml --set "${kv%%|*}"
