@@ -14,6 +14,7 @@
 #include "io/checkpoint.h"
 #include "kernels/ref/gemm_ref.h"
 #include "launch/cpu_share.h"
+#include "train/data_tokenize.h"
 #include "train/preflight.h"
 #include "train/run_dir.h"
 #include "train/runtime.h"
@@ -114,6 +115,8 @@ int main(int argc, char** argv) {
       moe::run_agreed(*rt.world, [&] { moe::preflight(cfg, rt.world->size(), moe::PreflightMode::Run); });
       moe::RunDirClaim claim;
       claim.claim(cfg, *rt.world, intent);
+      // Raw JSONL / text with data.tokenizer: token directories under run.dir/data, made once by rank 0.
+      cfg = moe::tokenize_run_data(cfg, *rt.world);
       moe::Trainer trainer(cfg, *rt.world);
       trainer.set_run_dir_claim(&claim);
       if (!resume.empty()) {

@@ -233,9 +233,6 @@ static void check_mask_rule(const DataConfig& d, const std::string& key, const s
 // data.tokenizer: the tokenizer the token data was made with (the HF export copies it). It must load, fit the
 // model's vocabulary, and agree with every moe-prep build directory's meta.json vocab_size.
 static void check_data_tokenizer(const DataConfig& d, int vocab) {
-  MT_INPUT_CHECK(d.format == DataFormat::Tokens, "data.tokenizer names the tokenizer of token data; data.format: text "
-                 "is byte-level: tokenize the text with moe-prep build --tokenizer ", d.tokenizer,
-                 " and train on its output directory");
   const Tokenizer tok = Tokenizer::from_dir(d.tokenizer);
   MT_INPUT_CHECK(tok.vocab_size() <= size_t(vocab), "data.tokenizer ", d.tokenizer, " has ", tok.vocab_size(),
                  " tokens but model.vocab_size is ", vocab);

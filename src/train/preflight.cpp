@@ -10,6 +10,7 @@
 #include "data/token_data.h"
 #include "launch/launch_env.h"
 #include "peft/lora.h"
+#include "train/data_tokenize.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -49,12 +50,14 @@ std::vector<std::string> unsupported_options(const Config& c) {
   }
   if (c.peft.double_quant && c.peft.method != PeftMethod::Qlora)
     out.push_back("peft.double_quant: true quantizes QLoRA base weights and needs peft.method: qlora");
-  if (c.data.format == DataFormat::Jsonl)
-    out.push_back("data.format: jsonl is not implemented yet; use tokens (pre-tokenized uint32/uint16) or text (byte-level)");
   if (c.data.reset_attention && c.train.device == Device::Cuda)
     out.push_back("data.reset_attention: true is not implemented yet on train.device: cuda (the CPU runs it); remove it");
-  if (!c.data.chat_template.empty())
-    out.push_back("data.chat_template is not implemented yet (chat data is not supported); remove it");
+  if (!c.data.chat_template.empty() && c.data.format != DataFormat::Jsonl)
+    out.push_back("data.chat_template applies to data.format: jsonl (chats and Q&A pairs moe-train tokenizes); token "
+                  "data was rendered when it was built (moe-prep build --chat-template); remove it");
+  else if (!c.data.chat_template.empty() && c.data.chat_template != "auto" && c.data.chat_template != "mixtral" &&
+           c.data.chat_template != "chatml" && c.data.chat_template != "chatml-plain" && c.data.chat_template != "none")
+    out.push_back("data.chat_template: '" + c.data.chat_template + "' is not one of auto, mixtral, chatml, chatml-plain, none");
   if (c.log.plots)
     out.push_back("log.plots: true is not implemented yet (plot run.dir/metrics.jsonl yourself); remove it");
   return out;
@@ -97,11 +100,15 @@ Preflight preflight(const Config& in, int world, PreflightMode mode) {
     for (const std::string& why : unsupported_options(c)) p.problems.push_back(why);
   else
     check_supported(c);
+  const bool raw = data_needs_tokenizing(c.data);  // tokenized at start-up (train/data_tokenize.h): files checked
   attempt([&] {
-    p.data_tokens = check_data_sources(c.data, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size);
+    if (raw)
+      check_raw_sources(c.data, c.eval.data);
+    else
+      p.data_tokens = check_data_sources(c.data, c.model.vocab_size, c.train.seq_len, dry ? DataScan::Ids : DataScan::Size);
   });
   i64 eval_tokens = 0;
-  if (!c.eval.data.empty())
+  if (!c.eval.data.empty() && !raw)
     attempt([&] {
       eval_tokens = check_token_file(c.data, c.eval.data, c.model.vocab_size, c.train.seq_len,
                                      dry ? DataScan::Ids : DataScan::Size, "eval.data");

@@ -420,7 +420,11 @@ case "$CASE" in
     run c.yaml --set "data.path=$T/prep" --set "data.tokenizer=$T/prep" --set run.overwrite=true
     expect_bad_input "tokenizer.json"
     run c.yaml --set data.format=text --set "data.tokenizer=$T/prep" --set run.overwrite=true
-    expect_bad_input "data.tokenizer names the tokenizer of token data" "moe-prep build"
+    expect_bad_input "tokenizer.json"
+    run c.yaml --set data.chat_template=chatml --set run.overwrite=true
+    expect_bad_input "data.chat_template applies to data.format: jsonl"
+    run c.yaml --set data.format=jsonl --set run.overwrite=true
+    expect_bad_input "data.format: jsonl needs data.tokenizer"
     echo '{"format_version": 1, "num_tokens": 63}' >prep/meta.json
     run c.yaml --set "data.path=$T/prep" --set run.overwrite=true
     expect_bad_input "prep/tokens.bin" "meta.json says 63"
@@ -429,7 +433,7 @@ case "$CASE" in
     # Parsed but not implemented yet: refused with exit 2 (real run and dry run), never silently ignored.
     write_tokens tok.bin 64
     write_tiny_yaml c.yaml "$T/tok.bin"
-    for kv in "data.chat_template=chatml|data.chat_template" \
+    for kv in \
               "log.plots=true|log.plots"; do
       key=${kv#*|}
       run c.yaml --set "${kv%%|*}"

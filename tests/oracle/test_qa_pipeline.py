@@ -3,7 +3,8 @@
 Q&A (ChatML, answer-only loss), held-out Q&A and general text, a short configs/qa_demo.yaml run, and the exported
 model in transformers: eval lines before, during and after training; the export carries the tokenizer files byte
 for byte and BOS/EOS ids (config.json, generation_config.json) equal to what transformers' AutoTokenizer reads from
-them; apply_chat_template + generate run on it."""
+them; apply_chat_template + generate run on it. The same run from the raw JSONL (data.format: jsonl, tokenized by
+moe-train at start-up into run.dir/data) tokenizes byte for byte as moe-prep build and trains to the same losses."""
 import json
 import os
 import subprocess
@@ -36,10 +37,23 @@ def test_qa_pipeline(tmp_path):
     meta = json.loads((d / "qa" / "meta.json").read_text())
     assert meta["chat_template"] == "chatml-plain" and 0 < meta["num_loss_tokens"] < meta["num_tokens"]
     rd = tmp_path / "run"
-    log = run([b / "moe-train", REPO / "configs/qa_demo.yaml", "--set", f"run.dir={rd}", "--set", "train.steps=4",
-               "--set", "eval.every=2", "--set", "eval.batches=2", "--set", "train.warmup_steps=1",
+    common = [REPO / "configs/qa_demo.yaml", "--set", "train.steps=4", "--set", "eval.every=2", "--set",
+              "eval.batches=2", "--set", "train.warmup_steps=1", "--set", f"data.tokenizer={d}/tokenizer"]
+    log = run([b / "moe-train", *common, "--set", f"run.dir={rd}",
                "--set", f"data.mix=[{{path: {d}/qa, weight: 0.8}}, {{path: {d}/general, weight: 0.2}}]",
-               "--set", f"eval.data={d}/qa_eval", "--set", f"data.tokenizer={d}/tokenizer"])
+               "--set", f"eval.data={d}/qa_eval"])
+    # The raw JSONL path: general text as {"text"} records.
+    (d / "general.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                             for t in (d / "general.txt").read_text().splitlines() if t))
+    raw = tmp_path / "raw"
+    run([b / "moe-train", *common, "--set", f"run.dir={raw}", "--set", "data.format=jsonl",
+         "--set", f"data.mix=[{{path: {d}/qa_train.jsonl, weight: 0.8}}, {{path: {d}/general.jsonl, weight: 0.2}}]",
+         "--set", f"eval.data={d}/qa_eval.jsonl", "--set", "checkpoint.export_hf=false"])
+    for mine, prep in (("0-qa_train.jsonl", "qa"), ("2-qa_eval.jsonl", "qa_eval")):
+        for f in ("tokens.bin", "loss_mask.bin", "docs.bin"):
+            assert (raw / "data" / mine / f).read_bytes() == (d / prep / f).read_bytes(), f"{mine}/{f}"
+    losses = lambda r: [(m["step"], m.get("loss"), m.get("eval_loss")) for m in hf_tiny.read_metrics(r)]  # noqa: E731
+    assert losses(raw) == losses(rd), "the raw-JSONL run trained differently from the token-directory run"
     assert "exported the final model" in log
     evals = [m for m in hf_tiny.read_metrics(rd) if "eval_loss" in m]
     assert [m["step"] for m in evals] == [0, 2, 4], evals
