@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <algorithm>
 #include <functional>
 #include <set>
 #include <vector>
@@ -127,6 +128,37 @@ TEST(TokenData, PreparedDirectoryMasksTargets) {
   }
 }
 
+// data.reset_attention: each input's document start in the window (clamped to 0), and the target of a document's
+// last token (the next document's first token) masked; counted targets agree with count_targets.
+TEST(TokenData, PackedDocumentStartsAndBoundaryTargets) {
+  TmpDir t;
+  DataConfig d = tokens_config();
+  d.path = prep_dir(t, 100, 64);
+  const std::vector<uint64_t> docs = {0, 5, 12, 13, 40, 100};
+  std::ofstream(d.path + "/docs.bin", std::ios::binary)
+      .write(reinterpret_cast<const char*>(docs.data()), std::streamsize(docs.size() * 8));
+  d.reset_attention = true;
+  const TokenData data(d, 64, 8, 1);
+  EXPECT_TRUE(data.packed_documents());
+  std::vector<int32_t> in(8), tg(8), ds(8);
+  for (i64 w = 0; w < 12; ++w) {
+    const i64 counted = data.window(w, in.data(), tg.data(), ds.data());
+    EXPECT_EQ(counted, data.count_targets(w));
+    i64 want = 0;
+    for (int j = 0; j < 8; ++j) {
+      const i64 pos = w * 8 + j;
+      i64 start = 0;
+      for (uint64_t s : docs)
+        if (s <= uint64_t(pos)) start = i64(s);
+      EXPECT_EQ(ds[size_t(j)], int32_t(std::max<i64>(start - w * 8, 0))) << "window " << w << " position " << j;
+      const bool boundary = std::find(docs.begin(), docs.end(), uint64_t(pos + 1)) != docs.end();
+      EXPECT_EQ(tg[size_t(j)], boundary ? kMaskedTarget : int32_t((pos + 1) % 64)) << "window " << w << " target " << j;
+      want += !boundary;
+    }
+    EXPECT_EQ(counted, want);
+  }
+}
+
 void expect_bad(const std::function<void()>& f, const std::string& phrase) {
   try {
     f();
@@ -158,6 +190,13 @@ TEST(TokenData, RefusesBadCombinationsAndDirectories) {
   expect_bad([&] { TokenData x(d, 64, 8, 1); }, "without meta.json");
   d.path = prep_dir(t, 100, 64);
   expect_bad([&] { TokenData x(d, 50, 8, 1); }, "is >= model.vocab_size 50");
+  const uint64_t bad_docs[2] = {0, 50};  // does not end at num_tokens (100)
+  std::ofstream(d.path + "/docs.bin", std::ios::binary).write(reinterpret_cast<const char*>(bad_docs), 16);
+  expect_bad([&] { TokenData x(d, 64, 8, 1); }, "docs.bin': must hold uint64 document starts");
+  std::filesystem::remove(d.path + "/docs.bin");
+  d.reset_attention = true;
+  expect_bad([&] { TokenData x(d, 64, 8, 1); }, "data.reset_attention: true needs document boundaries");
+  d.reset_attention = false;
   d.format = DataFormat::Text;
   expect_bad([&] { TokenData x(d, 300, 8, 1); }, "data.format must be tokens");
 }
