@@ -97,8 +97,27 @@ def _shares(path, n, load, layers):
     return out
 
 
-def build_series(path, rows):
-    """The exact data every plot and report.md draw from (also series.json)."""
+def loss_coefs(run_dir):
+    """{aux_loss: moe.aux_loss_coef, z_loss: moe.z_loss_coef} from RUN_DIR/config.yaml (the resolved config moe-train
+    writes), {} without it. The guide's aux/z ranges are for the weighted terms; metrics.jsonl logs them unweighted."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return {}
+    import yaml
+    try:
+        moe = (yaml.safe_load(open(path, encoding="utf-8")) or {}).get("moe") or {}
+    except yaml.YAMLError as exc:
+        raise MetricsError(f"{path}: not valid YAML ({exc})")
+    out = {}
+    for key, coef in (("aux_loss", "aux_loss_coef"), ("z_loss", "z_loss_coef")):
+        if isinstance(moe.get(coef), (int, float)):
+            out[key] = float(moe[coef])
+    return out
+
+
+def build_series(path, rows, coefs=None):
+    """The exact data every plot and report.md draw from (also series.json). coefs: loss_coefs() — the health
+    checks of aux_loss and z_loss use the weighted values (logged value × coefficient) when given."""
     train = {"step": []}
     train.update({k: [] for k in TRAIN_KEYS})
     ev = {"step": [], "eval_loss": []}
@@ -122,17 +141,23 @@ def build_series(path, rows):
                 el["share"][li].append(r)
     if not train["step"] and not ev["step"]:
         raise MetricsError(f"{path}: no training or eval lines (no line has `loss` or `eval_loss`)")
-    return {"metrics": path, "train": train, "eval": ev, "expert_load": el, "health": health(train)}
+    return {"metrics": path, "train": train, "eval": ev, "expert_load": el, "health": health(train, coefs or {})}
 
 
-def health(train):
-    """One entry per HEALTH range: the last logged value of the key and whether it is inside."""
+def health(train, coefs):
+    """One entry per HEALTH range: the last logged value of the key (× its loss coefficient for aux/z when known)
+    and whether it is inside."""
     out = []
     for key, lo, hi, text in HEALTH:
         last = next(((s, v) for s, v in zip(reversed(train["step"]), reversed(train[key])) if v is not None), None)
-        entry = {"metric": key, "range": text, "low": lo, "high": hi, "step": None, "value": None, "inside": None}
+        coef = coefs.get(key)
+        if coef is not None:
+            text = f"{text} (× moe.{key}_coef {coef:g})"
+        entry = {"metric": key, "range": text, "low": lo, "high": hi, "step": None, "value": None, "inside": None,
+                 "coef": coef}
         if last is not None:
             s, v = last
+            v = v * coef if coef is not None else v
             inside = math.isfinite(v)
             if lo is not None:
                 inside = inside and v >= lo
@@ -264,9 +289,10 @@ def report(s, run_dir):
         verdict = "n/a (not logged)" if h["inside"] is None else ("yes" if h["inside"] else "**no**")
         lines.append(f"| `{h['metric']}` | {h['range']} | {_fmt(h['value'])} | "
                      f"{'—' if h['step'] is None else h['step']} | {verdict} |")
-    lines += ["", "Ranges from the Surogate MoE monitoring guide. moe-train logs `aux_loss` and `z_loss` unscaled "
-              "(before `moe.aux_loss_coef` / `moe.z_loss_coef`; DESIGN §6), so a balanced router's aux_loss is "
-              "near 1 there.", "", "## Plots", ""]
+    lines += ["", "Ranges from the MoE monitoring practice of the seed documents, which report the weighted aux and "
+              "z terms; moe-train logs `aux_loss` and `z_loss` unweighted (DESIGN §6), so their checks use the "
+              "logged value × `moe.aux_loss_coef` / `moe.z_loss_coef` from the run's config.yaml when it is there.",
+              "", "## Plots", ""]
     titles = {"loss.png": "train loss, eval loss and lr", "router.png": "aux_loss and z_loss",
               "expert_load.png": "each expert's share of routed assignments per MoE layer",
               "balance.png": "load imbalance, dropped fraction, utilization"}
@@ -282,7 +308,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     path = os.path.join(a.run_dir, "metrics.jsonl")
     try:
-        s = build_series(path, read_metrics(path))
+        s = build_series(path, read_metrics(path), loss_coefs(a.run_dir))
     except MetricsError as exc:
         print(f"moe_plot: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@
 #include "launch/launch_env.h"
 #include "peft/lora.h"
 #include "train/data_tokenize.h"
+#include "train/run_plots.h"
 #include "train/trainer.h"
 
 namespace moe {
@@ -59,7 +60,7 @@ std::vector<std::string> unsupported_options(const Config& c) {
            c.data.chat_template != "chatml" && c.data.chat_template != "chatml-plain" && c.data.chat_template != "none")
     out.push_back("data.chat_template: '" + c.data.chat_template + "' is not one of auto, mixtral, chatml, chatml-plain, none");
   if (c.log.plots)
-    out.push_back("log.plots: true is not implemented yet (plot run.dir/metrics.jsonl yourself); remove it");
+    if (const std::string why = run_plots_problem(); !why.empty()) out.push_back(why);
   return out;
 }
 

@@ -28,6 +28,7 @@
 #include "train/memory_plan.h"
 #include "train/preflight.h"
 #include "train/router_health.h"
+#include "train/run_plots.h"
 #include "train/runtime.h"
 #include "train/stability.h"
 #include "train/stop_signal.h"
@@ -703,6 +704,13 @@ void Trainer::run() {
   }
   if (rank_ == 0) spdlog::info("done: {} steps in {}", t.steps - start_step_,
                hms(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()));
+  if (rank_ == 0 && cfg_.log.plots) {  // the run's results are saved: a plot failure is a warning, not a failed run
+    const std::string why = make_run_plots(cfg_.resolved_run_dir());
+    if (why.empty())
+      spdlog::info("plots and report in {}/plots (report.md)", cfg_.resolved_run_dir());
+    else
+      spdlog::warn("log.plots: {}; plot later with launch/moe_plot.py {}", why, cfg_.resolved_run_dir());
+  }
 }
 
 }  // namespace moe

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 import hf_tiny  # noqa: E402
 
@@ -132,13 +133,17 @@ def test_report_links_pngs_and_states_health(run_dir, plotted):
     ev = [m["eval_loss"] for m in lines if "eval_loss" in m]
     assert f"{ev[0]:.4g}" in text and f"{ev[-1]:.4g}" in text
     s = json.loads((plotted / "series.json").read_text())
+    # aux and z are checked weighted by the run's coefficients (the guide's ranges are for the weighted terms).
+    moe = yaml.safe_load((run_dir / "config.yaml").read_text())["moe"]
+    coef = {"aux_loss": float(moe["aux_loss_coef"]), "z_loss": float(moe["z_loss_coef"])}
     for key, inside in HEALTH.items():
         row = next((r for r in text.splitlines() if r.startswith(f"| `{key}` |")), None)
         assert row is not None, f"no health row for {key}\n{text}"
-        want = inside(last[key])
-        assert row.rstrip().endswith("| yes |" if want else "| **no** |"), (row, last[key])
+        value = last[key] * coef.get(key, 1.0)
+        want = inside(value)
+        assert row.rstrip().endswith("| yes |" if want else "| **no** |"), (row, value)
         h = next(h for h in s["health"] if h["metric"] == key)
-        assert h["inside"] == want and h["value"] == last[key] and h["step"] == 30, h
+        assert h["inside"] == want and math.isclose(h["value"], value, rel_tol=1e-15) and h["step"] == 30, h
 
 
 def test_out_dir(run_dir, tmp_path):
@@ -177,10 +182,27 @@ def test_empty_file_exits_2(tmp_path):
 
 
 def test_copied_run_plots_the_same(run_dir, plotted, tmp_path):
-    # The tool reads only metrics.jsonl: a copy of it elsewhere gives the same series.
+    # The tool reads only metrics.jsonl (and config.yaml for the loss coefficients): a copy elsewhere plots the same.
     shutil.copy(run_dir / "metrics.jsonl", tmp_path / "metrics.jsonl")
+    shutil.copy(run_dir / "config.yaml", tmp_path / "config.yaml")
     assert _plot(tmp_path, "--json").returncode == 0
     a = json.loads((plotted / "series.json").read_text())
     b = json.loads((tmp_path / "plots" / "series.json").read_text())
     del a["metrics"], b["metrics"]
     assert a == b
+
+
+def test_log_plots_runs_the_tool_at_the_end(tmp_path):
+    """log.plots: true — moe-train runs launch/moe_plot.py itself after training: the same files as the tool makes."""
+    (tmp_path / "train.txt").write_bytes(_fortunes_text()[:120_000])
+    run = tmp_path / "run"
+    cmd = [str(hf_tiny.build_dir() / "moe-train"), str(hf_tiny.REPO_ROOT / "configs" / "tiny.yaml")]
+    for s in ("train.steps=10", "log.every=5", f"data.path={tmp_path / 'train.txt'}", "checkpoint.export_hf=false",
+              f"run.dir={run}", "log.plots=true"):
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="2", MOE_PLOT_PYTHON=sys.executable))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "plots and report in" in res.stdout + res.stderr
+    for name in PNGS + ("report.md",):
+        assert (run / "plots" / name).stat().st_size > 0, name
