@@ -4,14 +4,7 @@
 # The venv comes from launch/setup.sh ($MOE_TRAIN_VENV or ~/.cache/moe-train/venv). A missing
 # venv makes these tests FAIL with a message (they never skip): oracles are part of the contract.
 
-if(NOT DEFINED MOE_VENV_PY)
-  if(DEFINED ENV{MOE_TRAIN_VENV})
-    set(MOE_VENV_PY "$ENV{MOE_TRAIN_VENV}/bin/python")
-  else()
-    set(MOE_VENV_PY "$ENV{HOME}/.cache/moe-train/venv/bin/python")
-  endif()
-endif()
-set(MOE_VENV_PY "${MOE_VENV_PY}" CACHE FILEPATH "python of the oracle venv (made by launch/setup.sh)")
+# MOE_VENV_PY (the venv's python) is set by the top-level CMakeLists.txt, which log.plots uses too.
 
 set(MOE_ORACLE_DIR ${CMAKE_CURRENT_LIST_DIR})
 file(GLOB MOE_ORACLE_TESTS CONFIGURE_DEPENDS ${MOE_ORACLE_DIR}/test_*.py)
