@@ -351,6 +351,13 @@ i64 TokenData::source_window(int s, i64 k) const {
 
 // contract: C5.order C5.tokens C5.mask C5.packing
 i64 TokenData::window(i64 i, int32_t* inputs, int32_t* targets, int32_t* doc_start) const {
+  return scan(i, inputs, targets, doc_start);
+}
+
+i64 TokenData::count_targets(i64 i) const { return masks_targets() ? scan(i, nullptr, nullptr, nullptr) : L_; }
+
+// Window i's targets that count; writes inputs, targets and doc_start where they are not null.
+i64 TokenData::scan(i64 i, int32_t* inputs, int32_t* targets, int32_t* doc_start) const {
   const auto [s, k] = locate(i);
   const TokenSource& src = *sources_[size_t(s)];
   const i64 p = source_window(s, k) * L_;
@@ -364,26 +371,8 @@ i64 TokenData::window(i64 i, int32_t* inputs, int32_t* targets, int32_t* doc_sta
       if (doc_start) doc_start[t] = int32_t(std::max<i64>(i64(src.doc(d)) - p, 0));
       if (src.doc(d + 1) == uint64_t(p + t + 1)) counts = false;  // the next document's first token: not predictable
     }
-    inputs[t] = int32_t(src.token(p + t));
-    targets[t] = counts ? int32_t(src.token(p + t + 1)) : kMaskedTarget;
-    counted += counts;
-  }
-  return counted;
-}
-
-i64 TokenData::count_targets(i64 i) const {
-  if (!masks_targets()) return L_;
-  const auto [s, k] = locate(i);
-  const TokenSource& src = *sources_[size_t(s)];
-  const i64 p = source_window(s, k) * L_;
-  i64 counted = 0;
-  i64 d = reset_attention_ ? src.doc_of(p) : 0;
-  for (int t = 0; t < L_; ++t) {
-    bool counts = !mask_prompt_ || src.counts(p + t + 1);
-    if (reset_attention_) {
-      while (src.doc(d + 1) <= uint64_t(p + t)) ++d;
-      if (src.doc(d + 1) == uint64_t(p + t + 1)) counts = false;
-    }
+    if (inputs) inputs[t] = int32_t(src.token(p + t));
+    if (targets) targets[t] = counts ? int32_t(src.token(p + t + 1)) : kMaskedTarget;
     counted += counts;
   }
   return counted;

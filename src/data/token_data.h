@@ -64,6 +64,7 @@ class TokenData {
 
  private:
   int pick(i64 i) const;
+  i64 scan(i64 i, int32_t* inputs, int32_t* targets, int32_t* doc_start) const;
   i64 source_window(int s, i64 k) const;
 
   std::vector<std::unique_ptr<TokenSource>> sources_;

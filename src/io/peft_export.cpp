@@ -70,7 +70,11 @@ const char* method_name(PeftMethod m) { return m == PeftMethod::Qlora ? "QLoRA" 
 
 }  // namespace
 
-bool checkpoint_is_peft(const std::string& checkpoint) { return open_run(checkpoint).spec.active(); }
+// /meta only (its own checksum): the export that follows verifies the tensors once.
+bool checkpoint_is_peft(const std::string& checkpoint) {
+  const CheckpointMeta meta = read_checkpoint_meta(checkpoint);
+  return parse_config(meta.config_yaml, {}, checkpoint + ":/meta/config").peft.method != PeftMethod::Full;
+}
 
 void export_checkpoint_peft(const std::string& checkpoint, const std::string& out_dir, PeftLayout layout) {
   const CheckpointRun run = open_run(checkpoint);

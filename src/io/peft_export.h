@@ -7,8 +7,8 @@
 
 namespace moe {
 
-// Whether CHECKPOINT.h5 was written by a LoRA/QLoRA run (peft.method of its /meta config is lora or qlora).
-// BadInput for a damaged or incomplete checkpoint (verify_checkpoint's reason).
+// Whether CHECKPOINT.h5 was written by a LoRA/QLoRA run (peft.method of its /meta config is lora or qlora). Reads
+// /meta only (BadInput when it is missing or fails its checksum); the tensors are verified by the export itself.
 bool checkpoint_is_peft(const std::string& checkpoint);
 
 // Writes the adapters (and the trained routers, as PEFT modules_to_save) of a LoRA/QLoRA checkpoint to DIR in

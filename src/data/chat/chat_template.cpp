@@ -1,29 +1,15 @@
 // Owns rendering conversations with the Mixtral and ChatML chat templates and choosing a template by name or from an HF tokenizer directory (DESIGN §6 C6.chat).
 #include "data/chat/chat_template.h"
 
-#include <sys/stat.h>
-
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/error.h"
+#include "data/tokenizer/file_text.h"
 #include "data/tokenizer/tokenizer.h"
 
 namespace moe {
 
 namespace {
-
-bool read_file(const std::string& path, std::string& out) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
-  std::ifstream in(path, std::ios::binary);
-  MT_INPUT_CHECK(in.good(), "cannot read ", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  out = ss.str();
-  return true;
-}
 
 bool has(const std::string& s, const char* what) { return s.find(what) != std::string::npos; }
 
@@ -56,9 +42,9 @@ ChatTemplate ChatTemplate::chatml(std::optional<std::string> default_system) {
 std::optional<std::string> ChatTemplate::read_template_text(const std::string& dir, std::string& source) {
   std::string text;
   source = dir + "/chat_template.jinja";
-  if (read_file(source, text)) return text;
+  if (tok::read_regular_file(source, text)) return text;
   source = dir + "/tokenizer_config.json";
-  if (!read_file(source, text)) return std::nullopt;
+  if (!tok::read_regular_file(source, text)) return std::nullopt;
   nlohmann::json c;
   try {
     c = nlohmann::json::parse(text);

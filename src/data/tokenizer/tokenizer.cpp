@@ -1,30 +1,14 @@
 // Owns moe::Tokenizer: loading a directory and running encode (added tokens → normalizer → pre-tokenizer → BPE → template) and decode (ids → tokens → decoder) as the `tokenizers` library does.
 #include "data/tokenizer/tokenizer.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
+#include "data/tokenizer/file_text.h"
 #include "data/tokenizer/text.h"
 #include "data/tokenizer/tokenizer_impl.h"
 
 namespace moe {
-
-namespace {
-bool read_file(const std::string& path, std::string& out) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
-  std::ifstream in(path, std::ios::binary);
-  MT_INPUT_CHECK(in.good(), "cannot read ", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  out = ss.str();
-  return true;
-}
-}  // namespace
 
 Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
@@ -33,9 +17,9 @@ Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_dir(const std::string& dir) {
   std::string text, config;
-  MT_INPUT_CHECK(read_file(dir + "/tokenizer.json", text), "cannot read ", dir,
+  MT_INPUT_CHECK(tok::read_regular_file(dir + "/tokenizer.json", text), "cannot read ", dir,
                  "/tokenizer.json: not a regular file (--tokenizer names an HF tokenizer directory)");
-  read_file(dir + "/tokenizer_config.json", config);  // optional: BOS/EOS metadata only
+  tok::read_regular_file(dir + "/tokenizer_config.json", config);  // optional: BOS/EOS metadata only
   return from_json(text, config, dir);
 }
 
