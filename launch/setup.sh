@@ -23,6 +23,8 @@ debs=(
   slurm-wlm munge
   python3-venv python3-pip
   time  # GNU time: peak RSS of each run in bench/lora_bench.py
+  libprotobuf-dev protobuf-compiler libisal-dev  # TensorBoard event files: Event/Summary protobufs, CRC32C (ISA-L)
+  libeigen3-dev  # moe-bench's cost model: least-squares fits
   fortunes
 )
 missing=()
@@ -72,7 +74,7 @@ if ((want_venv)); then
   VENV="${MOE_TRAIN_VENV:-$HOME/.cache/moe-train/venv}"
   # mistral-common (with sentencepiece) and protobuf: the Mixtral chat-template oracle (tests/oracle/test_chat_template.py).
   PY_PKGS=(numpy torch transformers safetensors peft tokenizers matplotlib h5py pyyaml pytest bitsandbytes
-           "mistral-common[sentencepiece]" protobuf)
+           "mistral-common[sentencepiece]" protobuf tensorboard)
   stamp="$VENV/.moe-train-ok"
   # The stamp records the package list: a changed list reinstalls into the same venv.
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${PY_PKGS[*]}" ]]; then
@@ -80,7 +82,7 @@ if ((want_venv)); then
     [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q "${PY_PKGS[@]}"
-    "$VENV/bin/python" -c "import torch, transformers, safetensors, peft, tokenizers, matplotlib, h5py, yaml, pytest, bitsandbytes, mistral_common, sentencepiece, google.protobuf"
+    "$VENV/bin/python" -c "import torch, transformers, safetensors, peft, tokenizers, matplotlib, h5py, yaml, pytest, bitsandbytes, mistral_common, sentencepiece, google.protobuf, tensorboard"
     echo "${PY_PKGS[*]}" > "$stamp"
   else
     echo "setup: oracle venv present ($VENV)"

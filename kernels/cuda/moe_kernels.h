@@ -29,10 +29,11 @@ void router_softmax_topk_cuda(float* probs, int* topk_idx, float* topk_w, const 
 void router_backward_rows_cuda(float* dlogits, const float* dtopk_w, const float* logits, const float* probs,
                                const int* topk_idx, const float* topk_w, const double* aux_dp, double z_scale, i64 T,
                                i64 E, i64 K, double temperature, TopkNorm norm, cudaStream_t stream);
-// prob_sum [E] = Σ_t probs[t,e], lse_sq [1] = Σ_t lse(logits_t)², both double, fixed-order block reductions
-// (256 strided partial sums, then a shared-memory tree): deterministic, equal to the serial CPU sum up to reordering.
-void router_stats_cuda(double* prob_sum, double* lse_sq, const float* probs, const float* logits, i64 T, i64 E,
-                       cudaStream_t stream);
+// prob_sum [E] = Σ_t probs[t,e], lse_sq [1] = Σ_t lse(logits_t)², logit_sq [1] = Σ_t Σ_e logits[t,e]², all double,
+// fixed-order block reductions (256 strided partial sums, then a shared-memory tree): deterministic, equal to the
+// serial CPU sum up to reordering.
+void router_stats_cuda(double* prob_sum, double* lse_sq, double* logit_sq, const float* probs, const float* logits,
+                       i64 T, i64 E, cudaStream_t stream);
 
 // ---- kernels/cuda/plan.cu ----
 // The device arrays of a RoutingPlan (moe/plan.h); stats is the PlanStatsLayout block (counts, routed, dropped).

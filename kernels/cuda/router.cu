@@ -57,19 +57,23 @@ __global__ void backward_rows_kernel(float* dlogits, const float* dtopk_w, const
                              topk_w + t * K, aux_dp, z_scale, E, K, T, temperature, norm);
 }
 
-// Blocks 0..E−1: prob_sum[e]; block E: lse_sq. Thread j sums t = j, j + 256, … serially, then a fixed tree.
-__global__ void stats_kernel(double* prob_sum, double* lse_sq, const float* probs, const float* logits, i64 T,
-                             i64 E) {
+// Blocks 0..E−1: prob_sum[e]; block E: lse_sq; block E+1: logit_sq. Thread j sums t = j, j + 256, … serially,
+// then a fixed tree.
+__global__ void stats_kernel(double* prob_sum, double* lse_sq, double* logit_sq, const float* probs,
+                             const float* logits, i64 T, i64 E) {
   __shared__ double part[kThreads];
   const i64 e = blockIdx.x;
   double acc = 0;
   if (e < E) {
     for (i64 t = threadIdx.x; t < T; t += kThreads) acc += double(probs[t * E + e]);
-  } else {
+  } else if (e == E) {
     for (i64 t = threadIdx.x; t < T; t += kThreads) {
       const double l = router_lse_row<float>(logits + t * E, E);
       acc += l * l;
     }
+  } else {
+    for (i64 t = threadIdx.x; t < T; t += kThreads)
+      for (i64 j = 0; j < E; ++j) acc += double(logits[t * E + j]) * double(logits[t * E + j]);
   }
   part[threadIdx.x] = acc;
   __syncthreads();
@@ -80,8 +84,10 @@ __global__ void stats_kernel(double* prob_sum, double* lse_sq, const float* prob
   if (threadIdx.x == 0) {
     if (e < E)
       prob_sum[e] = part[0];
-    else
+    else if (e == E)
       *lse_sq = part[0];
+    else
+      *logit_sq = part[0];
   }
 }
 
@@ -126,10 +132,10 @@ void router_backward_rows_cuda(float* dlogits, const float* dtopk_w, const float
   MT_CUDA_LAUNCH("router_backward_rows");
 }
 
-void router_stats_cuda(double* prob_sum, double* lse_sq, const float* probs, const float* logits, i64 T, i64 E,
-                       cudaStream_t stream) {
+void router_stats_cuda(double* prob_sum, double* lse_sq, double* logit_sq, const float* probs, const float* logits,
+                       i64 T, i64 E, cudaStream_t stream) {
   if (E <= 0) return;
-  stats_kernel<<<unsigned(E + 1), kThreads, 0, stream>>>(prob_sum, lse_sq, probs, logits, T, E);
+  stats_kernel<<<unsigned(E + 2), kThreads, 0, stream>>>(prob_sum, lse_sq, logit_sq, probs, logits, T, E);
   MT_CUDA_LAUNCH("router_stats");
 }
 

@@ -31,6 +31,7 @@ template <typename T>
 struct Backend {
   std::unique_ptr<BackendContext> context;  // null on the CPU
   MemSpace space = MemSpace::Host;
+  std::string device_name = "cpu";  // "cpu", or the GPU's name as the driver reports it (e.g. "NVIDIA H200")
   Stream stream;
   std::unique_ptr<MemOps> mem;  // allocation and copies in `space`
   std::unique_ptr<DenseOps<T>> dense;

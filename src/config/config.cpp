@@ -379,6 +379,8 @@ std::vector<Field> build_schema() {
       real_field("train.grad_clip", MT_AT(train.grad_clip), kNonNeg),
       u64_field("train.seed", MT_AT(train.seed)),
       real_field("train.max_loss_ratio", MT_AT(train.max_loss_ratio), kNonNeg),  // 0 = off
+      bool_field("train.stop_on_collapse", MT_AT(train.stop_on_collapse)),
+      real_field("train.peak_tflops", MT_AT(train.peak_tflops), kNonNeg),  // 0 = per device / measured
       enum_field("train.recompute", MT_AT(train.recompute),
                  EnumNames<Recompute>{
                      {"none", Recompute::None}, {"selective", Recompute::Selective}, {"full", Recompute::Full}}),
@@ -416,6 +418,7 @@ std::vector<Field> build_schema() {
 
       int_field("log.every", MT_AT(log.every), 1),
       bool_field("log.plots", MT_AT(log.plots)),
+      bool_field("log.tensorboard", MT_AT(log.tensorboard)),
       bool_field("log.stability_warnings", MT_AT(log.stability_warnings)),
 
       string_field("eval.data", MT_AT(eval.data)),

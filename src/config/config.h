@@ -113,6 +113,12 @@ struct TrainConfig {
   // kLossWindow losses; 0 turns it off.
   double max_loss_ratio = 10.0;
   Recompute recompute = Recompute::None;
+  // Router collapse guard: stop (exit 3, checkpoints kept) at a logged step where some MoE layer's expert
+  // utilization < 0.5 or load imbalance > 4 (train/stability.h).
+  bool stop_on_collapse = false;
+  // Peak dense TFLOP/s of one device at train.precision, the denominator of MFU in metrics.jsonl;
+  // 0 = the known device's datasheet value (CUDA) or an sgemm measured at start-up (CPU).
+  double peak_tflops = 0.0;
 };
 
 struct PeftConfig {
@@ -150,6 +156,7 @@ struct CheckpointConfig {
 struct LogConfig {
   int every = 1;
   bool plots = false;
+  bool tensorboard = false;  // run.dir/tb: TensorBoard event files (scalars of every metric, expert-load histograms)
   // Field advice as warnings (train/stability.h): LoRA without expert targets, lr outside the LoRA-on-MoE range,
   // a small effective batch, and degraded router health at logged steps.
   bool stability_warnings = true;

@@ -450,6 +450,10 @@ void Model<T>::mlp_forward(const T* P, const A* PA, const T* PB, int l, T* out, 
     auto& layer = moe_layer(o.moe_index);
     layer.forward(out ? out : S.mlp_out, a.ln2, PA + o.router, expert_weights(S.ew[l], PB, P, o), b, r, mode);
     if (st) st->router[o.moe_index] = layer.stats();  // same sizes every step: no allocation
+    if (topk_capture_) {
+      std::vector<int>& dst = (*topk_capture_)[size_t(o.moe_index)];
+      be_.mem->to_host(dst.data(), layer.plan().topk_idx.data(), i64(dst.size() * sizeof(int)));
+    }
   } else {
     ops_.linear_forward(a.mlp_g, a.ln2, PB + o.dg, Tn, H, ID, Accumulate::Overwrite, S.ws);
     ops_.linear_forward(a.mlp_u, a.ln2, PB + o.du, Tn, H, ID, Accumulate::Overwrite, S.ws);
@@ -556,6 +560,20 @@ double aux_loss_value(const MicroStats& s, const ModelConfig& m, AuxForm form, c
   }
   return E * a;
 }
+
+double aux_loss_layer_value(const MicroStats& s, const ModelConfig& m, AuxForm form, const GlobalRouting* g,
+                            size_t l) {
+  const double E = m.num_experts, K = m.top_k, Tn = double(s.tokens);
+  const double tokens = g ? g->tokens : Tn;
+  double a = 0;
+  for (int e = 0; e < m.num_experts; ++e) {
+    const double c = g ? g->routed[l][e] : double(s.router[l].routed[e]);
+    a += (c / tokens) * (s.router[l].prob_sum[e] / Tn);
+  }
+  return form == AuxForm::Layer ? (E / K) * a : E * a;
+}
+
+double z_loss_layer_value(const MicroStats& s, size_t l) { return s.router[l].lse_sq_sum / double(s.tokens); }
 
 // contract: C4.zloss
 double z_loss_value(const MicroStats& s) {

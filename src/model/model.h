@@ -36,6 +36,11 @@ struct LossScales {
 // aux_m and z_m of a micro-batch from its statistics (global = null → micro scope). [C4.aux] [C4.zloss]
 double aux_loss_value(const MicroStats& s, const ModelConfig& m, AuxForm form, const GlobalRouting* global);
 double z_loss_value(const MicroStats& s);
+// The same terms of MoE layer l alone (router health per layer): the layer form is one layer's (E/K)·Σ_e f_e·P_e;
+// the hf form pooled over one layer is E·Σ_e (c_e/T)·(P_e/T); z is mean_t lse(logits_t)² of that layer.
+double aux_loss_layer_value(const MicroStats& s, const ModelConfig& m, AuxForm form, const GlobalRouting* global,
+                            size_t l);
+double z_loss_layer_value(const MicroStats& s, size_t l);
 
 // How a model is laid out beside its shapes: allocation, expert shard, parameter-table padding, recomputation.
 struct ModelOptions {
@@ -105,6 +110,16 @@ class Model {
     backward(a, inputs, targets, sc, form, global);
   }
 
+  // Routing capture (the router-health churn probe): while dst is set, every forward copies each MoE layer's top-k
+  // expert indices [B·L·top_k] to (*dst)[moe index] on the host (one copy per layer; sized here). Null stops it.
+  void capture_topk(std::vector<std::vector<int>>* dst) {
+    topk_capture_ = dst;
+    if (dst) {
+      dst->resize(size_t(num_moe_));
+      for (auto& v : *dst) v.resize(size_t(B_ * L_ * m_.top_k));
+    }
+  }
+
   const T* logits() const { return logits_; }  // [B·L, V] after forward (before backward overwrites it); T (bf16: rounded)
   i64 tokens() const { return B_ * L_; }
 
@@ -138,6 +153,7 @@ class Model {
   int num_moe_ = 0;
   // One per MoE layer; with recompute one layer object serves every MoE layer (its buffers are shared).
   std::vector<std::unique_ptr<MoeLayer<T>>> moe_layers_;
+  std::vector<std::vector<int>>* topk_capture_ = nullptr;  // capture_topk
   std::unique_ptr<Impl> impl_;
   T* logits_ = nullptr;
   MicroStats last_;  // the last forward's result (router [num MoE layers] sized once)

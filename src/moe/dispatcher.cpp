@@ -61,10 +61,15 @@ AllToAllDispatcher<T>::AllToAllDispatcher(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, 
 template <typename T>
 const T* AllToAllDispatcher<T>::dispatch(const T* x, const RoutingPlan& plan) {
   if (layout_ == DispatchLayout::Alias) {
+    PhaseScope ph(timer_, MoePhase::Permute);
     ops_.permute(xe_, x, plan, H_);
     return xe_;
   }
-  ops_.permute(s_.xg, x, plan, H_);
+  {
+    PhaseScope ph(timer_, MoePhase::Permute);
+    ops_.permute(s_.xg, x, plan, H_);
+  }
+  PhaseScope ph(timer_, MoePhase::DispatchA2A);
   exchange_.to_experts(xe_, s_.xg, H_);
   return xe_;
 }
@@ -82,14 +87,22 @@ const i64* AllToAllDispatcher<T>::dispatch_keys(const RoutingPlan& plan, uint32_
 
 template <typename T>
 void AllToAllDispatcher<T>::combine(T* out, const A* topk_w, const RoutingPlan& plan) {
-  if (layout_ == DispatchLayout::Exchange) exchange_.from_experts(y_, s_.ye, H_);
+  if (layout_ == DispatchLayout::Exchange) {
+    PhaseScope ph(timer_, MoePhase::CombineA2A);
+    exchange_.from_experts(y_, s_.ye, H_);
+  }
+  PhaseScope ph(timer_, MoePhase::Unpermute);
   ops_.combine_forward(out, y_, topk_w, plan, H_);
 }
 
 template <typename T>
 const T* AllToAllDispatcher<T>::combine_backward(A* dtopk_w, const T* dout, const A* topk_w, const RoutingPlan& plan) {
-  ops_.combine_backward(s_.dy, dtopk_w, dout, y_, topk_w, plan, H_);
+  {
+    PhaseScope ph(timer_, MoePhase::UnpermuteBwd);
+    ops_.combine_backward(s_.dy, dtopk_w, dout, y_, topk_w, plan, H_);
+  }
   if (layout_ == DispatchLayout::Alias) return s_.dy;
+  PhaseScope ph(timer_, MoePhase::CombineA2ABwd);
   exchange_.to_experts(s_.dye, s_.dy, H_);
   return s_.dye;
 }
@@ -98,9 +111,11 @@ template <typename T>
 void AllToAllDispatcher<T>::dispatch_backward(T* dx, const RoutingPlan& plan) {
   const T* dxg = s_.dxe;
   if (layout_ == DispatchLayout::Exchange) {
+    PhaseScope ph(timer_, MoePhase::DispatchA2ABwd);
     exchange_.from_experts(s_.dxg, s_.dxe, H_);
     dxg = s_.dxg;
   }
+  PhaseScope ph(timer_, MoePhase::PermuteBwd);
   ops_.unpermute(dx, dxg, plan, H_);
 }
 

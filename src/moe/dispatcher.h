@@ -10,6 +10,7 @@
 #include "core/arena.h"
 #include "moe/ep_exchange.h"
 #include "moe/experts.h"
+#include "moe/phase_timer.h"
 #include "moe/plan.h"
 
 namespace moe {
@@ -80,6 +81,14 @@ class TokenDispatcher {
   // Where the experts write their input gradients [R,H]; dispatch_backward then forms dx [T,H] (overwritten).
   virtual T* expert_dx() = 0;
   virtual void dispatch_backward(T* dx, const RoutingPlan& plan) = 0;
+  // Times permute / all-to-all / unpermute phases (forward and backward) on `t` (null: untimed).
+  void set_phase_timer(PhaseTimer* t) { timer_ = t; }
+  // Rows this rank sent to / received from OTHER ranks in the last dispatch (0 at ep = 1; combine moves them back).
+  virtual i64 remote_send_rows() const = 0;
+  virtual i64 remote_recv_rows() const = 0;
+
+ protected:
+  PhaseTimer* timer_ = nullptr;
 };
 
 // All-to-all-v dispatch over the EP group (identity at ep = 1, where it aliases instead of copying).
@@ -87,6 +96,7 @@ template <typename T>
 class AllToAllDispatcher final : public TokenDispatcher<T> {
  public:
   using A = acc_t<T>;
+  using TokenDispatcher<T>::timer_;
   // row_keys: dispatch_keys is called without expert dropout (LoRA dropout keys the expert rows too).
   AllToAllDispatcher(MoeOps<T>& ops, i64 Tn, i64 H, i64 E, i64 K, const MoeConfig& cfg, const ExpertShardSpec& shard,
                      MoeScratch<T>& scratch, Arena& arena, bool row_keys = false);
@@ -100,6 +110,8 @@ class AllToAllDispatcher final : public TokenDispatcher<T> {
   const T* combine_backward(A* dtopk_w, const T* dout, const A* topk_w, const RoutingPlan& plan) override;
   T* expert_dx() override { return s_.dxe; }
   void dispatch_backward(T* dx, const RoutingPlan& plan) override;
+  i64 remote_send_rows() const override { return exchange_.remote_send_rows(); }
+  i64 remote_recv_rows() const override { return exchange_.remote_recv_rows(); }
   DispatchLayout layout() const { return layout_; }
 
  private:

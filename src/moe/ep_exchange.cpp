@@ -103,6 +103,24 @@ void EpExchange<T>::plan(const i64* counts) {
 }
 
 template <typename T>
+i64 EpExchange<T>::remote_send_rows() const {
+  if (ep_ == 1) return 0;
+  i64 rows = 0;
+  for (int q = 0; q < ep_; ++q)
+    if (q != comm_->rank()) rows += send_rows_[size_t(q)];
+  return rows;
+}
+
+template <typename T>
+i64 EpExchange<T>::remote_recv_rows() const {
+  if (ep_ == 1) return 0;
+  i64 rows = 0;
+  for (int s = 0; s < ep_; ++s)
+    if (s != comm_->rank()) rows += recv_rows_by_src_[size_t(s)];
+  return rows;
+}
+
+template <typename T>
 void EpExchange<T>::element_layout(i64 W, bool forward) {
   for (int q = 0; q < ep_; ++q) {
     const i64 mine = send_rows_[q] * W, theirs = recv_rows_by_src_[q] * W;

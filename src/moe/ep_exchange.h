@@ -43,6 +43,9 @@ class EpExchange {
   void ids_to_experts(i64* recv, const i64* send);
 
   bool is_local() const { return ep_ == 1; }
+  // Rows sent to / received from other ranks by one to_experts call of the last plan (this rank's own rows excluded).
+  i64 remote_send_rows() const;
+  i64 remote_recv_rows() const;
 
  private:
   Communicator* comm_;

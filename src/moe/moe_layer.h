@@ -11,6 +11,7 @@
 #include "moe/dispatcher.h"
 #include "moe/experts.h"
 #include "moe/lora_experts.h"
+#include "moe/phase_timer.h"
 #include "moe/plan.h"
 #include "moe/router.h"
 
@@ -31,6 +32,7 @@ struct RouterStats {
   std::vector<i64> routed;        // [E] top-k assignments before dropping
   std::vector<double> prob_sum;   // [E] Σ_t probs[t, e]
   double lse_sq_sum = 0;          // Σ_t logsumexp(logits_t)²
+  double logit_sq_sum = 0;        // Σ_t ‖logits_t‖² (router logit norm = sqrt(logit_sq_sum / T))
   i64 dropped = 0, pairs = 0;
 };
 
@@ -59,6 +61,11 @@ class MoeLayer {
   const RoutingPlan& plan() const { return plan_; }
   const RouterStats& stats() const { return stats_; }
   const TokenDispatcher<T>& dispatcher() const { return *dispatcher_; }
+  // Times every phase of forward and backward (moe/moe_phase.h) on `t`; null (the default) times nothing.
+  void set_phase_timer(PhaseTimer* t) {
+    timer_ = t;
+    dispatcher_->set_phase_timer(t);
+  }
 
  private:
   MoeOps<T>& ops_;
@@ -82,6 +89,7 @@ class MoeLayer {
   ExpertDropout drop_{};   // keys non-null while a dropout is active (Train, expert_dropout or LoRA dropout > 0);
                            // p = moe.expert_dropout (0 with LoRA dropout alone)
   bool jitter_active_ = false;
+  PhaseTimer* timer_ = nullptr;
 };
 
 }  // namespace moe

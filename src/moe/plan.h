@@ -48,16 +48,17 @@ struct ArenaArray {
 
 // The per-layer statistics block that comes back to the host once per forward (copy_expert_counts_to_host):
 // counts [E] kept rows per expert | routed [E] top-k assignments before dropping | dropped | prob_sum [E] Σ_t p[t,e] |
-// lse_sq_sum Σ_t lse(logits_t)². 8-byte words: E·3 + 2 of them.
+// lse_sq_sum Σ_t lse(logits_t)² | logit_sq_sum Σ_t ‖logits_t‖² (router logit norm). 8-byte words: E·3 + 3 of them.
 struct PlanStatsLayout {
   i64 E;
-  i64 words() const { return 3 * E + 2; }
+  i64 words() const { return 3 * E + 3; }
   i64 bytes() const { return 8 * words(); }
   i64 counts() const { return 0; }      // i64 [E]
   i64 routed() const { return E; }      // i64 [E]
   i64 dropped() const { return 2 * E; } // i64
   i64 prob_sum() const { return 2 * E + 1; }  // double [E]
   i64 lse_sq() const { return 3 * E + 1; }    // double
+  i64 logit_sq() const { return 3 * E + 2; }  // double
 };
 
 // Sizes are fixed at construction (T·K pairs); build_plan only fills. All arrays live in one arena: the caller's

@@ -22,19 +22,41 @@ constexpr double kUtilizationFloor = 0.5, kImbalanceCeiling = 4.0;
 // kSmallBatchFraction · kStMoeTokensPerStep (with the train.grad_accum that reaches it).
 std::vector<std::string> recipe_advice(const Config& cfg, const LoraSpec& lora, int world);
 
-// Router-health warnings at logged steps: a warning names the step, the metric, its healthy range and the remedies;
-// it repeats at most every `every_logged` logged steps while the health stays degraded, and the recovery is said
-// once.
+// Healthy ranges of router health (seed documents: utilization 0.7–1.0, imbalance < 2.5; aux 0.01–0.1 and z < 0.01
+// as weighted terms, i.e. times moe.aux_loss_coef / moe.z_loss_coef).
+constexpr double kUtilizationHealthy = 0.7, kImbalanceHealthy = 2.5;
+constexpr double kAuxWeightedHigh = 0.1, kZWeightedHigh = 0.01;
+
+enum class RouterVerdict { Healthy, Degraded, Collapse };
+// Collapse: utilization < kUtilizationFloor or imbalance > kImbalanceCeiling; Degraded: outside the healthy ranges.
+RouterVerdict router_verdict(const LayerRouterHealth& h);
+
+// Router-health warnings at logged steps, per MoE layer. A warning names the step, the layers, the metric with its
+// healthy range and the remedies. Three kinds, each repeated at most every `every_logged` logged steps while it
+// lasts:
+//   balance  utilization / imbalance outside the healthy range (collapse or degraded); its recovery is said once;
+//   aux      aux_loss_coef·aux > 0.1 (the balancing term dominates, or routing is very unbalanced). The low side of
+//            the range is not warned on: at perfect balance the weighted value equals the coefficient itself;
+//   z        z_loss_coef·z ≥ 0.01 while z is past 1.5·(ln E)² (the floor lse² of equal logits): logits are growing.
 class RouterHealthWatch {
  public:
-  explicit RouterHealthWatch(const LoraSpec& lora, int every_logged = 10) : lora_(lora), every_(every_logged) {}
-  // health of the global batch at `step`; returns the lines to log (possibly none).
-  std::vector<std::string> observe(int step, const RouterHealth& health);
+  RouterHealthWatch(const LoraSpec& lora, const MoeConfig& moe, int num_experts, int every_logged = 10)
+      : lora_(lora), moe_(moe), num_experts_(num_experts), every_(every_logged) {}
+  // layers: the global batch's per-layer health at `step`; returns the lines to log (possibly none).
+  std::vector<std::string> observe(int step, const std::vector<LayerRouterHealth>& layers);
 
  private:
+  enum Kind { kBalance, kAux, kZ, kKinds };
+  bool due(Kind k, bool bad);  // rate limit; false when not bad or repeated too soon
   LoraSpec lora_;
+  MoeConfig moe_;
+  int num_experts_;
   int every_;
-  int since_ = -1;    // logged steps since the last warning (−1: not degraded)
+  int since_[kKinds] = {-1, -1, -1};  // logged steps since the last warning of each kind (−1: not bad)
 };
+
+// The message train.stop_on_collapse stops with (exit 3): the collapsed layers and the remedies; "" when none.
+std::string collapse_message(int step, const std::vector<LayerRouterHealth>& layers, const MoeConfig& moe,
+                             const LoraSpec& lora);
 
 }  // namespace moe

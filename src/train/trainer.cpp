@@ -32,6 +32,7 @@
 #include "train/runtime.h"
 #include "train/stability.h"
 #include "train/stop_signal.h"
+#include "train/tb_log.h"
 
 namespace moe {
 
@@ -198,6 +199,7 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
     if (model16_) model16_->set_packed_documents(doc_start_dev_.data());
   }
   targets_dev_ = Buffer<int32_t>(mem(), i64(targets_.size()), "target tokens");
+  flops_ = model_flops(cfg_.model, lora_, t.seq_len);
   init_params();
 }
 
@@ -355,6 +357,9 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   r.step_time_s = 0;
   r.expert_load.resize(size_t(Lm));
   for (auto& l : r.expert_load) l.assign(size_t(E), 0);
+  r.router_layers.resize(size_t(Lm));  // sized on the first step, then only refilled
+  stat_sums_.assign(size_t(3 + 3 * Lm), 0.0);
+  layer_drops_.assign(size_t(2 * Lm), 0);
   double ce = 0, aux = 0, z = 0;
   LossScales sc;
   sc.ce = N > 0 ? 1.0 / N : 0.0;  // a global batch of prompts only: no CE gradient, loss 0
@@ -372,6 +377,12 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
       for (int e = 0; e < E; ++e) r.expert_load[l][e] += st.router[l].routed[e];
       r.dropped += st.router[l].dropped;
       r.pairs += st.router[l].pairs;
+      double* ls = stat_sums_.data() + 3 + 3 * l;
+      ls[0] += aux_loss_layer_value(st, cfg_.model, cfg_.moe.aux_loss_form, use_global ? &global : nullptr, size_t(l));
+      ls[1] += z_loss_layer_value(st, size_t(l));
+      ls[2] += st.router[l].logit_sq_sum;
+      layer_drops_[size_t(2 * l)] += st.router[l].dropped;
+      layer_drops_[size_t(2 * l + 1)] += st.router[l].pairs;
     }
     backward_micro(sc, use_global ? &global : nullptr);
   }
@@ -382,13 +393,35 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   r.aux_loss = aux / double(M);
   r.z_loss = z / double(M);
   r.lr = lr_at(t, s);
+  int moe_index = 0;
+  for (int layer = 0; layer < cfg_.model.num_layers && moe_index < Lm; ++layer) {
+    if (!cfg_.model.is_moe_layer(layer)) continue;
+    const int l = moe_index++;
+    LayerRouterHealth& h = r.router_layers[size_t(l)];
+    const RouterHealth lh = layer_health(r.expert_load[size_t(l)]);
+    const double* ls = stat_sums_.data() + 3 + 3 * l;
+    const i64 pairs = layer_drops_[size_t(2 * l + 1)];
+    h.layer = layer;
+    h.utilization = lh.expert_utilization;
+    h.imbalance = lh.load_imbalance;
+    h.entropy = lh.routing_entropy;
+    h.dropped_frac = pairs ? double(layer_drops_[size_t(2 * l)]) / double(pairs) : 0.0;
+    h.aux = ls[0] / double(M);
+    h.z = ls[1] / double(M);
+    h.logit_norm = std::sqrt(ls[2] / double(B * L));
+    h.churn = std::numeric_limits<double>::quiet_NaN();
+  }
   return r;
 }
 
 // Sums the step's statistics over all ranks (gradients are reduced by ParamState).
+// Per-layer sums (stat_sums_ [3..], layer_drops_) are reduced in place.
 void Trainer::reduce_stats(StepResult& r, double& ce, double& aux, double& z) {
-  double sums[3] = {ce, aux, z};
-  world_comm_.all_reduce_sum(sums, 3);
+  double* sums = stat_sums_.data();
+  sums[0] = ce;
+  sums[1] = aux;
+  sums[2] = z;
+  world_comm_.all_reduce_sum(sums, i64(stat_sums_.size()));
   ce = sums[0];
   aux = sums[1];
   z = sums[2];
@@ -397,12 +430,14 @@ void Trainer::reduce_stats(StepResult& r, double& ce, double& aux, double& z) {
   for (const auto& l : r.expert_load) counts.insert(counts.end(), l.begin(), l.end());
   counts.push_back(r.dropped);
   counts.push_back(r.pairs);
+  counts.insert(counts.end(), layer_drops_.begin(), layer_drops_.end());
   world_comm_.all_reduce_sum(counts.data(), i64(counts.size()));
   size_t i = 0;
   for (auto& l : r.expert_load)
     for (auto& c : l) c = counts[i++];
   r.dropped = counts[i++];
   r.pairs = counts[i++];
+  for (auto& c : layer_drops_) c = counts[i++];
 }
 
 // contract: C5.clip C5.adamw C4.biasbalance
@@ -452,7 +487,46 @@ const StepResult& Trainer::step(int s) {
     }
   }
   r.step_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.model_tflops = r.step_time_s > 0 ? flops_.per_token * double(r.tokens) / r.step_time_s / double(world_) / 1e12 : 0;
+  r.mfu = peak_tflops_ > 0 ? r.model_tflops / peak_tflops_ : std::numeric_limits<double>::quiet_NaN();
   return r;
+}
+
+// Routing churn at a logged step: this rank's probe micro-batch (micro-batch `rank` of step 0 in the data order of
+// C5.order) is routed in Mode::Eval with the current weights and selection bias, and each MoE layer's top-k sets are
+// compared with those of the last logged step; changed tokens and probe tokens are summed over the world.
+// Collective (every rank logs at the same steps). The first call only records the routing (churn stays NaN).
+void Trainer::measure_churn(StepResult& r) {
+  const auto& t = cfg_.train;
+  const i64 mb = t.micro_batch, L = t.seq_len;
+  const int Lm = num_moe_layers();
+  if (Lm == 0) return;
+  int32_t* docs = doc_start_.empty() ? nullptr : doc_start_.data();
+  for (i64 i = 0; i < mb; ++i)
+    data_->window(i64(rank_) * mb + i, inputs_.data() + i * L, targets_.data() + i * L, docs ? docs + i * L : nullptr);
+  if (docs) mem().to_backend(doc_start_dev_.data(), docs, i64(doc_start_.size() * sizeof(int32_t)));
+  mem().to_backend(inputs_dev_.data(), inputs_.data(), i64(inputs_.size() * sizeof(int32_t)));
+  mem().to_backend(targets_dev_.data(), targets_.data(), i64(targets_.size() * sizeof(int32_t)));
+  RngCtx rng;  // Mode::Eval draws nothing
+  rng.seed = t.seed;
+  rng.global_micro = rank_;
+  const int32_t* in = inputs_dev_.data();
+  const int32_t* tg = targets_dev_.data();
+  if (model16_) {
+    model16_->capture_topk(&probe_topk_);
+    model16_->forward(access16(), in, tg, select_bias_, rng, Mode::Eval);
+    model16_->capture_topk(nullptr);
+  } else {
+    model_->capture_topk(&probe_topk_);
+    model_->forward(access32(), in, tg, select_bias_, rng, Mode::Eval);
+    model_->capture_topk(nullptr);
+  }
+  const std::vector<i64> changed = churn_.observe(probe_topk_, cfg_.model.top_k);
+  if (changed.empty()) return;  // the first observation on every rank alike
+  std::vector<int64_t> counts(changed.begin(), changed.end());
+  counts.push_back(mb * L);
+  world_comm_.all_reduce_sum(counts.data(), i64(counts.size()));
+  for (int l = 0; l < Lm; ++l) r.router_layers[size_t(l)].churn = double(counts[size_t(l)]) / double(counts.back());
 }
 
 // contract: C5.eval
@@ -561,6 +635,30 @@ static void add_eval_fields(nlohmann::json& j, const EvalResult& e, bool with_lo
   if (with_load) j["eval_expert_load"] = e.expert_load;
 }
 
+// A JSON number, or null for NaN (a metric not measured, e.g. churn at the first logged step, MFU without a peak).
+static nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
+
+// The "router_layers" array of a metrics line: per MoE layer health (LayerRouterHealth).
+static nlohmann::json router_layers_json(const std::vector<LayerRouterHealth>& layers) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const LayerRouterHealth& h : layers)
+    a.push_back({{"layer", h.layer},
+                 {"aux_loss", h.aux},
+                 {"z_loss", h.z},
+                 {"expert_utilization", h.utilization},
+                 {"load_imbalance", h.imbalance},
+                 {"routing_entropy", h.entropy},
+                 {"dropped_frac", h.dropped_frac},
+                 {"router_logit_norm", h.logit_norm},
+                 {"routing_churn", number_or_null(h.churn)}});
+  return a;
+}
+
+void Trainer::append_metrics(const nlohmann::json& line) {
+  metrics_.append(line.dump());
+  if (tb_) log_metrics_to_tensorboard(*tb_, line);
+}
+
 void Trainer::write_metrics(const StepResult& r, bool with_load, const EvalResult* eval) {
   const RouterHealth h = router_health(r.expert_load);
   nlohmann::json j;
@@ -577,9 +675,14 @@ void Trainer::write_metrics(const StepResult& r, bool with_load, const EvalResul
   j["load_imbalance"] = h.load_imbalance;
   j["routing_entropy"] = h.routing_entropy;
   j["dropped_frac"] = r.pairs ? double(r.dropped) / double(r.pairs) : 0.0;
-  if (with_load) j["expert_load"] = r.expert_load;
+  j["model_tflops"] = r.model_tflops;
+  j["mfu"] = number_or_null(r.mfu);
+  if (with_load) {
+    j["expert_load"] = r.expert_load;
+    j["router_layers"] = router_layers_json(r.router_layers);
+  }
   if (eval) add_eval_fields(j, *eval, with_load);
-  metrics_.append(j.dump());
+  append_metrics(j);
 }
 
 static std::string hms(double sec) {
@@ -598,6 +701,13 @@ void Trainer::run() {
     MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
     write_file_atomic(dir, "config.yaml", config_to_yaml(cfg_));
     metrics_.open((dir / "metrics.jsonl").string(), start_step_);  // a resume keeps steps 1..start_step_ only
+    if (cfg_.log.tensorboard) {
+      tb_ = std::make_unique<tb::TbEventWriter>((dir / "tb").string());
+      // A resume: TensorBoard drops what an earlier writer logged after the checkpoint (steps > start_step_).
+      if (start_step_ > 0) tb_->session_start(start_step_ + 1);
+      tb_->flush();
+      spdlog::info("TensorBoard events: {} (tensorboard --logdir {})", tb_->path(), (dir / "tb").string());
+    }
   }
   if (rank_ == 0) {
     spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",
@@ -622,7 +732,17 @@ void Trainer::run() {
   }
   if (rank_ == 0 && cfg_.log.stability_warnings)
     for (const std::string& w : recipe_advice(cfg_, lora_, world_)) spdlog::warn("{}", w);
-  RouterHealthWatch health_watch(lora_);
+  if (rank_ == 0) {  // the MFU denominator (a CPU measures its GEMM now, before step 1)
+    std::string source;
+    peak_tflops_ = model16_ ? resolve_peak_tflops(cfg_, *backend16_, &source) : resolve_peak_tflops(cfg_, *backend_, &source);
+    if (peak_tflops_ > 0)
+      spdlog::info("model FLOPs {:.3g} per token (6N + attention, N = {:.3g} active params{}); MFU against {:.4g} "
+                   "TFLOP/s per device ({})", flops_.per_token, flops_.active_params,
+                   lora_.active() ? "; LoRA: 4N + 6N_lora" : "", peak_tflops_, source);
+    else
+      spdlog::warn("MFU not reported: no peak for {} (set train.peak_tflops to the device's dense peak)", source);
+  }
+  RouterHealthWatch health_watch(lora_, cfg_.moe, cfg_.model.num_experts);
   if (cfg_.checkpoint.on_signal) install_stop_handlers();  // no-op when main() installed them at start
   keep_stop_handlers(cfg_.checkpoint.on_signal);
   const auto start = std::chrono::steady_clock::now();
@@ -645,7 +765,7 @@ void Trainer::run() {
       nlohmann::json j;
       j["step"] = 0;
       add_eval_fields(j, e, true);
-      metrics_.append(j.dump());
+      append_metrics(j);
     }
   }
   for (int s = start_step_; s < t.steps; ++s) {
@@ -654,9 +774,11 @@ void Trainer::run() {
     const bool log_now = (r.step % cfg_.log.every == 0) || r.step == t.steps || r.step == 1;
     const bool eval_now = eval_data_ && ((cfg_.eval.every > 0 && r.step % cfg_.eval.every == 0) || r.step == t.steps);
     const EvalResult* eval = eval_now ? &evaluate(r.step) : nullptr;
+    const bool with_layers = r.step % cfg_.log.every == 0 || r.step == t.steps;
+    if (with_layers) measure_churn(result_);  // collective: every rank logs at the same steps
     if (rank_ == 0) {
       if (eval) log_eval(*eval);
-      write_metrics(r, r.step % cfg_.log.every == 0 || r.step == t.steps, eval);
+      write_metrics(r, with_layers, eval);
       if (log_now) {
         const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const double eta = el / r.step * (t.steps - r.step);
@@ -667,7 +789,11 @@ void Trainer::run() {
       }
     }
     if (rank_ == 0 && log_now && cfg_.log.stability_warnings && num_moe_layers() > 0)
-      for (const std::string& w : health_watch.observe(r.step, router_health(r.expert_load))) spdlog::warn("{}", w);
+      for (const std::string& w : health_watch.observe(r.step, r.router_layers)) spdlog::warn("{}", w);
+    // Router collapse: the same verdict on every rank (the statistics are reduced); the update is done, nothing saved.
+    if (cfg_.train.stop_on_collapse && log_now)
+      if (const std::string why = collapse_message(r.step, r.router_layers, cfg_.moe, lora_); !why.empty())
+        detail::raise(ErrorKind::Diverged, __FILE__, __LINE__, why);
     // A stop signal on any rank: every rank finishes this step, checkpoints and leaves together.
     if (stop_requested()) {
       const std::string path = save_checkpoint();

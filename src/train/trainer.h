@@ -2,7 +2,9 @@
 #pragma once
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -17,8 +19,14 @@
 #include "train/loss_guard.h"
 #include "train/run_dir.h"
 #include "train/metrics_log.h"
+#include "train/model_flops.h"
+#include "train/router_health.h"
 
 namespace moe {
+
+namespace tb {
+class TbEventWriter;
+}
 
 // Everything one optimizer step measured (the fields of a metrics.jsonl line).
 struct StepResult {
@@ -32,7 +40,12 @@ struct StepResult {
   i64 loss_tokens = 0;        // targets counted in the loss (fewer under data.mask_prompt)
   i64 dropped = 0, pairs = 0;
   std::vector<std::vector<i64>> expert_load;  // [moe layer][E]
+  // Per MoE layer router health of the global batch (reduced over ranks); churn is filled by the churn probe at
+  // logged steps (Trainer::run), NaN otherwise.
+  std::vector<LayerRouterHealth> router_layers;  // [moe layer]
   double step_time_s = 0;
+  double model_tflops = 0;  // model FLOPs (model_flops.h) per second per rank, in TFLOP/s
+  double mfu = std::numeric_limits<double>::quiet_NaN();  // model_tflops / peak; NaN: no peak known
 };
 
 // One held-out evaluation (eval.*): forward only, Mode::Eval (no jitter, no dropout), over the eval windows of
@@ -133,7 +146,16 @@ class Trainer {
   void reduce_stats(StepResult& r, double& ce, double& aux, double& z);
   StepResult result_;                  // the last step's result, sized once ([moe layer][E] loads)
   GlobalRouting global_;               // aux_loss_scope global: the pre-pass counts, sized once
-  std::vector<int64_t> stat_counts_;   // [Lm·E + 2] router counts reduced over the world
+  std::vector<int64_t> stat_counts_;   // [Lm·E + 2 + 2·Lm] router counts reduced over the world
+  std::vector<double> stat_sums_;      // [3 + 3·Lm] ce, aux, z, then per layer aux, z, Σ‖logits‖²
+  std::vector<int64_t> layer_drops_;   // [2·Lm] per layer dropped, pairs (this rank, then reduced)
+  // Routing churn: this rank's probe micro-batch (the first window of step 0's data order), its routing at the
+  // last logged step, and the host copy of the current one.
+  RoutingChurn churn_;
+  std::vector<std::vector<int>> probe_topk_;
+  void measure_churn(StepResult& r);
+  ModelFlops flops_{};
+  double peak_tflops_ = 0;  // of one device; 0: unknown (no MFU)
   void write_metrics(const StepResult& r, bool with_load, const EvalResult* eval);
   void log_eval(const EvalResult& e) const;
   std::unique_ptr<TokenData> eval_data_;  // eval.data (null without)
@@ -177,6 +199,8 @@ class Trainer {
   LossSpikeGuard loss_guard_;
   const RunDirClaim* run_dir_claim_ = nullptr;
   MetricsLog metrics_;                                         // run.dir/metrics.jsonl (rank 0)
+  std::unique_ptr<tb::TbEventWriter> tb_;                      // run.dir/tb (rank 0, log.tensorboard)
+  void append_metrics(const nlohmann::json& line);             // metrics.jsonl + TensorBoard
   int start_step_ = 0;       // first step this process runs (resume)
   int steps_done_ = 0;       // updates done so far
   bool stopped_by_signal_ = false;

@@ -241,10 +241,10 @@ void run_bf16_case(CudaContext& ctx, const Case& c) {
   cops->copy_expert_counts_to_host(hs.data(), hp);
   gops->copy_expert_counts_to_host(gs.data(), dp);
   expect_equal(tag + "plan counts|routed|dropped", gs, hs, size_t(2 * E + 1));
-  std::vector<double> hps(size_t(E + 1)), gps(size_t(E + 1));
-  std::memcpy(hps.data(), hs.data() + L.prob_sum(), size_t(E + 1) * sizeof(double));
-  std::memcpy(gps.data(), gs.data() + L.prob_sum(), size_t(E + 1) * sizeof(double));
-  expect_close(tag + "router_stats prob_sum|lse_sq", gps, hps, 1e-9, 1e-9);
+  std::vector<double> hps(size_t(E + 2)), gps(size_t(E + 2));
+  std::memcpy(hps.data(), hs.data() + L.prob_sum(), size_t(E + 2) * sizeof(double));
+  std::memcpy(gps.data(), gs.data() + L.prob_sum(), size_t(E + 2) * sizeof(double));
+  expect_close(tag + "router_stats prob_sum|lse_sq|logit_sq", gps, hps, 1e-9, 1e-9);
   std::printf("  P=%lld dropped=%lld capacity=%lld (gpu P=%lld)\n", (long long)hp.P, (long long)hp.dropped,
               (long long)hp.capacity, (long long)dp.P);
   if (dp.P != hp.P || dp.dropped != hp.dropped || dp.capacity != hp.capacity) {

@@ -238,7 +238,7 @@ TEST(MoeAlias, Ep1ReadsDispatchedRowsInPlace) {
   MoeScratch<float>::reserve(ms, scratch_arena, Tn, H, E, K, I, mc, local);
   // What a layer must hold: router logits/probs/weights, the plan, rows at the experts and their outputs
   // (2·T·K·H), the expert activations (3·T·K·I); 64 bytes of alignment slack per buffer.
-  const i64 need = 4 * (2 * Tn * E + TK) + (4 + 1 + 8 + 8) * TK + 8 * (3 * E + 2) + 2 * 8 * (E + 1) +
+  const i64 need = 4 * (2 * Tn * E + TK) + (4 + 1 + 8 + 8) * TK + 8 * (3 * E + 3) + 2 * 8 * (E + 1) +
                    4 * 2 * TK * H + 4 * 3 * TK * I;
   EXPECT_LE(layer_arena.bytes(), need + 64 * 16) << "per-layer dispatch buffers beyond two [T·K, H]";
   scratch_arena.allocate();

@@ -45,17 +45,34 @@ TEST(Stability, RecipeAdvice) {
   EXPECT_TRUE(any_has(w, "train.grad_accum: 64"));
 }
 
+// One layer's health at a logged step (aux/z at the values of balanced routing with E = 8, K = 2).
+static LayerRouterHealth layer_at(int layer, double util, double imb, double aux = 1.0, double z = 4.4) {
+  LayerRouterHealth h;
+  h.layer = layer;
+  h.utilization = util;
+  h.imbalance = imb;
+  h.aux = aux;
+  h.z = z;
+  return h;
+}
+
 TEST(Stability, RouterHealthWarnsOnCollapseNotOnHealth) {
   LoraSpec frozen;
   frozen.method = PeftMethod::Lora;
-  RouterHealthWatch watch(frozen, 3);
-  const RouterHealth healthy{0.9, 1.6, 0.95}, collapsed{0.25, 7.5, 0.3};
+  MoeConfig moe;  // aux_loss_coef 0.01, z_loss_coef 0
+  RouterHealthWatch watch(frozen, moe, 8, 3);
+  const std::vector<LayerRouterHealth> healthy{layer_at(0, 0.9, 1.6), layer_at(1, 1.0, 1.2)};
+  const std::vector<LayerRouterHealth> collapsed{layer_at(0, 0.9, 1.6), layer_at(1, 0.25, 7.5)};
   for (int s = 1; s <= 5; ++s) EXPECT_TRUE(watch.observe(s, healthy).empty());
   auto w = watch.observe(6, collapsed);
   ASSERT_EQ(w.size(), 1u);
-  EXPECT_NE(w[0].find("router health degraded"), std::string::npos);
+  EXPECT_NE(w[0].find("router health degraded (collapse)"), std::string::npos) << w[0];
+  EXPECT_NE(w[0].find("in 1 of 2 MoE layers: layer 1 expert_utilization 0.25"), std::string::npos) << w[0];
+  EXPECT_EQ(w[0].find("layer 0"), std::string::npos) << "a healthy layer is not named: " << w[0];
   EXPECT_NE(w[0].find("peft.train_router: true"), std::string::npos);
   EXPECT_NE(w[0].find("aux_loss_coef"), std::string::npos);
+  EXPECT_NE(w[0].find("moe.router_jitter"), std::string::npos);
+  EXPECT_NE(w[0].find("lower train.lr"), std::string::npos);
   EXPECT_TRUE(watch.observe(7, collapsed).empty());  // not repeated at every logged step
   EXPECT_TRUE(watch.observe(8, collapsed).empty());
   EXPECT_EQ(watch.observe(9, collapsed).size(), 1u);  // again after 3 logged steps
@@ -63,6 +80,42 @@ TEST(Stability, RouterHealthWarnsOnCollapseNotOnHealth) {
   ASSERT_EQ(w.size(), 1u);
   EXPECT_NE(w[0].find("recovered"), std::string::npos);
   EXPECT_TRUE(watch.observe(11, healthy).empty());
-  // Imbalance alone (utilization fine) is degraded too.
-  EXPECT_EQ(watch.observe(12, RouterHealth{1.0, 4.5, 0.9}).size(), 1u);
+  // Outside the healthy range but not collapsed (imbalance 3 > 2.5): degraded, without "(collapse)".
+  w = watch.observe(12, {layer_at(3, 1.0, 3.0)});
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("router health degraded in 1 of 1 MoE layers: layer 3"), std::string::npos) << w[0];
+}
+
+TEST(Stability, AuxAndZOutsideTheirRangesNameTheLayer) {
+  MoeConfig moe;
+  moe.aux_loss_coef = 0.01;
+  moe.z_loss_coef = 0.001;
+  RouterHealthWatch watch(LoraSpec{}, moe, 8, 10);
+  // Healthy: weighted aux 0.01 x 1.0, weighted z 0.001 x 4.4 (lse of equal logits over 8 experts is ln 8).
+  EXPECT_TRUE(watch.observe(1, {layer_at(0, 1.0, 1.1), layer_at(1, 1.0, 1.1)}).empty());
+  // Layer 1: aux 20 (x 0.01 = 0.2 > 0.1) and z 30 (x 0.001 = 0.03 >= 0.01, far past 1.5 (ln 8)^2 = 6.5).
+  const auto w = watch.observe(2, {layer_at(0, 1.0, 1.1), layer_at(1, 1.0, 1.1, 20.0, 30.0)});
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_NE(w[0].find("aux loss x moe.aux_loss_coef above the healthy 0.01-0.1 in layer 1 (0.2"), std::string::npos)
+      << w[0];
+  EXPECT_NE(w[1].find("z-loss x moe.z_loss_coef above the healthy 0.01 in layer 1 (0.03"), std::string::npos) << w[1];
+  EXPECT_NE(w[1].find("raise moe.z_loss_coef"), std::string::npos);
+  // A large z coefficient alone does not warn while the logits sit at the equal-logit floor.
+  MoeConfig strong = moe;
+  strong.z_loss_coef = 0.01;
+  RouterHealthWatch w2(LoraSpec{}, strong, 8, 10);
+  EXPECT_TRUE(w2.observe(1, {layer_at(0, 1.0, 1.1, 1.0, 4.4)}).empty());
+}
+
+TEST(Stability, CollapseMessageOnlyForCollapsedLayers) {
+  MoeConfig moe;
+  EXPECT_EQ(collapse_message(5, {layer_at(0, 0.6, 3.0)}, moe, LoraSpec{}), "");  // degraded, not collapsed
+  const std::string m = collapse_message(5, {layer_at(0, 1.0, 1.0), layer_at(2, 0.25, 4.0)}, moe, LoraSpec{});
+  EXPECT_NE(m.find("router collapse at step 5 (train.stop_on_collapse): layer 2 expert_utilization 0.25"),
+            std::string::npos) << m;
+  EXPECT_NE(m.find("checkpoints already written are kept"), std::string::npos);
+  EXPECT_EQ(router_verdict(layer_at(0, 0.5, 4.0)), RouterVerdict::Degraded);  // the bounds themselves: not collapse
+  EXPECT_EQ(router_verdict(layer_at(0, 0.49, 1.0)), RouterVerdict::Collapse);
+  EXPECT_EQ(router_verdict(layer_at(0, 1.0, 4.01)), RouterVerdict::Collapse);
+  EXPECT_EQ(router_verdict(layer_at(0, 0.7, 2.5)), RouterVerdict::Healthy);
 }

@@ -107,6 +107,7 @@ std::unique_ptr<Backend<T>> make_cuda_backend(int gpu) {
   CudaContext& c = *ctx;
   b->context = std::move(ctx);
   b->space = MemSpace::Cuda;
+  b->device_name = c.name;
   b->stream = Stream{c.stream};
   b->mem = make_cuda_mem_ops(c);
   b->dense = make_cuda_dense_ops<T>(c);

@@ -88,7 +88,8 @@ class CudaMoeOps final : public MoeOps<T> {
   void router_stats(RoutingPlan& plan, const A* probs, const A* logits) override {
     const PlanStatsLayout L = plan.layout();
     router_stats_cuda(reinterpret_cast<double*>(plan.stats.data() + L.prob_sum()),
-                      reinterpret_cast<double*>(plan.stats.data() + L.lse_sq()), probs, logits, plan.T, plan.E,
+                      reinterpret_cast<double*>(plan.stats.data() + L.lse_sq()),
+                      reinterpret_cast<double*>(plan.stats.data() + L.logit_sq()), probs, logits, plan.T, plan.E,
                       ctx_.stream);
   }
 
