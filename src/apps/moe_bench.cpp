@@ -1,91 +1,93 @@
-// Owns moe-bench: per-phase timing of one MoE layer forward under expert parallelism (DESIGN §3 apps, flow of §4) and the dispatch all-to-all vs a plain all_to_all_v of the same byte counts.
+// Owns moe-bench: the routing-overhead study of the real MoE layer — per-phase timing (moe/moe_phase.h) of
+// MoeLayer forward + backward under expert parallelism over sweeps of ep, tokens, hidden, ffn, experts, top-k and
+// capacity factor; moe_bench.csv / moe_bench.json; then the cost model's fit, held-out error and extrapolation.
 //
-// Run: mpirun -np R moe-bench --tokens 1024,4096 --hidden 512 --ffn 1024 --experts 8 --topk 1,2
-//        --capacity 0,1.0,1.25 --iters 20 --warmup 3 --csv moe_bench.csv
-// The EP group is the whole world (E must divide by R). T = tokens per rank (one micro-batch, C4.capacity).
-// Each phase is timed separately; the communication phases start after a barrier so that their time is the
-// exchange itself, not waiting for a slower rank. Reported time = median over iterations, then max over ranks.
+// Run: mpirun -np 4 moe-bench --ep 1,2,4 --tokens 256,1024 --hidden 256 --ffn 512 --experts 8 --topk 1,2
+//        --capacity 0,1.25 --warmup 2 --repeats 10 --out runs/bench
+//      moe-bench --tiny --out DIR   (a small sweep, well under a minute on 2 cores under mpirun -np 2)
+// The world is split into groups of `ep` consecutive ranks (world % ep == 0); each group runs the same layer on
+// its own tokens (the expert-data-parallel replicas). T = tokens per rank and micro-batch (C4.capacity).
+// Each repeat times every phase with the layer's own timers (chrono on the CPU, CUDA events on a GPU); an
+// all-to-all phase starts after a barrier of its EP group, so it times the exchange, not the wait for a slower
+// rank. A repeat's phase time is the max over all ranks; the CSV reports the median and the 10th/90th percentiles
+// over repeats.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
+#include "backend/backend.h"
+#include "bench/cost_model.h"
 #include "comm/communicator.h"
-#include "config/config.h"
 #include "core/arena.h"
 #include "core/error.h"
 #include "core/rng.h"
-#include "moe/ep_exchange.h"
-#include "moe/experts.h"
 #include "moe/moe_layer.h"
-#include "moe/plan.h"
-#include "moe/router.h"
+#include "moe/phase_timer.h"
+#include "train/model_flops.h"
 #include "train/runtime.h"
 
 using namespace moe;
-using clk = std::chrono::steady_clock;
+namespace fs = std::filesystem;
 
 namespace {
 
 struct BenchArgs {
-  std::vector<i64> tokens{1024};
-  i64 H = 512, I = 1024, E = 8;
-  std::vector<i64> topk{1, 2};
-  std::vector<double> capacity{0.0, 1.0, 1.25};
+  std::vector<int> ep{1};
+  std::vector<i64> tokens{1024}, hidden{512}, ffn{1024}, experts{8}, topk{1, 2};
+  std::vector<double> capacity{0.0, 1.25};
   DropPolicy drop = DropPolicy::Probs;
-  int iters = 20, warmup = 3;
-  int a2a_reps = 3;  // rounds of dispatch/plain/direct exchanges per iteration
+  Device device = Device::Cpu;
+  int warmup = 2, repeats = 10;
+  int held_out_every = 4;  // every Nth configuration (sweep order) is held out of the cost-model fit
   uint64_t seed = 1234;
-  std::string csv;
-  bool csv_append = false, layer = true;
+  std::string out;
+  bool tiny = false;
+  ScaleTarget target;                                  // the extrapolation's model and cluster (cost_model.h)
+  std::vector<std::string> nets{"nvlink-ib", "nvlink-eth"};  // network presets of the extrapolation
+  NetLinks custom{"custom", {0, -1}, {0, -1}};            // --intra-*/--inter-*: a custom network, printed first
+  double target_peak_tflops = 0;  // > 0: compute_speedup = this / the bench device's measured GEMM peak
 };
 
-// Timed phases, in forward order; then the reference exchanges and MoeLayer::forward end to end.
-// Plain = one bare all_to_all_v with the dispatch's per-peer counts (src-major result, no permutation).
-// Direct = E_local all_to_all_v calls, one per local expert, each received in place in expert-major order: what
-//          to_experts would cost without its staging copy (a design probe, not a library path).
-enum Phase { Route, PlanP, Permute, Counts, Dispatch, Experts, Return, Combine, Plain, Direct, Layer, kPhases };
-const char* const kPhaseName[kPhases] = {"route",      "plan",    "permute",   "counts",     "a2a_dispatch", "experts",
-                                         "a2a_return", "combine", "a2a_plain", "a2a_direct", "layer"};
-
-// One configuration's result, already reduced over ranks.
-struct Row {
-  int ep = 1;
-  i64 T = 0, K = 0;
-  double cf = 0;
-  i64 capacity = -1;
-  double ms[kPhases] = {};   // median over iterations, max over ranks
-  double total = 0;          // Σ of the forward phases (route..combine)
-  i64 pairs = 0, kept = 0;   // Σ over ranks
-  i64 recv_rows_max = 0;     // most rows any rank's experts processed
-  i64 bytes = 0;             // dispatch bytes Σ over ranks (all rows, own rank's included)
-  i64 remote_bytes = 0;      // the part that crosses ranks
-  double layer_diff = 0;     // max |pieces − MoeLayer| over ranks (must be 0)
-  // Fastest sample of each exchange (min over samples, max over ranks): preemption by other processes only adds
-  // time, so on a shared machine the ratio of minima is the steadier estimate of what the code can do.
-  double best_dispatch = 0, best_plain = 0, best_direct = 0;
+// One configuration of the sweep.
+struct BenchConfig {
+  int ep;
+  i64 T, H, I, E, K;
+  double cf;
 };
 
-// Bandwidth ratio ours/plain = plain time / our time (the same bytes move in both).
-double ratio(const Row& r) { return r.ms[Dispatch] > 0 ? r.ms[Plain] / r.ms[Dispatch] : 0.0; }
-double ratio_best(const Row& r) { return r.best_dispatch > 0 ? r.best_plain / r.best_dispatch : 0.0; }
-double ratio_direct(const Row& r) { return r.ms[Direct] > 0 ? r.ms[Plain] / r.ms[Direct] : 0.0; }
-double ratio_direct_best(const Row& r) { return r.best_direct > 0 ? r.best_plain / r.best_direct : 0.0; }
+// One measured configuration, reduced over all ranks.
+struct BenchRow {
+  BenchConfig c{};
+  int repeats = 0;
+  std::array<double, kMoePhases> med{}, p10{}, p90{};  // ms
+  double fwd_ms = 0, bwd_ms = 0, layer_ms = 0;         // medians of the per-repeat sums
+  double overhead_pct = 0;  // 100 · (layer − experts − experts_bwd) / layer
+  i64 send_bytes_max = 0, recv_bytes_max = 0, rows_max = 0;
+  bool held_out = false;
+};
 
-double ms_since(clk::time_point t0) { return std::chrono::duration<double, std::milli>(clk::now() - t0).count(); }
-
-double median(std::vector<double> v) {
+double percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  const double pos = q * double(v.size() - 1);
+  const size_t lo = size_t(std::floor(pos)), hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - double(lo)) * (v[hi] - v[lo]);
 }
 
-// Max over ranks of n doubles (all_gather, then max per entry).
+// Max over ranks of n doubles (all_gather over host memory, then max per entry).
 void all_max(Communicator& c, double* v, i64 n) {
   std::vector<double> all(size_t(n * c.size()));
   c.all_gather(all.data(), v, n, CommDtype::F64);
@@ -93,347 +95,390 @@ void all_max(Communicator& c, double* v, i64 n) {
     for (int r = 0; r < c.size(); ++r) v[i] = std::max(v[i], all[size_t(r * n + i)]);
 }
 
-// Random weights, keyed by (seed, tensor, global expert) so every EP layout draws the same experts.
-struct BenchWeights {
-  std::vector<float> Wg;          // [E, H] router
-  std::vector<float> w1, w3, w2;  // [E_local, I, H] ×2, [E_local, H, I]
-  ExpertWeights<float> view;
-};
-
-void fill_normal(float* p, i64 n, double scale, const Philox& ph, uint32_t tensor, uint32_t index) {
-  for (i64 i = 0; i < n; ++i) p[i] = float(scale * ph.normal(uint64_t(i), tensor, index));
+// Seeded normal values into backend memory: element i of tensor `tensor` (index `index`) is the same draw on every
+// layout (keyed by global expert / global token, never by rank alone).
+template <typename T>
+void fill_normal(MemOps& mem, T* dst, i64 n, double scale, uint64_t seed, uint32_t tensor, uint32_t index,
+                 uint64_t first = 0) {
+  const Philox ph(seed, RngPurpose::Init);
+  std::vector<T> h(static_cast<size_t>(n));
+  for (i64 i = 0; i < n; ++i) h[size_t(i)] = T(float(scale * ph.normal(first + uint64_t(i), tensor, index)));
+  mem.to_backend(dst, h.data(), n * i64(sizeof(T)));
 }
 
-BenchWeights make_weights(const BenchArgs& a, int first, int E_local) {
-  const Philox ph(a.seed, RngPurpose::Init);
-  BenchWeights w;
-  const i64 H = a.H, I = a.I;
-  w.Wg.resize(size_t(a.E * H));
-  fill_normal(w.Wg.data(), a.E * H, 1.0 / std::sqrt(double(H)), ph, 1, 0);  // logits ~ N(0, 1)
-  w.w1.resize(size_t(E_local * I * H));
-  w.w3.resize(w.w1.size());
-  w.w2.resize(w.w1.size());
-  for (int j = 0; j < E_local; ++j) {
-    const uint32_t e = uint32_t(first + j);
-    fill_normal(w.w1.data() + j * I * H, I * H, 1.0 / std::sqrt(double(H)), ph, 2, e);
-    fill_normal(w.w3.data() + j * I * H, I * H, 1.0 / std::sqrt(double(H)), ph, 3, e);
-    fill_normal(w.w2.data() + j * H * I, H * I, 1.0 / std::sqrt(double(I)), ph, 4, e);
-    w.view.w1.push_back(w.w1.data() + j * I * H);
-    w.view.w3.push_back(w.w3.data() + j * I * H);
-    w.view.w2.push_back(w.w2.data() + j * H * I);
-  }
-  return w;
-}
-
-// Times one (T, K, capacity factor) configuration. Collective over `world` (= the EP group).
-Row run_config(Communicator& world, const BenchArgs& a, const BenchWeights& w, i64 T, i64 K, double cf) {
-  const int ep = world.size(), rank = world.rank();
-  const i64 H = a.H, I = a.I, E = a.E, E_local = E / ep, TK = T * K;
-  const i64 R_max = i64(ep) * TK;  // dropless worst case (max_expert_rows with the default bound)
-  const RouterDims d{T, H, E, K};
-
-  // Inputs: token rows keyed by the global token index rank·T + t (seeded, never by rank alone).
-  std::vector<float> x(size_t(T * H));  // [T, H]
-  {
-    const Philox ph(a.seed, RngPurpose::Init);
-    for (i64 i = 0; i < T * H; ++i) x[size_t(i)] = float(ph.normal(uint64_t(rank * T * H + i), 5, uint32_t(T)));
-  }
-  std::vector<float> logits(size_t(T * E)), probs(size_t(T * E));  // [T, E]
-  std::vector<float> topk_w(static_cast<size_t>(TK));              // [T, K]
-  std::vector<float> xg(size_t(TK * H)), y(size_t(TK * H));         // [T·K, H] local row order
-  std::vector<float> xe(size_t(R_max * H)), ye(size_t(R_max * H));  // [R, H] expert-major
-  std::vector<float> plain_recv(size_t(R_max * H));                 // [R, H] src-major, reference exchange
-  std::vector<float> direct_recv(size_t(R_max * H));                // [R, H] expert-major, in-place probe
-  std::vector<float> act_a(size_t(R_max * I)), act_b(act_a.size()), act_h(act_a.size());  // [R, I]
-  std::vector<float> out(size_t(T * H)), out_layer(size_t(T * H));  // [T, H]
-  ExpertMlpActs<float> acts{act_a.data(), act_b.data(), act_h.data()};
-  RoutingPlan plan(T, E, K);
-  EpExchange<float> ex(&world, E, E_local, R_max, H);
-  // Element counts/displacements of the plain all_to_all_v: the same bytes per peer as the dispatch.
-  std::vector<i64> sc(ep), sd(ep), rc(ep), rd(ep);
-  // The direct probe's layout: call j sends rows of expert q·E_local + j to peer q and receives block (j, s) at its
-  // expert-major offset. [E_local · ep] each, call-major.
-  std::vector<i64> dsc(size_t(E_local * ep)), dsd(dsc.size()), drc(dsc.size()), drd(dsc.size());
-
+// Times one configuration. Collective over `world`; `ep_host` / `ep_dev` are this rank's EP group over host and
+// backend memory (the same communicator on the CPU).
+template <typename T>
+BenchRow run_config(Communicator& world, Communicator& ep_host, Communicator& ep_dev, Backend<T>& be,
+                    const BenchArgs& a, const BenchConfig& c) {
+  using A = acc_t<T>;
+  const int ep = c.ep, q = ep_host.rank();
+  const i64 T_ = c.T, H = c.H, I = c.I, E = c.E, K = c.K, E_local = E / ep;
   MoeConfig cfg;
-  cfg.capacity_factor = cf;
+  cfg.capacity_factor = c.cf;
   cfg.drop_policy = a.drop;
+  const ExpertShardSpec shard{&ep_dev, ep, int(q * E_local), int(E_local), &ep_host};
   Arena arena;
-  ExpertShardSpec shard{&world, ep, int(rank * E_local), int(E_local)};
-  const auto moe_ops = make_cpu_moe_ops<float>();
-  MoeScratch<float> ms{};
-  MoeLayer<float> layer(*moe_ops, T, H, E, K, I, cfg, TopkNorm::Renormalize, shard, ms, arena);
-  MoeScratch<float>::reserve(ms, arena, T, H, E, K, I, cfg, shard);
-  arena.allocate();
-
-  std::vector<std::vector<double>> t(kPhases);
-  for (auto& v : t) v.reserve(size_t(a.iters * a.a2a_reps));
-  i64 remote_elems = 0;
-  for (int it = 0; it < a.warmup + a.iters; ++it) {
-    const bool rec = it >= a.warmup;
-    auto record = [&](Phase p, clk::time_point t0) {
-      const double ms = ms_since(t0);
-      if (rec) t[p].push_back(ms);
-    };
-    world.barrier();
-    auto t0 = clk::now();
-    router_forward<float>(logits.data(), probs.data(), plan.topk_idx.data(), topk_w.data(), x.data(), w.Wg.data(),
-                          nullptr, d, 1.0, TopkNorm::Renormalize);
-    record(Route, t0);
-    t0 = clk::now();
-    build_plan<float>(plan, probs.data(), cf, a.drop);
-    record(PlanP, t0);
-    t0 = clk::now();
-    dispatch_gather<float>(xg.data(), x.data(), plan, H);
-    record(Permute, t0);
-    world.barrier();
-    t0 = clk::now();
-    ex.plan(plan.counts);
-    record(Counts, t0);
-
-    // Plain layout from public state: rows to peer q = its experts' counts; from src s = Σ_j block (j, s).
-    const std::vector<RowBlock>& blocks = ex.row_blocks();  // [E_local · ep] expert-major list
-    i64 so = 0, ro = 0;
-    remote_elems = 0;
-    for (int q = 0; q < ep; ++q) {
-      i64 s_rows = 0, r_rows = 0;
-      for (i64 j = 0; j < E_local; ++j) {
-        s_rows += plan.counts[size_t(q * E_local + j)];
-        r_rows += blocks[size_t(j * ep + q)].rows;
-      }
-      sc[q] = s_rows * H, sd[q] = so, rc[q] = r_rows * H, rd[q] = ro;
-      so += sc[q], ro += rc[q];
-      if (q != rank) remote_elems += sc[q];
-    }
-    MT_CHECK(ro == ex.recv_rows() * H, "plain receive layout ", ro, " != exchange rows·H ", ex.recv_rows() * H);
-    for (i64 j = 0, em = 0; j < E_local; ++j)
-      for (int q = 0; q < ep; ++q) {
-        const size_t c = size_t(j * ep + q);
-        dsc[c] = plan.counts[size_t(q * E_local + j)] * H;
-        dsd[c] = plan.offsets[size_t(q * E_local + j)] * H;
-        drc[c] = blocks[c].rows * H;  // block (expert j, source q)
-        drd[c] = em * H;
-        em += blocks[c].rows;
-      }
-    auto direct = [&] {
-      world.barrier();
-      const auto p0 = clk::now();
-      for (i64 j = 0; j < E_local; ++j) {
-        const size_t c = size_t(j * ep);
-        world.all_to_all_v(xg.data(), &dsc[c], &dsd[c], direct_recv.data(), &drc[c], &drd[c], CommDtype::F32);
-      }
-      record(Direct, p0);
-    };
-    auto plain = [&] {
-      world.barrier();
-      const auto p0 = clk::now();
-      world.all_to_all_v(xg.data(), sc.data(), sd.data(), plain_recv.data(), rc.data(), rd.data(), CommDtype::F32);
-      record(Plain, p0);
-    };
-    auto dispatch = [&] {
-      world.barrier();
-      const auto p0 = clk::now();
-      ex.to_experts(xe.data(), xg.data(), H);
-      record(Dispatch, p0);
-    };
-    // a2a_reps interleaved rounds of the three exchanges (each is idempotent); the order rotates so none always
-    // finds the send rows warm in cache. Many short samples keep the medians robust to a preempted rank.
-    for (int rep = 0; rep < a.a2a_reps; ++rep) {
-      const int first = (it + rep) % 3;
-      for (int k = 0; k < 3; ++k) {
-        const int v = (first + k) % 3;
-        v == 0 ? dispatch() : v == 1 ? plain() : direct();
-      }
-    }
-
-    t0 = clk::now();
-    expert_mlp_forward<float>(ye.data(), acts, xe.data(), nullptr, ex.row_blocks(), w.view, H, I);
-    record(Experts, t0);
-    world.barrier();
-    t0 = clk::now();
-    ex.from_experts(y.data(), ye.data(), H);
-    record(Return, t0);
-    t0 = clk::now();
-    combine_forward<float>(out.data(), y.data(), topk_w.data(), plan, H);
-    record(Combine, t0);
-
-    if (a.layer) {
-      world.barrier();
-      t0 = clk::now();
-      layer.forward(out_layer.data(), x.data(), w.Wg.data(), w.view, nullptr, RngCtx{a.seed, 0, 0, 0}, Mode::Eval);
-      record(Layer, t0);
-    }
+  MoeScratch<T> ms{};
+  MoeLayer<T> layer(*be.moe, T_, H, E, K, I, cfg, TopkNorm::Renormalize, shard, ms, arena, be.dense.get());
+  MoeScratch<T>::reserve(ms, arena, T_, H, E, K, I, cfg, shard);
+  Buffer<std::byte> block;
+  if (be.space == MemSpace::Host) {
+    arena.allocate();
+  } else {
+    block = Buffer<std::byte>(*be.mem, arena.bytes(), "moe-bench layer arena");
+    arena.allocate_in(block.data());
+  }
+  // Tensors: x, dout [T,H]; router Wg [E,H] (A); local experts w1, w3 [I,H], w2 [H,I] each; their gradients.
+  Buffer<T> x(*be.mem, T_ * H, "x"), dout(*be.mem, T_ * H, "dout"), out(*be.mem, T_ * H, "out"),
+      dx(*be.mem, T_ * H, "dx"), W(*be.mem, E_local * 3 * I * H, "expert weights");
+  Buffer<A> Wg(*be.mem, E * H, "router"), dWg(*be.mem, E * H, "router grad"),
+      G(*be.mem, E_local * 3 * I * H, "expert grads");
+  const uint64_t token0 = uint64_t(world.rank()) * uint64_t(T_ * H);  // each rank routes its own tokens
+  fill_normal(*be.mem, x.data(), T_ * H, 1.0, a.seed, 5, 0, token0);
+  fill_normal(*be.mem, dout.data(), T_ * H, 1.0, a.seed, 6, 0, token0);
+  fill_normal(*be.mem, Wg.data(), E * H, 1.0 / std::sqrt(double(H)), a.seed, 1, 0);  // logits ~ N(0, 1)
+  ExpertWeights<T> w;
+  ExpertGrads<T> g;
+  for (i64 j = 0; j < E_local; ++j) {
+    const uint32_t e = uint32_t(q * E_local + j);
+    T* base = W.data() + j * 3 * I * H;
+    A* gbase = G.data() + j * 3 * I * H;
+    fill_normal(*be.mem, base, I * H, 1.0 / std::sqrt(double(H)), a.seed, 2, e);
+    fill_normal(*be.mem, base + I * H, I * H, 1.0 / std::sqrt(double(H)), a.seed, 3, e);
+    fill_normal(*be.mem, base + 2 * I * H, H * I, 1.0 / std::sqrt(double(I)), a.seed, 4, e);
+    w.w1.push_back(base);
+    w.w3.push_back(base + I * H);
+    w.w2.push_back(base + 2 * I * H);
+    g.w1.push_back(gbase);
+    g.w3.push_back(gbase + I * H);
+    g.w2.push_back(gbase + 2 * I * H);
+  }
+  std::vector<double> aux_dp(size_t(E), 0.0);  // no aux-loss gradient: the bench times the layer, not the objective
+  Buffer<double> aux_dev;
+  const double* aux = aux_dp.data();
+  if (be.space != MemSpace::Host) {
+    aux_dev = Buffer<double>(*be.mem, E, "aux_dp");
+    be.mem->to_backend(aux_dev.data(), aux_dp.data(), E * i64(sizeof(double)));
+    aux = aux_dev.data();
   }
 
-  Row row;
-  row.ep = ep, row.T = T, row.K = K, row.cf = cf, row.capacity = plan.capacity;
-  for (int p = 0; p < kPhases; ++p) row.ms[p] = median(t[p]);
-  // The plain exchange moved the same rows into the same (source-major) places as the dispatch; the direct
-  // probe holds them expert-major: block (j, s) of the dispatch buffer must equal its expert-major slot.
-  double plain_diff = 0;
-  for (i64 i = 0; i < ex.recv_rows() * H; ++i)
-    plain_diff = std::max(plain_diff, double(std::fabs(plain_recv[size_t(i)] - xe[size_t(i)])));
+  std::unique_ptr<PhaseTimer> timer = make_phase_timer(be.space, be.stream.handle);
+  timer->before_a2a = [&ep_host] { ep_host.barrier(); };
+  layer.set_phase_timer(timer.get());
+  std::array<std::vector<double>, kMoePhases> samples;
+  std::vector<double> fwd, bwd, total;
+  double rows[3] = {0, 0, 0};  // remote send rows, remote recv rows, rows at the experts (max over ranks below)
+  for (int it = 0; it < a.warmup + a.repeats; ++it) {
+    world.barrier();
+    layer.forward(out.data(), x.data(), Wg.data(), w, nullptr, RngCtx{a.seed, 0, 0, 0}, Mode::Eval);
+    layer.backward(dx.data(), dout.data(), Wg.data(), w, dWg.data(), g, aux, 0.0);
+    std::array<double, kMoePhases> ms = timer->read_ms();
+    all_max(world, ms.data(), kMoePhases);
+    if (it < a.warmup) continue;
+    double f = 0, b = 0;
+    for (int p = 0; p < kMoePhases; ++p) {
+      samples[size_t(p)].push_back(ms[size_t(p)]);
+      (p < kMoeForwardPhases ? f : b) += ms[size_t(p)];
+    }
+    fwd.push_back(f);
+    bwd.push_back(b);
+    total.push_back(f + b);
+  }
+  rows[0] = double(layer.dispatcher().remote_send_rows());
+  rows[1] = double(layer.dispatcher().remote_recv_rows());
+  rows[2] = double(layer.dispatcher().recv_rows());
+  all_max(world, rows, 3);
+
+  BenchRow r;
+  r.c = c;
+  r.repeats = a.repeats;
+  for (int p = 0; p < kMoePhases; ++p) {
+    r.med[size_t(p)] = percentile(samples[size_t(p)], 0.5);
+    r.p10[size_t(p)] = percentile(samples[size_t(p)], 0.1);
+    r.p90[size_t(p)] = percentile(samples[size_t(p)], 0.9);
+  }
+  r.fwd_ms = percentile(fwd, 0.5);
+  r.bwd_ms = percentile(bwd, 0.5);
+  r.layer_ms = percentile(total, 0.5);
+  const double expert_ms = r.med[size_t(MoePhase::Experts)] + r.med[size_t(MoePhase::ExpertsBwd)];
+  r.overhead_pct = r.layer_ms > 0 ? 100.0 * std::max(0.0, r.layer_ms - expert_ms) / r.layer_ms : 0.0;
+  const i64 row_bytes = H * i64(sizeof(T));
+  r.send_bytes_max = i64(rows[0]) * row_bytes;
+  r.recv_bytes_max = i64(rows[1]) * row_bytes;
+  r.rows_max = i64(rows[2]);
+  return r;
+}
+
+std::vector<BenchConfig> sweep(const BenchArgs& a, int world, std::vector<std::string>& skipped) {
+  std::vector<BenchConfig> out;
+  for (int ep : a.ep)
+    for (i64 E : a.experts)
+      for (i64 T : a.tokens)
+        for (i64 H : a.hidden)
+          for (i64 I : a.ffn)
+            for (i64 K : a.topk)
+              for (double cf : a.capacity) {
+                const std::string what = "ep " + std::to_string(ep) + " x " + std::to_string(E) + " experts";
+                if (world % ep != 0 || E % ep != 0 || K > E) {
+                  if (std::find(skipped.begin(), skipped.end(), what) == skipped.end()) skipped.push_back(what);
+                  continue;
+                }
+                out.push_back({ep, T, H, I, E, K, cf});
+              }
+  return out;
+}
+
+void write_csv(const std::string& path, const std::vector<BenchRow>& rows) {
+  std::ofstream f(path);
+  MT_INPUT_CHECK(f.good(), "--out: cannot write '", path, "'");
+  f << "ep,tokens,hidden,ffn,experts,topk,capacity_factor,repeats";
+  for (int p = 0; p < kMoePhases; ++p)
+    f << ',' << kMoePhaseName[p] << "_ms," << kMoePhaseName[p] << "_p10_ms," << kMoePhaseName[p] << "_p90_ms";
+  f << ",fwd_ms,bwd_ms,layer_ms,overhead_pct,a2a_send_bytes_max,a2a_recv_bytes_max,rows_max,held_out\n";
+  char buf[64];
+  auto num = [&](double v) {
+    std::snprintf(buf, sizeof buf, "%.6g", v);
+    return std::string(buf);
+  };
+  for (const BenchRow& r : rows) {
+    f << r.c.ep << ',' << r.c.T << ',' << r.c.H << ',' << r.c.I << ',' << r.c.E << ',' << r.c.K << ','
+      << num(r.c.cf) << ',' << r.repeats;
+    for (int p = 0; p < kMoePhases; ++p)
+      f << ',' << num(r.med[size_t(p)]) << ',' << num(r.p10[size_t(p)]) << ',' << num(r.p90[size_t(p)]);
+    f << ',' << num(r.fwd_ms) << ',' << num(r.bwd_ms) << ',' << num(r.layer_ms) << ',' << num(r.overhead_pct) << ','
+      << r.send_bytes_max << ',' << r.recv_bytes_max << ',' << r.rows_max << ',' << (r.held_out ? 1 : 0) << '\n';
+  }
+  f.flush();
+  MT_INPUT_CHECK(f.good(), "--out: write failed for '", path, "'");
+}
+
+nlohmann::json rows_json(const std::vector<BenchRow>& rows) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const BenchRow& r : rows) {
+    nlohmann::json j = {{"ep", r.c.ep},           {"tokens", r.c.T},         {"hidden", r.c.H},
+                        {"ffn", r.c.I},           {"experts", r.c.E},        {"topk", r.c.K},
+                        {"capacity_factor", r.c.cf}, {"repeats", r.repeats},  {"fwd_ms", r.fwd_ms},
+                        {"bwd_ms", r.bwd_ms},     {"layer_ms", r.layer_ms},  {"overhead_pct", r.overhead_pct},
+                        {"a2a_send_bytes_max", r.send_bytes_max}, {"a2a_recv_bytes_max", r.recv_bytes_max},
+                        {"rows_max", r.rows_max}, {"held_out", r.held_out}};
+    for (int p = 0; p < kMoePhases; ++p)
+      j["phases_ms"][kMoePhaseName[p]] = {
+          {"median", r.med[size_t(p)]}, {"p10", r.p10[size_t(p)]}, {"p90", r.p90[size_t(p)]}};
+    a.push_back(j);
+  }
+  return a;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  f.flush();
+  MT_INPUT_CHECK(f.good(), "--out: cannot write '", path, "'");
+}
+
+std::string hostname() {
+  char h[256] = {0};
+  gethostname(h, sizeof h - 1);
+  return h;
+}
+
+template <typename T>
+std::vector<BenchRow> run_sweep(Communicator& world, Backend<T>& be, const BenchArgs& a,
+                                const std::vector<BenchConfig>& configs, int local_rank) {
+  std::vector<BenchRow> rows;
+  int last_ep = -1;
+  std::unique_ptr<Communicator> ep_host, ep_dev_world, ep_dev;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < configs.size(); ++i) {
+    const BenchConfig& c = configs[i];
+    if (c.ep != last_ep) {  // EP groups of consecutive ranks (and their twin over device memory on a GPU)
+      ep_dev.reset();
+      ep_host = world.split(world.rank() / c.ep, world.rank());
+      if (be.space != MemSpace::Host) {
+        if (!ep_dev_world) ep_dev_world = make_nccl_world(world, local_rank);
+        ep_dev = ep_dev_world->split(world.rank() / c.ep, world.rank());
+      }
+      last_ep = c.ep;
+    }
+    BenchRow r = run_config<T>(world, *ep_host, ep_dev ? *ep_dev : *ep_host, be, a, c);
+    r.held_out = a.held_out_every > 1 && int(i % size_t(a.held_out_every)) == a.held_out_every - 1;
+    if (world.rank() == 0)
+      spdlog::info("[{:>3}/{}] ep {} T {} H {} I {} E {} k {} cf {:g}: layer {:.3f} ms (fwd {:.3f}, bwd {:.3f}), "
+                   "routing overhead {:.1f}%, a2a {} B/rank{}",
+                   i + 1, configs.size(), c.ep, c.T, c.H, c.I, c.E, c.K, c.cf, r.layer_ms, r.fwd_ms, r.bwd_ms,
+                   r.overhead_pct, r.send_bytes_max, r.held_out ? " (held out)" : "");
+    rows.push_back(r);
+  }
+  if (world.rank() == 0)
+    spdlog::info("{} configurations in {:.1f} s", configs.size(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return rows;
+}
+
+int bench_main(Runtime& rt, const BenchArgs& a) {
+  Communicator& world = *rt.world;
+  std::vector<std::string> skipped;
+  const std::vector<BenchConfig> configs = sweep(a, world.size(), skipped);
+  if (world.rank() == 0)
+    for (const std::string& s : skipped)
+      spdlog::warn("skipped {}: ep must divide the world ({} ranks) and the experts", s, world.size());
+  MT_INPUT_CHECK(!configs.empty(), "moe-bench: no configuration of the sweep fits ", world.size(),
+                 " rank(s): --ep values must divide the world size and --experts");
+  if (world.rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(a.out, ec);
+    MT_INPUT_CHECK(!ec, "--out: cannot create '", a.out, "': ", ec.message());
+  }
+  const int local_rank = rt.env.local_rank >= 0 ? rt.env.local_rank : 0;
+  std::vector<BenchRow> rows;
+  double bench_peak = 0;
+  std::string peak_source;
+  ScaleTarget target = a.target;
   {
-    i64 dst = 0;
-    for (const RowBlock& b : ex.row_blocks()) {
-      for (i64 i = 0; i < b.rows * H; ++i)
-        plain_diff = std::max(plain_diff, double(std::fabs(direct_recv[size_t(dst * H + i)] - xe[size_t(b.row * H + i)])));
-      dst += b.rows;
+    auto be = make_backend<float>(a.device, local_rank);
+    rows = run_sweep<float>(world, *be, a, configs, local_rank);
+    if (a.target_peak_tflops > 0 && world.rank() == 0) {
+      Config fp32;  // train.peak_tflops 0: the device's datasheet fp32 peak, or the CPU's GEMM measured now
+      bench_peak = resolve_peak_tflops(fp32, *be, &peak_source);
+      MT_INPUT_CHECK(bench_peak > 0, "--target-peak-tflops: no peak known for this device (", peak_source, ")");
+      target.compute_speedup = a.target_peak_tflops / bench_peak;
     }
   }
-  // Validate-then-bench: the pieces must reproduce MoeLayer::forward bit for bit.
-  if (a.layer)
-    for (i64 i = 0; i < T * H; ++i)
-      row.layer_diff = std::max(row.layer_diff, double(std::fabs(out[size_t(i)] - out_layer[size_t(i)])));
-  double red[kPhases + 6];
-  std::copy(row.ms, row.ms + kPhases, red);
-  red[kPhases] = row.layer_diff;
-  red[kPhases + 1] = double(ex.recv_rows());
-  red[kPhases + 2] = *std::min_element(t[Dispatch].begin(), t[Dispatch].end());
-  red[kPhases + 3] = *std::min_element(t[Plain].begin(), t[Plain].end());
-  red[kPhases + 4] = plain_diff;
-  red[kPhases + 5] = *std::min_element(t[Direct].begin(), t[Direct].end());
-  all_max(world, red, kPhases + 6);
-  MT_CHECK(red[kPhases + 4] == 0, "the reference exchanges and the dispatch moved different rows (max diff ",
-           red[kPhases + 4], ")");
-  std::copy(red, red + kPhases, row.ms);
-  row.layer_diff = red[kPhases];
-  row.recv_rows_max = i64(red[kPhases + 1]);
-  row.best_dispatch = red[kPhases + 2];
-  row.best_plain = red[kPhases + 3];
-  row.best_direct = red[kPhases + 5];
-  int64_t sums[4] = {TK, plan.P, plan.P * H * i64(sizeof(float)), remote_elems * i64(sizeof(float))};
-  world.all_reduce_sum(sums, 4);
-  row.pairs = sums[0], row.kept = sums[1], row.bytes = sums[2], row.remote_bytes = sums[3];
-  for (int p = Route; p <= Combine; ++p) row.total += row.ms[p];
-  return row;
-}
+  if (world.rank() != 0) return 0;
+  if (bench_peak > 0)
+    spdlog::info("compute speedup of the target: {:.4g} TFLOP/s / {:.4g} TFLOP/s ({}) = {:.4g}",
+                 a.target_peak_tflops, bench_peak, peak_source, target.compute_speedup);
 
-double gbps(i64 bytes, double ms) { return ms > 0 ? double(bytes) / (ms * 1e6) : 0.0; }
-
-void print_header(const BenchArgs& a, int ep) {
-  std::printf("moe-bench: ep=%d  H=%lld I=%lld E=%lld (%lld local experts/rank)  drop=%s  iters=%d warmup=%d "
-              "a2a-reps=%d\n",
-              ep, (long long)a.H, (long long)a.I, (long long)a.E, (long long)(a.E / ep),
-              a.drop == DropPolicy::Probs ? "probs" : "position", a.iters, a.warmup, a.a2a_reps);
-  std::printf("times in ms (median over iters, max over ranks); T = tokens per rank; ovh = share of the forward that "
-              "is not expert compute;\na2a GB/s = dispatch bytes (all ranks) / median time; "
-              "ratio = ours/plain bandwidth from medians, best = from the fastest samples;\n"
-              "direct, dbest = the same for the in-place probe "
-              "(one all_to_all_v per local expert, no staging copy)\n");
-  std::printf("%6s %2s %5s %6s %5s | %7s %7s %7s %7s %7s %8s %7s %7s | %8s %8s %5s | %7s %7s %6s %6s | %6s %6s\n", "T",
-              "k", "cf", "C", "drop%", "route", "plan", "permute", "counts", "a2a->", "experts", "a2a<-", "combine",
-              "total", "layer", "ovh%", "ours", "plain", "ratio", "best", "direct", "dbest");
-}
-
-void print_row(const Row& r) {
-  const double drop = r.pairs ? 100.0 * double(r.pairs - r.kept) / double(r.pairs) : 0.0;
-  const double ovh = r.total > 0 ? 100.0 * (r.total - r.ms[Experts]) / r.total : 0.0;
-  const double ours = gbps(r.bytes, r.ms[Dispatch]), plain = gbps(r.bytes, r.ms[Plain]);
-  std::printf("%6lld %2lld %5.2f %6lld %5.1f | %7.3f %7.3f %7.3f %7.3f %7.3f %8.3f %7.3f %7.3f | %8.3f %8.3f %5.1f | "
-              "%7.2f %7.2f %6.3f %6.3f | %6.3f %6.3f%s\n",
-              (long long)r.T, (long long)r.K, r.cf, (long long)r.capacity, drop, r.ms[Route], r.ms[PlanP],
-              r.ms[Permute], r.ms[Counts], r.ms[Dispatch], r.ms[Experts], r.ms[Return], r.ms[Combine], r.total,
-              r.ms[Layer], ovh, ours, plain, ratio(r), ratio_best(r), ratio_direct(r), ratio_direct_best(r),
-              r.layer_diff > 0 ? "  (MoeLayer output differs!)" : "");
-  std::fflush(stdout);
-}
-
-void write_csv(const std::string& path, bool append, const BenchArgs& a, const std::vector<Row>& rows) {
-  std::FILE* f = std::fopen(path.c_str(), append ? "a" : "w");
-  MT_INPUT_CHECK(f, "--csv: cannot open ", path, " for writing; check the directory exists and is writable");
-  std::fseek(f, 0, SEEK_END);
-  if (std::ftell(f) == 0) {
-    std::fprintf(f, "ep,tokens,hidden,ffn,experts,topk,capacity_factor,capacity,pairs,kept,recv_rows_max");
-    for (const char* n : kPhaseName) std::fprintf(f, ",%s_ms", n);
-    std::fprintf(f, ",total_ms,overhead_pct,dispatch_bytes,remote_bytes,ours_gbps,plain_gbps,ratio,best_dispatch_ms,"
-                    "best_plain_ms,ratio_best,best_direct_ms,ratio_direct,ratio_direct_best,layer_maxdiff\n");
+  const std::string csv = (fs::path(a.out) / "moe_bench.csv").string();
+  write_csv(csv, rows);
+  // The cost model: fit on the measured rows, held-out error, extrapolation (src/bench/cost_model.h).
+  std::vector<NetLinks> nets;
+  if (a.custom.intra.gbps > 0 || a.custom.inter.gbps > 0 || a.custom.intra.latency_us >= 0 ||
+      a.custom.inter.latency_us >= 0) {
+    NetLinks c = net_preset(a.nets.empty() ? "nvlink-ib" : a.nets.front());
+    c.name = "custom";
+    if (a.custom.intra.gbps > 0) c.intra.gbps = a.custom.intra.gbps;
+    if (a.custom.intra.latency_us >= 0) c.intra.latency_us = a.custom.intra.latency_us;
+    if (a.custom.inter.gbps > 0) c.inter.gbps = a.custom.inter.gbps;
+    if (a.custom.inter.latency_us >= 0) c.inter.latency_us = a.custom.inter.latency_us;
+    nets.push_back(c);
   }
-  for (const Row& r : rows) {
-    std::fprintf(f, "%d,%lld,%lld,%lld,%lld,%lld,%g,%lld,%lld,%lld,%lld", r.ep, (long long)r.T, (long long)a.H,
-                 (long long)a.I, (long long)a.E, (long long)r.K, r.cf, (long long)r.capacity, (long long)r.pairs,
-                 (long long)r.kept, (long long)r.recv_rows_max);
-    for (double ms : r.ms) std::fprintf(f, ",%.4f", ms);
-    std::fprintf(f, ",%.4f,%.2f,%lld,%lld,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%g\n", r.total,
-                 r.total > 0 ? 100.0 * (r.total - r.ms[Experts]) / r.total : 0.0, (long long)r.bytes,
-                 (long long)r.remote_bytes, gbps(r.bytes, r.ms[Dispatch]), gbps(r.bytes, r.ms[Plain]),
-                 ratio(r), r.best_dispatch, r.best_plain, ratio_best(r), r.best_direct, ratio_direct(r),
-                 ratio_direct_best(r), r.layer_diff);
+  for (const std::string& n : a.nets) nets.push_back(net_preset(n));
+  CostReport rep = run_cost_model(read_bench_csv(csv), target, nets);
+  rep.source = csv;
+  std::cout << '\n';
+  print_validation(std::cout, rep);
+  for (size_t i = 0; i < rep.tables.size(); ++i) {
+    std::cout << '\n';
+    print_scale_table(std::cout, rep, i);
   }
-  std::fclose(f);
+  std::cout.flush();
+  nlohmann::json j;
+  j["tool"] = "moe-bench";
+  j["host"] = hostname();
+  j["world"] = world.size();
+  j["device"] = a.device == Device::Cuda ? "cuda" : "cpu";
+  j["dtype"] = "fp32";
+  j["warmup"] = a.warmup;
+  j["repeats"] = a.repeats;
+  j["time"] = long(std::time(nullptr));
+  j["configs"] = rows_json(rows);
+  const nlohmann::json model = cost_report_json(rep);
+  write_text((fs::path(a.out) / "moe_bench.json").string(), j.dump(1) + "\n");
+  write_text((fs::path(a.out) / "cost_model.json").string(), model.dump(1) + "\n");
+  std::string md;
+  for (size_t i = 0; i < rep.tables.size(); ++i) md += scale_table_markdown(rep, i) + "\n";
+  write_text((fs::path(a.out) / "scaling_table.md").string(), md);
+  spdlog::info("wrote {0}/moe_bench.csv, moe_bench.json, cost_model.json, scaling_table.md; plots: "
+               "bench/moe_bench_plot.py {0}/moe_bench.csv --model {0}/cost_model.json", a.out);
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"moe-bench: per-phase timing of one MoE layer forward under expert parallelism (run under mpirun)"};
   BenchArgs a;
-  std::string drop = "probs";
-  bool no_layer = false;
-  app.add_option("--tokens", a.tokens, "tokens per rank (one micro-batch), comma list")->delimiter(',');
-  app.add_option("--hidden", a.H, "hidden size H")->check(CLI::PositiveNumber);
-  app.add_option("--ffn", a.I, "expert intermediate size I")->check(CLI::PositiveNumber);
-  app.add_option("--experts", a.E, "experts E (split evenly over all ranks)")->check(CLI::PositiveNumber);
-  app.add_option("--topk", a.topk, "top-k values, comma list")->delimiter(',');
-  app.add_option("--capacity", a.capacity, "capacity factors, comma list (0 = dropless)")->delimiter(',');
-  app.add_option("--drop-policy", drop, "probs | position")->check(CLI::IsMember({"probs", "position"}));
-  app.add_option("--iters", a.iters, "timed iterations per configuration")->check(CLI::PositiveNumber);
-  app.add_option("--warmup", a.warmup, "untimed iterations first")->check(CLI::NonNegativeNumber);
-  app.add_option("--a2a-reps", a.a2a_reps, "rounds of the three exchanges (dispatch, plain, direct) per iteration")
+  CLI::App app{"moe-bench: per-phase timing of the MoE layer (forward + backward) under expert parallelism, and a "
+               "cost model of routing overhead extrapolated to 8..1024 GPUs"};
+  std::string device = "cpu", drop = "probs";
+  app.add_option("--ep", a.ep, "expert-parallel sizes to sweep (each must divide the world and --experts)")
+      ->delimiter(',');
+  app.add_option("--tokens", a.tokens, "tokens per rank and micro-batch")->delimiter(',');
+  app.add_option("--hidden", a.hidden, "hidden sizes")->delimiter(',');
+  app.add_option("--ffn", a.ffn, "expert widths (intermediate size)")->delimiter(',');
+  app.add_option("--experts", a.experts, "numbers of experts")->delimiter(',');
+  app.add_option("--topk", a.topk, "top-k values")->delimiter(',');
+  app.add_option("--capacity", a.capacity, "capacity factors (0 = dropless)")->delimiter(',');
+  app.add_option("--drop-policy", drop, "probs|position")->check(CLI::IsMember({"probs", "position"}));
+  app.add_option("--device", device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--warmup", a.warmup, "untimed iterations per configuration")->check(CLI::NonNegativeNumber);
+  app.add_option("--repeats", a.repeats, "timed iterations per configuration")->check(CLI::PositiveNumber);
+  app.add_option("--held-out-every", a.held_out_every,
+                 "every Nth configuration is held out of the cost-model fit and predicted (0 or 1: none)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", a.seed, "seed of the random inputs and weights");
+  app.add_option("--out", a.out, "output directory (moe_bench.csv, moe_bench.json, scaling_table.md)")->required();
+  app.add_flag("--tiny", a.tiny, "a small sweep for CI: ep 1 and the world size, T 64..256, H 64/128, E 4");
+  app.add_option("--target-hidden", a.target.hidden, "extrapolated model: hidden size (default Mixtral 8x7B 4096)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--seed", a.seed, "seed of inputs and weights");
-  app.add_option("--csv", a.csv, "write one CSV row per configuration to this file (rank 0)");
-  app.add_flag("--csv-append", a.csv_append, "append to --csv (header only when the file is empty)");
-  app.add_flag("--no-layer", no_layer, "skip the end-to-end MoeLayer::forward timing and check");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
+  app.add_option("--target-ffn", a.target.ffn, "extrapolated model: expert width (14336)")->check(CLI::PositiveNumber);
+  app.add_option("--target-experts", a.target.experts, "extrapolated model: experts (8)")->check(CLI::PositiveNumber);
+  app.add_option("--target-topk", a.target.topk, "extrapolated model: top-k (2)")->check(CLI::PositiveNumber);
+  app.add_option("--target-tokens", a.target.tokens, "extrapolated model: tokens per GPU and micro-batch (4096)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--target-capacity", a.target.capacity_factor, "extrapolated model: capacity factor (1.25)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--target-elem-bytes", a.target.elem_bytes, "bytes per moved element on the target (4 fp32, 2 bf16)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--compute-speedup", a.target.compute_speedup,
+                 "target device's compute speed over this machine's (divides the fitted compute phases)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--target-peak-tflops", a.target_peak_tflops,
+                 "target device's dense peak (e.g. 989 for H100 bf16): sets --compute-speedup to it over this "
+                 "device's measured fp32 GEMM peak")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--net", a.nets, "network presets of the extrapolation: nvlink-ib (NVLink 450 GB/s + InfiniBand NDR "
+                                 "50 GB/s per GPU), nvlink-eth (NVLink + 100G Ethernet)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"nvlink-ib", "nvlink-eth"}));
+  app.add_option("--intra-gbps", a.custom.intra.gbps, "custom network: intra-node GB/s per GPU")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--intra-us", a.custom.intra.latency_us, "custom network: intra-node latency per message, us")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--inter-gbps", a.custom.inter.gbps, "custom network: inter-node GB/s per GPU")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--inter-us", a.custom.inter.latency_us, "custom network: inter-node latency per message, us")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--gpus-per-node", a.target.gpus_per_node, "GPUs per node (8)")->check(CLI::PositiveNumber);
+  app.add_option("--max-gpus", a.target.max_gpus, "largest GPU count of the extrapolation (powers of two from 8)")
+      ->check(CLI::Range(8, 1 << 20));
+  CLI11_PARSE(app, argc, argv);
+  a.device = device == "cuda" ? Device::Cuda : Device::Cpu;
   a.drop = drop == "position" ? DropPolicy::Position : DropPolicy::Probs;
-  a.layer = !no_layer;
-  Runtime rt;
-  try {
-    rt = start_runtime();
-    Communicator& world = *rt.world;
-    const int ep = world.size();
-    MT_INPUT_CHECK(a.E % ep == 0, "--experts: got ", a.E, " for ", ep, " ranks (the EP group is the whole world); "
-                   "allowed: a multiple of ", ep, "; change --experts or mpirun -np");
-    for (i64 T : a.tokens) MT_INPUT_CHECK(T > 0, "--tokens: got ", T, "; allowed: positive token counts");
-    for (i64 K : a.topk)
-      MT_INPUT_CHECK(K >= 1 && K <= a.E, "--topk: got ", K, "; allowed: 1..", a.E, " (the number of experts)");
-    for (double c : a.capacity) MT_INPUT_CHECK(c >= 0, "--capacity: got ", c, "; allowed: 0 (dropless) or > 0");
-    const i64 E_local = a.E / ep;
-    const BenchWeights w = make_weights(a, int(world.rank() * E_local), int(E_local));
-    const bool root = world.rank() == 0;
-    if (root) print_header(a, ep);
-    std::vector<Row> rows;
-    for (i64 T : a.tokens)
-      for (i64 K : a.topk)
-        for (double cf : a.capacity) {
-          rows.push_back(run_config(world, a, w, T, K, cf));
-          if (root) print_row(rows.back());
-        }
-    if (root) {
-      double lo = 1e30, hi = 0, lo_b = 1e30, hi_b = 0;
-      int below = 0, below_b = 0;
-      for (const Row& r : rows) {
-        lo = std::min(lo, ratio(r)), hi = std::max(hi, ratio(r)), below += ratio(r) < 0.85;
-        lo_b = std::min(lo_b, ratio_best(r)), hi_b = std::max(hi_b, ratio_best(r)), below_b += ratio_best(r) < 0.85;
-      }
-      std::printf("a2a ratio ours/plain (dispatch incl. block permutation vs bare all_to_all_v, same bytes): "
-                  "medians: min %.3f max %.3f, %d of %zu below 0.85; fastest samples: min %.3f max %.3f, %d below\n",
-                  lo, hi, below, rows.size(), lo_b, hi_b, below_b);
-      for (const Row& r : rows)
-        if (r.layer_diff > 0) std::printf("WARNING: pieces differ from MoeLayer::forward by %g\n", r.layer_diff);
-      if (!a.csv.empty()) write_csv(a.csv, a.csv_append, a, rows);
-    }
-    stop_runtime(rt);
-    return 0;
-  } catch (const Error& e) {
-    return fail_run(rt, e.what(), e.exit_code());
-  } catch (const std::exception& e) {
-    return fail_run(rt, (std::string("internal error: ") + e.what()).c_str(), 1);
+
+  Runtime rt = start_runtime();
+  if (a.tiny) {
+    const int w = rt.world->size();
+    a.ep = w > 1 ? std::vector<int>{1, w} : std::vector<int>{1};
+    a.tokens = {64, 128, 256};
+    a.hidden = {64, 128};
+    a.ffn = {128};
+    a.experts = {4};
+    a.topk = {1, 2};
+    a.capacity = {0.0, 1.25};
+    a.warmup = std::min(a.warmup, 1);
+    a.repeats = std::min(a.repeats, 5);
   }
+  int rc = 0;
+  try {
+    run_agreed(*rt.world, [] {});
+    rc = bench_main(rt, a);
+  } catch (const Error& e) {
+    rc = fail_run(rt, e.what(), e.exit_code());
+  } catch (const std::exception& e) {
+    rc = fail_run(rt, e.what(), 1);
+  }
+  stop_runtime(rt);
+  return rc;
 }

@@ -47,7 +47,7 @@ done
 TRAIN_ROWS=(train_gpu.runs_on_gpu train_gpu.vs_cpu_bf16 train_gpu.vs_cpu_fp32 train_gpu.determinism)
 TRAIN_TESTS=(TrainGpu.RunsOnTheGpu TrainGpu.TrajectoryMatchesCpuBf16 TrainGpu.TrajectoryCloseToCpuFp32 TrainGpu.DeterministicRunToRun)
 BENCH_ROWS=(cublas_bf16_peak grouped_gemm_vs_dense train_tok_s.moe-train train_tok_s.torch train_tok_s.ratio
-            moe_routing_fraction nccl_dispatch_a2a)
+            moe_routing_fraction moe_bench_tiny nccl_dispatch_a2a)
 
 write_report() {
   {
@@ -308,6 +308,13 @@ else
   run_step gpu-moe-layer 90 env LD_LIBRARY_PATH="$OUR_LD" "$b"
   rows_from_output
   missing_rows moe_routing_fraction
+fi
+# moe-bench on the real MoE layer with CUDA-event phase timers: the CI sweep on one GPU (ep 1) and the cost model.
+b="$(find_bin moe-bench)"
+if [[ -z "$b" ]]; then add_row moe_bench_tiny "fail: moe-bench not built"
+else
+  run_step moe-bench 120 env LD_LIBRARY_PATH="$OUR_LD" "$b" --tiny --device cuda --out "$WORK/moe_bench"
+  verdict moe_bench_tiny "$(grep -m1 'held-out prediction error' "$STEP_OUT" | cut -c1-200)"
 fi
 mt="$(find_bin moe-train)"
 if [[ -z "$mt" ]]; then

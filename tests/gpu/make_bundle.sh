@@ -37,8 +37,8 @@ cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA_ARCHS="$ARCHS
   { cat "$BUILD/make_bundle.configure.log" >&2; exit 1; }
 grep -qs -- '-DMOE_HAVE_CUDA' "$BUILD/CMakeFiles/moe_core.dir/flags.make" "$BUILD/build.ninja" ||
   { echo "make_bundle.sh: $BUILD was configured without CUDA (MOE_NO_CUDA set, or nvcc not found by CMake)" >&2; exit 1; }
-# The executables: moe-train, one per tests/gpu/test_*.{cu,cpp}, and every gpu-* benchmark target the project has.
-targets=(moe-train)
+# The executables: moe-train, moe-bench, one per tests/gpu/test_*.{cu,cpp}, and every gpu-* benchmark target the project has.
+targets=(moe-train moe-bench)
 for src in "$ROOT"/tests/gpu/test_*.cu "$ROOT"/tests/gpu/test_*.cpp; do
   [[ -e "$src" ]] && targets+=("$(basename "${src%.*}")")
 done

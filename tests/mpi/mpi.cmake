@@ -69,3 +69,7 @@ target_link_libraries(test_mpi_device_seam PRIVATE moe_core GTest::gtest)
 add_test(NAME mpi.test_mpi_device_seam.np2 COMMAND ${MOE_MPIRUN} -np 2 $<TARGET_FILE:test_mpi_device_seam>)
 set_tests_properties(mpi.test_mpi_device_seam.np2 PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}"
                      PROCESSORS 2)
+# moe-bench's CI sweep on the real MoE layer (ep 1 and 2) with the cost model's report.
+add_test(NAME mpi.moe_bench_tiny.np2
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/moe_bench_tiny.sh ${MPIRUN_EXE} $<TARGET_FILE:moe-bench>)
+set_tests_properties(mpi.moe_bench_tiny.np2 PROPERTIES LABELS mpi TIMEOUT 300 ENVIRONMENT "${MOE_MPI_ENV}" PROCESSORS 2)
