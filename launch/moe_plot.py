@@ -1,4 +1,4 @@
-# Owns launch/moe_plot.py: run.dir/metrics.jsonl (DESIGN §6 Outputs) -> loss/router/expert_load/balance PNGs + report.md.
+# Owns launch/moe_plot.py: run.dir/metrics.jsonl (DESIGN §6 Outputs) -> loss/router/expert_load/balance PNGs, report.md.
 """Plot a moe-train run from its metrics.jsonl.
 
 Usage: python launch/moe_plot.py RUN_DIR [--out DIR] [--json]
@@ -10,13 +10,17 @@ Reads RUN_DIR/metrics.jsonl (one JSON object per line, DESIGN §6 "Outputs": tra
   router.png       aux_loss and z_loss (unscaled, as logged)
   expert_load.png  per MoE layer: each expert's share of routed top-k assignments at the steps with expert_load
   balance.png      load_imbalance, dropped_frac, expert_utilization
-  report.md        one-page summary: final/min loss, eval loss first -> last, healthy-range checks, PNG links
+  router_layers.png  (when lines carry `router_layers`) per MoE layer over steps: imbalance, utilization, aux and z
+                   weighted, churn, router logit norm, dropped fraction, entropy (moe_plot_layers.py)
+  throughput.png   (when lines carry `model_tflops` / `mfu`) tok/s, model TFLOP/s per rank, MFU in %
+  report.md        one-page summary: final/min loss, eval loss first -> last, healthy-range checks (whole model and
+                   per MoE layer, the worst layer named), throughput, PNG links
   series.json      (with --json) the exact series plotted, so tests compare data rather than pixels
+Files from an older moe-train (no router_layers, model_tflops or mfu) give the first four PNGs only.
 Exit 2 on a missing metrics file, a malformed line (the message names file:line) or a file with no metrics.
 """
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -25,27 +29,22 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+import moe_plot_layers as per_layer  # noqa: E402  (this directory: sys.path[0] when run as a script)
+
 # Training-line series plotted, in the order they appear in series.json["train"].
 TRAIN_KEYS = ("loss", "lr", "aux_loss", "z_loss", "load_imbalance", "dropped_frac", "expert_utilization")
 
-# Healthy ranges of the last logged value (Surogate's MoE monitoring guide, /work/shared/seeds/002): (key, low, high,
-# text); low/high None = unbounded; the upper bound is strict where the guide says "<".
-HEALTH = (
-    ("expert_utilization", 0.7, 1.0, "0.7 – 1.0"),
-    ("load_imbalance", None, 2.5, "< 2.5"),
-    ("aux_loss", 0.01, 0.1, "0.01 – 0.1"),
-    ("z_loss", None, 0.01, "< 0.01"),
-)
+HEALTH = per_layer.HEALTH  # healthy ranges of the last logged value (key, low, high, text)
 
-PNGS = ("loss.png", "router.png", "expert_load.png", "balance.png")
+PNGS = ("loss.png", "router.png", "expert_load.png", "balance.png")  # always drawn
+LAYER_PNGS = ("router_layers.png", "throughput.png")  # drawn when the file carries their data
 
 
 class MetricsError(Exception):
     """Bad input: the message names the file (and line); main turns it into exit 2."""
 
 
-def _number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+_number = per_layer.number
 
 
 def read_metrics(path):
@@ -72,6 +71,10 @@ def read_metrics(path):
                 if key in obj and obj[key] is not None and not _number(obj[key]):
                     raise MetricsError(f"{path}:{n}: malformed metrics line: key={key}, got={obj[key]!r}, "
                                        f"allowed=a number")
+            try:
+                per_layer.check_line(path, n, obj)
+            except per_layer.LayerMetricsError as exc:
+                raise MetricsError(str(exc)) from None
             rows.append((n, obj))
     if not rows:
         raise MetricsError(f"{path}: no metrics lines")
@@ -141,7 +144,14 @@ def build_series(path, rows, coefs=None):
                 el["share"][li].append(r)
     if not train["step"] and not ev["step"]:
         raise MetricsError(f"{path}: no training or eval lines (no line has `loss` or `eval_loss`)")
-    return {"metrics": path, "train": train, "eval": ev, "expert_load": el, "health": health(train, coefs or {})}
+    coefs = coefs or {}
+    rl = per_layer.layer_series(rows)
+    tp = per_layer.throughput_series(rows)
+    pngs = list(PNGS) + (["router_layers.png"] if rl else []) + (["throughput.png"] if per_layer.has_throughput(tp)
+                                                                   else [])
+    return {"metrics": path, "train": train, "eval": ev, "expert_load": el, "health": health(train, coefs),
+            "router_layers": rl, "layer_health": per_layer.layer_health(rl, coefs), "throughput": tp,
+            "coefs": coefs, "pngs": pngs}
 
 
 def health(train, coefs):
@@ -158,13 +168,7 @@ def health(train, coefs):
         if last is not None:
             s, v = last
             v = v * coef if coef is not None else v
-            inside = math.isfinite(v)
-            if lo is not None:
-                inside = inside and v >= lo
-            if hi is not None:
-                # "< x" ranges are strict; closed ranges ("a – b") include their upper end (utilization 1.0 is ideal)
-                inside = inside and (v <= hi if lo is not None else v < hi)
-            entry.update(step=s, value=v, inside=bool(inside))
+            entry.update(step=s, value=v, inside=per_layer.in_range(v, lo, hi))
         out.append(entry)
     return out
 
@@ -221,6 +225,8 @@ def plot_router(s, out):
 def plot_expert_load(s, out):
     el = s["expert_load"]
     nl = max(1, len(el["share"]))
+    # expert_load rows are the MoE layers in order; router_layers names their decoder layer indices when present
+    names = list(s["router_layers"]) if len(s["router_layers"]) == len(el["share"]) else None
     fig, axes = plt.subplots(nl, 1, figsize=(8, 2.2 + 2.0 * nl), squeeze=False)
     if not el["step"]:
         axes[0][0].text(0.5, 0.5, "no expert_load in metrics.jsonl", ha="center", va="center")
@@ -229,7 +235,7 @@ def plot_expert_load(s, out):
         ax = axes[li][0]
         grid = [list(col) for col in zip(*share)]  # [expert][logged step]
         im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, interpolation="nearest")
-        ax.set_ylabel(f"MoE layer {li}\nexpert")
+        ax.set_ylabel(f"layer {names[li]}\nexpert" if names else f"MoE layer {li}\nexpert")
         ax.set_yticks(range(len(grid)))
         ticks = list(range(len(el["step"])))
         stride = max(1, len(ticks) // 12)
@@ -296,7 +302,15 @@ def report(s, run_dir):
     titles = {"loss.png": "train loss, eval loss and lr", "router.png": "aux_loss and z_loss",
               "expert_load.png": "each expert's share of routed assignments per MoE layer",
               "balance.png": "load imbalance, dropped fraction, utilization"}
-    lines += [f"- [{p}]({p}): {titles[p]}" for p in PNGS]
+    titles.update({"router_layers.png": "router health per MoE layer (imbalance, utilization, aux and z weighted, "
+                                        "churn, logit norm, dropped fraction, entropy)",
+                   "throughput.png": "tok/s, model TFLOP/s per rank, MFU"})
+    lines += [f"- [{p}]({p}): {titles[p]}" for p in s["pngs"]]
+    missing = [p for p in LAYER_PNGS if p not in s["pngs"]]
+    if missing:
+        lines.append(f"- not drawn: {', '.join(missing)} (metrics.jsonl lacks their keys: `router_layers` / "
+                     "`model_tflops`, `mfu` come from a newer moe-train; older files give the four plots above)")
+    lines += per_layer.report_lines(s, s["coefs"])
     return "\n".join(lines)
 
 
@@ -318,12 +332,19 @@ def main(argv=None):
     plot_router(s, os.path.join(out, "router.png"))
     plot_expert_load(s, os.path.join(out, "expert_load.png"))
     plot_balance(s, os.path.join(out, "balance.png"))
+    if "router_layers.png" in s["pngs"]:
+        per_layer.plot_router_layers(s["router_layers"], s["coefs"], os.path.join(out, "router_layers.png"), _band)
+    if "throughput.png" in s["pngs"]:
+        per_layer.plot_throughput(s["throughput"], os.path.join(out, "throughput.png"))
+    for name in LAYER_PNGS:  # one left by an earlier plot of a newer file into this directory would mislead
+        if name not in s["pngs"] and os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(report(s, a.run_dir) + "\n")
     if a.json:
         with open(os.path.join(out, "series.json"), "w", encoding="utf-8") as f:
             json.dump(s, f, indent=1)
-    print(f"moe_plot: wrote {', '.join(PNGS)}, report.md{', series.json' if a.json else ''} to {out}")
+    print(f"moe_plot: wrote {', '.join(s['pngs'])}, report.md{', series.json' if a.json else ''} to {out}")
     return 0
 
 
