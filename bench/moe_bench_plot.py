@@ -39,7 +39,7 @@ class PlotInputError(Exception):
 def read_csv(path):
     """[dict] of the CSV's data rows (numbers as float, 'line' = 1-based line); PlotInputError names path:line."""
     if not os.path.isfile(path):
-        raise PlotInputError(f"{path}: no such file (moe-bench --csv writes it)")
+        raise PlotInputError(f"{path}: no such file (moe-bench --out DIR writes DIR/moe_bench.csv)")
     rows = []
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.reader(f)

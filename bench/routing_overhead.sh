@@ -28,7 +28,7 @@ mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BUILD/moe-bench" --ep "$E
   --out "$OUT" "$@"
 PY="${MOE_PLOT_PYTHON:-$HOME/.cache/moe-train/venv/bin/python}"
 if [[ -x "$PY" ]]; then
-  "$PY" "$ROOT/bench/moe_bench_plot.py" "$OUT"
+  "$PY" "$ROOT/bench/moe_bench_plot.py" "$OUT/moe_bench.csv" --model "$OUT/cost_model.json"
 else
-  echo "routing_overhead.sh: no venv python at $PY (launch/setup.sh); plot later with bench/moe_bench_plot.py $OUT" >&2
+  echo "routing_overhead.sh: no venv python at $PY (launch/setup.sh); plot later with bench/moe_bench_plot.py $OUT/moe_bench.csv --model $OUT/cost_model.json" >&2
 fi

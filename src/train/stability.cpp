@@ -56,8 +56,9 @@ std::string describe_layers(std::vector<const LayerRouterHealth*> bad) {
 
 std::string balance_remedies(const MoeConfig& moe, const LoraSpec& lora) {
   std::ostringstream w;
-  w << "Remedies: raise moe.aux_loss_coef (now " << moe.aux_loss_coef << "; e.g. 0.05) and moe.z_loss_coef (now "
-    << moe.z_loss_coef << "; e.g. 0.001); lower train.lr 2-5x; ";
+  w << "Remedies: raise moe.aux_loss_coef (now " << moe.aux_loss_coef << "; e.g. "
+    << std::max(0.05, 2 * moe.aux_loss_coef) << ") and moe.z_loss_coef (now " << moe.z_loss_coef << "; e.g. "
+    << std::max(0.001, 2 * moe.z_loss_coef) << "); lower train.lr 2-5x; ";
   if (moe.router_jitter == 0) w << "enable moe.router_jitter (e.g. 0.01); ";
   w << "a longer warmup; train.grad_clip 0.5; a larger effective batch (train.grad_accum)";
   if (lora.active() && !lora.train_router) w << "; unfreeze the router with peft.train_router: true";
