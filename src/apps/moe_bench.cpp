@@ -453,7 +453,12 @@ int main(int argc, char** argv) {
   app.add_option("--gpus-per-node", a.target.gpus_per_node, "GPUs per node (8)")->check(CLI::PositiveNumber);
   app.add_option("--max-gpus", a.target.max_gpus, "largest GPU count of the extrapolation (powers of two from 8)")
       ->check(CLI::Range(8, 1 << 20));
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {  // bad usage is bad input: exit 2 (0 for --help)
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
   a.device = device == "cuda" ? Device::Cuda : Device::Cpu;
   a.drop = drop == "position" ? DropPolicy::Position : DropPolicy::Probs;
 

@@ -68,4 +68,11 @@ PY
 rc=$?
 ((rc == 2)) || { echo "FAIL: --ep 3 on 2 ranks exited $rc, want 2"; cat "$tmp/bad.log"; exit 1; }
 grep -q "ep values must divide the world size" "$tmp/bad.log" || { echo "FAIL: message"; cat "$tmp/bad.log"; exit 1; }
+# Bad usage (an unknown network preset, a missing --out) is bad input too.
+"$BENCH" --tiny --net infiniband --out "$tmp/bad2" > "$tmp/bad2.log" 2>&1
+rc=$?
+((rc == 2)) || { echo "FAIL: --net infiniband exited $rc, want 2"; cat "$tmp/bad2.log"; exit 1; }
+"$BENCH" --tiny > "$tmp/bad3.log" 2>&1
+rc=$?
+((rc == 2)) || { echo "FAIL: no --out exited $rc, want 2"; cat "$tmp/bad3.log"; exit 1; }
 echo "PASS (${took} s)"
