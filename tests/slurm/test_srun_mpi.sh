@@ -3,7 +3,8 @@
 #
 # Usage: tests/slurm/test_srun_mpi.sh BUILD_DIR [CASE...]   (cases: see CASES below; default all)
 # Compiles tests/slurm/mpi_hello.c with mpicc into BUILD_DIR/tests/slurm/, starts slurm/local_cluster.sh, runs
-# `srun --overcommit --mpi=pmix -n 4 mpi_hello` and the same through `sbatch --wait slurm/single_node.sbatch`,
+# `srun --overcommit --mpi=pmix -n 4 mpi_hello` and the same through `sbatch --wait slurm/single_node.sbatch`, moe-train
+# and moe-bench (slurm/moe_bench_sweep.sbatch) under srun / sbatch,
 # checks 4 distinct ranks of one size-4 world with the right Allreduce sum, and stops the cluster on exit.
 # To add a case: define case_NAME below (it runs with SLURM_CONF set, under set -e) and list it in CASES.
 set -euo pipefail
@@ -14,7 +15,7 @@ WORK="$BUILD_DIR/tests/slurm"
 # shellcheck source=tests/slurm/cluster_lib.sh
 source "$ROOT/tests/slurm/cluster_lib.sh"
 CASES=("$@")
-(( ${#CASES[@]} )) || CASES=(srun_pmix sbatch_pmix moe_train_srun srun_yield two_clusters)
+(( ${#CASES[@]} )) || CASES=(srun_pmix sbatch_pmix moe_train_srun moe_bench_sbatch srun_yield two_clusters)
 NP=4
 
 require_cluster_prereqs mpicc
@@ -67,6 +68,27 @@ case_moe_train_srun() {
   "$BUILD_DIR/moe-export" "$dir/mpirun/checkpoints/step_6.h5" --out "$dir/hf_mpirun" > /dev/null
   cmp "$dir/hf_srun/model.safetensors" "$dir/hf_mpirun/model.safetensors" || { log "final weights differ"; return 1; }
   log "srun and mpirun: identical metrics ($(wc -l < "$dir/srun/metrics.jsonl") steps) and final weights"
+}
+
+# The routing-overhead sweep as a batch job (slurm/moe_bench_sweep.sbatch): 2 tasks, CI's --tiny sweep, EP 1 and 2
+# from the task count; the job writes the CSV, JSON, cost model and scaling table and prints the held-out error.
+case_moe_bench_sbatch() {
+  local dir="$WORK/moe_bench_sbatch" jid rc=0
+  rm -rf "$dir"; mkdir -p "$dir"
+  jid="$(cd "$ROOT" && MOE_BENCH="$BUILD_DIR/moe-bench" OUT="$dir/out" BENCH_ARGS="--tiny" PLOT_PYTHON=/nonexistent \
+    OMP_NUM_THREADS=1 timeout 240 sbatch --wait --parsable --ntasks=2 --overcommit --time=5 --job-name=moe-test-bench \
+      --output="$dir/job.out" "$ROOT/slurm/moe_bench_sweep.sbatch")" || rc=$?
+  if [[ $rc != 0 ]]; then
+    log "sbatch --wait failed (rc $rc); job output:"; cat "$dir/job.out" >&2 2>/dev/null || true; return 1
+  fi
+  log "job $jid: $(job_field "$jid" JobState) ExitCode=$(job_field "$jid" ExitCode)"
+  grep -q "2 tasks, device cpu, ep {1,2}" "$dir/job.out" || { log "job did not sweep ep {1,2}"; cat "$dir/job.out" >&2; return 1; }
+  grep -Eq "held-out prediction error: layer [0-9.]+ %" "$dir/job.out" || { log "no held-out error"; cat "$dir/job.out" >&2; return 1; }
+  for f in moe_bench.csv moe_bench.json cost_model.json scaling_table.md; do
+    [[ -s "$dir/out/$f" ]] || { log "$f missing"; return 1; }
+  done
+  (( $(wc -l < "$dir/out/moe_bench.csv") == 49 )) || { log "moe_bench.csv has $(wc -l < "$dir/out/moe_bench.csv") lines, want 49"; return 1; }
+  log "moe_bench_sweep.sbatch: 48 configurations over 2 srun tasks, cost model written"
 }
 
 # More ranks than cores under srun: ranks must yield while they wait, as under mpirun --oversubscribe (which
