@@ -45,12 +45,13 @@ namespace fs = std::filesystem;
 namespace {
 
 struct BenchArgs {
-  std::vector<int> ep{1};
-  std::vector<i64> tokens{1024}, hidden{512}, ffn{1024}, experts{8}, topk{1, 2};
+  std::vector<int> ep;  // empty: 1 and every power of two dividing the world, and the world itself
+  // The default sweep varies every size the cost model's phase forms use (96 configurations per ep).
+  std::vector<i64> tokens{256, 1024, 4096}, hidden{256, 512}, ffn{512, 1024}, experts{8, 16}, topk{1, 2};
   std::vector<double> capacity{0.0, 1.25};
   DropPolicy drop = DropPolicy::Probs;
   Device device = Device::Cpu;
-  int warmup = 2, repeats = 10;
+  int warmup = 2, repeats = 7;
   int held_out_every = 4;  // every Nth configuration (sweep order) is held out of the cost-model fit
   uint64_t seed = 1234;
   std::string out;
@@ -219,9 +220,15 @@ std::vector<BenchConfig> sweep(const BenchArgs& a, int world, std::vector<std::s
           for (i64 I : a.ffn)
             for (i64 K : a.topk)
               for (double cf : a.capacity) {
-                const std::string what = "ep " + std::to_string(ep) + " x " + std::to_string(E) + " experts";
-                if (world % ep != 0 || E % ep != 0 || K > E) {
-                  if (std::find(skipped.begin(), skipped.end(), what) == skipped.end()) skipped.push_back(what);
+                std::string why;
+                if (world % ep != 0)
+                  why = "ep " + std::to_string(ep) + ": it must divide the world (" + std::to_string(world) + " ranks)";
+                else if (E % ep != 0)
+                  why = "ep " + std::to_string(ep) + " x " + std::to_string(E) + " experts: ep must divide the experts";
+                else if (K > E)
+                  why = "top-k " + std::to_string(K) + " > " + std::to_string(E) + " experts";
+                if (!why.empty()) {
+                  if (std::find(skipped.begin(), skipped.end(), why) == skipped.end()) skipped.push_back(why);
                   continue;
                 }
                 out.push_back({ep, T, H, I, E, K, cf});
@@ -321,10 +328,28 @@ int bench_main(Runtime& rt, const BenchArgs& a) {
   std::vector<std::string> skipped;
   const std::vector<BenchConfig> configs = sweep(a, world.size(), skipped);
   if (world.rank() == 0)
-    for (const std::string& s : skipped)
-      spdlog::warn("skipped {}: ep must divide the world ({} ranks) and the experts", s, world.size());
+    for (const std::string& s : skipped) spdlog::warn("skipped configurations with {}", s);
   MT_INPUT_CHECK(!configs.empty(), "moe-bench: no configuration of the sweep fits ", world.size(),
-                 " rank(s): --ep values must divide the world size and --experts");
+                 " rank(s): --ep values must divide the world size and --experts, and --topk be at most --experts");
+  if (world.rank() == 0) {  // what the cost model can and cannot learn from this sweep
+    auto varied = [&](auto get) {
+      for (const BenchConfig& c : configs)
+        if (get(c) != get(configs.front())) return true;
+      return false;
+    };
+    std::string fixed;
+    if (!varied([](const BenchConfig& c) { return c.T; })) fixed += " --tokens";
+    if (!varied([](const BenchConfig& c) { return c.H; })) fixed += " --hidden";
+    if (!varied([](const BenchConfig& c) { return c.I; })) fixed += " --ffn";
+    if (!varied([](const BenchConfig& c) { return c.E; })) fixed += " --experts";
+    if (!varied([](const BenchConfig& c) { return c.K; })) fixed += " --topk";
+    if (!fixed.empty())
+      spdlog::warn("the sweep keeps{} at one value: the cost model fits the phases that scale with them as "
+                   "constants, so extrapolating along them is not measured (give two or more values)", fixed);
+    if (std::none_of(configs.begin(), configs.end(), [](const BenchConfig& c) { return c.ep > 1; }))
+      spdlog::warn("no configuration with ep > 1: the all-to-all phases are not measured and not fitted (run "
+                   "under mpirun with --ep 1,2,...)");
+  }
   if (world.rank() == 0) {
     std::error_code ec;
     fs::create_directories(a.out, ec);
@@ -336,7 +361,13 @@ int bench_main(Runtime& rt, const BenchArgs& a) {
   std::string peak_source;
   ScaleTarget target = a.target;
   {
-    auto be = make_backend<float>(a.device, local_rank);
+    std::unique_ptr<Backend<float>> be;
+    try {
+      be = make_backend<float>(a.device, local_rank);
+    } catch (const Error& e) {  // the backend speaks of moe-train's key; this tool's flag is --device
+      if (e.kind() != ErrorKind::BadInput) throw;
+      MT_INPUT_FAIL("--device ", a.device == Device::Cuda ? "cuda" : "cpu", ": ", e.what());
+    }
     rows = run_sweep<float>(world, *be, a, configs, local_rank);
     if (a.target_peak_tflops > 0 && world.rank() == 0) {
       Config fp32;  // train.peak_tflops 0: the device's datasheet fp32 peak, or the CPU's GEMM measured now
@@ -402,14 +433,20 @@ int main(int argc, char** argv) {
   CLI::App app{"moe-bench: per-phase timing of the MoE layer (forward + backward) under expert parallelism, and a "
                "cost model of routing overhead extrapolated to 8..1024 GPUs"};
   std::string device = "cpu", drop = "probs";
-  app.add_option("--ep", a.ep, "expert-parallel sizes to sweep (each must divide the world and --experts)")
-      ->delimiter(',');
-  app.add_option("--tokens", a.tokens, "tokens per rank and micro-batch")->delimiter(',');
-  app.add_option("--hidden", a.hidden, "hidden sizes")->delimiter(',');
-  app.add_option("--ffn", a.ffn, "expert widths (intermediate size)")->delimiter(',');
-  app.add_option("--experts", a.experts, "numbers of experts")->delimiter(',');
-  app.add_option("--topk", a.topk, "top-k values")->delimiter(',');
-  app.add_option("--capacity", a.capacity, "capacity factors (0 = dropless)")->delimiter(',');
+  app.add_option("--ep", a.ep, "expert-parallel sizes to sweep, each dividing the world and --experts (default: 1, "
+                              "the powers of two dividing the world, the world)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--tokens", a.tokens, "tokens per rank and micro-batch")
+      ->delimiter(',')->check(CLI::Range(1, 1 << 30))->capture_default_str();
+  app.add_option("--hidden", a.hidden, "hidden sizes")->delimiter(',')->check(CLI::Range(1, 1 << 30))->capture_default_str();
+  app.add_option("--ffn", a.ffn, "expert widths (intermediate size)")
+      ->delimiter(',')->check(CLI::Range(1, 1 << 30))->capture_default_str();
+  app.add_option("--experts", a.experts, "numbers of experts")
+      ->delimiter(',')->check(CLI::Range(1, 1 << 30))->capture_default_str();
+  app.add_option("--topk", a.topk, "top-k values")->delimiter(',')->check(CLI::Range(1, 1 << 30))->capture_default_str();
+  app.add_option("--capacity", a.capacity, "capacity factors (0 = dropless)")
+      ->delimiter(',')->check(CLI::Range(0.0, 1e6))->capture_default_str();
   app.add_option("--drop-policy", drop, "probs|position")->check(CLI::IsMember({"probs", "position"}));
   app.add_option("--device", device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--warmup", a.warmup, "untimed iterations per configuration")->check(CLI::NonNegativeNumber);
@@ -431,13 +468,14 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--target-elem-bytes", a.target.elem_bytes, "bytes per moved element on the target (4 fp32, 2 bf16)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--compute-speedup", a.target.compute_speedup,
+  CLI::Option* speedup = app.add_option("--compute-speedup", a.target.compute_speedup,
                  "target device's compute speed over this machine's (divides the fitted compute phases)")
       ->check(CLI::PositiveNumber);
   app.add_option("--target-peak-tflops", a.target_peak_tflops,
-                 "target device's dense peak (e.g. 989 for H100 bf16): sets --compute-speedup to it over this "
+                 "target device's dense peak (e.g. 989 for H100 bf16): sets the compute speedup to it over this "
                  "device's measured fp32 GEMM peak")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::PositiveNumber)
+      ->excludes(speedup);
   app.add_option("--net", a.nets, "network presets of the extrapolation: nvlink-ib (NVLink 450 GB/s + InfiniBand NDR "
                                  "50 GB/s per GPU), nvlink-eth (NVLink + 100G Ethernet)")
       ->delimiter(',')
@@ -463,6 +501,13 @@ int main(int argc, char** argv) {
   a.drop = drop == "position" ? DropPolicy::Position : DropPolicy::Probs;
 
   Runtime rt = start_runtime();
+  if (a.ep.empty()) {
+    const int w = rt.world->size();
+    a.ep = {1};
+    for (int e = 2; e <= w; e *= 2)
+      if (w % e == 0) a.ep.push_back(e);
+    if (a.ep.back() != w) a.ep.push_back(w);
+  }
   if (a.tiny) {
     const int w = rt.world->size();
     a.ep = w > 1 ? std::vector<int>{1, w} : std::vector<int>{1};

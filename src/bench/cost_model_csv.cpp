@@ -75,7 +75,7 @@ struct RowReader {
 
 std::vector<CostSample> read_bench_csv(const std::string& path) {
   std::ifstream in(path);
-  MT_INPUT_CHECK(in.good(), path, ": cannot open the moe-bench CSV (moe-bench --csv writes it)");
+  MT_INPUT_CHECK(in.good(), path, ": cannot open the moe-bench CSV (moe-bench --out DIR writes DIR/moe_bench.csv)");
   std::string text;
   int line = 0;
   std::map<std::string, size_t> col;

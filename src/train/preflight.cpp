@@ -2,6 +2,7 @@
 #include "train/preflight.h"
 
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 #include "backend/backend.h"
@@ -61,6 +62,13 @@ std::vector<std::string> unsupported_options(const Config& c) {
     out.push_back("data.chat_template: '" + c.data.chat_template + "' is not one of auto, mixtral, chatml, chatml-plain, none");
   if (c.log.plots)
     if (const std::string why = run_plots_problem(); !why.empty()) out.push_back(why);
+  if (c.log.tensorboard) {  // run.dir/tb must be (or become) a directory
+    std::error_code ec;
+    const std::filesystem::path tb = std::filesystem::path(c.resolved_run_dir()) / "tb";
+    if (std::filesystem::exists(tb, ec) && !std::filesystem::is_directory(tb, ec))
+      out.push_back("log.tensorboard: '" + tb.string() + "' exists and is not a directory (event files go there); "
+                    "remove it or set run.dir");
+  }
   return out;
 }
 

@@ -83,11 +83,12 @@ std::vector<std::string> RouterHealthWatch::observe(int step, const std::vector<
   std::vector<const LayerRouterHealth*> degraded, aux_high, z_high;
   bool collapse = false;
   const double z_floor = num_experts_ > 1 ? 1.5 * std::pow(std::log(double(num_experts_)), 2) : 0.0;
+  const double aux_balanced = moe_.aux_loss_form == AuxForm::Hf ? double(top_k_) : 1.0;
   for (const LayerRouterHealth& h : layers) {
     const RouterVerdict v = router_verdict(h);
     if (v != RouterVerdict::Healthy) degraded.push_back(&h);
     collapse |= v == RouterVerdict::Collapse;
-    if (moe_.aux_loss_coef * h.aux > kAuxWeightedHigh) aux_high.push_back(&h);
+    if (moe_.aux_loss_coef * h.aux > kAuxWeightedHigh && h.aux > 1.25 * aux_balanced) aux_high.push_back(&h);
     if (moe_.z_loss_coef > 0 && moe_.z_loss_coef * h.z >= kZWeightedHigh && h.z > z_floor) z_high.push_back(&h);
   }
   const bool was_degraded = since_[kBalance] >= 0;
@@ -104,10 +105,12 @@ std::vector<std::string> RouterHealthWatch::observe(int step, const std::vector<
   if (due(kAux, !aux_high.empty())) {
     std::ostringstream w;
     w << "step " << step << ": aux loss x moe.aux_loss_coef above the healthy 0.01-0.1 in layer " << aux_high[0]->layer
-      << " (" << moe_.aux_loss_coef * aux_high[0]->aux << ", aux " << aux_high[0]->aux << ")";
+      << " (" << moe_.aux_loss_coef * aux_high[0]->aux << "; aux " << aux_high[0]->aux << ", " << aux_balanced
+      << " at perfect balance)";
     if (aux_high.size() > 1) w << " and " << aux_high.size() - 1 << " more layers";
-    w << ": if load_imbalance is healthy the balancing term dominates the objective, lower moe.aux_loss_coef (now "
-      << moe_.aux_loss_coef << "); if not, routing is very unbalanced: lower train.lr, enable moe.router_jitter";
+    w << ": routing stays unbalanced although the balancing term is strong (moe.aux_loss_coef " << moe_.aux_loss_coef
+      << "): lower train.lr 2-5x, enable moe.router_jitter";
+    if (lora_.active() && lora_.train_router) w << ", or freeze the router (peft.train_router: false)";
     out.push_back(w.str());
   }
   if (due(kZ, !z_high.empty())) {
@@ -116,8 +119,8 @@ std::vector<std::string> RouterHealthWatch::observe(int step, const std::vector<
       << " (" << moe_.z_loss_coef * z_high[0]->z << ", z " << z_high[0]->z << ", router logit norm "
       << z_high[0]->logit_norm << ")";
     if (z_high.size() > 1) w << " and " << z_high.size() - 1 << " more layers";
-    w << ": the router logits are growing (instability risk in bf16): lower train.lr, enable moe.router_jitter, "
-      << "raise moe.z_loss_coef (now " << moe_.z_loss_coef << ") to pull them back";
+    w << ": the router logits are large (they lose precision in bf16 and make routing brittle): lower train.lr, "
+      << "enable moe.router_jitter, raise moe.z_loss_coef (now " << moe_.z_loss_coef << ") to pull them back";
     if (lora_.active() && lora_.train_router) w << ", or freeze the router (peft.train_router: false)";
     out.push_back(w.str());
   }
@@ -134,7 +137,7 @@ std::string collapse_message(int step, const std::vector<LayerRouterHealth>& lay
   w << "router collapse at step " << step << " (train.stop_on_collapse): " << describe_layers(bad)
     << " (collapse: utilization < " << kUtilizationFloor << " or imbalance > " << kImbalanceCeiling
     << "). Stopped after this step's update; checkpoints already written are kept. " << balance_remedies(moe, lora)
-    << "; then resume from the last checkpoint";
+    << "; then resume from the last checkpoint (or start again)";
   return w.str();
 }
 

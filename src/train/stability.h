@@ -35,13 +35,15 @@ RouterVerdict router_verdict(const LayerRouterHealth& h);
 // healthy range and the remedies. Three kinds, each repeated at most every `every_logged` logged steps while it
 // lasts:
 //   balance  utilization / imbalance outside the healthy range (collapse or degraded); its recovery is said once;
-//   aux      aux_loss_coef·aux > 0.1 (the balancing term dominates, or routing is very unbalanced). The low side of
-//            the range is not warned on: at perfect balance the weighted value equals the coefficient itself;
-//   z        z_loss_coef·z ≥ 0.01 while z is past 1.5·(ln E)² (the floor lse² of equal logits): logits are growing.
+//   aux      aux_loss_coef·aux > 0.1 while aux is past 1.25× its value at perfect balance (1 in the layer form,
+//            top_k in the hf form): routing stays unbalanced although the balancing term is strong. Neither a large
+//            coefficient alone (the weighted value at perfect balance is coef·1 or coef·top_k) nor the low side of
+//            the range is warned on;
+//   z        z_loss_coef·z ≥ 0.01 while z is past 1.5·(ln E)² (the floor lse² of equal logits): the logits are large.
 class RouterHealthWatch {
  public:
-  RouterHealthWatch(const LoraSpec& lora, const MoeConfig& moe, int num_experts, int every_logged = 10)
-      : lora_(lora), moe_(moe), num_experts_(num_experts), every_(every_logged) {}
+  RouterHealthWatch(const LoraSpec& lora, const MoeConfig& moe, int num_experts, int top_k, int every_logged = 10)
+      : lora_(lora), moe_(moe), num_experts_(num_experts), top_k_(top_k), every_(every_logged) {}
   // layers: the global batch's per-layer health at `step`; returns the lines to log (possibly none).
   std::vector<std::string> observe(int step, const std::vector<LayerRouterHealth>& layers);
 
@@ -51,6 +53,7 @@ class RouterHealthWatch {
   LoraSpec lora_;
   MoeConfig moe_;
   int num_experts_;
+  int top_k_;
   int every_;
   int since_[kKinds] = {-1, -1, -1};  // logged steps since the last warning of each kind (−1: not bad)
 };

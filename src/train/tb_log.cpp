@@ -8,24 +8,18 @@ namespace moe {
 
 namespace {
 
-std::string layer_tag(const nlohmann::json& line, size_t i) {
-  const auto it = line.find("router_layers");
-  if (it != line.end() && it->is_array() && i < it->size() && (*it)[i].contains("layer"))
-    return "layer" + std::to_string((*it)[i]["layer"].get<int>());
-  return "layer" + std::to_string(i);
-}
-
 void load_histograms(tb::TbEventWriter& w, const nlohmann::json& line, const char* key, const std::string& prefix,
-                     int64_t step) {
+                     int64_t step, const std::vector<int>& moe_layers) {
   const auto it = line.find(key);
   if (it == line.end() || !it->is_array()) return;
-  for (size_t i = 0; i < it->size(); ++i)
-    w.expert_load_histogram(prefix + layer_tag(line, i), step, (*it)[i].get<std::vector<int64_t>>());
+  for (size_t i = 0; i < it->size() && i < moe_layers.size(); ++i)
+    w.expert_load_histogram(prefix + "layer" + std::to_string(moe_layers[i]), step,
+                            (*it)[i].get<std::vector<int64_t>>());
 }
 
 }  // namespace
 
-void log_metrics_to_tensorboard(tb::TbEventWriter& w, const nlohmann::json& line) {
+void log_metrics_to_tensorboard(tb::TbEventWriter& w, const nlohmann::json& line, const std::vector<int>& moe_layers) {
   const int64_t step = line.at("step").get<int64_t>();
   for (const auto& [k, v] : line.items()) {
     if (k == "step" || !v.is_number()) continue;
@@ -40,8 +34,8 @@ void log_metrics_to_tensorboard(tb::TbEventWriter& w, const nlohmann::json& line
       for (const auto& [k, v] : layer.items())
         if (k != "layer" && v.is_number()) w.scalar(prefix + k, step, v.get<double>());
     }
-  load_histograms(w, line, "expert_load", "expert_load/", step);
-  load_histograms(w, line, "eval_expert_load", "eval/expert_load/", step);
+  load_histograms(w, line, "expert_load", "expert_load/", step, moe_layers);
+  load_histograms(w, line, "eval_expert_load", "eval/expert_load/", step, moe_layers);
   w.flush();
 }
 

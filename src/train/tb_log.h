@@ -2,6 +2,7 @@
 // one expert-load histogram per MoE layer.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "io/tensorboard/event_writer.h"
 
@@ -11,8 +12,9 @@ namespace moe {
 //   top-level number k          → "train/<k>"  (eval_<x> → "eval/<x>")
 //   router_layers[i].<k>        → "router/layer<L>/<k>"  (L = the decoder layer, router_layers[i].layer)
 //   expert_load[i] (list of E)  → histogram "expert_load/layer<L>" over the expert index (eval_expert_load →
-//                                 "eval/expert_load/layer<L>"); L from router_layers when the line has it, else i
-// null fields (a metric not measured at this step) are skipped. Errors: BadInput naming the event file.
-void log_metrics_to_tensorboard(tb::TbEventWriter& w, const nlohmann::json& line);
+//                                 "eval/expert_load/layer<L>"), L = moe_layers[i]
+// moe_layers: the decoder layer of each MoE layer, in order (Qwen3 dense layers have none). null fields (a metric
+// not measured at this step) are skipped. Errors: BadInput naming the event file.
+void log_metrics_to_tensorboard(tb::TbEventWriter& w, const nlohmann::json& line, const std::vector<int>& moe_layers);
 
 }  // namespace moe

@@ -656,7 +656,11 @@ static nlohmann::json router_layers_json(const std::vector<LayerRouterHealth>& l
 
 void Trainer::append_metrics(const nlohmann::json& line) {
   metrics_.append(line.dump());
-  if (tb_) log_metrics_to_tensorboard(*tb_, line);
+  if (!tb_) return;
+  std::vector<int> moe_layers;  // the decoder layer of each MoE layer
+  for (int l = 0; l < cfg_.model.num_layers; ++l)
+    if (cfg_.model.is_moe_layer(l)) moe_layers.push_back(l);
+  log_metrics_to_tensorboard(*tb_, line, moe_layers);
 }
 
 void Trainer::write_metrics(const StepResult& r, bool with_load, const EvalResult* eval) {
@@ -699,15 +703,15 @@ void Trainer::run() {
     std::error_code ec;
     fs::create_directories(dir, ec);
     MT_INPUT_CHECK(!ec, "run.dir: cannot create '", dir.string(), "': ", ec.message());
-    write_file_atomic(dir, "config.yaml", config_to_yaml(cfg_));
-    metrics_.open((dir / "metrics.jsonl").string(), start_step_);  // a resume keeps steps 1..start_step_ only
-    if (cfg_.log.tensorboard) {
+    if (cfg_.log.tensorboard) {  // first: a run.dir/tb that cannot take event files stops before anything is written
       tb_ = std::make_unique<tb::TbEventWriter>((dir / "tb").string());
       // A resume: TensorBoard drops what an earlier writer logged after the checkpoint (steps > start_step_).
       if (start_step_ > 0) tb_->session_start(start_step_ + 1);
       tb_->flush();
       spdlog::info("TensorBoard events: {} (tensorboard --logdir {})", tb_->path(), (dir / "tb").string());
     }
+    write_file_atomic(dir, "config.yaml", config_to_yaml(cfg_));
+    metrics_.open((dir / "metrics.jsonl").string(), start_step_);  // a resume keeps steps 1..start_step_ only
   }
   if (rank_ == 0) {
     spdlog::info("training {} params, {} MoE layers, {} rank(s) (ep {} x expert-dp {}), global batch {} x {} tokens, {} steps -> {}",
@@ -742,7 +746,7 @@ void Trainer::run() {
     else
       spdlog::warn("MFU not reported: no peak for {} (set train.peak_tflops to the device's dense peak)", source);
   }
-  RouterHealthWatch health_watch(lora_, cfg_.moe, cfg_.model.num_experts);
+  RouterHealthWatch health_watch(lora_, cfg_.moe, cfg_.model.num_experts, cfg_.model.top_k);
   if (cfg_.checkpoint.on_signal) install_stop_handlers();  // no-op when main() installed them at start
   keep_stop_handlers(cfg_.checkpoint.on_signal);
   const auto start = std::chrono::steady_clock::now();
@@ -788,12 +792,14 @@ void Trainer::run() {
                      double(r.tokens) / r.step_time_s, hms(eta));
       }
     }
-    if (rank_ == 0 && log_now && cfg_.log.stability_warnings && num_moe_layers() > 0)
+    // Warnings and the collapse stop judge the per-layer values this step's metrics line carries.
+    if (rank_ == 0 && with_layers && cfg_.log.stability_warnings && num_moe_layers() > 0)
       for (const std::string& w : health_watch.observe(r.step, r.router_layers)) spdlog::warn("{}", w);
-    // Router collapse: the same verdict on every rank (the statistics are reduced); the update is done, nothing saved.
-    if (cfg_.train.stop_on_collapse && log_now)
+    // Router collapse: the same verdict on every rank (the statistics are reduced), so every rank leaves with exit 3
+    // and rank 0 says why; the update is done, nothing is saved.
+    if (cfg_.train.stop_on_collapse && with_layers)
       if (const std::string why = collapse_message(r.step, r.router_layers, cfg_.moe, lora_); !why.empty())
-        detail::raise(ErrorKind::Diverged, __FILE__, __LINE__, why);
+        throw AgreedError(ErrorKind::Diverged, rank_ == 0 ? why : std::string());
     // A stop signal on any rank: every rank finishes this step, checkpoints and leaves together.
     if (stop_requested()) {
       const std::string path = save_checkpoint();

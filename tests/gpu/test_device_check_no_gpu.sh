@@ -19,7 +19,7 @@ grep -qE '^- date: [0-9]{4}-[0-9]{2}-[0-9]{2} ' "$DIR/device_check.md" || fail "
 # tests) and every benchmark figure.
 want=(nvidia-smi binaries cuda_libraries train_gpu.runs_on_gpu train_gpu.vs_cpu_bf16 train_gpu.vs_cpu_fp32
       train_gpu.determinism train_gpu_bf16.cudnn_off cublas_bf16_peak grouped_gemm_vs_dense train_tok_s.moe-train train_tok_s.torch
-      train_tok_s.ratio moe_routing_fraction nccl_dispatch_a2a)
+      train_tok_s.ratio moe_routing_fraction moe_bench_tiny nccl_dispatch_a2a)
 for src in "$ROOT"/tests/gpu/test_*_gpu.cu "$ROOT"/tests/gpu/test_*_gpu.cpp "$ROOT"/tests/gpu/test_nccl_comm.cu; do
   n="$(basename "${src%.*}")"
   [[ -e "$src" && "$n" != test_train_gpu ]] && want+=("$n")

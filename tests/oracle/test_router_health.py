@@ -81,6 +81,25 @@ def test_stop_on_collapse_exits_3(models):
     assert "checkpoints already written are kept" in out
 
 
+def test_stop_on_collapse_every_rank_exits_3(models):
+    """Under mpirun (EP 2) the verdict is agreed: both ranks leave with exit 3, nobody is aborted."""
+    import shutil
+    work, _, collapsed, tokens = models
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.fail("mpirun not found (OpenMPI is a build dependency)")
+    cfg = hf_tiny.write_config(_cfg(work, collapsed, tokens, "stop_mpi"), Path(work) / "stop_mpi.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = [mpirun, "--oversubscribe", "--bind-to", "none", "-np", "2", str(hf_tiny.build_dir() / "moe-train"),
+           str(cfg), "--set", "train.stop_on_collapse=true", "--set", "parallel.ep=2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 3, (res.returncode, out[-3000:])
+    assert out.count("router collapse at step 1 (train.stop_on_collapse)") == 1, out[-3000:]
+    assert "MPI_ABORT" not in out, out[-3000:]
+
+
 def test_healthy_model_does_not_warn(models):
     work, healthy, _, tokens = models
     res = _train(_cfg(work, healthy, tokens, "healthy"), work, "train.stop_on_collapse=true")

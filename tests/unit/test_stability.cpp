@@ -60,7 +60,7 @@ TEST(Stability, RouterHealthWarnsOnCollapseNotOnHealth) {
   LoraSpec frozen;
   frozen.method = PeftMethod::Lora;
   MoeConfig moe;  // aux_loss_coef 0.01, z_loss_coef 0
-  RouterHealthWatch watch(frozen, moe, 8, 3);
+  RouterHealthWatch watch(frozen, moe, 8, 2, 3);
   const std::vector<LayerRouterHealth> healthy{layer_at(0, 0.9, 1.6), layer_at(1, 1.0, 1.2)};
   const std::vector<LayerRouterHealth> collapsed{layer_at(0, 0.9, 1.6), layer_at(1, 0.25, 7.5)};
   for (int s = 1; s <= 5; ++s) EXPECT_TRUE(watch.observe(s, healthy).empty());
@@ -90,21 +90,29 @@ TEST(Stability, AuxAndZOutsideTheirRangesNameTheLayer) {
   MoeConfig moe;
   moe.aux_loss_coef = 0.01;
   moe.z_loss_coef = 0.001;
-  RouterHealthWatch watch(LoraSpec{}, moe, 8, 10);
+  RouterHealthWatch watch(LoraSpec{}, moe, 8, 2, 10);
   // Healthy: weighted aux 0.01 x 1.0, weighted z 0.001 x 4.4 (lse of equal logits over 8 experts is ln 8).
   EXPECT_TRUE(watch.observe(1, {layer_at(0, 1.0, 1.1), layer_at(1, 1.0, 1.1)}).empty());
   // Layer 1: aux 20 (x 0.01 = 0.2 > 0.1) and z 30 (x 0.001 = 0.03 >= 0.01, far past 1.5 (ln 8)^2 = 6.5).
   const auto w = watch.observe(2, {layer_at(0, 1.0, 1.1), layer_at(1, 1.0, 1.1, 20.0, 30.0)});
   ASSERT_EQ(w.size(), 2u);
-  EXPECT_NE(w[0].find("aux loss x moe.aux_loss_coef above the healthy 0.01-0.1 in layer 1 (0.2"), std::string::npos)
+  EXPECT_NE(w[0].find("aux loss x moe.aux_loss_coef above the healthy 0.01-0.1 in layer 1 (0.2; aux 20, 1 at perfect "
+                      "balance)"), std::string::npos)
       << w[0];
   EXPECT_NE(w[1].find("z-loss x moe.z_loss_coef above the healthy 0.01 in layer 1 (0.03"), std::string::npos) << w[1];
   EXPECT_NE(w[1].find("raise moe.z_loss_coef"), std::string::npos);
   // A large z coefficient alone does not warn while the logits sit at the equal-logit floor.
   MoeConfig strong = moe;
   strong.z_loss_coef = 0.01;
-  RouterHealthWatch w2(LoraSpec{}, strong, 8, 10);
+  RouterHealthWatch w2(LoraSpec{}, strong, 8, 2, 10);
   EXPECT_TRUE(w2.observe(1, {layer_at(0, 1.0, 1.1, 1.0, 4.4)}).empty());
+  // A large aux coefficient alone does not warn: at perfect balance the hf form is top_k (here 2), the layer form 1.
+  MoeConfig hf = moe;
+  hf.aux_loss_form = AuxForm::Hf;
+  hf.aux_loss_coef = 0.06;  // 0.06 x 2.0 = 0.12 > 0.1, but aux is at its balanced value
+  RouterHealthWatch w3(LoraSpec{}, hf, 8, 2, 10);
+  EXPECT_TRUE(w3.observe(1, {layer_at(0, 1.0, 1.1, 2.0, 4.4)}).empty());
+  EXPECT_EQ(w3.observe(2, {layer_at(0, 1.0, 1.1, 3.0, 4.4)}).size(), 1u);  // 1.5x balanced: unbalanced and strong
 }
 
 TEST(Stability, CollapseMessageOnlyForCollapsedLayers) {
