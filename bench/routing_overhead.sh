@@ -2,8 +2,8 @@
 # Owns the routing-overhead study on one machine: moe-bench over mpirun (ep 1..NP in one run), its cost-model report,
 # and the plots (bench/moe_bench_plot.py). On a cluster: slurm/moe_bench_sweep.sbatch.
 # Usage: bench/routing_overhead.sh [--build DIR] [--out DIR] [--np N] [-- extra moe-bench args]
-# Sweep knobs (environment): TOKENS=256,1024,4096 HIDDEN=256,512 FFN=512 EXPERTS=8 TOPK=1,2 CAPACITY=0,1.25
-#   WARMUP=1 REPEATS=7. The defaults take a few minutes on an idle 2-core machine (ep 4 oversubscribes 2 cores).
+# Sweep knobs (environment): TOKENS=256,1024,4096 HIDDEN=256,512 FFN=512,1024 EXPERTS=8,16 TOPK=1,2 CAPACITY=0,1.25
+#   WARMUP=1 REPEATS=5. The defaults take about 5 minutes with --np 2 on an idle 2-core machine.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="$ROOT/build" OUT="" NP=4
@@ -23,8 +23,8 @@ EPS=1
 for ((e = 2; e <= NP; e *= 2)); do ((NP % e == 0)) && EPS="$EPS,$e"; done
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BUILD/moe-bench" --ep "$EPS" \
-  --tokens "${TOKENS:-256,1024,4096}" --hidden "${HIDDEN:-256,512}" --ffn "${FFN:-512}" --experts "${EXPERTS:-8}" \
-  --topk "${TOPK:-1,2}" --capacity "${CAPACITY:-0,1.25}" --warmup "${WARMUP:-1}" --repeats "${REPEATS:-7}" \
+  --tokens "${TOKENS:-256,1024,4096}" --hidden "${HIDDEN:-256,512}" --ffn "${FFN:-512,1024}" --experts "${EXPERTS:-8,16}" \
+  --topk "${TOPK:-1,2}" --capacity "${CAPACITY:-0,1.25}" --warmup "${WARMUP:-1}" --repeats "${REPEATS:-5}" \
   --out "$OUT" "$@"
 PY="${MOE_PLOT_PYTHON:-$HOME/.cache/moe-train/venv/bin/python}"
 if [[ -x "$PY" ]]; then
