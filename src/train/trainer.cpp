@@ -747,6 +747,7 @@ void Trainer::run() {
       spdlog::warn("MFU not reported: no peak for {} (set train.peak_tflops to the device's dense peak)", source);
   }
   RouterHealthWatch health_watch(lora_, cfg_.moe, cfg_.model.num_experts, cfg_.model.top_k);
+  bool mfu_warned = false;
   if (cfg_.checkpoint.on_signal) install_stop_handlers();  // no-op when main() installed them at start
   keep_stop_handlers(cfg_.checkpoint.on_signal);
   const auto start = std::chrono::steady_clock::now();
@@ -779,6 +780,12 @@ void Trainer::run() {
     const bool eval_now = eval_data_ && ((cfg_.eval.every > 0 && r.step % cfg_.eval.every == 0) || r.step == t.steps);
     const EvalResult* eval = eval_now ? &evaluate(r.step) : nullptr;
     const bool with_layers = r.step % cfg_.log.every == 0 || r.step == t.steps;
+    if (rank_ == 0 && !mfu_warned && r.mfu > 1.0) {  // more than the peak: the peak is wrong
+      mfu_warned = true;
+      spdlog::warn("step {}: MFU {:.3g} > 1: {:.4g} model TFLOP/s per device exceed the peak {:.4g} TFLOP/s; set "
+                   "train.peak_tflops to the device's dense peak at train.precision", r.step, r.mfu, r.model_tflops,
+                   peak_tflops_);
+    }
     if (with_layers) measure_churn(result_);  // collective: every rank logs at the same steps
     if (rank_ == 0) {
       if (eval) log_eval(*eval);

@@ -68,4 +68,9 @@ for l in map(json.loads, open(sys.argv[1])):
     assert math.isclose(l["mfu"], l["model_tflops"] / 0.5, rel_tol=1e-12), l
 print("mfu = model_tflops / train.peak_tflops")
 PY
+# A peak below what the run achieves (MFU > 1) is called out once.
+"$MOE_TRAIN" "$tmp/tiny.yaml" --set train.steps=3 --set train.peak_tflops=1e-9 --set run.dir="$tmp/run3" \
+  --set checkpoint.every=0 > "$tmp/c.log" 2>&1 || { echo "FAIL: run with a tiny peak"; cat "$tmp/c.log"; exit 1; }
+n=$(grep -c "MFU .* > 1: .* set train.peak_tflops" "$tmp/c.log")
+((n == 1)) || { echo "FAIL: MFU > 1 warned $n times, want once"; cat "$tmp/c.log"; exit 1; }
 echo PASS
