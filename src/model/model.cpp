@@ -530,37 +530,7 @@ const MicroStats& Model<T>::forward(ParamAccess<T>& access, const int32_t* input
   return st;
 }
 
-// contract: C4.aux
-double aux_loss_value(const MicroStats& s, const ModelConfig& m, AuxForm form, const GlobalRouting* g) {
-  const size_t Lm = s.router.size();
-  if (Lm == 0) return 0.0;
-  const double E = m.num_experts, K = m.top_k, Tn = double(s.tokens);
-  if (form == AuxForm::Layer) {
-    double total = 0;
-    for (size_t l = 0; l < Lm; ++l) {
-      double a = 0;
-      for (int e = 0; e < m.num_experts; ++e) {
-        const double f = g ? g->routed[l][e] / g->tokens : double(s.router[l].routed[e]) / Tn;
-        a += f * (s.router[l].prob_sum[e] / Tn);
-      }
-      total += (E / K) * a;
-    }
-    return total / double(Lm);
-  }
-  // HF load_balancing_loss_func: statistics pooled over layers, E · Σ_e (c_e / N) · P_e.
-  double a = 0;
-  for (int e = 0; e < m.num_experts; ++e) {
-    double c = 0, p = 0;
-    for (size_t l = 0; l < Lm; ++l) {
-      c += g ? g->routed[l][e] : double(s.router[l].routed[e]);
-      p += s.router[l].prob_sum[e];
-    }
-    const double N = double(Lm) * (g ? g->tokens : Tn);
-    a += (c / N) * (p / (double(Lm) * Tn));
-  }
-  return E * a;
-}
-
+// contract: C4.aux (one layer)
 double aux_loss_layer_value(const MicroStats& s, const ModelConfig& m, AuxForm form, const GlobalRouting* g,
                             size_t l) {
   const double E = m.num_experts, K = m.top_k, Tn = double(s.tokens);
@@ -575,11 +545,35 @@ double aux_loss_layer_value(const MicroStats& s, const ModelConfig& m, AuxForm f
 
 double z_loss_layer_value(const MicroStats& s, size_t l) { return s.router[l].lse_sq_sum / double(s.tokens); }
 
+// contract: C4.aux
+double aux_loss_value(const MicroStats& s, const ModelConfig& m, AuxForm form, const GlobalRouting* g) {
+  const size_t Lm = s.router.size();
+  if (Lm == 0) return 0.0;
+  if (form == AuxForm::Layer) {  // the mean over layers of each layer's (E/K)·Σ_e f_e·P_e
+    double total = 0;
+    for (size_t l = 0; l < Lm; ++l) total += aux_loss_layer_value(s, m, form, g, l);
+    return total / double(Lm);
+  }
+  const double E = m.num_experts, Tn = double(s.tokens);
+  // HF load_balancing_loss_func: statistics pooled over layers, E · Σ_e (c_e / N) · P_e.
+  double a = 0;
+  for (int e = 0; e < m.num_experts; ++e) {
+    double c = 0, p = 0;
+    for (size_t l = 0; l < Lm; ++l) {
+      c += g ? g->routed[l][e] : double(s.router[l].routed[e]);
+      p += s.router[l].prob_sum[e];
+    }
+    const double N = double(Lm) * (g ? g->tokens : Tn);
+    a += (c / N) * (p / (double(Lm) * Tn));
+  }
+  return E * a;
+}
+
 // contract: C4.zloss
 double z_loss_value(const MicroStats& s) {
   if (s.router.empty()) return 0.0;
   double z = 0;
-  for (const auto& r : s.router) z += r.lse_sq_sum / double(s.tokens);
+  for (size_t l = 0; l < s.router.size(); ++l) z += z_loss_layer_value(s, l);
   return z / double(s.router.size());
 }
 

@@ -102,22 +102,22 @@ void EpExchange<T>::plan(const i64* counts) {
   }
 }
 
-template <typename T>
-i64 EpExchange<T>::remote_send_rows() const {
-  if (ep_ == 1) return 0;
+// Σ of per-peer rows [ep] over every peer but `self`.
+static i64 rows_of_others(const std::vector<i64>& per_peer, int self) {
   i64 rows = 0;
-  for (int q = 0; q < ep_; ++q)
-    if (q != comm_->rank()) rows += send_rows_[size_t(q)];
+  for (size_t q = 0; q < per_peer.size(); ++q)
+    if (int(q) != self) rows += per_peer[q];
   return rows;
 }
 
 template <typename T>
+i64 EpExchange<T>::remote_send_rows() const {
+  return ep_ == 1 ? 0 : rows_of_others(send_rows_, comm_->rank());
+}
+
+template <typename T>
 i64 EpExchange<T>::remote_recv_rows() const {
-  if (ep_ == 1) return 0;
-  i64 rows = 0;
-  for (int s = 0; s < ep_; ++s)
-    if (s != comm_->rank()) rows += recv_rows_by_src_[size_t(s)];
-  return rows;
+  return ep_ == 1 ? 0 : rows_of_others(recv_rows_by_src_, comm_->rank());
 }
 
 template <typename T>

@@ -200,6 +200,8 @@ Trainer::Trainer(const Config& in, Communicator& world, const TrainerDevice& dev
   }
   targets_dev_ = Buffer<int32_t>(mem(), i64(targets_.size()), "target tokens");
   flops_ = model_flops(cfg_.model, lora_, t.seq_len);
+  for (int l = 0; l < cfg_.model.num_layers; ++l)
+    if (cfg_.model.is_moe_layer(l)) moe_layer_ids_.push_back(l);
   init_params();
 }
 
@@ -393,15 +395,12 @@ const StepResult& Trainer::compute_grads(int s, std::vector<float>* logits_out) 
   r.aux_loss = aux / double(M);
   r.z_loss = z / double(M);
   r.lr = lr_at(t, s);
-  int moe_index = 0;
-  for (int layer = 0; layer < cfg_.model.num_layers && moe_index < Lm; ++layer) {
-    if (!cfg_.model.is_moe_layer(layer)) continue;
-    const int l = moe_index++;
+  for (int l = 0; l < Lm; ++l) {
     LayerRouterHealth& h = r.router_layers[size_t(l)];
     const RouterHealth lh = layer_health(r.expert_load[size_t(l)]);
     const double* ls = stat_sums_.data() + 3 + 3 * l;
     const i64 pairs = layer_drops_[size_t(2 * l + 1)];
-    h.layer = layer;
+    h.layer = moe_layer_ids_[size_t(l)];
     h.utilization = lh.expert_utilization;
     h.imbalance = lh.load_imbalance;
     h.entropy = lh.routing_entropy;
@@ -656,11 +655,7 @@ static nlohmann::json router_layers_json(const std::vector<LayerRouterHealth>& l
 
 void Trainer::append_metrics(const nlohmann::json& line) {
   metrics_.append(line.dump());
-  if (!tb_) return;
-  std::vector<int> moe_layers;  // the decoder layer of each MoE layer
-  for (int l = 0; l < cfg_.model.num_layers; ++l)
-    if (cfg_.model.is_moe_layer(l)) moe_layers.push_back(l);
-  log_metrics_to_tensorboard(*tb_, line, moe_layers);
+  if (tb_) log_metrics_to_tensorboard(*tb_, line, moe_layer_ids_);
 }
 
 void Trainer::write_metrics(const StepResult& r, bool with_load, const EvalResult* eval) {

@@ -155,6 +155,7 @@ class Trainer {
   std::vector<std::vector<int>> probe_topk_;
   void measure_churn(StepResult& r);
   ModelFlops flops_{};
+  std::vector<int> moe_layer_ids_;  // [moe layer] its decoder layer (Qwen3 dense layers have none)
   double peak_tflops_ = 0;  // of one device; 0: unknown (no MFU)
   void write_metrics(const StepResult& r, bool with_load, const EvalResult* eval);
   void log_eval(const EvalResult& e) const;
